@@ -1,0 +1,36 @@
+# One venv for everything; `make run` and `make test` create it on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help venv run test test-fast bench lint clean
+.DEFAULT_GOAL := help
+
+help: ## List the targets.
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[pipeline,operator,test]'
+	touch $@
+
+venv: $(STAMP) ## Create .venv with every pinned dependency.
+
+run: venv ## Run produce -> Kafka -> train -> store -> sharded evaluation on one machine.
+	$(PY) -m susy_pipeline run-local
+
+test: venv tools ## Run the whole test suite (unit, broker, TensorFlow, operator, charts).
+	$(PY) -m pytest
+
+test-fast: venv ## Unit tests only (seconds).
+	$(PY) -m pytest -m "not integration and not slow"
+
+bench: venv ## Benchmarks against the seed report's figures (not tests).
+	$(PY) -m bench
+
+clean: ## Remove the venv, the embedded store and build outputs.
+	rm -rf $(VENV) .susy build dist *.egg-info
+
+include $(wildcard mk/*.mk)

@@ -1,0 +1,3 @@
+# Placeholder: replaced by the helm/kubectl installer (issue 7).
+.PHONY: tools
+tools: venv
