@@ -1,0 +1,344 @@
+"""Shard results and their exact aggregation. Pure: numpy only, no TensorFlow.
+
+The operator imports this module, so it must stay free of TensorFlow, pyarrow
+and I/O. An evaluator shard feeds `ShardTally.add` with (labels, scores) chunks
+and turns the tally into a JSON-safe *shard result* (`ShardTally.result`);
+`aggregate` combines the results of all shards of one evaluation.
+
+Why the totals are exact and independent of how rows are split into shards
+and chunks:
+
+- Counts (rows, correct, confusion matrix, histogram bins) are integers.
+- Log-loss: each row's loss is computed in float64 from its float32 score
+  (clipped to [1e-7, 1 - 1e-7], as Keras clips), then rounded to an integer
+  number of `LOSS_UNIT` (1e-12) units. Those integers are summed as Python
+  ints, so the sum is exact and the same in any order. The quantization error
+  is at most 0.5e-12 per row, so the mean loss is off by at most 5e-13,
+  whatever the row count. The sum is stored as a decimal string
+  (`log_loss_units`), because it can exceed the 64-bit integers MongoDB
+  stores (52 million rows x 0.45 nats = 2.3e19 units).
+- AUC comes from per-class histograms of the score over `HISTOGRAM_BINS`
+  equal bins on [0, 1] (2**14, so that `score * bins` is exact in float32 and
+  binning never rounds). A positive and a negative in the same bin count as
+  half a correctly ordered pair, so the histogram AUC differs from the exact
+  AUC by at most `auc_max_error` (reported with it): the share of
+  positive-negative pairs that fall in a shared bin, halved.
+
+Prediction rule: a row is predicted signal when its score is > 0.5, as
+`keras.metrics.BinaryAccuracy` decides.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+HISTOGRAM_BINS = 1 << 14
+LOSS_SCALE = 10 ** 12          # log-loss is summed in integer units of 1 / LOSS_SCALE nats
+LOSS_UNIT = 1.0 / LOSS_SCALE
+PROB_EPSILON = 1e-7            # keras.backend.epsilon(): scores are clipped to [eps, 1 - eps]
+THRESHOLD = 0.5                # predicted signal when score > THRESHOLD
+# Rows per int64 partial sum: 2**18 rows x 16.2 nats x 1e12 stays below 2**63.
+_SUM_BLOCK = 1 << 18
+
+RESULT_VERSION = 1
+
+
+class IncompleteEvaluation(ValueError):
+    """The shard results do not add up to one whole evaluation.
+
+    `missing`, `duplicated` and `unexpected` list shard indices; `inconsistent`
+    lists other problems (different models, data plans, shard counts).
+    """
+
+    def __init__(self, evaluation: str | None, shard_count: int | None, *,
+                 missing: Sequence[int] = (), duplicated: Sequence[int] = (),
+                 unexpected: Sequence[int] = (), inconsistent: Sequence[str] = ()):
+        self.evaluation = evaluation
+        self.shard_count = shard_count
+        self.missing = sorted(missing)
+        self.duplicated = sorted(duplicated)
+        self.unexpected = sorted(unexpected)
+        self.inconsistent = list(inconsistent)
+        problems = []
+        if self.missing:
+            problems.append(f"missing shard(s) {_ranges(self.missing)}")
+        if self.duplicated:
+            problems.append(f"duplicated shard(s) {_ranges(self.duplicated)}")
+        if self.unexpected:
+            problems.append(f"shard index(es) {_ranges(self.unexpected)} outside 0..{(shard_count or 0) - 1}")
+        problems.extend(self.inconsistent)
+        name = f"evaluation {evaluation!r}" if evaluation else "evaluation"
+        have = f" of {shard_count} shards" if shard_count is not None else ""
+        super().__init__(f"{name}{have} is incomplete, no total reported: " + "; ".join(problems))
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (a compact list for messages)."""
+    out, start, prev = [], None, None
+    for i in sorted(indices):
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}-{prev}" if prev > start else f"{start}")
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+    return ", ".join(out)
+
+
+# --- per-row quantities ------------------------------------------------------
+
+def score_bins(scores: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """The histogram bin of each score: floor(score * bins), score 1.0 in the top bin."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.clip(np.floor(s * bins), 0, bins - 1).astype(np.intp)
+
+
+def loss_units(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each row's binary cross-entropy as an int64 count of LOSS_UNIT nats."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), PROB_EPSILON, 1.0 - PROB_EPSILON)
+    positive = np.asarray(labels) == 1
+    loss = -np.log(np.where(positive, p, 1.0 - p))
+    return np.rint(loss * LOSS_SCALE).astype(np.int64)
+
+
+def _exact_sum(values: np.ndarray) -> int:
+    """Sum of int64 values as a Python int, without int64 overflow."""
+    return sum(int(values[i:i + _SUM_BLOCK].sum()) for i in range(0, len(values), _SUM_BLOCK))
+
+
+# --- one shard's tally -------------------------------------------------------
+
+@dataclass
+class ShardTally:
+    """Integer sums over the rows a shard has scored; `add` chunks in any order."""
+
+    bins: int = HISTOGRAM_BINS
+    rows: int = 0
+    tn: int = 0
+    fp: int = 0
+    fn: int = 0
+    tp: int = 0
+    loss_units: int = 0
+    positive: np.ndarray = field(default=None)  # type: ignore[assignment]
+    negative: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.positive is None:
+            self.positive = np.zeros(self.bins, dtype=np.int64)
+        if self.negative is None:
+            self.negative = np.zeros(self.bins, dtype=np.int64)
+
+    @property
+    def correct(self) -> int:
+        return self.tn + self.tp
+
+    def add(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        """Count one chunk: labels in {0, 1}, scores in [0, 1] (the model's sigmoid output)."""
+        labels = np.asarray(labels).reshape(-1)
+        scores = np.asarray(scores).reshape(-1)
+        if labels.shape != scores.shape:
+            raise ValueError(f"{labels.shape[0]} labels but {scores.shape[0]} scores")
+        positive = labels == 1
+        predicted = scores > THRESHOLD
+        n_pos = int(np.count_nonzero(positive))
+        tp = int(np.count_nonzero(positive & predicted))
+        fp = int(np.count_nonzero(predicted)) - tp
+        self.rows += int(labels.shape[0])
+        self.tp += tp
+        self.fn += n_pos - tp
+        self.fp += fp
+        self.tn += int(labels.shape[0]) - n_pos - fp
+        self.loss_units += _exact_sum(loss_units(labels, scores))
+        b = score_bins(scores, self.bins)
+        self.positive += np.bincount(b[positive], minlength=self.bins)
+        self.negative += np.bincount(b[~positive], minlength=self.bins)
+
+    def merge(self, other: "ShardTally") -> None:
+        if other.bins != self.bins:
+            raise ValueError(f"cannot merge histograms of {other.bins} and {self.bins} bins")
+        self.rows += other.rows
+        self.tn += other.tn
+        self.fp += other.fp
+        self.fn += other.fn
+        self.tp += other.tp
+        self.loss_units += other.loss_units
+        self.positive += other.positive
+        self.negative += other.negative
+
+    def counts(self) -> dict[str, Any]:
+        """The tally as the JSON-safe count fields of a shard result."""
+        return {
+            "rows": self.rows,
+            "correct": self.correct,
+            "log_loss_units": str(self.loss_units),
+            "log_loss_unit": LOSS_UNIT,
+            "log_loss_sum": self.loss_units / LOSS_SCALE,
+            "confusion": {"tn": self.tn, "fp": self.fp, "fn": self.fn, "tp": self.tp},
+            "histogram": {"bins": self.bins, "positive": self.positive.tolist(),
+                          "negative": self.negative.tolist()},
+        }
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any]) -> "ShardTally":
+        hist = result["histogram"]
+        c = result["confusion"]
+        tally = cls(bins=int(hist["bins"]), tn=int(c["tn"]), fp=int(c["fp"]), fn=int(c["fn"]),
+                    tp=int(c["tp"]), loss_units=int(result["log_loss_units"]),
+                    positive=np.asarray(hist["positive"], dtype=np.int64),
+                    negative=np.asarray(hist["negative"], dtype=np.int64))
+        tally.rows = int(result["rows"])
+        if tally.tn + tally.fp + tally.fn + tally.tp != tally.rows:
+            raise ValueError(f"shard {result.get('shard_index')}: confusion matrix does not add up "
+                             f"to {tally.rows} rows")
+        if int(tally.positive.sum() + tally.negative.sum()) != tally.rows:
+            raise ValueError(f"shard {result.get('shard_index')}: histogram does not add up "
+                             f"to {tally.rows} rows")
+        return tally
+
+    def metrics(self) -> dict[str, Any]:
+        """Accuracy, mean log-loss, confusion matrix and AUC of the rows tallied."""
+        auc, auc_max_error = auc_from_histograms(self.positive, self.negative)
+        rows = self.rows
+        return {
+            "rows": rows,
+            "correct": self.correct,
+            # Fractions so that the one rounding is the final one, whatever the order.
+            "accuracy": float(Fraction(self.correct, rows)) if rows else None,
+            "log_loss": float(Fraction(self.loss_units, rows * LOSS_SCALE)) if rows else None,
+            "log_loss_units": str(self.loss_units),
+            "confusion": {"tn": self.tn, "fp": self.fp, "fn": self.fn, "tp": self.tp},
+            "auc": auc,
+            "auc_max_error": auc_max_error,
+            "positives": int(self.positive.sum()),
+            "negatives": int(self.negative.sum()),
+        }
+
+
+# --- AUC and ROC from histograms --------------------------------------------
+
+def auc_from_histograms(positive: Sequence[int], negative: Sequence[int]) -> tuple[float | None, float | None]:
+    """(AUC, bound on its error) from per-class score histograms over the same bins.
+
+    AUC = P(score of a random positive > score of a random negative), ties
+    counted half. Pairs within one bin are counted as ties; the true AUC lies
+    within the returned bound, sum(pos_b * neg_b) / (2 * P * N).
+    """
+    pos = [int(x) for x in positive]
+    neg = [int(x) for x in negative]
+    n_pos, n_neg = sum(pos), sum(neg)
+    if n_pos == 0 or n_neg == 0:
+        return None, None
+    below = 0   # negatives in lower bins
+    twice_wins = 0
+    twice_ties = 0
+    for p, n in zip(pos, neg):
+        twice_wins += p * (2 * below + n)
+        twice_ties += p * n
+        below += n
+    pairs = 2 * n_pos * n_neg
+    return float(Fraction(twice_wins, pairs)), float(Fraction(twice_ties, 2 * pairs))
+
+
+def roc_from_histograms(positive: Sequence[int], negative: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates) at every bin edge, from (0, 0) to (1, 1)."""
+    pos = np.asarray(positive, dtype=np.float64)[::-1]
+    neg = np.asarray(negative, dtype=np.float64)[::-1]
+    tpr = np.concatenate([[0.0], np.cumsum(pos) / max(pos.sum(), 1.0)])
+    fpr = np.concatenate([[0.0], np.cumsum(neg) / max(neg.sum(), 1.0)])
+    return fpr, tpr
+
+
+# --- aggregation -------------------------------------------------------------
+
+_SAME_ACROSS_SHARDS = ("evaluation", "shard_count", "model_id", "plan_id")
+
+
+def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = None) -> dict[str, Any]:
+    """The evaluation result from the results of all its shards, exactly.
+
+    Refuses (raises `IncompleteEvaluation`) when a shard index in
+    0..shard_count-1 is missing or appears twice, when an index is out of
+    range, or when the shards disagree on evaluation, model, data plan or
+    shard count. `shard_count` defaults to the one the shards recorded.
+    """
+    results = list(results)
+    evaluation = results[0].get("evaluation") if results else None
+    if shard_count is None:
+        counts = {r.get("shard_count") for r in results}
+        if len(counts) != 1 or None in counts:
+            raise IncompleteEvaluation(evaluation, None, inconsistent=[
+                "no shard results" if not results else f"shards disagree on the shard count: {sorted(map(str, counts))}"])
+        shard_count = int(counts.pop())
+    if shard_count < 1:
+        raise ValueError(f"shard_count must be >= 1, got {shard_count}")
+
+    seen = Counter(int(r["shard_index"]) for r in results)
+    missing = [i for i in range(shard_count) if i not in seen]
+    duplicated = [i for i, n in seen.items() if n > 1 and 0 <= i < shard_count]
+    unexpected = [i for i in seen if not 0 <= i < shard_count]
+    inconsistent = []
+    for key in _SAME_ACROSS_SHARDS:
+        values = {str(r.get(key)) for r in results}
+        if key == "shard_count":
+            values |= {str(shard_count)}
+        if len(values) > 1:
+            by_value: dict[str, list[int]] = {}
+            for r in results:
+                by_value.setdefault(str(r.get(key)), []).append(int(r["shard_index"]))
+            detail = "; ".join(f"{v!s} in shard(s) {_ranges(ix)}" for v, ix in sorted(by_value.items()))
+            inconsistent.append(f"shards disagree on {key}: {detail}"
+                                + (f" (expected {shard_count})" if key == "shard_count" else ""))
+    if missing or duplicated or unexpected or inconsistent:
+        raise IncompleteEvaluation(evaluation, shard_count, missing=missing, duplicated=duplicated,
+                                   unexpected=unexpected, inconsistent=inconsistent)
+
+    ordered = sorted(results, key=lambda r: int(r["shard_index"]))
+    total: ShardTally | None = None
+    for r in ordered:
+        tally = ShardTally.from_result(r)
+        if total is None:
+            total = tally
+        else:
+            try:
+                total.merge(tally)
+            except ValueError as err:
+                raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+                    f"shard {r['shard_index']}: {err}"]) from None
+    assert total is not None
+    seconds = [float(r.get("seconds") or 0.0) for r in ordered]
+    wall = max(seconds) if seconds else 0.0
+    out: dict[str, Any] = {
+        "evaluation": evaluation,
+        "model_id": ordered[0].get("model_id"),
+        "shard_count": shard_count,
+        **total.metrics(),
+        "threshold": THRESHOLD,
+        "histogram_bins": total.bins,
+        # Shards run in parallel: the slowest one bounds the evaluation.
+        "slowest_shard_seconds": wall,
+        "rows_per_second": total.rows / wall if wall > 0 else None,
+        "shards": [_shard_summary(r) for r in ordered],
+    }
+    return out
+
+
+def _shard_summary(r: Mapping[str, Any]) -> dict[str, Any]:
+    rows = int(r["rows"])
+    return {
+        "shard_index": int(r["shard_index"]),
+        "rows": rows,
+        "correct": int(r["correct"]),
+        "accuracy": float(Fraction(int(r["correct"]), rows)) if rows else None,
+        "seconds": r.get("seconds"),
+        "rows_per_second": r.get("rows_per_second"),
+        "peak_rss_bytes": r.get("peak_rss_bytes"),
+        "inputs": len(r.get("inputs") or ()),
+    }
+

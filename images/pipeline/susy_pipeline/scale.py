@@ -1,0 +1,148 @@
+"""`scale`: write the sample's test rows repeated k times, as CSV.gz and Parquet.
+
+The seed evaluated SUSY scaled 15x (about 52 million rows, 23.2 GB). The
+sample shipped here has 10,000 UCI test rows (rows 10979-20978 of
+`data/susy-sample.csv.gz`); `scale --times 15` writes them 15 times over, split
+into `--files` files per format, so that sharded evaluation can be run and
+benchmarked on one machine.
+
+- Global row `r` of the scaled set is source row `r % n`; file `j` of `F`
+  holds global rows `[T*j/F, T*(j+1)/F)` of `T = n*k`. Every file of one
+  format therefore holds the same rows as the file of the same number in the
+  other format.
+- CSV.gz lines are the source lines byte for byte (no float round trip).
+  Parquet columns are float32, named as in `schema.COLUMNS`, written in row
+  groups of `--row-group-rows` rows.
+- Only the source rows are held in memory (the sample's test rows: about
+  4.5 MB of text); output is written in bounded blocks, and each file appears
+  under its final name only when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import data
+from .schema import COLUMNS, SAMPLE_TRAIN_ROWS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = os.path.join("data", "susy-sample.csv.gz")
+FORMATS = ("csv.gz", "parquet")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "scale", help="write the sample's test rows repeated k times, as CSV.gz and Parquet",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=os.environ.get("SUSY_SAMPLE", DEFAULT_SOURCE),
+                   help="source file in UCI layout (env SUSY_SAMPLE; default %(default)s)")
+    p.add_argument("--skip", type=int, default=SAMPLE_TRAIN_ROWS,
+                   help="source rows to skip (default %(default)s: the sample's test rows follow)")
+    p.add_argument("--limit", type=int, default=None, help="source rows to use (default: all after --skip)")
+    p.add_argument("--times", type=int, default=15, help="how many times to repeat them (default %(default)s)")
+    p.add_argument("--files", type=int, default=4, help="files per format (default %(default)s)")
+    p.add_argument("--out", default=os.path.join(".susy", "scaled"),
+                   help="output directory (default %(default)s)")
+    p.add_argument("--formats", default=",".join(FORMATS),
+                   help="comma-separated subset of %(default)s")
+    p.add_argument("--row-group-rows", type=int, default=65_536,
+                   help="Parquet row group size (default %(default)s)")
+    p.add_argument("--gzip-level", type=int, default=6, help="gzip level (default %(default)s)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"--formats: unknown format(s) {unknown}, expected a subset of {list(FORMATS)}")
+    return scale(args.data, args.out, times=args.times, files=args.files, formats=formats,
+                 skip=args.skip, limit=args.limit, row_group_rows=args.row_group_rows,
+                 gzip_level=args.gzip_level)
+
+
+def scale(source: str, out: str, *, times: int = 15, files: int = 4,
+          formats: tuple[str, ...] | list[str] = FORMATS, skip: int = SAMPLE_TRAIN_ROWS,
+          limit: int | None = None, row_group_rows: int = 65_536, gzip_level: int = 6) -> dict[str, Any]:
+    """Write the scaled files; return what was written (paths, rows, bytes)."""
+    if times < 1 or files < 1 or row_group_rows < 1:
+        raise ValueError("--times, --files and --row-group-rows must be >= 1")
+    started = time.monotonic()
+    lines, table = _read_source(source, skip, limit, need_table="parquet" in formats)
+    n = len(lines)
+    total = n * times
+    if files > total:
+        raise ValueError(f"{files} files for {total} rows: some files would be empty")
+    os.makedirs(out, exist_ok=True)
+    written: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for fmt in formats:
+        written[fmt] = []
+        for j in range(files):
+            lo, hi = total * j // files, total * (j + 1) // files
+            path = os.path.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}")
+            tmp = f"{path}.partial"
+            if fmt == "csv.gz":
+                _write_csv_gz(tmp, lines, lo, hi, gzip_level)
+            else:
+                _write_parquet(tmp, table, lo, hi, row_group_rows)
+            os.replace(tmp, path)
+            written[fmt].append(path)
+            log.info("scale: wrote %s (%d rows)", path, hi - lo)
+        sizes[fmt] = sum(os.path.getsize(p) for p in written[fmt])
+    return {"source": source, "source_rows": n, "times": times, "rows": total, "files": written,
+            "bytes": sizes, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _read_source(path: str, skip: int, limit: int | None, need_table: bool):
+    """The source rows as raw lines (bytes, newline-terminated) and, if needed, a float32 table."""
+    # Validate first, with file and line on any bad row, then take the text as is.
+    batches = list(data.iter_batches(path, skip=skip, limit=limit))
+    n = sum(len(b) for b in batches)
+    opener = gzip.open if data.file_format(path) == "csv.gz" else open
+    if data.file_format(path) == "parquet":
+        raise ValueError(f"{path}: scale reads a CSV or CSV.gz source")
+    lines: list[bytes] = []
+    with opener(path, "rb") as f:
+        for i, line in enumerate(f):
+            if i < skip:
+                continue
+            if len(lines) == n:
+                break
+            lines.append(line if line.endswith(b"\n") else line + b"\n")
+    table = None
+    if need_table:
+        labels = np.concatenate([b.labels for b in batches])
+        features = np.concatenate([b.features for b in batches])
+        arrays = [pa.array(labels, pa.float32())] + [pa.array(features[:, i], pa.float32())
+                                                     for i in range(features.shape[1])]
+        table = pa.Table.from_arrays(arrays, names=list(COLUMNS))
+    return lines, table
+
+
+def _cycle(n: int, lo: int, hi: int, block: int) -> Iterator[np.ndarray]:
+    """Source row indices of global rows lo..hi-1, in blocks of at most `block`."""
+    for a in range(lo, hi, block):
+        yield np.arange(a, min(hi, a + block)) % n
+
+
+def _write_csv_gz(path: str, lines: list[bytes], lo: int, hi: int, level: int) -> None:
+    n = len(lines)
+    with gzip.open(path, "wb", compresslevel=level) as f:
+        for idx in _cycle(n, lo, hi, 65_536):
+            f.write(b"".join(lines[i] for i in idx.tolist()))
+
+
+def _write_parquet(path: str, table: pa.Table, lo: int, hi: int, row_group_rows: int) -> None:
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for idx in _cycle(table.num_rows, lo, hi, row_group_rows):
+            writer.write_table(table.take(pa.array(idx)), row_group_size=row_group_rows)

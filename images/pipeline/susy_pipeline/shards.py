@@ -1,0 +1,332 @@
+"""Which rows each evaluator shard reads, and reading exactly those rows.
+
+The rule, for shard `i` of `N` over the input files sorted by path:
+
+1. **At least N files: whole files, round-robin.** File `j` goes to shard
+   `j % N`. Every format is read sequentially from the start, no shard reads
+   a byte another shard reads, and a `.csv.gz` (which has no random access)
+   never needs splitting. `scale --files` writes the files this wants.
+2. **Fewer files than shards (F < N): each file is split among its shards.**
+   Shard `s` works on file `s % F`; the `k` shards of a file take parts
+   `0..k-1` of it, in shard order:
+   - **Parquet: by row groups.** A row group belongs to the part in whose
+     share of the file's rows (`[total*m/k, total*(m+1)/k)`) its first row
+     falls. Row groups are the unit Parquet can seek to, so a shard decodes
+     only its own; a file with fewer row groups than parts leaves some parts
+     empty (their shards report 0 rows, still correctly).
+   - **Plain CSV: by byte ranges.** Part `m` owns the lines that *start* in
+     bytes `[size*m/k, size*(m+1)/k)`. A shard seeks to its range, skips to
+     the first line start, and reads through the end of the last line that
+     starts inside. Line starts partition the file, so every line has
+     exactly one owner whatever the range edges cut.
+   - **CSV.gz: by row stripes.** Gzip has no random access, so no byte
+     range can be found without decompressing everything before it. Row `r`
+     belongs to part `(r // stripe_rows) % k` (`stripe_rows` = 65,536 by
+     default). Each of these shards decompresses and parses the whole file and
+     keeps its stripes: the split is correct, but it buys no speed. Stripes
+     rather than contiguous row ranges because ranges need the row count,
+     which costs another full pass. For speed, give at least N files.
+
+The plan is a pure function of the sorted paths, their sizes (and Parquet row
+group sizes), N and `stripe_rows`. `plan_id` fingerprints those inputs; every
+shard records it, and aggregation refuses shards that planned from different
+inputs.
+
+Every piece is validated as it is read (see `data`): a bad row fails the shard
+with a `DataError` naming the file and its 1-based line (Parquet: 0-based row).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from . import data
+from .data import Batch, DataError
+from .schema import COLUMNS
+
+STRIPE_ROWS = 65_536
+_SCAN_BYTES = 1 << 16
+
+WHOLE_FILE = "file"
+ROW_GROUPS = "row_groups"
+BYTE_RANGE = "byte_range"
+ROW_STRIPES = "row_stripes"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One part of one input file that a shard reads.
+
+    `kind` is `file` (all of it), `row_groups` (Parquet groups `start..stop-1`),
+    `byte_range` (CSV lines starting in bytes `start..stop-1`) or `row_stripes`
+    (rows whose stripe `row // stripe_rows` is `part` modulo `parts`).
+    """
+
+    path: str
+    format: str
+    kind: str = WHOLE_FILE
+    start: int = 0
+    stop: int = 0
+    part: int = 0
+    parts: int = 1
+    stripe_rows: int = STRIPE_ROWS
+
+    def describe(self) -> dict:
+        out = {"path": self.path, "format": self.format, "kind": self.kind}
+        if self.kind in (ROW_GROUPS, BYTE_RANGE):
+            out.update(start=self.start, stop=self.stop)
+        if self.kind == ROW_STRIPES:
+            out.update(part=self.part, parts=self.parts, stripe_rows=self.stripe_rows)
+        return out
+
+
+# --- planning ------------------------------------------------------------------
+
+def resolve_inputs(patterns: Sequence[str]) -> list[str]:
+    """The input files that paths and globs name, sorted, each once.
+
+    Raises DataError for a pattern that matches no file.
+    """
+    found: set[str] = set()
+    for pattern in patterns:
+        matches = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise DataError(pattern, None, "no such file (or the glob matches no file)")
+        found.update(os.path.normpath(m) for m in matches)
+    return sorted(found)
+
+
+def _parquet_row_groups(path: str) -> list[int]:
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(path, None, f"not a readable Parquet file: {err}") from err
+    return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+
+def _split_file(path: str, parts: int, stripe_rows: int) -> list[Piece]:
+    """`parts` pieces that together cover every row of one file exactly once."""
+    fmt = data.file_format(path)
+    if parts == 1:
+        return [Piece(path, fmt)]
+    if fmt == "parquet":
+        sizes = _parquet_row_groups(path)
+        total = sum(sizes)
+        owner, first = [], 0
+        for n in sizes:
+            owner.append(first * parts // total if total else 0)
+            first += n
+        pieces = []
+        for m in range(parts):
+            groups = [g for g, o in enumerate(owner) if o == m]
+            lo, hi = (groups[0], groups[-1] + 1) if groups else (0, 0)
+            pieces.append(Piece(path, fmt, ROW_GROUPS, lo, hi))
+        return pieces
+    if fmt == "csv":
+        size = os.path.getsize(path)
+        return [Piece(path, fmt, BYTE_RANGE, size * m // parts, size * (m + 1) // parts)
+                for m in range(parts)]
+    return [Piece(path, fmt, ROW_STRIPES, part=m, parts=parts, stripe_rows=stripe_rows)
+            for m in range(parts)]
+
+
+def plan(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS) -> list[list[Piece]]:
+    """The pieces of every shard: `plan(...)[i]` is what shard `i` reads."""
+    if shard_count < 1:
+        raise ValueError(f"shard count must be >= 1, got {shard_count}")
+    if stripe_rows < 1:
+        raise ValueError(f"stripe_rows must be >= 1, got {stripe_rows}")
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no input files")
+    shards: list[list[Piece]] = [[] for _ in range(shard_count)]
+    if len(paths) >= shard_count:
+        for j, path in enumerate(paths):
+            shards[j % shard_count].append(Piece(path, data.file_format(path)))
+        return shards
+    for f, path in enumerate(paths):
+        mine = list(range(f, shard_count, len(paths)))
+        for shard, piece in zip(mine, _split_file(path, len(mine), stripe_rows)):
+            shards[shard].append(piece)
+    return shards
+
+
+def plan_shard(paths: Sequence[str], shard_index: int, shard_count: int, *,
+               stripe_rows: int = STRIPE_ROWS) -> list[Piece]:
+    """The pieces shard `shard_index` of `shard_count` reads."""
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard index {shard_index} is outside 0..{shard_count - 1}")
+    if len(paths) >= shard_count:  # no need to open files that other shards read
+        return [Piece(p, data.file_format(p)) for p in list(paths)[shard_index::shard_count]]
+    return plan(paths, shard_count, stripe_rows=stripe_rows)[shard_index]
+
+
+def plan_id(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS) -> str:
+    """A fingerprint of what the plan depends on: paths, sizes, N, stripe size."""
+    facts = {"shard_count": shard_count, "stripe_rows": stripe_rows,
+             "files": [[p, os.path.getsize(p)] for p in paths]}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- reading -------------------------------------------------------------------
+
+def iter_piece(piece: Piece, *, block_bytes: int = data.DEFAULT_BLOCK_BYTES,
+               absolute_rows: bool = False) -> Iterator[Batch]:
+    """Validated batches of exactly the rows a piece owns.
+
+    `first_row` is the row's index in its file, except for `byte_range`
+    pieces unless `absolute_rows=True`: there it counts from the piece's
+    first line, because the absolute number costs a pass over every byte
+    before the range. Error messages always carry the absolute line.
+    """
+    if piece.kind == WHOLE_FILE:
+        yield from data.iter_batches(piece.path, block_bytes=block_bytes)
+    elif piece.kind == ROW_GROUPS:
+        if piece.stop > piece.start:
+            parquet = pq.ParquetFile(piece.path)
+            yield from data.iter_parquet_row_groups(parquet, range(piece.start, piece.stop),
+                                                    path=piece.path)
+    elif piece.kind == ROW_STRIPES:
+        yield from _iter_stripes(piece, block_bytes)
+    elif piece.kind == BYTE_RANGE:
+        yield from _iter_byte_range(piece, block_bytes, absolute_rows)
+    else:
+        raise ValueError(f"unknown piece kind {piece.kind!r}")
+
+
+def _iter_stripes(piece: Piece, block_bytes: int) -> Iterator[Batch]:
+    size = piece.stripe_rows
+    for batch in data.iter_batches(piece.path, block_bytes=block_bytes):
+        lo, hi = batch.first_row, batch.first_row + len(batch)
+        stripe = lo // size
+        while stripe * size < hi:
+            if stripe % piece.parts == piece.part:
+                a, b = max(lo, stripe * size) - lo, min(hi, (stripe + 1) * size) - lo
+                yield Batch(batch.labels[a:b], batch.features[a:b], lo + a)
+            stripe += 1
+
+
+class _Window(io.RawIOBase):
+    """Bytes `start..stop-1` of a file, as a read-only stream."""
+
+    def __init__(self, path: str, start: int, stop: int):
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self._left = stop - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)[:self._left]
+        n = self._f.readinto(view)
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _next_line_start(f, pos: int, size: int) -> int | None:
+    """The first position >= pos where a line starts, or None if no line starts
+    there or later. A line starts at 0 and after every newline."""
+    if pos == 0:
+        return 0 if size > 0 else None
+    f.seek(pos - 1)
+    offset = pos - 1
+    while offset < size:
+        block = f.read(_SCAN_BYTES)
+        if not block:
+            break
+        i = block.find(b"\n")
+        if i >= 0:
+            start = offset + i + 1
+            return start if start < size else None
+        offset += len(block)
+    return None
+
+
+def _count_lines_before(path: str, pos: int) -> int:
+    lines = 0
+    with open(path, "rb") as f:
+        left = pos
+        while left > 0:
+            block = f.read(min(left, 1 << 24))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            left -= len(block)
+    return lines
+
+
+def byte_range_lines(path: str, start: int, stop: int) -> tuple[int, int]:
+    """(first byte, end byte) of the lines that start in `[start, stop)`; equal if none."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        first = _next_line_start(f, start, size)
+        if first is None or first >= stop:
+            return 0, 0
+        end = _next_line_start(f, stop, size) if stop < size else size
+        return first, size if end is None else end
+
+
+def _iter_byte_range(piece: Piece, block_bytes: int, absolute_rows: bool) -> Iterator[Batch]:
+    path = piece.path
+    first, end = byte_range_lines(path, piece.start, piece.stop)
+    if end <= first:
+        return
+    offset = _count_lines_before(path, first) if absolute_rows else None
+
+    def lines_before() -> int:
+        return offset if offset is not None else _count_lines_before(path, first)
+
+    read_options = pacsv.ReadOptions(column_names=list(COLUMNS), block_size=block_bytes,
+                                     use_threads=False)
+    parse_options = pacsv.ParseOptions(ignore_empty_lines=False)
+    convert_options = pacsv.ConvertOptions(column_types={c: pa.float32() for c in COLUMNS},
+                                           strings_can_be_null=False, quoted_strings_can_be_null=False)
+    row = 0  # rows of this piece read so far
+    base = offset or 0
+    try:
+        reader = pacsv.open_csv(_Window(path, first, end), read_options=read_options,
+                                parse_options=parse_options, convert_options=convert_options)
+        for record_batch in reader:
+            labels = record_batch.column(0).to_numpy(zero_copy_only=False)
+            features = np.column_stack([c.to_numpy(zero_copy_only=False)
+                                        for c in record_batch.columns[1:]]).astype(np.float32, copy=False)
+            try:
+                data.check_batch(labels, features, path=path, first_line=row + 1)
+            except DataError as err:
+                raise DataError(path, lines_before() + err.line, err.problem) from None
+            yield Batch(labels, features, base + row)
+            row += record_batch.num_rows
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        _raise_in_range(path, first, end, row, lines_before(), err)
+
+
+def _raise_in_range(path: str, first: int, end: int, from_row: int, lines_before: int,
+                    err: Exception) -> None:
+    """Find the first bad line of the range at or after `from_row` and raise for it."""
+    with _Window(path, first, end) as raw:
+        text = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace", newline="")
+        for local, line in enumerate(text):
+            if local < from_row:
+                continue
+            problem = data._line_problem(line.rstrip("\r\n"))
+            if problem:
+                raise DataError(path, lines_before + local + 1, problem) from err
+    raise DataError(path, lines_before + from_row + 1, f"unreadable: {err}") from err
