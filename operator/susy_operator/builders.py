@@ -1,0 +1,235 @@
+"""Job manifests for the pipeline stages, as plain dicts.
+
+Every builder is pure (no kopf, no client, no clock): the same inputs give the same dict, so a
+retried handler builds an identical Job and `create` answers 409 for the one it already made.
+Names are deterministic (`<cr>-producer`, `<cr>-trainer`, `<cr>-eval`) and fit 63 characters.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from susy_operator import crd
+from susy_operator.spec import EvaluationRunSpec, RunPolicy, TrainingRunSpec
+
+PIPELINE_MODULE = ("python", "-m", "susy_pipeline")
+SCRATCH_VOLUME = "scratch"
+SCRATCH_PATH = "/tmp"
+RUN_AS_USER = 10001
+
+# Defaults when a CR sets no resources: the trainer and evaluator load TensorFlow.
+DEFAULT_RESOURCES: Mapping[str, Mapping[str, Any]] = {
+    crd.PRODUCER: {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    crd.TRAINER: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+    crd.EVALUATOR: {"requests": {"cpu": "500m", "memory": "1536Mi"}, "limits": {"memory": "3Gi"}},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The custom resource that owns a Job (ownerReferences, labels, names)."""
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+    api_version: str = crd.API_VERSION
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Owner":
+        meta = body["metadata"]
+        return cls(kind=body["kind"], name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
+                   api_version=body.get("apiVersion", crd.API_VERSION))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """What the operator's own configuration contributes to every Job (contracts.md §4)."""
+    image: str
+    kafka_bootstrap: str
+    store_secret: str
+    database: str
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str | None = None
+
+
+def job_name(cr_name: str, component: str) -> str:
+    """`<cr>-<suffix>`, or a hash-shortened form when that would pass 63 characters."""
+    suffix = crd.JOB_SUFFIX[component]
+    name = f"{cr_name}-{suffix}"
+    if len(name) <= crd.MAX_NAME:
+        return name
+    digest = hashlib.sha256(cr_name.encode()).hexdigest()[:8]
+    head = cr_name[: crd.MAX_NAME - len(suffix) - len(digest) - 2].rstrip("-.")
+    return f"{head}-{digest}-{suffix}"
+
+
+def _label_value(value: str) -> str:
+    return value[: crd.MAX_NAME].rstrip("-_.")
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    selector = crd.LABEL_TRAINING_RUN if owner.kind == crd.TRAINING_KIND else crd.LABEL_EVALUATION_RUN
+    return {
+        crd.LABEL_NAME: crd.APP_NAME,
+        crd.LABEL_INSTANCE: _label_value(owner.name),
+        crd.LABEL_COMPONENT: component,
+        crd.LABEL_PART_OF: crd.PART_OF,
+        crd.LABEL_MANAGED_BY: crd.MANAGED_BY,
+        selector: _label_value(owner.name),
+    }
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    # controller + blockOwnerDeletion: foreground deletion of the CR waits for its Jobs,
+    # and `kubectl delete trainingrun` (background) lets the garbage collector remove them.
+    return {"apiVersion": owner.api_version, "kind": owner.kind, "name": owner.name, "uid": owner.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def merge_env(base: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Operator-set env first; user env is added by name, never duplicating or replacing a set name."""
+    result = [copy.deepcopy(dict(item)) for item in base]
+    seen = {item["name"] for item in result}
+    for name, value in extra:
+        if name not in seen:
+            result.append({"name": name, "value": value})
+            seen.add(name)
+    return result
+
+
+def pipeline_env(config: JobConfig, run_name: str | None = None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": crd.ENV_KAFKA_BOOTSTRAP, "value": config.kafka_bootstrap},
+        # The store URI holds credentials: only a reference to the Secret goes into the Job.
+        {"name": crd.ENV_STORE_URI, "valueFrom": {"secretKeyRef": {
+            "name": config.store_secret, "key": crd.STORE_SECRET_KEY}}},
+        {"name": crd.ENV_DATABASE, "value": config.database},
+        # TensorFlow, Keras and matplotlib write caches under HOME; the root filesystem is read-only.
+        {"name": "HOME", "value": SCRATCH_PATH},
+        {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_PATH}/matplotlib"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if run_name is not None:
+        env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
+    return env
+
+
+def _resources(component: str, override: Mapping[str, Any] | None) -> dict[str, Any]:
+    return copy.deepcopy(dict(override if override is not None else DEFAULT_RESOURCES[component]))
+
+
+def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, command: list[str],
+         env: list[dict[str, Any]], resources: Mapping[str, Any] | None, policy: RunPolicy,
+         job_spec: Mapping[str, Any]) -> dict[str, Any]:
+    job_labels = labels(owner, component)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [{
+            "name": component,
+            "image": image or config.image,
+            "imagePullPolicy": config.image_pull_policy,
+            "command": command,
+            "env": env,
+            "resources": _resources(component, resources),
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}],
+        }],
+        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}],
+    }
+    if config.service_account:
+        pod_spec["serviceAccountName"] = config.service_account
+    spec: dict[str, Any] = {
+        "backoffLimit": policy.backoff_limit,
+        "activeDeadlineSeconds": policy.active_deadline_seconds,
+        "ttlSecondsAfterFinished": policy.ttl_seconds_after_finished,
+        # Exit code 2 is "bad input" (contracts.md §1): retrying the same input cannot succeed.
+        "podFailurePolicy": {"rules": [{
+            "action": "FailIndex" if "completionMode" in job_spec else "FailJob",
+            "onExitCodes": {"containerName": component, "operator": "In", "values": [crd.EXIT_BAD_INPUT]},
+        }]},
+        **job_spec,
+        "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(owner.name, component),
+            "namespace": owner.namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": spec,
+    }
+
+
+def producer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig) -> dict[str, Any]:
+    """The Job that streams the dataset's row range into Kafka and records the offsets."""
+    command = [*PIPELINE_MODULE, "produce",
+               "--data", spec.dataset.uri,
+               "--skip", str(spec.dataset.skip),
+               "--limit", str(spec.dataset.limit),
+               "--topic", spec.kafka.topic,
+               "--partitions", str(spec.kafka.partitions),
+               "--run-name", run_name]
+    if spec.kafka.rows_per_message is not None:
+        command += ["--rows-per-message", str(spec.kafka.rows_per_message)]
+    return _job(owner=owner, component=crd.PRODUCER, config=config, image=spec.producer_image,
+                command=command, env=merge_env(pipeline_env(config, run_name), spec.env),
+                resources=spec.producer_resources, policy=spec.run_policy,
+                job_spec={"completions": 1, "parallelism": 1})
+
+
+def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig) -> dict[str, Any]:
+    """The Job that consumes exactly what the producer recorded, trains, and saves the model."""
+    command = [*PIPELINE_MODULE, "train", "--run-name", run_name, "--reader", spec.reader,
+               "--recipe", spec.model.recipe]
+    if spec.epochs is not None:
+        command += ["--epochs", str(spec.epochs)]
+    if spec.batch_size is not None:
+        command += ["--batch-size", str(spec.batch_size)]
+    if spec.model.learning_rate is not None:
+        command += ["--learning-rate", repr(spec.model.learning_rate)]
+    if spec.model.dropout is not None:
+        command += ["--dropout", repr(spec.model.dropout)]
+    if spec.model.hidden is not None:
+        command += ["--hidden", ",".join(str(h) for h in spec.model.hidden)]
+    return _job(owner=owner, component=crd.TRAINER, config=config, image=spec.trainer_image,
+                command=command, env=merge_env(pipeline_env(config, run_name), spec.env),
+                resources=spec.trainer_resources, policy=spec.run_policy,
+                job_spec={"completions": 1, "parallelism": 1})
+
+
+def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_id: str,
+                  config: JobConfig) -> dict[str, Any]:
+    """One Indexed Job: pod i scores shard i (JOB_COMPLETION_INDEX) and upserts its result."""
+    command = [*PIPELINE_MODULE, "evaluate", "--model", model_id, "--data", *spec.uris,
+               "--evaluation", evaluation, "--shard-count", str(spec.shards),
+               "--chunk-rows", str(spec.chunk_rows)]
+    job_spec = {
+        "completionMode": "Indexed",
+        "completions": spec.shards,
+        "parallelism": spec.effective_parallelism,
+        # Each shard is retried on its own; one bad shard does not use up the others' retries.
+        "backoffLimitPerIndex": spec.backoff_limit_per_index,
+    }
+    policy = dataclasses.replace(spec.run_policy,
+                                 backoff_limit=spec.shards * (spec.backoff_limit_per_index + 1))
+    return _job(owner=owner, component=crd.EVALUATOR, config=config, image=spec.image, command=command,
+                env=merge_env(pipeline_env(config), spec.env), resources=spec.resources, policy=policy,
+                job_spec=job_spec)

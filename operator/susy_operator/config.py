@@ -1,0 +1,52 @@
+"""The operator's settings, read once from its environment (set by charts/susy-operator)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+from susy_operator.builders import JobConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    # image: the pipeline image every Job runs unless a CR names its own (SUSY_PIPELINE_IMAGE).
+    image: str
+    # kafka_bootstrap: host:port list the producer and trainer connect to (SUSY_KAFKA_BOOTSTRAP).
+    kafka_bootstrap: str
+    # store_secret: Secret with key `uri` (the MongoDB URI); Jobs get it via secretKeyRef (SUSY_STORE_SECRET).
+    store_secret: str
+    # database: database name inside the store (SUSY_DATABASE).
+    database: str
+    # store_uri: the operator's own store connection, to read model ids, production records and
+    # shard results (MONGODB_URI, from the same Secret in the chart). None: the store is not readable.
+    store_uri: str | None
+    # poll_seconds: how often a running CR looks at its Jobs (SUSY_POLL_SECONDS).
+    poll_seconds: float
+    # image_pull_policy: for every Job container (SUSY_IMAGE_PULL_POLICY); kind loads images, so IfNotPresent.
+    image_pull_policy: str = "IfNotPresent"
+    # job_service_account: service account of the Job pods; empty means the namespace default.
+    job_service_account: str | None = None
+    # max_workers: threads for the synchronous handlers (SUSY_MAX_WORKERS).
+    max_workers: int = 16
+
+    @property
+    def job_config(self) -> JobConfig:
+        return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap, store_secret=self.store_secret,
+                         database=self.database, image_pull_policy=self.image_pull_policy,
+                         service_account=self.job_service_account)
+
+
+def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
+    env = os.environ if environ is None else environ
+    return OperatorConfig(
+        image=env.get("SUSY_PIPELINE_IMAGE", "susy-pipeline:0.1.0"),
+        kafka_bootstrap=env.get("SUSY_KAFKA_BOOTSTRAP", "kafka:9092"),
+        store_secret=env.get("SUSY_STORE_SECRET", "susy-store"),
+        database=env.get("SUSY_DATABASE", "bigdata"),
+        store_uri=env.get("MONGODB_URI") or None,
+        poll_seconds=float(env.get("SUSY_POLL_SECONDS", "5")),
+        image_pull_policy=env.get("SUSY_IMAGE_PULL_POLICY", "IfNotPresent"),
+        job_service_account=env.get("SUSY_JOB_SERVICE_ACCOUNT") or None,
+        max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
+    )

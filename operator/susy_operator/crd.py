@@ -1,0 +1,104 @@
+"""Names shared by the CRDs, the operator and the tests: group, kinds, condition types, reasons, labels.
+
+Pure constants: no kopf, no Kubernetes client (see STYLE.md, "a pure core with I/O at the edges").
+"""
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "susy.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+TRAINING_KIND: Final = "TrainingRun"
+TRAINING_PLURAL: Final = "trainingruns"
+EVALUATION_KIND: Final = "EvaluationRun"
+EVALUATION_PLURAL: Final = "evaluationruns"
+
+# Phases (status.phase). Pending -> Producing -> Training -> Succeeded | Failed for a TrainingRun;
+# Pending -> Evaluating -> Succeeded | Failed for an EvaluationRun.
+PENDING: Final = "Pending"
+PRODUCING: Final = "Producing"
+TRAINING: Final = "Training"
+EVALUATING: Final = "Evaluating"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+TERMINAL_PHASES: Final = frozenset({SUCCEEDED, FAILED})
+TRAINING_PHASES: Final = (PENDING, PRODUCING, TRAINING, SUCCEEDED, FAILED)
+EVALUATION_PHASES: Final = (PENDING, EVALUATING, SUCCEEDED, FAILED)
+
+# Condition types (status.conditions[].type), one entry per type, Kubernetes metav1.Condition shape.
+#   Produced:      the producer Job wrote the row range into Kafka and its record is in the store.
+#   Trained:       the trainer Job saved a model to the store; status.modelId names it.
+#   ModelResolved: the EvaluationRun's model reference resolved to one model id (status.modelId).
+#   Evaluated:     every shard of the evaluator Job succeeded and the results were aggregated.
+#   Succeeded:     the run reached its goal (terminal).
+#   Failed:        the run stopped for good; reason and message say why (terminal).
+PRODUCED: Final = "Produced"
+TRAINED: Final = "Trained"
+MODEL_RESOLVED: Final = "ModelResolved"
+EVALUATED: Final = "Evaluated"
+SUCCEEDED_CONDITION: Final = "Succeeded"
+FAILED_CONDITION: Final = "Failed"
+
+# Condition reasons (CamelCase, as metav1.Condition requires). Job-level ones match the
+# reasons Kubernetes' Job controller uses (BackoffLimitExceeded, DeadlineExceeded, FailedIndexes).
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_JOB_CREATED: Final = "JobCreated"
+REASON_JOB_RUNNING: Final = "JobRunning"
+REASON_JOB_SUCCEEDED: Final = "JobSucceeded"
+REASON_JOB_FAILED: Final = "JobFailed"
+REASON_JOB_MISSING: Final = "JobMissing"
+REASON_WAITING: Final = "WaitingForPreviousStep"
+REASON_RECORD_MISSING: Final = "StoreRecordMissing"
+REASON_MODEL_NOT_FOUND: Final = "ModelNotFound"
+REASON_TRAINING_RUN_NOT_FOUND: Final = "TrainingRunNotFound"
+REASON_TRAINING_RUN_FAILED: Final = "TrainingRunFailed"
+REASON_WAITING_FOR_TRAINING_RUN: Final = "WaitingForTrainingRun"
+REASON_MODEL_RESOLVED: Final = "ModelResolved"
+REASON_AGGREGATED: Final = "Aggregated"
+REASON_AGGREGATION_FAILED: Final = "AggregationFailed"
+REASON_STORE_UNAVAILABLE: Final = "StoreUnavailable"
+
+# Event reasons (kubectl describe). One per transition.
+EVENT_STARTED: Final = "Started"
+EVENT_JOB_CREATED: Final = "JobCreated"
+EVENT_STEP_SUCCEEDED: Final = "StepSucceeded"
+EVENT_SUCCEEDED: Final = "Succeeded"
+EVENT_FAILED: Final = "Failed"
+EVENT_INVALID: Final = "InvalidSpec"
+EVENT_WAITING: Final = "Waiting"
+
+# Components (the `app.kubernetes.io/component` label and the Job name suffix).
+PRODUCER: Final = "producer"
+TRAINER: Final = "trainer"
+EVALUATOR: Final = "evaluator"
+JOB_SUFFIX: Final = {PRODUCER: "producer", TRAINER: "trainer", EVALUATOR: "eval"}
+
+# Labels. The `app.kubernetes.io/*` set follows the Kubernetes recommended labels; the two
+# `susy.dev/*` keys select a run's Jobs (`kubectl get jobs -l susy.dev/trainingrun=NAME`).
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_TRAINING_RUN: Final = f"{GROUP}/trainingrun"
+LABEL_EVALUATION_RUN: Final = f"{GROUP}/evaluationrun"
+APP_NAME: Final = "susy-pipeline"
+PART_OF: Final = "susy"
+MANAGED_BY: Final = "susy-operator"
+
+# Environment the Jobs receive (contracts.md §1 and §4).
+ENV_KAFKA_BOOTSTRAP: Final = "KAFKA_BOOTSTRAP"
+ENV_STORE_URI: Final = "MONGODB_URI"
+ENV_DATABASE: Final = "SUSY_DATABASE"
+ENV_RUN_NAME: Final = "SUSY_RUN_NAME"
+ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
+STORE_SECRET_KEY: Final = "uri"
+# Names the operator always sets; a user's spec.env cannot replace them.
+RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX})
+
+# Exit code the pipeline uses for bad input (contracts.md §1): retrying cannot help.
+EXIT_BAD_INPUT: Final = 2
+
+MAX_NAME: Final = 63

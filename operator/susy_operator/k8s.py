@@ -1,0 +1,97 @@
+"""The only module that talks to the Kubernetes API through a client library (the official one).
+
+kopf itself reads and patches the custom resources and posts Events; this module creates and
+reads Jobs and reads TrainingRuns. Every call answers plain dicts (`_preload_content=False`),
+the same shapes the builders produce and the tests compare.
+
+API calls made here (charts/susy-operator's Role must grant them; tests/test_operator_rbac.py):
+  create, get  batch/jobs
+  get          susy.dev/trainingruns
+"""
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from susy_operator import crd
+
+_lock = threading.Lock()
+_client: kubernetes.client.ApiClient | None = None
+
+
+def configure(host: str | None = None) -> None:
+    """Use an explicit API server (tests), or the configuration kopf's login already loaded.
+
+    kopf's default login (`login_via_client`) loads the in-cluster or kubeconfig configuration
+    into the client's default Configuration; we build on that so both share one identity.
+    """
+    global _client
+    with _lock:
+        if host is not None:
+            configuration = kubernetes.client.Configuration()
+            configuration.host = host
+            configuration.verify_ssl = False
+        else:
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            if configuration.host in (None, "", "http://localhost"):
+                try:
+                    kubernetes.config.load_incluster_config(client_configuration=configuration)
+                except kubernetes.config.ConfigException:
+                    kubernetes.config.load_kube_config(client_configuration=configuration)
+        _client = kubernetes.client.ApiClient(configuration)
+
+
+def _api() -> kubernetes.client.ApiClient:
+    if _client is None:
+        configure()
+    assert _client is not None
+    return _client
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+def create_job_if_absent(job: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create the Job; if one of that name exists (409), return it instead. (job, created)."""
+    namespace = job["metadata"]["namespace"]
+    api = kubernetes.client.BatchV1Api(_api())
+    try:
+        return _json(api.create_namespaced_job(namespace, job, _preload_content=False)), True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    existing = read_job(namespace, job["metadata"]["name"])
+    if existing is None:  # deleted between the two calls; the next reconcile creates it again
+        raise ApiException(status=409, reason=f"Job {job['metadata']['name']} is being replaced")
+    return existing, False
+
+
+def read_job(namespace: str, name: str) -> dict[str, Any] | None:
+    api = kubernetes.client.BatchV1Api(_api())
+    try:
+        return _json(api.read_namespaced_job(name, namespace, _preload_content=False))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
+    api = kubernetes.client.CustomObjectsApi(_api())
+    try:
+        return _json(api.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.TRAINING_PLURAL,
+                                                      name, _preload_content=False))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])

@@ -1,0 +1,355 @@
+"""Parse and validate TrainingRun / EvaluationRun specs into frozen dataclasses.
+
+The CRD schema (manifests/crds/) already rejects most bad specs at the API server; this module
+repeats those rules so that the operator never acts on a spec the schema would reject (a CRD
+installed without CEL support, an object written before a schema change, the API emulator in
+the tests). Defaults here equal the schema's `default:` values; tests/test_crds.py checks that.
+
+Pure: no kopf, no Kubernetes client.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+READERS: Final = ("tfio", "kafka-python")
+RECIPES: Final = ("seed", "tuned")
+MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
+TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+# Schema defaults (kept equal to manifests/crds/*.yaml by tests/test_crds.py).
+DEFAULT_SKIP: Final = 0
+DEFAULT_LIMIT: Final = 10000
+DEFAULT_TOPIC: Final = "trainData"
+DEFAULT_PARTITIONS: Final = 1
+DEFAULT_RECIPE: Final = "seed"
+DEFAULT_READER: Final = "tfio"
+DEFAULT_SHARDS: Final = 1
+DEFAULT_CHUNK_ROWS: Final = 65536
+DEFAULT_BACKOFF_LIMIT: Final = 2
+DEFAULT_BACKOFF_LIMIT_PER_INDEX: Final = 1
+DEFAULT_ACTIVE_DEADLINE_SECONDS: Final = 21600
+DEFAULT_TTL_SECONDS_AFTER_FINISHED: Final = 86400
+
+MAX_PARTITIONS: Final = 64
+MAX_SHARDS: Final = 1000
+MAX_URIS: Final = 64
+MAX_HIDDEN_LAYERS: Final = 8
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot run. `problems` lists every rule it breaks, in field order."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPolicy:
+    """Job lifecycle knobs, applied to every Job of a run (like Kubeflow's RunPolicy)."""
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+    active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE_SECONDS
+    ttl_seconds_after_finished: int = DEFAULT_TTL_SECONDS_AFTER_FINISHED
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    uri: str
+    skip: int = DEFAULT_SKIP
+    limit: int = DEFAULT_LIMIT
+
+
+@dataclasses.dataclass(frozen=True)
+class Kafka:
+    topic: str = DEFAULT_TOPIC
+    partitions: int = DEFAULT_PARTITIONS
+    rows_per_message: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """Hyper-parameters; None means "the recipe's value" (the seed model by default)."""
+    recipe: str = DEFAULT_RECIPE
+    hidden: tuple[int, ...] | None = None
+    learning_rate: float | None = None
+    dropout: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRunSpec:
+    dataset: Dataset
+    kafka: Kafka = Kafka()
+    model: ModelParams = ModelParams()
+    epochs: int | None = None
+    batch_size: int | None = None
+    reader: str = DEFAULT_READER
+    producer_image: str | None = None
+    trainer_image: str | None = None
+    producer_resources: Mapping[str, Any] | None = None
+    trainer_resources: Mapping[str, Any] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    run_policy: RunPolicy = RunPolicy()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReference:
+    """Exactly one of the three is set."""
+    id: str | None = None
+    timestamp: str | None = None
+    training_run: str | None = None
+
+    @property
+    def store_ref(self) -> str:
+        """The reference in the pipeline's syntax (contracts.md §1), for ids and timestamps."""
+        if self.id is not None:
+            return self.id
+        if self.timestamp is not None:
+            return self.timestamp
+        raise ValueError("a TrainingRun reference resolves through the TrainingRun's status")
+
+    def describe(self) -> str:
+        if self.id is not None:
+            return f"model id {self.id}"
+        if self.timestamp is not None:
+            return f"the newest model at or before {self.timestamp}"
+        return f"the latest model of TrainingRun {self.training_run}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRunSpec:
+    model: ModelReference
+    uris: tuple[str, ...]
+    shards: int = DEFAULT_SHARDS
+    parallelism: int | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    backoff_limit_per_index: int = DEFAULT_BACKOFF_LIMIT_PER_INDEX
+    image: str | None = None
+    resources: Mapping[str, Any] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    run_policy: RunPolicy = RunPolicy()
+
+    @property
+    def effective_parallelism(self) -> int:
+        return self.shards if self.parallelism is None else self.parallelism
+
+
+class _Reader:
+    """Collects every problem of a spec instead of stopping at the first one."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.problems: list[str] = []
+
+    def section(self, data: Mapping[str, Any], key: str, *, required: bool = False) -> Mapping[str, Any]:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.problems.append(f"{self.root}.{key} is required")
+            return {}
+        if not isinstance(value, Mapping):
+            self.problems.append(f"{self.root}.{key} must be an object")
+            return {}
+        return value
+
+    def integer(self, data: Mapping[str, Any], path: str, key: str, default: int | None, *,
+                minimum: int, maximum: int | None = None) -> int | None:
+        value = data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problems.append(f"{path}.{key} must be an integer, got {value!r}")
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            self.problems.append(f"{path}.{key} must be {bound}, got {value}")
+            return default
+        return value
+
+    def number(self, data: Mapping[str, Any], path: str, key: str, *, exclusive_min: float,
+               maximum: float) -> float | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.problems.append(f"{path}.{key} must be a number, got {value!r}")
+            return None
+        if not exclusive_min < value <= maximum:
+            self.problems.append(f"{path}.{key} must be in ({exclusive_min}, {maximum}], got {value}")
+            return None
+        return float(value)
+
+    def string(self, data: Mapping[str, Any], path: str, key: str, default: str | None = None, *,
+               required: bool = False, choices: Sequence[str] | None = None,
+               pattern: re.Pattern[str] | None = None) -> str | None:
+        value = data.get(key, default)
+        if value is None or value == "":
+            if required:
+                self.problems.append(f"{path}.{key} is required")
+            return default if value is None else None
+        if not isinstance(value, str):
+            self.problems.append(f"{path}.{key} must be a string, got {value!r}")
+            return default
+        if choices is not None and value not in choices:
+            self.problems.append(f"{path}.{key} must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        if pattern is not None and not pattern.match(value):
+            self.problems.append(f"{path}.{key} {value!r} does not match {pattern.pattern}")
+            return default
+        return value
+
+    def resources(self, data: Mapping[str, Any], path: str, key: str) -> Mapping[str, Any] | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or set(value) - {"requests", "limits"}:
+            self.problems.append(f"{path}.{key} must be an object with requests and/or limits")
+            return None
+        return value
+
+    def env(self, data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        from susy_operator import crd  # local: keeps the import graph of this pure module flat
+
+        items = data.get("env") or []
+        if not isinstance(items, list):
+            self.problems.append(f"{self.root}.env must be a list")
+            return ()
+        result: dict[str, str] = {}
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, Mapping) else None
+            value = item.get("value", "") if isinstance(item, Mapping) else None
+            if not isinstance(name, str) or not ENV_NAME_PATTERN.match(name) or not isinstance(value, str):
+                self.problems.append(f"{self.root}.env[{i}] must be {{name, value}} with a valid name")
+            elif name in crd.RESERVED_ENV:
+                self.problems.append(f"{self.root}.env[{i}].name {name} is set by the operator")
+            else:
+                result[name] = value
+        return tuple(result.items())
+
+    def run_policy(self, data: Mapping[str, Any]) -> RunPolicy:
+        section = self.section(data, "runPolicy")
+        path = f"{self.root}.runPolicy"
+        return RunPolicy(
+            backoff_limit=self.integer(section, path, "backoffLimit", DEFAULT_BACKOFF_LIMIT,
+                                       minimum=0, maximum=20) or 0,
+            active_deadline_seconds=self.integer(section, path, "activeDeadlineSeconds",
+                                                 DEFAULT_ACTIVE_DEADLINE_SECONDS, minimum=60) or 60,
+            ttl_seconds_after_finished=self.integer(section, path, "ttlSecondsAfterFinished",
+                                                    DEFAULT_TTL_SECONDS_AFTER_FINISHED, minimum=0) or 0,
+        )
+
+    def done(self) -> None:
+        if self.problems:
+            raise SpecError(self.problems)
+
+
+def parse_training_run(spec: Mapping[str, Any]) -> TrainingRunSpec:
+    """Validate a TrainingRun spec; raise SpecError naming every problem."""
+    r = _Reader("spec")
+    ds = r.section(spec, "dataset", required=True)
+    kafka = r.section(spec, "kafka")
+    model = r.section(spec, "model")
+    images = r.section(spec, "images")
+    resources = r.section(spec, "resources")
+
+    uri = r.string(ds, "spec.dataset", "uri", required=True) if ds else None
+    dataset = Dataset(
+        uri=uri or "",
+        skip=r.integer(ds, "spec.dataset", "skip", DEFAULT_SKIP, minimum=0) or 0,
+        limit=r.integer(ds, "spec.dataset", "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT,
+    )
+    hidden_raw = model.get("hidden")
+    hidden: tuple[int, ...] | None = None
+    if hidden_raw is not None:
+        if (not isinstance(hidden_raw, list) or not 1 <= len(hidden_raw) <= MAX_HIDDEN_LAYERS
+                or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 4096 for h in hidden_raw)):
+            r.problems.append(f"spec.model.hidden must be 1-{MAX_HIDDEN_LAYERS} layer widths in 1..4096")
+        else:
+            hidden = tuple(hidden_raw)
+    parsed = TrainingRunSpec(
+        dataset=dataset,
+        kafka=Kafka(
+            topic=r.string(kafka, "spec.kafka", "topic", DEFAULT_TOPIC, pattern=TOPIC_PATTERN) or DEFAULT_TOPIC,
+            partitions=r.integer(kafka, "spec.kafka", "partitions", DEFAULT_PARTITIONS,
+                                 minimum=1, maximum=MAX_PARTITIONS) or DEFAULT_PARTITIONS,
+            rows_per_message=r.integer(kafka, "spec.kafka", "rowsPerMessage", None, minimum=1, maximum=10000),
+        ),
+        model=ModelParams(
+            recipe=r.string(model, "spec.model", "recipe", DEFAULT_RECIPE, choices=RECIPES) or DEFAULT_RECIPE,
+            hidden=hidden,
+            learning_rate=r.number(model, "spec.model", "learningRate", exclusive_min=0.0, maximum=1.0),
+            dropout=r.number(model, "spec.model", "dropout", exclusive_min=-1e-12, maximum=0.9),
+        ),
+        epochs=r.integer(spec, "spec", "epochs", None, minimum=1, maximum=1000),
+        batch_size=r.integer(spec, "spec", "batchSize", None, minimum=1, maximum=65536),
+        reader=r.string(spec, "spec", "reader", DEFAULT_READER, choices=READERS) or DEFAULT_READER,
+        producer_image=r.string(images, "spec.images", "producer"),
+        trainer_image=r.string(images, "spec.images", "trainer"),
+        producer_resources=r.resources(resources, "spec.resources", "producer"),
+        trainer_resources=r.resources(resources, "spec.resources", "trainer"),
+        env=r.env(spec),
+        run_policy=r.run_policy(spec),
+    )
+    r.done()
+    return parsed
+
+
+def parse_evaluation_run(spec: Mapping[str, Any]) -> EvaluationRunSpec:
+    """Validate an EvaluationRun spec; raise SpecError naming every problem."""
+    r = _Reader("spec")
+    model = r.section(spec, "model", required=True)
+    ds = r.section(spec, "dataset", required=True)
+
+    named = [key for key in ("id", "timestamp", "trainingRun") if model.get(key) not in (None, "")]
+    if model and len(named) != 1:
+        r.problems.append("spec.model must name the model exactly one way (id, timestamp or trainingRun), "
+                          f"got {', '.join(named) if named else 'none'}")
+    model_id = r.string(model, "spec.model", "id", pattern=MODEL_ID_PATTERN)
+    timestamp = r.string(model, "spec.model", "timestamp")
+    if timestamp is not None:
+        try:
+            datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        except ValueError:
+            r.problems.append(f"spec.model.timestamp {timestamp!r} is not an RFC 3339 date-time")
+    training_run = r.string(model, "spec.model", "trainingRun", pattern=K8S_NAME_PATTERN)
+
+    uris_raw = ds.get("uris") if ds else None
+    uris: tuple[str, ...] = ()
+    if ds:
+        if (not isinstance(uris_raw, list) or not 1 <= len(uris_raw) <= MAX_URIS
+                or not all(isinstance(u, str) and u for u in uris_raw)):
+            r.problems.append(f"spec.dataset.uris must list 1-{MAX_URIS} non-empty file URIs or globs")
+        else:
+            uris = tuple(uris_raw)
+
+    shards = r.integer(spec, "spec", "shards", DEFAULT_SHARDS, minimum=1, maximum=MAX_SHARDS) or DEFAULT_SHARDS
+    parallelism = r.integer(spec, "spec", "parallelism", None, minimum=1, maximum=MAX_SHARDS)
+    if parallelism is not None and isinstance(spec.get("shards", DEFAULT_SHARDS), int) and parallelism > shards:
+        r.problems.append(f"spec.parallelism ({parallelism}) must not exceed spec.shards ({shards})")
+    resources = r.resources(spec, "spec", "resources")
+    parsed = EvaluationRunSpec(
+        model=ModelReference(id=model_id, timestamp=timestamp, training_run=training_run),
+        uris=uris,
+        shards=shards,
+        parallelism=parallelism,
+        chunk_rows=r.integer(spec, "spec", "chunkRows", DEFAULT_CHUNK_ROWS, minimum=1, maximum=10_000_000)
+        or DEFAULT_CHUNK_ROWS,
+        backoff_limit_per_index=r.integer(spec, "spec", "backoffLimitPerIndex", DEFAULT_BACKOFF_LIMIT_PER_INDEX,
+                                          minimum=0, maximum=10) or 0,
+        image=r.string(spec, "spec", "image"),
+        resources=resources,
+        env=r.env(spec),
+        run_policy=r.run_policy(spec),
+    )
+    r.done()
+    return parsed
+
+
+def run_name(namespace: str, name: str, uid: str) -> str:
+    """The store key of one CR instance: a re-created CR (new uid) never sees an old record."""
+    return f"{namespace}.{name}.{uid[:8]}"
