@@ -135,6 +135,16 @@ def helm() -> str:
     return _helm()
 
 
+def test_tools_run(helm: str) -> None:
+    """`make tools` installed working helm (4.x) and kubectl binaries next to it."""
+    assert run_helm(helm, "version", "--short").startswith("v4.")
+    kubectl = Path(helm).with_name("kubectl")
+    if kubectl.exists():
+        out = subprocess.run([str(kubectl), "version", "--client"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        assert "Client Version: v1." in out
+
+
 def value_sets(chart: Path) -> list[Path | None]:
     return [None, *sorted((chart / "ci").glob("*-values.yaml"))]
 
