@@ -77,7 +77,7 @@ def _store() -> Any:
 
 
 def _model_id(record: Mapping[str, Any]) -> str:
-    for key in ("id", "model_id", "_id"):
+    for key in ("model_id", "id", "_id"):
         if record.get(key):
             return str(record[key])
     raise KeyError("model record without an id")
