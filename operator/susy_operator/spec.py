@@ -21,6 +21,8 @@ MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
 TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+QUANTITY_PATTERN: Final = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
 # Schema defaults (kept equal to manifests/crds/*.yaml by tests/test_crds.py).
 DEFAULT_SKIP: Final = 0
@@ -210,6 +212,10 @@ class _Reader:
         if not isinstance(value, Mapping) or set(value) - {"requests", "limits"}:
             self.problems.append(f"{path}.{key} must be an object with requests and/or limits")
             return None
+        for part in ("requests", "limits"):
+            for name, quantity in (value.get(part) or {}).items():
+                if isinstance(quantity, bool) or not QUANTITY_PATTERN.match(str(quantity)):
+                    self.problems.append(f"{path}.{key}.{part}.{name}: {quantity!r} is not a quantity")
         return value
 
     def env(self, data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -306,7 +312,7 @@ def parse_evaluation_run(spec: Mapping[str, Any]) -> EvaluationRunSpec:
     ds = r.section(spec, "dataset", required=True)
 
     named = [key for key in ("id", "timestamp", "trainingRun") if model.get(key) not in (None, "")]
-    if model and len(named) != 1:
+    if isinstance(spec.get("model"), Mapping) and len(named) != 1:
         r.problems.append("spec.model must name the model exactly one way (id, timestamp or trainingRun), "
                           f"got {', '.join(named) if named else 'none'}")
     model_id = r.string(model, "spec.model", "id", pattern=MODEL_ID_PATTERN)

@@ -1,0 +1,356 @@
+"""The CRDs in manifests/crds/: the examples validate, bad custom resources are rejected, the CEL
+rules parse and decide their listed cases, and the schema agrees with the operator's own checks.
+
+No API server here, so the OpenAPI v3 schema is checked with a JSON-schema validator (after the
+small OpenAPI -> JSON-schema translation below), and the `x-kubernetes-validations` rules with
+cel-python when it is installed; the cases of every rule are listed in CEL_CASES either way, and
+a test fails if a rule is added to a CRD without cases.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from susy_operator import crd, spec as spec_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+CRDS = ROOT / "manifests" / "crds"
+EXAMPLES = ROOT / "manifests" / "examples"
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+CRD_FILES = {crd.TRAINING_KIND: CRDS / "trainingruns.yaml", crd.EVALUATION_KIND: CRDS / "evaluationruns.yaml"}
+
+
+def openapi_schema(kind: str) -> dict[str, Any]:
+    (version,) = load(CRD_FILES[kind])["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def to_json_schema(node: Any) -> Any:
+    """OpenAPI v3.0 (Kubernetes flavour) -> JSON schema: boolean exclusiveMinimum, nullable, x-*."""
+    if isinstance(node, list):
+        return [to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if out.get("exclusiveMinimum") is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    if out.pop("nullable", False) and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def validator(kind: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(to_json_schema(openapi_schema(kind)))
+
+
+def errors(kind: str, obj: dict[str, Any]) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator(kind).iter_errors(obj)]
+
+
+def walk(node: Any, path: str = "") -> Any:
+    """(path, schema node) for every node of a schema."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.get("properties", {}).items():
+            yield from walk(value, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            yield from walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+# --- the CRDs themselves --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_crd_shape(kind: str) -> None:
+    doc = load(CRD_FILES[kind])
+    assert doc["apiVersion"] == "apiextensions.k8s.io/v1" and doc["kind"] == "CustomResourceDefinition"
+    names = doc["spec"]["names"]
+    plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL}[kind]
+    assert doc["metadata"]["name"] == f"{plural}.{crd.GROUP}"
+    assert (doc["spec"]["group"], doc["spec"]["scope"]) == (crd.GROUP, "Namespaced")
+    assert (names["kind"], names["plural"]) == (kind, plural)
+    assert names["shortNames"] == [{"TrainingRun": "tr", "EvaluationRun": "er"}[kind]]
+    (version,) = doc["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == (crd.VERSION, True, True)
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    expected = {"TrainingRun": ["Phase", "Model", "Rows", "Age"],
+                "EvaluationRun": ["Phase", "Shards", "Accuracy", "AUC", "Age"]}[kind]
+    assert columns == expected
+    # kopf's status writes survive pruning (STYLE.md, kopf anchor: docs/walkthrough/updates.rst).
+    assert version["schema"]["openAPIV3Schema"]["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]
+
+
+@pytest.mark.parametrize("kind", sorted(CRD_FILES))
+def test_every_spec_field_is_typed_and_described(kind: str) -> None:
+    spec_schema = openapi_schema(kind)["properties"]["spec"]
+    for path, node in walk(spec_schema, "spec"):
+        assert "type" in node or "anyOf" in node, f"{path} has no type"
+        if path.count(".") >= 1 and not path.endswith(("[]", "{}")):
+            assert node.get("description", "").split(" ")[0].rstrip(":") in (path.rsplit(".", 1)[-1], ), \
+                f"{path}: description should start with the field's name, got {node.get('description')!r}"
+        if node.get("type") == "integer":
+            assert "minimum" in node, f"{path} needs a lower bound"
+        if node.get("type") == "string" and "enum" not in node and "format" not in node:
+            assert "minLength" in node or "pattern" in node or path.endswith(".value"), f"{path} needs a bound"
+
+
+def test_crds_are_valid_kubernetes_objects() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version()
+    for path in CRD_FILES.values():
+        kubernetes_validate.validate(load(path), version, strict=True)
+
+
+def test_schema_defaults_match_the_operator() -> None:
+    tr = openapi_schema(crd.TRAINING_KIND)["properties"]["spec"]["properties"]
+    er = openapi_schema(crd.EVALUATION_KIND)["properties"]["spec"]["properties"]
+    assert tr["dataset"]["properties"]["skip"]["default"] == spec_lib.DEFAULT_SKIP
+    assert tr["dataset"]["properties"]["limit"]["default"] == spec_lib.DEFAULT_LIMIT
+    assert tr["kafka"]["properties"]["topic"]["default"] == spec_lib.DEFAULT_TOPIC
+    assert tr["kafka"]["properties"]["partitions"]["default"] == spec_lib.DEFAULT_PARTITIONS
+    assert tr["kafka"]["properties"]["partitions"]["maximum"] == spec_lib.MAX_PARTITIONS
+    assert tr["model"]["properties"]["recipe"]["default"] == spec_lib.DEFAULT_RECIPE
+    assert tr["model"]["properties"]["recipe"]["enum"] == list(spec_lib.RECIPES)
+    assert tr["reader"]["default"] == spec_lib.DEFAULT_READER
+    assert tr["reader"]["enum"] == list(spec_lib.READERS)
+    assert tr["runPolicy"]["properties"]["backoffLimit"]["default"] == spec_lib.DEFAULT_BACKOFF_LIMIT
+    for schema in (tr, er):
+        policy = schema["runPolicy"]["properties"]
+        assert policy["activeDeadlineSeconds"]["default"] == spec_lib.DEFAULT_ACTIVE_DEADLINE_SECONDS
+        assert policy["ttlSecondsAfterFinished"]["default"] == spec_lib.DEFAULT_TTL_SECONDS_AFTER_FINISHED
+    assert er["shards"]["default"] == spec_lib.DEFAULT_SHARDS
+    assert er["shards"]["maximum"] == spec_lib.MAX_SHARDS
+    assert er["chunkRows"]["default"] == spec_lib.DEFAULT_CHUNK_ROWS
+    assert er["backoffLimitPerIndex"]["default"] == spec_lib.DEFAULT_BACKOFF_LIMIT_PER_INDEX
+    assert er["dataset"]["properties"]["uris"]["maxItems"] == spec_lib.MAX_URIS
+
+
+# --- examples ---------------------------------------------------------------------------------------
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+
+
+def test_examples_exist() -> None:
+    names = {p.name for p in EXAMPLE_FILES}
+    assert {"trainingrun.yaml", "evaluationrun.yaml", "trainingrun-full.yaml", "evaluationrun-full.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_example_validates_against_its_crd_and_the_operator(path: Path) -> None:
+    doc = load(path)
+    assert doc["apiVersion"] == crd.API_VERSION
+    assert errors(doc["kind"], doc) == []
+    parse = spec_lib.parse_training_run if doc["kind"] == crd.TRAINING_KIND else spec_lib.parse_evaluation_run
+    parse(doc["spec"])  # the operator accepts it too
+    for rule_path, rule in cel_rules(doc["kind"]):
+        if rule["rule"] != "self == oldSelf" and value_at(doc, rule_path) is not None:  # absent: not run
+            assert evaluate_rule(rule["rule"], value_at(doc, rule_path), None), f"{path.name}: {rule['rule']}"
+
+
+def test_full_examples_set_every_spec_field() -> None:
+    for name, kind in (("trainingrun-full.yaml", crd.TRAINING_KIND), ("evaluationrun-full.yaml", crd.EVALUATION_KIND)):
+        spec = load(EXAMPLES / name)["spec"]
+        schema = openapi_schema(kind)["properties"]["spec"]
+        for key, node in schema["properties"].items():
+            assert key in spec or (kind == crd.EVALUATION_KIND and key == "model"), f"{name} lacks spec.{key}"
+            if node.get("type") == "object" and "properties" in node and key in spec and key not in ("model",):
+                missing = set(node["properties"]) - set(spec[key])
+                assert not missing, f"{name} lacks spec.{key}.{sorted(missing)}"
+
+
+# --- bad custom resources ---------------------------------------------------------------------------
+
+def tr(**spec: Any) -> dict[str, Any]:
+    base = {"dataset": {"uri": "/data/susy.csv.gz"}}
+    base.update(spec)
+    return {"apiVersion": crd.API_VERSION, "kind": crd.TRAINING_KIND, "metadata": {"name": "t"}, "spec": base}
+
+
+def er(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"model": {"trainingRun": "t"}, "dataset": {"uris": ["/data/test.csv"]}}
+    base.update(spec)
+    return {"apiVersion": crd.API_VERSION, "kind": crd.EVALUATION_KIND, "metadata": {"name": "e"}, "spec": base}
+
+
+BAD_BY_SCHEMA = {
+    "tr: no spec": {"apiVersion": crd.API_VERSION, "kind": crd.TRAINING_KIND, "metadata": {"name": "t"}},
+    "tr: no dataset": tr(dataset=None),
+    "tr: empty uri": tr(dataset={"uri": ""}),
+    "tr: negative skip": tr(dataset={"uri": "x", "skip": -1}),
+    "tr: zero limit": tr(dataset={"uri": "x", "limit": 0}),
+    "tr: zero partitions": tr(kafka={"partitions": 0}),
+    "tr: 65 partitions": tr(kafka={"partitions": 65}),
+    "tr: topic with a space": tr(kafka={"topic": "my topic"}),
+    "tr: unknown recipe": tr(model={"recipe": "fancy"}),
+    "tr: zero learning rate": tr(model={"learningRate": 0}),
+    "tr: dropout 1": tr(model={"dropout": 1.0}),
+    "tr: empty hidden": tr(model={"hidden": []}),
+    "tr: zero epochs": tr(epochs=0),
+    "tr: string epochs": tr(epochs="ten"),
+    "tr: unknown reader": tr(reader="librdkafka"),
+    "tr: bad resource quantity": tr(resources={"trainer": {"limits": {"memory": "lots"}}}),
+    "tr: env without name": tr(env=[{"value": "x"}]),
+    "tr: env bad name": tr(env=[{"name": "1X", "value": "x"}]),
+    "tr: deadline below a minute": tr(runPolicy={"activeDeadlineSeconds": 10}),
+    "er: no model": er(model=None),
+    "er: no dataset": er(dataset=None),
+    "er: no uris": er(dataset={"uris": []}),
+    "er: zero shards": er(shards=0),
+    "er: 1001 shards": er(shards=1001),
+    "er: zero parallelism": er(parallelism=0),
+    "er: bad model id": er(model={"id": "not-hex"}),
+    "er: bad training run name": er(model={"trainingRun": "Not_A_Name"}),
+    "er: zero chunk rows": er(chunkRows=0),
+    "er: backoffLimitPerIndex 11": er(backoffLimitPerIndex=11),
+}
+for _case in BAD_BY_SCHEMA.values():
+    for _key in [k for k, v in (_case.get("spec") or {}).items() if v is None]:
+        del _case["spec"][_key]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BY_SCHEMA))
+def test_bad_resource_is_rejected_by_the_schema_and_the_operator(case: str) -> None:
+    doc = BAD_BY_SCHEMA[case]
+    assert errors(doc["kind"], doc), f"the schema accepts {case}"
+    if "spec" in doc:  # the operator's own validation (for clusters without the schema) agrees
+        parse = spec_lib.parse_training_run if doc["kind"] == crd.TRAINING_KIND else spec_lib.parse_evaluation_run
+        with pytest.raises(spec_lib.SpecError):
+            parse(doc["spec"])
+
+
+# --- CEL rules (x-kubernetes-validations) --------------------------------------------------------------
+
+def cel_rules(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """(JSON path of the node the rule applies to, rule) for every rule of a CRD."""
+    rules = []
+    for path, node in walk(openapi_schema(kind)):
+        for rule in node.get("x-kubernetes-validations") or []:
+            rules.append((path, rule))
+    return rules
+
+
+def value_at(doc: dict[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in [p for p in path.split(".") if p]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+NAME_RULE = "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+IMMUTABLE = "self == oldSelf"
+PARALLELISM = "!has(self.parallelism) || self.parallelism <= self.shards"
+ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x, x).size() == 1"
+RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
+                "'JOB_COMPLETION_INDEX']))")
+
+# Every rule with its cases: (self, oldSelf or None for a create, expected).
+CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
+    NAME_RULE: [
+        ({"metadata": {"name": "susy-train"}}, None, True),
+        ({"metadata": {"name": "a" * 63}}, None, True),
+        ({"metadata": {"name": "a" * 64}}, None, False),
+        ({"metadata": {"name": "9lives"}}, None, False),
+        ({"metadata": {"name": "has.dots"}}, None, False),
+    ],
+    IMMUTABLE: [
+        ({"shards": 3}, {"shards": 3}, True),
+        ({"shards": 4}, {"shards": 3}, False),
+        ({"dataset": {"uri": "b"}}, {"dataset": {"uri": "a"}}, False),
+    ],
+    PARALLELISM: [
+        ({"shards": 3}, None, True),
+        ({"shards": 3, "parallelism": 3}, None, True),
+        ({"shards": 3, "parallelism": 1}, None, True),
+        ({"shards": 3, "parallelism": 4}, None, False),
+    ],
+    ONE_MODEL: [
+        ({"id": "0" * 32}, None, True),
+        ({"timestamp": "2026-11-24T10:00:00Z"}, None, True),
+        ({"trainingRun": "t"}, None, True),
+        ({}, None, False),
+        ({"id": "0" * 32, "trainingRun": "t"}, None, False),
+        ({"id": "0" * 32, "timestamp": "2026-11-24T10:00:00Z", "trainingRun": "t"}, None, False),
+    ],
+    RESERVED_ENV: [
+        ([], None, True),
+        ([{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}], None, True),
+        ([{"name": "MONGODB_URI", "value": "mongodb://evil"}], None, False),
+        ([{"name": "A", "value": "1"}, {"name": "KAFKA_BOOTSTRAP", "value": "x"}], None, False),
+    ],
+}
+
+# The same rules in Python, for when cel-python is not installed (and as a cross-check when it is).
+PYTHON_EQUIVALENTS = {
+    NAME_RULE: lambda s, o: len(s["metadata"]["name"]) <= 63
+    and spec_lib.re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", s["metadata"]["name"]) is not None,
+    IMMUTABLE: lambda s, o: o is None or s == o,
+    PARALLELISM: lambda s, o: "parallelism" not in s or s["parallelism"] <= s["shards"],
+    ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun")) == 1,
+    RESERVED_ENV: lambda s, o: all(e["name"] not in crd.RESERVED_ENV for e in s),
+}
+
+
+def evaluate_rule(rule: str, self_value: Any, old_value: Any) -> bool:
+    try:
+        import celpy
+    except ImportError:
+        return bool(PYTHON_EQUIVALENTS[rule](self_value, old_value))
+    env = celpy.Environment()
+    program = env.program(env.compile(rule))
+    activation = {"self": celpy.json_to_cel(self_value)}
+    if old_value is not None:
+        activation["oldSelf"] = celpy.json_to_cel(old_value)
+    elif "oldSelf" in rule:
+        return True  # transition rules do not run on create
+    return bool(program.evaluate(activation))
+
+
+def all_rules() -> set[str]:
+    return {rule["rule"] for kind in CRD_FILES for _, rule in cel_rules(kind)}
+
+
+def test_every_cel_rule_has_cases_and_a_message() -> None:
+    assert all_rules() == set(CEL_CASES), "list the cases of every x-kubernetes-validations rule in CEL_CASES"
+    for kind in CRD_FILES:
+        for path, rule in cel_rules(kind):
+            assert rule.get("message"), f"{kind}{path}: {rule['rule']} has no message"
+
+
+def test_cel_rules_parse() -> None:
+    celpy = pytest.importorskip("celpy", reason="cel-python is not installed: rules checked by PYTHON_EQUIVALENTS")
+    env = celpy.Environment()
+    for rule in sorted(all_rules()):
+        env.compile(rule)
+
+
+@pytest.mark.parametrize("rule", sorted(CEL_CASES))
+def test_cel_rule_cases(rule: str) -> None:
+    for self_value, old_value, expected in CEL_CASES[rule]:
+        assert evaluate_rule(rule, self_value, old_value) is expected, (rule, self_value, old_value)
+        assert bool(PYTHON_EQUIVALENTS[rule](self_value, old_value)) is expected, (rule, self_value)
+
+
+def test_cross_field_rules_are_also_enforced_by_the_operator() -> None:
+    """Clusters without CEL (or the emulator in tests) rely on spec.py for the same rules."""
+    with pytest.raises(spec_lib.SpecError, match="parallelism"):
+        spec_lib.parse_evaluation_run(er(shards=3, parallelism=4)["spec"])
+    with pytest.raises(spec_lib.SpecError, match="exactly one way"):
+        spec_lib.parse_evaluation_run(er(model={"id": "0" * 32, "trainingRun": "t"})["spec"])
+    with pytest.raises(spec_lib.SpecError, match="exactly one way"):
+        spec_lib.parse_evaluation_run(er(model={})["spec"])
+    with pytest.raises(spec_lib.SpecError, match="set by the operator"):
+        spec_lib.parse_training_run(tr(env=[{"name": "MONGODB_URI", "value": "x"}])["spec"])
+    bad = copy.deepcopy(er(shards=3, parallelism=4))
+    assert not errors(crd.EVALUATION_KIND, bad), "cross-field rules are CEL, not JSON schema"
