@@ -582,3 +582,16 @@ def test_examples_validate_against_the_crds() -> None:
         errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
         assert not errors, f"{path.name}: " + "; ".join(
             f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_crd_validation_rejects_unknown_and_mistyped_fields() -> None:
+    """The strict CRD check above is not vacuous: a typo or a wrong type is an error."""
+    schemas = _crd_schemas()
+    doc = yaml.safe_load((EXAMPLES / "trainingrun.yaml").read_text())
+    group, _, version = doc["apiVersion"].rpartition("/")
+    validator = jsonschema.Draft4Validator(schemas[(group, version, doc["kind"])])
+    assert not list(validator.iter_errors(doc))
+    typo = {**doc, "spec": {**doc["spec"], "datasett": doc["spec"]["dataset"]}}
+    assert list(validator.iter_errors(typo)), "an unknown spec field must fail"
+    wrong = {**doc, "spec": {**doc["spec"], "dataset": {**doc["spec"]["dataset"], "limit": "many"}}}
+    assert list(validator.iter_errors(wrong)), "a string where an integer belongs must fail"
