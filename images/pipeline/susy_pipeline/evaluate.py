@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import options
 from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
 from .schema import N_FEATURES
@@ -53,25 +54,6 @@ DEFAULT_CHUNK_ROWS = 65_536
 def _env_int(name: str, default: int | None) -> int | None:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default
-
-
-def add_store_options(p: argparse.ArgumentParser) -> None:
-    """--store/--database, unless the top-level parser already has them.
-
-    SUPPRESS as the default: a value given before the subcommand is not
-    overwritten by this subparser's default.
-    """
-    p.add_argument("--store", default=argparse.SUPPRESS,
-                   help="store URI (env MONGODB_URI; default sqlite:///.susy/store.sqlite3)")
-    p.add_argument("--database", default=argparse.SUPPRESS, help="database (env SUSY_DATABASE; default bigdata)")
-
-
-def open_store_from(args: argparse.Namespace):
-    from .store import open_store
-
-    uri = getattr(args, "store", None) or os.environ.get("MONGODB_URI")
-    database = getattr(args, "database", None) or os.environ.get("SUSY_DATABASE") or "bigdata"
-    return open_store(uri, database)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -96,7 +78,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="TensorFlow intra-op threads (env SUSY_TF_THREADS; default 1, bit-exact across splits)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
                    help="log rows done and rows/s this often (default %(default)s)")
-    add_store_options(p)
+    options.add_store(p)
+    p.set_defaults(run=run)
     return p
 
 
@@ -106,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                if value in (None, [], "")]
     if missing:
         raise ValueError(f"evaluate needs {', '.join(missing)} (or their environment variables)")
-    with open_store_from(args) as store:
+    with options.store_from(args) as store:
         result = evaluate_shard(
             store, model_ref=args.model, inputs=args.data, evaluation=args.evaluation,
             shard_index=args.shard_index, shard_count=args.shard_count, chunk_rows=args.chunk_rows,
@@ -317,3 +300,52 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     }
     store.put_shard_result(evaluation, shard_index, result)
     return result
+
+
+def options_exit_bad_input() -> int:
+    from .cli import EXIT_BAD_INPUT
+
+    return EXIT_BAD_INPUT
+
+
+def run_parallel(*, model_ref: str, inputs: Sequence[str], evaluation: str, shard_count: int,
+                 store_uri: str, database: str = "bigdata", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
+                 timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """Run all N shards as parallel processes on this machine (what `make run` does).
+
+    Each shard is `python -m susy_pipeline evaluate ... --shard-index i`; with
+    `cpus`, shard i is pinned to core `cpus[i % len(cpus)]` (as a CPU limit
+    of 1 would hold it). Returns the shards' printed summaries; raises
+    RuntimeError naming every failed shard with the tail of its stderr.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    procs = []
+    for i in range(shard_count):
+        cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", str(model_ref),
+               "--data", *inputs, "--evaluation", evaluation, "--shard-index", str(i),
+               "--shard-count", str(shard_count), "--chunk-rows", str(chunk_rows),
+               "--store", store_uri, "--database", database, *extra_args]
+        if cpus:
+            cmd = ["taskset", "-c", str(cpus[i % len(cpus)]), *cmd]
+        err = tempfile.TemporaryFile()
+        procs.append((i, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err), err))
+    summaries, failures = [], []
+    for i, proc, err in procs:
+        out, _ = proc.communicate(timeout=timeout_s)
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+        err.close()
+        if proc.returncode != 0:
+            failures.append(f"shard {i} exited {proc.returncode}: {' | '.join(tail)}")
+            continue
+        summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
+    if failures:
+        message = f"evaluation {evaluation}: " + "; ".join(failures)
+        bad_input = all(f" exited {options_exit_bad_input()}:" in f for f in failures)
+        raise (ValueError if bad_input else RuntimeError)(message)
+    return summaries

@@ -325,8 +325,16 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
         "slowest_shard_seconds": wall,
         "rows_per_second": total.rows / wall if wall > 0 else None,
         "shards": [_shard_summary(r) for r in ordered],
+        # The merged histograms (for ROC curves); `printable` leaves them out.
+        "histogram": {"bins": total.bins, "positive": total.positive.tolist(),
+                      "negative": total.negative.tolist()},
     }
     return out
+
+
+def printable(result: Mapping[str, Any]) -> dict[str, Any]:
+    """An aggregated result without its (long) histograms."""
+    return {k: v for k, v in result.items() if k != "histogram"}
 
 
 def _shard_summary(r: Mapping[str, Any]) -> dict[str, Any]:

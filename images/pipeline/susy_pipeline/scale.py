@@ -57,6 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--row-group-rows", type=int, default=65_536,
                    help="Parquet row group size (default %(default)s)")
     p.add_argument("--gzip-level", type=int, default=6, help="gzip level (default %(default)s)")
+    p.set_defaults(run=run)
     return p
 
 

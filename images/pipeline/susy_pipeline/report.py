@@ -1,0 +1,114 @@
+"""`report`: an aggregated evaluation as JSON and as a small PNG.
+
+    report --evaluation NAME [--shard-count N] [--out DIR]
+
+writes `DIR/NAME.json` (the aggregated result, with the ROC curve sampled at
+up to 257 points instead of the full histograms) and `DIR/NAME.png`: the ROC
+curve with its AUC, and rows and accuracy per shard, for people who would
+rather look than read. Imports matplotlib (Agg backend) only when drawing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import options
+from .evaluation import aggregate, printable, roc_from_histograms
+
+ROC_POINTS = 257
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("report", help="write an evaluation's result as JSON and PNG",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--evaluation", default=os.environ.get("SUSY_EVALUATION"), required=not os.environ.get("SUSY_EVALUATION"),
+                   help="evaluation name (env SUSY_EVALUATION)")
+    p.add_argument("--shard-count", type=options.positive, default=None,
+                   help="expected shard count (default: as the shards recorded)")
+    p.add_argument("--out", default=os.path.join(".susy", "reports"), help="output directory (default %(default)s)")
+    options.add_store(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with options.store_from(args) as store:
+        result = aggregate(store.shard_results(args.evaluation), args.shard_count)
+    return write_report(result, args.out)
+
+
+def roc_points(result: Mapping[str, Any], points: int = ROC_POINTS) -> dict[str, list[float]]:
+    """The ROC curve from the merged histograms, thinned to about `points` points."""
+    hist = result["histogram"]
+    fpr, tpr = roc_from_histograms(hist["positive"], hist["negative"])
+    keep = np.unique(np.linspace(0, len(fpr) - 1, points).round().astype(int))
+    return {"fpr": [round(float(v), 6) for v in fpr[keep]], "tpr": [round(float(v), 6) for v in tpr[keep]]}
+
+
+def _file_stem(name: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name or "evaluation").strip("._") or "evaluation"
+
+
+def write_report(result: Mapping[str, Any], out_dir: str, stem: str | None = None) -> dict[str, Any]:
+    """Write `<stem>.json` and `<stem>.png` into out_dir; return their paths and the headline figures."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = _file_stem(stem or result.get("evaluation"))
+    json_path = os.path.join(out_dir, f"{stem}.json")
+    png_path = os.path.join(out_dir, f"{stem}.png")
+    document = {**printable(result), "roc": roc_points(result)}
+    with open(json_path + ".partial", "w") as f:
+        json.dump(document, f, indent=2, default=str)
+    os.replace(json_path + ".partial", json_path)
+    plot(document, png_path)
+    return {"evaluation": result.get("evaluation"), "json": json_path, "png": png_path,
+            "rows": result["rows"], "accuracy": result["accuracy"], "log_loss": result["log_loss"],
+            "auc": result["auc"]}
+
+
+def plot(document: Mapping[str, Any], path: str) -> None:
+    """ROC curve (left) and rows and accuracy per shard (right), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (roc_ax, shard_ax) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    roc = document["roc"]
+    auc = document.get("auc")
+    roc_ax.plot(roc["fpr"], roc["tpr"], color="tab:blue",
+                label=f"AUC {auc:.4f}" if auc is not None else "AUC n/a")
+    roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
+               title="ROC (signal vs background)")
+    roc_ax.legend(loc="lower right")
+
+    shards = document.get("shards") or []
+    index = [s["shard_index"] for s in shards]
+    rows = [s["rows"] for s in shards]
+    shard_ax.bar(index, rows, color="tab:grey", alpha=0.6, label="rows")
+    shard_ax.set(xlabel="shard", ylabel="rows", title=f"{len(shards)} shards, {document['rows']:,} rows")
+    shard_ax.set_xticks(index)
+    acc_ax = shard_ax.twinx()
+    acc = [s["accuracy"] if s["accuracy"] is not None else np.nan for s in shards]
+    acc_ax.plot(index, acc, "o", color="tab:orange", label="accuracy")
+    if document.get("accuracy") is not None:
+        acc_ax.axhline(document["accuracy"], color="tab:orange", linestyle="--", linewidth=1,
+                       label=f"total {document['accuracy']:.4f}")
+    acc_ax.set_ylabel("accuracy")
+    finite = [a for a in acc if a == a]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        pad = max(0.01, (hi - lo) * 0.5)
+        acc_ax.set_ylim(lo - pad, hi + pad)
+    acc_ax.legend(loc="lower right", fontsize="small")
+    fig.suptitle(f"evaluation {document.get('evaluation')}  model {str(document.get('model_id'))[:12]}",
+                 fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path + ".partial.png")
+    plt.close(fig)
+    os.replace(path + ".partial.png", path)
