@@ -1,0 +1,298 @@
+"""The operator's pure core, without a cluster: Job builders, spec validation, status helpers."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from susy_operator import builders, config, crd, spec as spec_lib, status as st
+
+OWNER_TR = builders.Owner(kind=crd.TRAINING_KIND, name="susy-train", namespace="team-a",
+                          uid="0f6e3c52-8d1b-4d8e-9a55-1f2e3d4c5b6a")
+OWNER_ER = builders.Owner(kind=crd.EVALUATION_KIND, name="susy-eval", namespace="team-a",
+                          uid="7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
+CONFIG = builders.JobConfig(image="registry.local/susy-pipeline:1.2.3", kafka_bootstrap="kafka.susy:9092",
+                            store_secret="susy-store", database="bigdata")
+RUN = "team-a.susy-train.0f6e3c52"
+
+
+def training_spec(**overrides):
+    raw = {"dataset": {"uri": "/opt/susy/data/susy-sample.csv.gz", "skip": 100, "limit": 5000},
+           "kafka": {"topic": "t1", "partitions": 3}}
+    raw.update(overrides)
+    return spec_lib.parse_training_run(raw)
+
+
+def evaluation_spec(**overrides):
+    raw = {"model": {"trainingRun": "susy-train"}, "dataset": {"uris": ["/data/a.csv", "/data/b-*.parquet"]},
+           "shards": 4, "parallelism": 2, "chunkRows": 1000}
+    raw.update(overrides)
+    return spec_lib.parse_evaluation_run(raw)
+
+
+def container(job):
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(job):
+    return {e["name"]: e for e in container(job)["env"]}
+
+
+# --- builders ---------------------------------------------------------------------------------------
+
+ALL_JOBS = {
+    "producer": lambda: builders.producer_job(OWNER_TR, training_spec(), RUN, CONFIG),
+    "trainer": lambda: builders.trainer_job(OWNER_TR, training_spec(), RUN, CONFIG),
+    "evaluator": lambda: builders.evaluator_job(OWNER_ER, evaluation_spec(), "team-a.susy-eval.7a1b2c3d",
+                                                "ab" * 16, CONFIG),
+}
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_job_metadata_owner_and_labels(component: str) -> None:
+    job = ALL_JOBS[component]()
+    owner = OWNER_ER if component == "evaluator" else OWNER_TR
+    meta = job["metadata"]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    assert meta["name"] == f"{owner.name}-{crd.JOB_SUFFIX[component]}"
+    assert meta["namespace"] == owner.namespace
+    assert meta["ownerReferences"] == [{"apiVersion": "susy.dev/v1alpha1", "kind": owner.kind, "name": owner.name,
+                                        "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}]
+    selector = crd.LABEL_EVALUATION_RUN if component == "evaluator" else crd.LABEL_TRAINING_RUN
+    expected_labels = {
+        "app.kubernetes.io/name": "susy-pipeline",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "susy",
+        "app.kubernetes.io/managed-by": "susy-operator",
+        selector: owner.name,
+    }
+    assert meta["labels"] == expected_labels
+    assert job["spec"]["template"]["metadata"]["labels"] == expected_labels
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_job_run_policy_security_and_resources(component: str) -> None:
+    job = ALL_JOBS[component]()
+    spec = job["spec"]
+    for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert isinstance(spec[key], int), key
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(job)
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert c["image"] == CONFIG.image and c["imagePullPolicy"] == "IfNotPresent"
+    assert c["resources"] == builders.DEFAULT_RESOURCES[component]
+    assert c["resources"] is not builders.DEFAULT_RESOURCES[component]  # a copy, safe to mutate
+    rule = spec["podFailurePolicy"]["rules"][0]
+    assert rule["onExitCodes"] == {"containerName": component, "operator": "In", "values": [crd.EXIT_BAD_INPUT]}
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_job_env_takes_the_store_uri_from_the_secret(component: str) -> None:
+    job = ALL_JOBS[component]()
+    env = env_of(job)
+    assert env["MONGODB_URI"] == {"name": "MONGODB_URI",
+                                  "valueFrom": {"secretKeyRef": {"name": "susy-store", "key": "uri"}}}
+    assert "value" not in env["MONGODB_URI"]
+    assert env["KAFKA_BOOTSTRAP"]["value"] == "kafka.susy:9092"
+    assert env["SUSY_DATABASE"]["value"] == "bigdata"
+    names = [e["name"] for e in container(job)["env"]]
+    assert len(names) == len(set(names))
+    if component != "evaluator":
+        assert env["SUSY_RUN_NAME"]["value"] == RUN
+
+
+def test_producer_command() -> None:
+    job = ALL_JOBS["producer"]()
+    assert container(job)["command"] == [
+        "python", "-m", "susy_pipeline", "produce", "--data", "/opt/susy/data/susy-sample.csv.gz",
+        "--skip", "100", "--limit", "5000", "--topic", "t1", "--partitions", "3", "--run-name", RUN]
+    assert job["spec"]["completions"] == 1 and job["spec"]["parallelism"] == 1
+    assert "completionMode" not in job["spec"]
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+
+
+def test_trainer_command_passes_only_what_the_spec_sets() -> None:
+    plain = container(ALL_JOBS["trainer"]())["command"]
+    assert plain == ["python", "-m", "susy_pipeline", "train", "--run-name", RUN, "--reader", "tfio",
+                     "--recipe", "seed"]
+    full = container(builders.trainer_job(OWNER_TR, training_spec(
+        model={"recipe": "tuned", "hidden": [64, 32], "learningRate": 0.01, "dropout": 0.25},
+        epochs=3, batchSize=128, reader="kafka-python"), RUN, CONFIG))["command"]
+    assert full[4:] == ["--run-name", RUN, "--reader", "kafka-python", "--recipe", "tuned", "--epochs", "3",
+                        "--batch-size", "128", "--learning-rate", "0.01", "--dropout", "0.25", "--hidden", "64,32"]
+
+
+def test_evaluator_is_one_indexed_job() -> None:
+    job = ALL_JOBS["evaluator"]()
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == 4 and spec["parallelism"] == 2
+    assert spec["backoffLimitPerIndex"] == 1
+    assert spec["backoffLimit"] == 4 * 2  # a global cap above every index's own retries
+    assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailIndex"
+    assert container(job)["command"] == [
+        "python", "-m", "susy_pipeline", "evaluate", "--model", "ab" * 16, "--data", "/data/a.csv",
+        "/data/b-*.parquet", "--evaluation", "team-a.susy-eval.7a1b2c3d", "--shard-count", "4",
+        "--chunk-rows", "1000"]
+    # The index comes from Kubernetes (JOB_COMPLETION_INDEX), never from the operator.
+    assert "JOB_COMPLETION_INDEX" not in env_of(job)
+    assert "--shard-index" not in container(job)["command"]
+
+
+def test_evaluator_parallelism_defaults_to_the_shard_count() -> None:
+    job = builders.evaluator_job(OWNER_ER, evaluation_spec(parallelism=None, shards=5), "e", "ab" * 16, CONFIG)
+    assert job["spec"]["parallelism"] == 5
+
+
+def test_overrides_images_resources_and_user_env() -> None:
+    spec = training_spec(images={"trainer": "my/trainer:2"},
+                         resources={"trainer": {"limits": {"cpu": "2", "memory": "3Gi"}}},
+                         env=[{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}, {"name": "HOME", "value": "/x"}])
+    trainer = builders.trainer_job(OWNER_TR, spec, RUN, CONFIG)
+    producer = builders.producer_job(OWNER_TR, spec, RUN, CONFIG)
+    assert container(trainer)["image"] == "my/trainer:2"
+    assert container(producer)["image"] == CONFIG.image
+    assert container(trainer)["resources"] == {"limits": {"cpu": "2", "memory": "3Gi"}}
+    env = env_of(trainer)
+    assert env["TF_CPP_MIN_LOG_LEVEL"]["value"] == "2"
+    assert env["HOME"]["value"] == "/tmp"  # the operator's value wins; no duplicate entry
+    assert [e["name"] for e in container(trainer)["env"]].count("HOME") == 1
+
+
+def test_builders_are_deterministic_and_do_not_share_state() -> None:
+    first, second = ALL_JOBS["trainer"](), ALL_JOBS["trainer"]()
+    assert first == second
+    container(first)["env"].append({"name": "X", "value": "1"})
+    container(first)["resources"]["limits"]["memory"] = "1Ti"
+    assert ALL_JOBS["trainer"]() == second
+
+
+def test_long_names_are_cut_to_63_characters_and_stay_distinct() -> None:
+    long_a, long_b = "a" * 60 + "-x", "a" * 60 + "-y"
+    names = {builders.job_name(n, c) for n in (long_a, long_b) for c in (crd.PRODUCER, crd.TRAINER)}
+    assert len(names) == 4
+    assert all(len(n) <= 63 and n[0].isalnum() for n in names)
+    assert builders.job_name("short", crd.EVALUATOR) == "short-eval"
+    owner = builders.Owner(kind=crd.TRAINING_KIND, name=long_a, namespace="ns", uid="u" * 36)
+    job = builders.producer_job(owner, training_spec(), RUN, CONFIG)
+    assert all(len(v) <= 63 for v in job["metadata"]["labels"].values())
+
+
+def test_service_account_and_pull_policy_come_from_the_operator_config() -> None:
+    cfg = config.load({"SUSY_PIPELINE_IMAGE": "img:9", "SUSY_KAFKA_BOOTSTRAP": "k:1", "SUSY_STORE_SECRET": "s",
+                       "SUSY_DATABASE": "db", "SUSY_IMAGE_PULL_POLICY": "Always",
+                       "SUSY_JOB_SERVICE_ACCOUNT": "susy-jobs"})
+    job = builders.producer_job(OWNER_TR, training_spec(), RUN, cfg.job_config)
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "susy-jobs"
+    assert container(job)["imagePullPolicy"] == "Always"
+    assert env_of(job)["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == "s"
+    assert cfg.store_uri is None and cfg.poll_seconds == 5.0
+
+
+# --- spec validation ----------------------------------------------------------------------------------
+
+def test_training_defaults() -> None:
+    spec = spec_lib.parse_training_run({"dataset": {"uri": "x"}})
+    assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
+    assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=1)
+    assert spec.model == spec_lib.ModelParams(recipe="seed")
+    assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "tfio")
+    assert spec.run_policy == spec_lib.RunPolicy()
+
+
+def test_spec_errors_name_every_problem() -> None:
+    with pytest.raises(spec_lib.SpecError) as info:
+        spec_lib.parse_evaluation_run({"model": {"id": "zz"}, "dataset": {"uris": []}, "shards": 0})
+    problems = " | ".join(info.value.problems)
+    assert "spec.model.id" in problems and "spec.dataset.uris" in problems and "spec.shards" in problems
+    with pytest.raises(spec_lib.SpecError, match="spec.dataset is required"):
+        spec_lib.parse_training_run({})
+
+
+def test_model_reference_forms() -> None:
+    assert evaluation_spec(model={"id": "ab" * 16}).model.store_ref == "ab" * 16
+    ts = evaluation_spec(model={"timestamp": "2026-11-24T10:00:00Z"}).model
+    assert ts.store_ref == "2026-11-24T10:00:00Z" and "at or before" in ts.describe()
+    with pytest.raises(spec_lib.SpecError, match="RFC 3339"):
+        evaluation_spec(model={"timestamp": "yesterday"})
+    assert spec_lib.run_name("ns", "tr", "0123456789abcdef") == "ns.tr.01234567"
+
+
+# --- status helpers --------------------------------------------------------------------------------------
+
+def test_with_condition_adds_updates_and_keeps_transition_time() -> None:
+    status: dict = {}
+    status["conditions"] = st.with_condition(status, "Produced", False, reason="JobCreated", now="T1", generation=1)
+    assert status["conditions"] == [{"type": "Produced", "status": "False", "reason": "JobCreated", "message": "",
+                                     "lastTransitionTime": "T1", "observedGeneration": 1}]
+    same = st.with_condition(status, "Produced", False, reason="JobRunning", message="m", now="T2", generation=1)
+    assert same[0]["lastTransitionTime"] == "T1" and same[0]["reason"] == "JobRunning"
+    flipped = st.with_condition({"conditions": same}, "Produced", True, reason="JobSucceeded", now="T3")
+    assert flipped[0]["lastTransitionTime"] == "T3" and flipped[0]["status"] == "True"
+    both = st.with_condition({"conditions": flipped}, "Trained", False, reason="JobCreated", now="T4")
+    assert [c["type"] for c in both] == ["Produced", "Trained"]
+    assert st.is_true({"conditions": both}, "Produced") and not st.is_true({"conditions": both}, "Trained")
+    # Applying the same update twice gives the same list (merge-patches replace lists whole).
+    again = st.with_condition({"conditions": both}, "Trained", False, reason="JobCreated", now="T5")
+    assert again == both
+
+
+def test_failed_patch_sets_phase_and_both_terminal_conditions() -> None:
+    patch = st.failed_patch({"conditions": []}, reason="InvalidSpec", message="x" * 5000, now="T", generation=2)
+    assert patch["phase"] == crd.FAILED and patch["observedGeneration"] == 2
+    by_type = {c["type"]: c for c in patch["conditions"]}
+    assert by_type["Failed"]["status"] == "True" and by_type["Succeeded"]["status"] == "False"
+    assert len(by_type["Failed"]["message"]) == st.MESSAGE_LIMIT
+
+
+def job_with(status):
+    return {"metadata": {"name": "j"}, "status": status}
+
+
+def test_job_state_and_summary() -> None:
+    assert st.job_state(None) == "Missing"
+    assert st.job_state(job_with({"active": 1})) == "Running"
+    assert st.job_state(job_with({"conditions": [{"type": "Complete", "status": "True"}]})) == "Complete"
+    assert st.job_state(job_with({"conditions": [{"type": "Failed", "status": "True"}]})) == "Failed"
+    assert st.job_state(job_with({"conditions": [{"type": "Failed", "status": "False"}]})) == "Running"
+    failed = job_with({"failed": 3, "failedIndexes": "1,3", "conditions": [
+        {"type": "Failed", "status": "True", "reason": "FailedIndexes", "message": "Job has failed indexes"}]})
+    assert st.job_failure_message(failed) == ("FailedIndexes", "Job j: Job has failed indexes (failed indexes: 1,3)")
+    assert st.job_summary(failed) == {"name": "j", "state": "Failed", "active": 0, "succeeded": 0, "failed": 3,
+                                      "failedIndexes": "1,3"}
+
+
+def test_shard_counts_from_indexes() -> None:
+    assert st.count_indexes("0-2,5,7-8") == 6 and st.count_indexes("") == 0 and st.count_indexes(None) == 0
+    job = job_with({"active": 2, "failed": 1, "completedIndexes": "0,2-3", "failedIndexes": ""})
+    assert st.shard_counts(job, 6) == {"total": 6, "succeeded": 3, "failed": 0, "active": 2, "failedPods": 1,
+                                       "progress": "3/6"}
+    assert st.shard_counts(None, 2)["progress"] == "0/2"
+
+
+def test_pure_modules_import_neither_kopf_nor_a_client() -> None:
+    import ast
+    import pathlib
+
+    root = pathlib.Path(builders.__file__).parent
+    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"kopf", "kubernetes", "pykube", "aiohttp"}, name
+
+
+def test_builder_input_is_not_mutated() -> None:
+    raw = {"dataset": {"uri": "x"}, "env": [{"name": "A", "value": "1"}]}
+    before = copy.deepcopy(raw)
+    builders.trainer_job(OWNER_TR, spec_lib.parse_training_run(raw), RUN, CONFIG)
+    assert raw == before
