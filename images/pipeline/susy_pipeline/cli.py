@@ -1,0 +1,79 @@
+"""Command line: `python -m susy_pipeline <command>`; see docs/contracts.md.
+
+Each command logs progress to stderr and, on success, prints one JSON
+document on stdout. Exit codes: 0 success, 2 bad input (data file, options,
+unknown model), 3 a dependency unreachable (Kafka, store, network), 1 other.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+COMMANDS = ("download", "produce", "train", "evaluate", "aggregate", "scale", "report",
+            "models_cmd", "local")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="susy-pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"susy_pipeline.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"susy_pipeline.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return p
+
+
+def exit_code(err: BaseException) -> int:
+    from .data import DataError
+    from .kafka_io import KafkaUnavailable
+    from .store import ModelNotFound, StoreUnavailable
+
+    if isinstance(err, (KafkaUnavailable, StoreUnavailable)):
+        return EXIT_UNAVAILABLE
+    if type(err).__name__ == "DownloadError":
+        return EXIT_UNAVAILABLE
+    if isinstance(err, (DataError, ModelNotFound, LookupError, ValueError)):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "absl", "tensorflow", "h5py", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    args = parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        result = args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # one clear line, then the exit code that says what kind
+        logging.getLogger("susy_pipeline").debug("failure", exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        code = exit_code(err)
+        if type(err).__name__ == "KafkaReadTimeout":
+            # A hung tensorflow-io read thread cannot be stopped; leave without joining it.
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    if result is not None:
+        print(json.dumps(result, default=str))
+    return EXIT_OK

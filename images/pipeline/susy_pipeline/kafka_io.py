@@ -1,0 +1,300 @@
+"""Kafka at the edges: the producer client and the two readers.
+
+Both readers yield the same thing, raw message batches `(keys, values)` as
+numpy arrays of bytes, and `training.py` turns either into the same `tf.data`
+pipeline with one decode step:
+
+- `tfio_batches` (production): tensorflow-io's `KafkaIODataset`, one per
+  partition, read between the exact offsets the producer recorded. tfio 0.37.1
+  bundles librdkafka 1.5.0; when a read goes wrong it hangs instead of
+  raising, so every read runs in a worker thread and the consumer side gives
+  up after `timeout_s` without progress (`KafkaReadTimeout`).
+- `kafka_python_batches`: kafka-python with manual partition assignment, for
+  brokers that old librdkafka cannot talk to (KRaft-mode Kafka, tansu).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .data import Batch
+
+log = logging.getLogger(__name__)
+
+RawBatch = tuple[np.ndarray, np.ndarray]  # (keys, values), dtype object (bytes)
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker could not be reached or refused the work."""
+
+
+class KafkaReadTimeout(KafkaUnavailable):
+    """A read made no progress for the allowed time."""
+
+
+@dataclass
+class Production:
+    """What a producer wrote: enough for a trainer to read exactly that and stop.
+
+    `partitions` maps partition -> [first offset, end offset) of this run's
+    messages, taken from the producer's own send results (tansu's ListOffsets
+    answer is not the end offset, see docs/contracts.md).
+    """
+
+    topic: str
+    partitions: dict[int, list[int]] = field(default_factory=dict)
+    rows: int = 0
+    messages: int = 0
+    rows_per_message: int = 1
+    seconds: float = 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return {"topic": self.topic, "rows": self.rows, "messages": self.messages,
+                "rows_per_message": self.rows_per_message, "seconds": round(self.seconds, 3),
+                "rows_per_second": round(self.rows / self.seconds) if self.seconds else None,
+                # BSON keys must be strings
+                "partitions": {str(p): list(r) for p, r in sorted(self.partitions.items())}}
+
+    @staticmethod
+    def ranges(record: Mapping[str, Any]) -> dict[int, tuple[int, int]]:
+        return {int(p): (int(r[0]), int(r[1])) for p, r in record["partitions"].items()}
+
+
+# --- producing -------------------------------------------------------------
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 30) -> int:
+    """Create the topic if absent; return its partition count."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 client_id="susy-producer-admin")
+    except KafkaError as err:
+        raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
+    try:
+        if topic not in admin.list_topics():
+            try:
+                admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1)])
+                log.info("created topic %s with %d partition(s)", topic, partitions)
+            except TopicAlreadyExistsError:
+                pass  # created by someone else in between: fine
+        described = admin.describe_topics([topic])
+        found = len(described[0]["partitions"]) if described else partitions
+        if found != partitions:
+            log.warning("topic %s exists with %d partition(s); writing to those, not %d",
+                        topic, found, partitions)
+        return found or partitions
+    finally:
+        admin.close()
+
+
+def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator[tuple[list[bytes], list[bytes], int]]:
+    """Rows -> Kafka (keys, values, rows) in the seed's wire format; see decode.py."""
+    for batch in batches:
+        if batch.feature_text is None:
+            raise ValueError("producer batches must be read with keep_text=True")
+        keys = np.where(batch.labels == 1, "1", "0").tolist()
+        values = batch.feature_text.to_pylist()
+        if rows_per_message == 1:
+            yield [k.encode() for k in keys], [v.encode() for v in values], len(keys)
+            continue
+        k = rows_per_message
+        yield ([",".join(keys[i:i + k]).encode() for i in range(0, len(keys), k)],
+               ["\n".join(values[i:i + k]).encode() for i in range(0, len(values), k)],
+               len(keys))
+
+
+def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions: int = 1,
+            rows_per_message: int = 1, progress_every_s: float = 2.0,
+            producer_options: Mapping[str, Any] | None = None) -> Production:
+    """Stream rows into `topic` and return exactly what was written."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    if rows_per_message < 1:
+        raise ValueError("rows_per_message must be >= 1")
+    partitions = ensure_topic(bootstrap, topic, partitions)
+    options = dict(acks="all", enable_idempotence=True, linger_ms=20, batch_size=1 << 20,
+                   max_request_size=16 << 20, retries=5,
+                   client_id="susy-producer")
+    options.update(producer_options or {})
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, **options)
+    except KafkaError as err:
+        raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
+
+    result = Production(topic=topic, rows_per_message=rows_per_message)
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    failures: list[BaseException] = []
+
+    def on_sent(metadata) -> None:
+        p, o = metadata.partition, metadata.offset
+        if o < first.get(p, o + 1):
+            first[p] = o
+        if o > last.get(p, -1):
+            last[p] = o
+
+    started = time.perf_counter()
+    next_log = started + progress_every_s
+    n_messages = 0
+    try:
+        for keys, values, rows in message_batches(batches, rows_per_message):
+            for key, value in zip(keys, values):
+                # Round-robin by message, not by key: keying by label would put
+                # all signal rows in one partition and all background in another.
+                future = producer.send(topic, key=key, value=value, partition=n_messages % partitions)
+                future.add_callback(on_sent)
+                future.add_errback(failures.append)
+                n_messages += 1
+            result.rows += rows
+            if failures:
+                break
+            now = time.perf_counter()
+            if now >= next_log:
+                log.info("produced %d rows to %s (%.0f rows/s)", result.rows, topic,
+                         result.rows / (now - started))
+                next_log = now + progress_every_s
+        producer.flush()
+    except KafkaError as err:
+        raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {err}") from err
+    finally:
+        producer.close(timeout=10)
+    if failures:
+        raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {failures[0]!r}")
+    result.seconds = time.perf_counter() - started
+    result.messages = n_messages
+    result.partitions = {p: [first[p], last[p] + 1] for p in sorted(first)}
+    written = sum(end - start for start, end in result.partitions.values())
+    if written != n_messages:
+        raise KafkaUnavailable(f"sent {n_messages} messages but the offsets span {written}: another "
+                               f"producer wrote to {topic} at the same time; use a topic per run")
+    log.info("produced %d rows in %d messages to %s in %.2f s (%.0f rows/s); offsets %s",
+             result.rows, n_messages, topic, result.seconds, result.rows / max(result.seconds, 1e-9),
+             result.partitions)
+    return result
+
+
+# --- reading ---------------------------------------------------------------
+
+def kafka_python_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]], *,
+                         timeout_s: float = 60.0, max_records: int = 4096) -> Iterator[RawBatch]:
+    """Read exactly the offset ranges with kafka-python; yield (keys, values) batches."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                 client_id="susy-trainer", fetch_max_bytes=64 << 20,
+                                 max_partition_fetch_bytes=16 << 20)
+    except KafkaError as err:
+        raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
+    try:
+        todo = {TopicPartition(topic, p): (start, end) for p, (start, end) in ranges.items() if end > start}
+        consumer.assign(list(todo))
+        for tp, (start, _) in todo.items():
+            consumer.seek(tp, start)
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            polled = consumer.poll(timeout_ms=500, max_records=max_records)
+            keys: list[bytes] = []
+            values: list[bytes] = []
+            for tp, records in polled.items():
+                if tp not in todo:
+                    continue
+                end = todo[tp][1]
+                for record in records:
+                    if record.offset < end:
+                        keys.append(record.key)
+                        values.append(record.value)
+                if records and records[-1].offset >= end - 1:
+                    del todo[tp]
+                    consumer.pause(tp)
+            if keys:
+                deadline = time.monotonic() + timeout_s
+                yield np.array(keys, dtype=object), np.array(values, dtype=object)
+            elif time.monotonic() > deadline:
+                raise KafkaReadTimeout(f"no messages from {topic} at {bootstrap} for {timeout_s:.0f} s; "
+                                       f"still expected: {_describe(todo)}")
+    finally:
+        consumer.close()
+
+
+def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]], *,
+                 configuration: Sequence[str] = (), timeout_s: float = 60.0,
+                 read_batch: int = 4096) -> Iterator[RawBatch]:
+    """Read exactly the offset ranges with tensorflow-io; yield (keys, values) batches.
+
+    `configuration` is librdkafka's `key=value` list. Production needs none;
+    tests against tansu pass `api.version.request=false` and
+    `broker.version.fallback=0.9.0`, because librdkafka 1.5.0 misparses the
+    tagged fields in newer ApiVersions replies.
+    """
+    def read_partitions() -> Iterator[RawBatch]:
+        import tensorflow_io as tfio
+
+        for partition, (start, end) in sorted(ranges.items()):
+            if end <= start:
+                continue
+            dataset = tfio.IODataset.from_kafka(topic, partition=partition, start=start, stop=end,
+                                                servers=bootstrap, configuration=list(configuration))
+            for values, keys in dataset.batch(read_batch).as_numpy_iterator():
+                yield keys.astype(object), values.astype(object)
+
+    yield from _with_timeout(read_partitions, timeout_s,
+                             f"tensorflow-io read of {topic} {dict(ranges)} at {bootstrap}")
+
+
+def _with_timeout(source: Callable[[], Iterator[RawBatch]], timeout_s: float, what: str) -> Iterator[RawBatch]:
+    """Run `source` in a daemon thread; fail when no batch arrives for `timeout_s`."""
+    done = object()
+    items: queue.Queue = queue.Queue(maxsize=8)  # bounded: the reader cannot run far ahead
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in source():
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as err:  # handed to the consumer side
+            items.put(err)
+
+    threading.Thread(target=pump, name="kafka-read", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = items.get(timeout=timeout_s)
+            except queue.Empty:
+                raise KafkaReadTimeout(f"{what}: no data for {timeout_s:.0f} s") from None
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _describe(todo) -> str:
+    return ", ".join(f"partition {tp.partition} offsets {s}..{e}" for tp, (s, e) in todo.items())
+
+
+READERS: dict[str, Callable[..., Iterator[RawBatch]]] = {
+    "tfio": tfio_batches,
+    "kafka-python": kafka_python_batches,
+}

@@ -1,0 +1,111 @@
+"""The classifier: the seed's dense network, built and (de)serialized whole.
+
+Seed model: Dense 128 relu, Dropout, Dense 256 relu, Dropout, Dense 128 relu,
+Dropout, Dense 1 sigmoid (68,481 trainable parameters), binary cross-entropy,
+Adam. The tuned recipe puts a Normalization layer in front, with statistics
+taken from the training stream, so the saved model standardizes its own input
+and evaluation needs nothing but the model bytes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .schema import N_FEATURES
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of the network and its optimizer."""
+
+    hidden: tuple[int, ...] = (128, 256, 128)
+    dropout: float = 0.5
+    learning_rate: float = 1e-3
+    normalize: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the recipe as a whole."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 30
+    batch_size: int = 256
+    validation_every: int = 10    # every 10th row of the stream is held out for early stopping
+    patience: int = 5             # early stopping: epochs without val-loss improvement
+    shuffle_buffer: int = 16_384
+    seed: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "model": self.model.to_dict()}
+
+
+# The seed's exact recipe: one epoch, dropout 0.2, no input standardization,
+# no validation slice. (The seed report leaves dropout and batch size out; these
+# are Keras-tutorial defaults.)
+SEED_RECIPE = TrainConfig(model=ModelConfig(dropout=0.2, normalize=False), epochs=1, batch_size=32,
+                          validation_every=0, patience=0)
+# Measured on the sample (train rows 0-10978, test 10979-20978): standardization,
+# dropout 0.5 and early stopping raise test AUC from about 0.861 to 0.869.
+TUNED_RECIPE = TrainConfig()
+RECIPES = {"tuned": TUNED_RECIPE, "seed": SEED_RECIPE}
+
+
+def build_model(config: ModelConfig = ModelConfig(), *, mean: Sequence[float] | None = None,
+                variance: Sequence[float] | None = None):
+    """A compiled Keras model; with `normalize`, mean and variance are required."""
+    import keras
+
+    layers: list[Any] = [keras.Input(shape=(N_FEATURES,), name="features")]
+    if config.normalize:
+        if mean is None or variance is None:
+            raise ValueError("a normalizing model needs the training mean and variance")
+        layers.append(keras.layers.Normalization(mean=np.asarray(mean, np.float32),
+                                                 variance=np.asarray(variance, np.float32),
+                                                 name="standardize"))
+    for i, width in enumerate(config.hidden):
+        layers.append(keras.layers.Dense(width, activation="relu", name=f"dense_{i}"))
+        layers.append(keras.layers.Dropout(config.dropout, name=f"dropout_{i}"))
+    layers.append(keras.layers.Dense(1, activation="sigmoid", name="signal_probability"))
+    model = keras.Sequential(layers, name="susy_classifier")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                  loss="binary_crossentropy",
+                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    return model
+
+
+def trainable_params(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def model_to_bytes(model) -> bytes:
+    """The whole model (architecture, weights, normalization) as `.keras` bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def model_from_bytes(data: bytes):
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as f:
+            f.write(data)
+        return keras.models.load_model(path)
+
+
+def with_overrides(base: TrainConfig, **overrides: Any) -> TrainConfig:
+    """A recipe with some fields replaced; `None` leaves a field as it is."""
+    model_fields = {k: v for k, v in overrides.items() if k in ModelConfig.__dataclass_fields__ and v is not None}
+    train_fields = {k: v for k, v in overrides.items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    return replace(base, model=replace(base.model, **model_fields), **train_fields)

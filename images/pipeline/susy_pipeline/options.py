@@ -1,0 +1,51 @@
+"""Options shared by the commands, each with an environment default (Kubernetes Jobs set env)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .schema import DEFAULT_DATABASE, DEFAULT_TOPIC
+from .store import DEFAULT_EMBEDDED_URI, Store, open_store
+
+
+def env(name: str, default=None):
+    return os.environ.get(name) or default
+
+
+def add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=env("MONGODB_URI", DEFAULT_EMBEDDED_URI),
+                   help="model store: mongodb://... or sqlite:///PATH (env MONGODB_URI; "
+                        "default: the embedded store %(default)s)")
+    p.add_argument("--database", default=env("SUSY_DATABASE", DEFAULT_DATABASE),
+                   help="database name (env SUSY_DATABASE; default: %(default)s)")
+
+
+def add_kafka(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=env("KAFKA_BOOTSTRAP"), required=not env("KAFKA_BOOTSTRAP"),
+                   help="Kafka bootstrap servers host:port (env KAFKA_BOOTSTRAP)")
+    p.add_argument("--topic", default=env("KAFKA_TOPIC", DEFAULT_TOPIC),
+                   help="Kafka topic (env KAFKA_TOPIC; default: %(default)s)")
+
+
+def add_run_name(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-name", default=env("SUSY_RUN_NAME"), required=not env("SUSY_RUN_NAME"),
+                   help="training run name: links the producer record, the trainer and the model "
+                        "(env SUSY_RUN_NAME)")
+
+
+def store_from(args: argparse.Namespace) -> Store:
+    return open_store(args.store, args.database)
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -1,0 +1,90 @@
+"""`train`: consume exactly what `produce` recorded for a run, train, save the model.
+
+Readers: `tfio` (tensorflow-io, the production path) or `kafka-python`
+(for brokers that tensorflow-io's bundled librdkafka 1.5.0 cannot talk to,
+such as KRaft-mode Kafka and tansu). Recipes: `tuned` (default:
+standardization, dropout 0.5, early stopping on every 10th row) or `seed`
+(the original: 1 epoch, batch 32, no standardization).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from . import options
+from .kafka_io import READERS, Production
+from .model import RECIPES, model_to_bytes, with_overrides
+
+log = logging.getLogger(__name__)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 128,256,128, got {text!r}")
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
+    return widths
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train from Kafka, save the model to the store", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_run_name(p)
+    p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "tfio"),
+                   help="Kafka reader (env SUSY_READER; default: %(default)s)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE", "tuned"),
+                   help="training recipe (env SUSY_RECIPE; default: %(default)s)")
+    p.add_argument("--epochs", type=options.positive, help="maximum epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=options.positive, help="default: the recipe's")
+    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: the recipe's)")
+    p.add_argument("--dropout", type=float, help="dropout rate after each hidden layer")
+    p.add_argument("--hidden", type=_widths, help="hidden layer widths, e.g. 128,256,128")
+    p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
+    p.add_argument("--read-timeout", type=float, default=float(options.env("SUSY_READ_TIMEOUT", 120)),
+                   help="seconds without Kafka progress before giving up (default: %(default)s)")
+    p.add_argument("--librdkafka", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra librdkafka setting for the tfio reader (repeatable; env "
+                        "SUSY_LIBRDKAFKA, comma-separated)")
+    options.add_kafka(p)
+    options.add_store(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .training import train  # TensorFlow loads only for this command
+
+    config = with_overrides(RECIPES[args.recipe], epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
+                            seed=args.seed)
+    with options.store_from(args) as store:
+        production = store.get_production(args.run_name)
+        if production is None:
+            raise LookupError(f"no producer record for run {args.run_name!r}: run `produce --run-name "
+                              f"{args.run_name}` first")
+        ranges = Production.ranges(production)
+        reader = READERS[args.reader]
+        extra = {}
+        if args.reader == "tfio":
+            settings = [s for s in options.env("SUSY_LIBRDKAFKA", "").split(",") if s] + args.librdkafka
+            extra["configuration"] = settings
+        log.info("training run %s from %s %s via %s, recipe %s", args.run_name, production["topic"],
+                 ranges, args.reader, args.recipe)
+
+        def source():
+            return reader(args.bootstrap, production["topic"], ranges, timeout_s=args.read_timeout, **extra)
+
+        model, facts = train(source, config, expected_rows=int(production["rows"]))
+        record = {
+            "run": args.run_name,
+            "recipe": args.recipe,
+            "hyperparameters": config.to_dict(),
+            "reader": args.reader,
+            "lineage": {"topic": production["topic"], "partitions": production["partitions"],
+                        "bootstrap": args.bootstrap, "source": production.get("source")},
+            **facts,
+        }
+        model_id = store.save_model(record, model_to_bytes(model))
+    log.info("saved model %s (run %s)", model_id, args.run_name)
+    return {"model_id": model_id, **record}

@@ -1,0 +1,188 @@
+"""Training from a Kafka stream: raw message batches -> tf.data -> Keras.
+
+The shape follows the tf.data guide: source, then row split and shuffle on raw
+bytes (smaller than decoded floats), batch, one vectorized decode per batch,
+prefetch. Each epoch reads the topic again between the recorded offsets
+(`from_generator` calls the reader anew), so nothing unbounded is cached.
+
+Before training, one pass over the stream computes the standardization
+statistics (float64 sums over the training rows) and keeps every
+`validation_every`-th row aside for early stopping. Those statistics go into
+the model's Normalization layer, so they are saved with it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .decode import decode_batch, split_rows
+from .kafka_io import RawBatch
+from .model import TrainConfig, build_model, trainable_params
+from .schema import N_FEATURES
+
+log = logging.getLogger(__name__)
+
+RawSource = Callable[[], Iterator[RawBatch]]
+_RAW_SPEC = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
+
+
+class StreamMismatch(RuntimeError):
+    """The stream did not hold the rows the producer recorded."""
+
+
+@dataclass
+class StreamSummary:
+    rows: int
+    train_rows: int
+    validation_rows: int
+    mean: np.ndarray
+    variance: np.ndarray
+    validation: tuple[np.ndarray, np.ndarray] | None
+    seconds: float
+
+
+def raw_dataset(source: RawSource) -> tf.data.Dataset:
+    """Message batches from a reader as a dataset of single (key, value) rows."""
+    ds = tf.data.Dataset.from_generator(source, output_signature=_RAW_SPEC)
+    return ds.map(split_rows).unbatch()
+
+
+def is_validation_row(index: tf.Tensor, every: int) -> tf.Tensor:
+    return tf.equal(index % every, every - 1)
+
+
+def training_dataset(source: RawSource, config: TrainConfig, train_rows: int | None = None) -> tf.data.Dataset:
+    """Shuffled, batched, decoded training rows (validation rows left out).
+
+    With `train_rows` known the dataset declares its length, so Keras knows
+    an epoch's end (and shows no end-of-data warnings).
+    """
+    rows = raw_dataset(source)
+    if config.validation_every:
+        every = config.validation_every
+        rows = (rows.enumerate()
+                .filter(lambda i, kv: tf.logical_not(is_validation_row(i, every)))
+                .map(lambda i, kv: kv))
+    if config.shuffle_buffer:
+        rows = rows.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    ds = rows.batch(config.batch_size).map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    if train_rows is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-train_rows // config.batch_size)))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def summarize_stream(source: RawSource, config: TrainConfig, expected_rows: int | None) -> StreamSummary:
+    """One pass: count rows, standardization statistics, the validation slice."""
+    started = time.perf_counter()
+    every = config.validation_every
+    total = np.zeros(N_FEATURES)
+    total_sq = np.zeros(N_FEATURES)
+    train_rows = 0
+    rows = 0
+    val_x: list[np.ndarray] = []
+    val_y: list[np.ndarray] = []
+    for keys, values in source():
+        x, y = (t.numpy() for t in decode_batch(tf.constant(keys), tf.constant(values)))
+        if every:
+            held = (np.arange(rows, rows + len(x)) % every) == every - 1
+            val_x.append(x[held])
+            val_y.append(y[held])
+            x = x[~held]
+        x64 = x.astype(np.float64)
+        total += x64.sum(axis=0)
+        total_sq += np.square(x64).sum(axis=0)
+        train_rows += len(x)
+        rows += len(y)
+    if expected_rows is not None and rows != expected_rows:
+        raise StreamMismatch(f"the producer recorded {expected_rows} rows but the stream held {rows}")
+    if train_rows == 0:
+        raise StreamMismatch("the stream held no training rows")
+    mean = total / train_rows
+    variance = np.maximum(total_sq / train_rows - np.square(mean), 1e-12)
+    validation = None
+    if every:
+        validation = (np.concatenate(val_x), np.concatenate(val_y))
+    return StreamSummary(rows, train_rows, rows - train_rows, mean, variance, validation,
+                         time.perf_counter() - started)
+
+
+class CountingSource:
+    """Wraps a reader; remembers how many rows its last complete pass yielded."""
+
+    def __init__(self, source: RawSource):
+        self.source = source
+        self.rows_last_pass: int | None = None
+
+    def __call__(self) -> Iterator[RawBatch]:
+        rows = 0
+        for keys, values in self.source():
+            rows += sum(k.count(b",") + 1 for k in keys)
+            yield keys, values
+        self.rows_last_pass = rows
+
+
+class _ProgressLog(keras.callbacks.Callback):
+    """Logs one line per epoch: rows/s and the metrics Keras computed."""
+
+    def __init__(self, train_rows: int):
+        super().__init__()
+        self.train_rows = train_rows
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+        log.info("epoch %d: %.2f s, %.0f rows/s, %s", epoch + 1, seconds,
+                 self.train_rows / max(seconds, 1e-9), metrics)
+
+
+def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None = None):
+    """Train a model on the stream; return (model, facts for the model record)."""
+    keras.utils.set_random_seed(config.seed)
+    started = time.perf_counter()
+    source = CountingSource(source)
+    needs_pass = config.model.normalize or config.validation_every
+    summary = summarize_stream(source, config, expected_rows) if needs_pass else None
+    if summary:
+        log.info("stream: %d rows (%d train, %d validation), statistics pass %.2f s",
+                 summary.rows, summary.train_rows, summary.validation_rows, summary.seconds)
+    model = build_model(config.model,
+                        mean=summary.mean if summary else None,
+                        variance=summary.variance if summary else None)
+    log.info("model: %d trainable parameters, hidden %s, dropout %.2f",
+             trainable_params(model), list(config.model.hidden), config.model.dropout)
+    callbacks: list[Any] = [_ProgressLog(summary.train_rows if summary else expected_rows or 0)]
+    if summary and summary.validation is not None and config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                       restore_best_weights=True))
+    train_rows = summary.train_rows if summary else expected_rows
+    history = model.fit(training_dataset(source, config, train_rows),
+                        validation_data=summary.validation if summary else None,
+                        epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    seen = source.rows_last_pass
+    if expected_rows is not None and seen != expected_rows:
+        raise StreamMismatch(f"the producer recorded {expected_rows} rows but the stream held {seen}")
+    epochs_run = len(history.history.get("loss", []))
+    final = {k: float(v[-1]) for k, v in history.history.items()}
+    if summary and summary.validation is not None and config.patience:
+        best = int(np.argmin(history.history["val_loss"]))
+        final = {k: float(v[best]) for k, v in history.history.items()}
+    facts = {
+        "rows": seen,
+        "train_rows": summary.train_rows if summary else seen,
+        "validation_rows": summary.validation_rows if summary else 0,
+        "epochs_run": epochs_run,
+        "seconds": round(time.perf_counter() - started, 3),
+        "metrics": {k: round(v, 6) for k, v in final.items()},
+        "trainable_params": trainable_params(model),
+    }
+    return model, facts
