@@ -1,0 +1,161 @@
+"""The evaluator end to end: a real (small) Keras model, real files, the embedded store.
+
+The model is `model.build_model` with small hidden layers, fitted for one
+epoch on the sample's train rows and saved in a SQLite store in tmp_path.
+Inputs are the sample's 10,000 UCI test rows written by `scale` (3x, three
+files; 2x, one file) plus plain-CSV copies. For every format and N in 1, 2,
+3, 7, the N shard results must aggregate to exactly the single-process
+values; the AUC must be within 0.001 of scikit-learn's on the same scores.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from susy_pipeline import data  # noqa: E402
+from susy_pipeline.evaluate import evaluate_shard  # noqa: E402
+from susy_pipeline.evaluation import IncompleteEvaluation, aggregate  # noqa: E402
+from susy_pipeline.scale import scale  # noqa: E402
+from susy_pipeline.schema import SAMPLE_TRAIN_ROWS  # noqa: E402
+from susy_pipeline.store import open_store  # noqa: E402
+
+SAMPLE = "data/susy-sample.csv.gz"
+CHUNK = 4_096   # small, so shards cross many chunk boundaries
+STRIPES = 1_000  # not a multiple of CHUNK: stripes leave gaps in chunks
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from susy_pipeline.model import ModelConfig, build_model, model_to_bytes
+
+    root = tmp_path_factory.mktemp("evaluate")
+    batches = list(data.iter_batches(SAMPLE, limit=SAMPLE_TRAIN_ROWS))
+    x = np.concatenate([b.features for b in batches])
+    y = np.concatenate([b.labels for b in batches])
+    model = build_model(ModelConfig(hidden=(32, 16)), mean=x.mean(0), variance=x.var(0))
+    model.fit(x, y, epochs=1, batch_size=512, verbose=0)
+    uri = f"sqlite:///{root}/store.sqlite3"
+    with open_store(uri) as store:
+        model_id = store.save_model({"run": "test-eval"}, model_to_bytes(model))
+    many = scale(SAMPLE, str(root / "many"), times=3, files=3, row_group_rows=2_500)["files"]
+    one = scale(SAMPLE, str(root / "one"), times=2, files=1, row_group_rows=3_000)["files"]
+    inputs = {}
+    for layout, files in (("files", many), ("single", one)):
+        inputs[("csv.gz", layout)] = files["csv.gz"]
+        inputs[("parquet", layout)] = files["parquet"]
+        plain = []
+        for path in files["csv.gz"]:
+            with gzip.open(path, "rb") as src, open(path[:-3], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            plain.append(path[:-3])
+        inputs[("csv", layout)] = plain
+    return {"root": root, "uri": uri, "model_id": model_id, "model": model, "inputs": inputs}
+
+
+def _run(env, store, evaluation, paths, n, indices=None, **kw):
+    for i in (range(n) if indices is None else indices):
+        evaluate_shard(store, model_ref=env["model_id"], inputs=paths, evaluation=evaluation,
+                       shard_index=i, shard_count=n, chunk_rows=CHUNK, stripe_rows=STRIPES,
+                       progress_seconds=60, **kw)
+    return aggregate(store.shard_results(evaluation), n)
+
+
+def _exact(result):
+    return {k: result[k] for k in ("rows", "correct", "accuracy", "log_loss", "log_loss_units", "confusion",
+                                   "histogram", "auc")}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet"])
+@pytest.mark.parametrize("layout", ["files", "single"])
+def test_n_shards_equal_the_single_process_exactly(env, fmt, layout):
+    paths = env["inputs"][(fmt, layout)]
+    with open_store(env["uri"]) as store:
+        single = _run(env, store, f"{fmt}-{layout}-1", paths, 1)
+        assert single["rows"] == (30_000 if layout == "files" else 20_000)
+        for n in (2, 3, 7):
+            sharded = _run(env, store, f"{fmt}-{layout}-{n}", paths, n)
+            assert _exact(sharded) == _exact(single), f"{n} shards"
+            assert [s["shard_index"] for s in sharded["shards"]] == list(range(n))
+
+
+def test_same_totals_in_every_format(env):
+    with open_store(env["uri"]) as store:
+        totals = [_exact(_run(env, store, f"fmt-{fmt}", env["inputs"][(fmt, "files")], 2))
+                  for fmt in ("csv", "csv.gz", "parquet")]
+    assert totals[0] == totals[1] == totals[2]
+
+
+def test_auc_within_0001_of_scikit_learn_on_the_same_scores(env):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    paths = env["inputs"][("parquet", "files")]
+    x = np.concatenate([b.features for p in paths for b in data.iter_batches(p)])
+    y = np.concatenate([b.labels for p in paths for b in data.iter_batches(p)])
+    scores = env["model"](x, training=False).numpy().ravel()
+    with open_store(env["uri"]) as store:
+        result = _run(env, store, "auc", paths, 3)
+    assert abs(result["auc"] - roc_auc_score(y, scores)) < 0.001
+    assert result["auc_max_error"] < 0.001
+    assert result["log_loss"] == pytest.approx(log_loss(y, scores.astype(np.float64)), abs=1e-5)
+    assert result["accuracy"] == pytest.approx(np.mean((scores > 0.5) == (y == 1)), abs=1e-4)
+
+
+def test_a_rerun_shard_does_not_change_the_totals(env):
+    paths = env["inputs"][("csv.gz", "files")]
+    with open_store(env["uri"]) as store:
+        before = _run(env, store, "rerun", paths, 3)
+        after = _run(env, store, "rerun", paths, 3, indices=[1, 1])  # the pod retried, twice
+        assert len(store.shard_results("rerun")) == 3
+    assert _exact(after) == _exact(before)
+
+
+def test_a_missing_shard_is_reported_not_averaged_over(env):
+    paths = env["inputs"][("parquet", "files")]
+    with open_store(env["uri"]) as store:
+        with pytest.raises(IncompleteEvaluation, match=r"missing shard\(s\) 1") as err:
+            _run(env, store, "missing", paths, 3, indices=[0, 2])
+    assert err.value.missing == [1]
+
+
+def test_bad_row_in_the_middle_fails_the_shard_with_file_and_line(env, tmp_path):
+    src = env["inputs"][("csv.gz", "single")][0]
+    with gzip.open(src, "rt") as f:
+        lines = f.read().splitlines()
+    lines[12_345] = lines[12_345].replace(",", ",oops", 1)
+    bad = str(tmp_path / "bad.csv.gz")
+    with gzip.open(bad, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    with open_store(env["uri"]) as store:
+        with pytest.raises(data.DataError, match=r"bad\.csv\.gz, line 12346: column 2 .* not a number"):
+            _run(env, store, "bad", [bad], 1)
+        assert store.shard_results("bad") == []  # nothing stored, so no wrong total
+
+
+def test_command_line_exit_2_on_bad_data_and_index_from_job_completion_index(env, tmp_path):
+    bad = tmp_path / "bad.csv"
+    with gzip.open(env["inputs"][("csv.gz", "single")][0], "rt") as f:
+        lines = [next(f) for _ in range(100)]
+    lines[57] = lines[57].replace(",", ",inf,", 1)
+    bad.write_text("".join(lines))
+    good = env["inputs"][("parquet", "files")]
+    base = [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", env["model_id"],
+            "--store", env["uri"], "--shard-count", "3"]
+    run_env = {**os.environ, "JOB_COMPLETION_INDEX": "2", "SUSY_EVALUATION": "cli"}
+    ok = subprocess.run(base + ["--data", *good], env=run_env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    summary = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert summary["shard_index"] == 2 and summary["rows"] == 10_000 and "histogram" not in summary
+    failed = subprocess.run(base + ["--data", str(bad), "--evaluation", "cli-bad", "--shard-index", "0",
+                                    "--shard-count", "1"], env=run_env,
+                            capture_output=True, text=True)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "bad.csv, line 58: expected 19 columns, found 20" in failed.stderr
