@@ -27,6 +27,9 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     # job_service_account: service account of the Job pods; empty means the namespace default.
     job_service_account: str | None = None
+    # missing_run_grace_seconds: how long an EvaluationRun waits for a TrainingRun it names to
+    # appear before it fails with TrainingRunNotFound (SUSY_MISSING_RUN_GRACE_SECONDS).
+    missing_run_grace_seconds: float = 300.0
     # max_workers: threads for the synchronous handlers (SUSY_MAX_WORKERS).
     max_workers: int = 16
 
@@ -48,5 +51,6 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         poll_seconds=float(env.get("SUSY_POLL_SECONDS", "5")),
         image_pull_policy=env.get("SUSY_IMAGE_PULL_POLICY", "IfNotPresent"),
         job_service_account=env.get("SUSY_JOB_SERVICE_ACCOUNT") or None,
+        missing_run_grace_seconds=float(env.get("SUSY_MISSING_RUN_GRACE_SECONDS", "300")),
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
     )

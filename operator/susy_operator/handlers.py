@@ -15,6 +15,7 @@ Shape (STYLE.md, kopf and dask-kubernetes anchors):
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 from collections.abc import Mapping
@@ -251,13 +252,24 @@ class _Unresolvable(Exception):
         self.message = message
 
 
-def _resolve_model(namespace: str, ref: spec_lib.ModelReference) -> str:
+def _age_seconds(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+
+
+def _resolve_model(namespace: str, ref: spec_lib.ModelReference, created: str | None) -> str:
     """The model id a reference names now. Raises _Wait or _Unresolvable."""
     from susy_pipeline.store import ModelNotFound
 
     if ref.training_run is not None:
         tr = k8s.read_training_run(namespace, ref.training_run)
         if tr is None:
+            # `kubectl apply -f manifests/examples/` creates evaluationrun.yaml first: give the
+            # TrainingRun a moment to appear before calling the reference wrong.
+            if _age_seconds(created) < CONFIG.missing_run_grace_seconds:
+                raise _Wait(f"TrainingRun {ref.training_run} does not exist yet")
             raise _Unresolvable(crd.REASON_TRAINING_RUN_NOT_FOUND,
                                 f"TrainingRun {ref.training_run} does not exist in namespace {namespace}")
         tr_status = tr.get("status") or {}
@@ -281,7 +293,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     namespace = body["metadata"]["namespace"]
     now = st.now_rfc3339()
     try:
-        model_id = _resolve_model(namespace, parsed.model)
+        model_id = _resolve_model(namespace, parsed.model, body["metadata"].get("creationTimestamp"))
     except _Wait as wait:
         if status.get("phase") != crd.PENDING or not st.get_condition(status, crd.MODEL_RESOLVED):
             kopf.event(body, type="Normal", reason=crd.EVENT_WAITING, message=str(wait))

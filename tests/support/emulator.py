@@ -17,7 +17,8 @@ gaps (found by running the operator against it), each fixed here:
   its position in the log in one step (nothing can arrive in between), replays only events newer
   than the requested version, answers 410 Gone for versions older than the log, sends BOOKMARKs
   and ends after `timeoutSeconds`;
-- garbage collection of dependents by ownerReferences (background; `Orphan` strips the references);
+- garbage collection of dependents by ownerReferences (background; `Orphan` strips the references),
+  also of a dependent created after all its owners were deleted;
 - `/api/v1/namespaces[/NAME]` (kmock's URL parser failed with 500/404) and both `namespaces` and
   `customresourcedefinitions` in discovery: kopf waits for them before it starts any watch;
 - PUT and deletecollection answer 405 (unsupported here, and the operator must not need them);
@@ -367,7 +368,17 @@ class SusyEmulator(kmock.KubernetesEmulator):
         self.created[(kind.plural, namespace, meta["name"])] += 1
         self.create_times[(kind.plural, namespace, meta["name"])] = asyncio.get_running_loop().time()
         self._emit(kind, "ADDED", obj)
+        refs = meta.get("ownerReferences") or []
+        if refs and not any(self._uid_exists(ref.get("uid")) for ref in refs):
+            # The garbage collector removes a dependent whose owners are all gone (a child created
+            # by a controller that raced with its owner's deletion).
+            gone = copy.deepcopy(obj)
+            gone["metadata"]["resourceVersion"] = str(self._next_rv())
+            self._remove(kind, key, gone)
         return aiohttp.web.json_response(obj, status=201)
+
+    def _uid_exists(self, uid: str | None) -> bool:
+        return any(o["metadata"].get("uid") == uid for objs in self.objects_by_kind.values() for o in objs.values())
 
     def _patch(self, kind: Kind, request: rendering.Request) -> aiohttp.web.Response:
         key = (request.namespace if kind.namespaced else None, request.name or "")

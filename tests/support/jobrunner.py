@@ -153,13 +153,16 @@ class JobRunner:
         lock = asyncio.Lock()
         semaphore = asyncio.Semaphore(parallelism)
 
-        async def publish() -> None:
+        def current() -> dict[str, Any]:
             status: dict[str, Any] = dict(state)
             if indexed:
                 status["completedIndexes"] = format_indexes(completed)
                 if per_index is not None:
                     status["failedIndexes"] = format_indexes(failed_indexes)
-            await self._patch_status(job, status)
+            return status
+
+        async def publish() -> None:
+            await self._patch_status(job, current())
 
         def action_for(code: int) -> str:
             for rule in rules:
@@ -220,14 +223,14 @@ class JobRunner:
                 {"type": "FailureTarget", "status": "True", **job_failure, "lastTransitionTime": now},
                 {"type": "Failed", "status": "True", **job_failure, "lastTransitionTime": now},
             ]
-            await self._patch_status(job, {"active": 0, "conditions": conditions})
+            await self._patch_status(job, {**current(), "active": 0, "conditions": conditions})
         else:
             conditions = [
                 {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
                  "lastTransitionTime": now},
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now},
             ]
-            await self._patch_status(job, {"active": 0, "completionTime": now, "conditions": conditions})
+            await self._patch_status(job, {**current(), "active": 0, "completionTime": now, "conditions": conditions})
 
     # --- one pod --------------------------------------------------------------------------------
 
