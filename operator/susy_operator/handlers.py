@@ -58,6 +58,8 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.networking.request_timeout = 60
     if CONFIG.store_uri is None:
         logger.warning("MONGODB_URI is not set: runs will wait at their first store read.")
+    else:
+        _store()  # connect (and import the store module) now, not inside the first CR's handler
 
 
 @kopf.on.probe(id="config")

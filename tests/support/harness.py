@@ -207,7 +207,7 @@ class OperatorProcess:
             **self.env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "support.login", *self.args, "--verbose", "--log-format=plain"],
+            [sys.executable, "-m", "support.login", *self.args, "--verbose"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
         log.close()
         return self
