@@ -1,0 +1,86 @@
+"""The operator's Role (charts/susy-operator, rendered by `helm template`) grants every API call the
+running operator makes, and nothing it never calls.
+
+The calls are recorded, not guessed: the real operator (kopf and the kubernetes client, told
+apart by their User-Agent) runs a scenario that reaches every code path that talks to the API,
+namespaced as the chart deploys it by default (`--standalone --namespace NS`), against the API
+emulator, which logs each request as RBAC sees it (verb, API group, resource[/subresource]).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from susy_operator import crd
+from support import fakes
+from support.emulator import operator_calls
+from support.fixtures import NAMESPACE, cluster, evaluation_run, operator, store_uri, training_run  # noqa: F401
+from support.harness import Cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "susy-operator"
+
+# What the scenario below records (and docs/operator.md lists for the chart).
+EXPECTED_CALLS = {
+    # kopf: serve the two resources, keep its progress annotations and finalizers, write status.
+    ("list", crd.GROUP, crd.TRAINING_PLURAL), ("watch", crd.GROUP, crd.TRAINING_PLURAL),
+    ("patch", crd.GROUP, crd.TRAINING_PLURAL), ("patch", crd.GROUP, f"{crd.TRAINING_PLURAL}/status"),
+    ("list", crd.GROUP, crd.EVALUATION_PLURAL), ("watch", crd.GROUP, crd.EVALUATION_PLURAL),
+    ("patch", crd.GROUP, crd.EVALUATION_PLURAL), ("patch", crd.GROUP, f"{crd.EVALUATION_PLURAL}/status"),
+    # kopf.event: one Event per transition.
+    ("create", "", "events"),
+    # susy_operator.k8s: the Jobs, and the TrainingRun an EvaluationRun names.
+    ("create", "batch", "jobs"), ("get", "batch", "jobs"),
+    ("get", crd.GROUP, crd.TRAINING_PLURAL),
+}
+
+
+def helm_binary() -> str | None:
+    return shutil.which("helm", path=str(ROOT / ".venv" / "bin")) or shutil.which("helm")
+
+
+def granted_calls(helm: str) -> set[tuple[str, str, str]]:
+    rendered = subprocess.run([helm, "template", "susy-operator", str(CHART), "--namespace", NAMESPACE],
+                              check=True, capture_output=True, text=True).stdout
+    roles = [doc for doc in yaml.safe_load_all(rendered) if doc and doc.get("kind") in ("Role", "ClusterRole")]
+    assert len(roles) == 1, [r["kind"] for r in roles]
+    return {(verb, group, resource)
+            for rule in roles[0]["rules"]
+            for group in rule.get("apiGroups", [])
+            for resource in rule.get("resources", [])
+            for verb in rule.get("verbs", [])}
+
+
+@pytest.fixture
+def recorded_calls(cluster: Cluster, operator) -> set[tuple[str, str, str]]:
+    cluster.start_runner(executor=fakes.executor)
+    operator(args=("--standalone", "--namespace", NAMESPACE), SUSY_MISSING_RUN_GRACE_SECONDS="1")
+    cluster.create(training_run("tr"))
+    cluster.create(evaluation_run("er", {"trainingRun": "tr"}))  # reads the TrainingRun
+    bad = training_run("bad")
+    del bad["spec"]["dataset"]
+    cluster.create(bad)  # the failure path: a Warning Event, no Job
+    for plural, name in (("trainingruns", "tr"), ("evaluationruns", "er"), ("trainingruns", "bad")):
+        cluster.wait_phase(plural, NAMESPACE, name, {crd.SUCCEEDED, crd.FAILED}, 30)
+    cluster.wait_for(lambda: cluster.events(NAMESPACE, "er"), 10, "Events")
+    return cluster.call(lambda: operator_calls(cluster.emulator.calls))
+
+
+@pytest.mark.timeout(120)
+def test_role_grants_exactly_the_calls_the_operator_makes(recorded_calls: set[tuple[str, str, str]]) -> None:
+    print("\nAPI calls made by the operator (verb, group, resource):")
+    for call in sorted(recorded_calls):
+        print("  ", call)
+    assert recorded_calls == EXPECTED_CALLS
+    helm = helm_binary()
+    if helm is None:
+        pytest.skip("helm is not installed (run `make tools`): the Role was not rendered")
+    granted = granted_calls(helm)
+    missing = recorded_calls - granted
+    assert not missing, f"the Role does not grant calls the operator makes: {sorted(missing)}"
+    unused = granted - recorded_calls
+    assert not unused, f"the Role grants calls the operator never makes: {sorted(unused)}"
