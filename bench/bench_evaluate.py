@@ -1,0 +1,156 @@
+"""Benchmark the sharded evaluator against the seed's single-process figure.
+
+    .venv/bin/python bench/bench_evaluate.py [--times 15] [--files 4] [--quick]
+
+The seed scored a 23.2 GB test set (SUSY 15x, about 52 million rows) in one
+process at about 6.7k rows/s. This script writes the sample's 10,000 test
+rows repeated `--times` times (`scale`, as CSV.gz and Parquet, in `--files`
+files), trains a model of the tuned architecture for one epoch (or uses
+`--model` from `--store`), and runs the evaluator as the operator would, one
+process per shard (`python -m susy_pipeline evaluate`):
+
+1. one shard, all cores, from CSV.gz and from Parquet: rows/s;
+2. one shard held to one core (`taskset -c 0`, as a Kubernetes CPU limit of 1
+   would hold it) and two shards on one core each, at once: the speed-up;
+3. peak RSS of one shard (its own `ru_maxrss`) at 1x and at `--times` x.
+
+rows/s is the shard's own figure: rows / seconds spent streaming and scoring,
+after the model is loaded (start-up is printed separately). It prints a
+markdown table with the seed's figure and the targets beside each number.
+Run it on a quiet machine: other processes on the same cores skew every row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
+
+SEED_ROWS_PER_S = 6_700       # 7772.76 s for about 52 million rows
+TARGET_CSV_GZ = 300_000
+TARGET_PARQUET = 800_000
+TARGET_SPEEDUP = 1.8
+TARGET_RSS_GROWTH = 0.10
+
+
+def train_model(store_uri: str) -> str:
+    """A model of the tuned recipe's architecture, one epoch on the sample's train rows."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from susy_pipeline import data
+    from susy_pipeline.model import ModelConfig, build_model, model_to_bytes
+    from susy_pipeline.schema import SAMPLE_TRAIN_ROWS
+    from susy_pipeline.store import open_store
+
+    batches = list(data.iter_batches(os.path.join(ROOT, "data", "susy-sample.csv.gz"), limit=SAMPLE_TRAIN_ROWS))
+    x = np.concatenate([b.features for b in batches])
+    y = np.concatenate([b.labels for b in batches])
+    model = build_model(ModelConfig(), mean=x.mean(0), variance=x.var(0))
+    model.fit(x, y, epochs=1, batch_size=256, verbose=0)
+    with open_store(store_uri) as store:
+        return store.save_model({"run": "bench-evaluate"}, model_to_bytes(model))
+
+
+def scaled(work: str, times: int, files: int) -> dict[str, list[str]]:
+    from susy_pipeline.scale import scale
+
+    out = os.path.join(work, f"x{times}")
+    names = {fmt: [os.path.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}") for j in range(files)]
+             for fmt in ("csv.gz", "parquet")}
+    if not all(os.path.exists(p) for paths in names.values() for p in paths):
+        t = time.monotonic()
+        scale(os.path.join(ROOT, "data", "susy-sample.csv.gz"), out, times=times, files=files,
+              row_group_rows=65_536)
+        print(f"# scaled x{times} in {time.monotonic() - t:.1f} s -> {out}", file=sys.stderr)
+    return names
+
+
+def shard_cmd(args, paths, evaluation, index, count, cpu=None) -> list[str]:
+    cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", args.model, "--store", args.store,
+           "--data", *paths, "--evaluation", evaluation, "--shard-index", str(index),
+           "--shard-count", str(count), "--chunk-rows", str(args.chunk_rows)]
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
+
+
+def run_shards(args, paths, evaluation, count, cpus=None) -> list[dict]:
+    """Start `count` shard processes at once; return their printed summaries."""
+    procs = [subprocess.Popen(shard_cmd(args, paths, evaluation, i, count, None if cpus is None else cpus[i]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+             for i in range(count)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate()
+        if p.returncode != 0:
+            sys.exit(f"shard failed ({p.returncode}): {stderr.decode()[-2000:]}")
+        out.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--times", type=int, default=15, help="scale factor for the large runs (default %(default)s)")
+    p.add_argument("--files", type=int, default=4, help="files per format (default %(default)s)")
+    p.add_argument("--chunk-rows", type=int, default=16_384)
+    p.add_argument("--work", default=os.path.join(ROOT, ".susy", "bench-evaluate"))
+    p.add_argument("--store", default=None, help="store URI (default: sqlite in --work)")
+    p.add_argument("--model", default=None, help="model reference (default: train one)")
+    p.add_argument("--quick", action="store_true", help="--times 2: check that the script works")
+    args = p.parse_args()
+    if args.quick:
+        args.times = 2
+    os.makedirs(args.work, exist_ok=True)
+    args.store = args.store or f"sqlite:///{os.path.join(args.work, 'store.sqlite3')}"
+    if not args.model:
+        t = time.monotonic()
+        args.model = train_model(args.store)
+        print(f"# trained model {args.model} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    big = scaled(args.work, args.times, args.files)
+    small = scaled(args.work, 1, args.files)
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    cpus = len(os.sched_getaffinity(0))
+
+    one = {fmt: run_shards(args, big[fmt], f"bench-{stamp}-{fmt}-1", 1)[0] for fmt in ("csv.gz", "parquet")}
+    small_one = {fmt: run_shards(args, small[fmt], f"bench-{stamp}-{fmt}-small", 1)[0]
+                 for fmt in ("csv.gz", "parquet")}
+    pinned, pair = {}, {}
+    for fmt in ("csv.gz", "parquet"):
+        pinned[fmt] = run_shards(args, big[fmt], f"bench-{stamp}-{fmt}-pin1", 1, cpus=[0])[0]
+        pair[fmt] = run_shards(args, big[fmt], f"bench-{stamp}-{fmt}-pin2", 2, cpus=[0, 1])
+
+    def pair_rate(shards):  # shards run at once: the slowest one bounds the evaluation
+        return sum(s["rows"] for s in shards) / max(s["seconds"] for s in shards)
+
+    rows = one["csv.gz"]["rows"]
+    print(f"\n## Sharded evaluator: {rows:,} rows (sample test rows x{args.times}, {args.files} files), "
+          f"{cpus} cores, chunk {args.chunk_rows:,} rows\n")
+    print("| measure | seed | here | vs seed | target |")
+    print("|---|---|---|---|---|")
+    for fmt, target in (("csv.gz", TARGET_CSV_GZ), ("parquet", TARGET_PARQUET)):
+        r = one[fmt]["rows_per_second"]
+        print(f"| one shard, {fmt}, {cpus} cores: rows/s | {SEED_ROWS_PER_S:,} | {r:,.0f} | "
+              f"{r / SEED_ROWS_PER_S:.0f}x | >= {target:,} {'ok' if r >= target else 'MISSED'} |")
+    for fmt in ("csv.gz", "parquet"):
+        r1 = pinned[fmt]["rows_per_second"]
+        r2 = pair_rate(pair[fmt])
+        print(f"| {fmt}: 1 shard on 1 core -> 2 shards on 1 core each: rows/s | | {r1:,.0f} -> {r2:,.0f} | "
+              f"{r2 / r1:.2f}x speed-up | >= {TARGET_SPEEDUP}x {'ok' if r2 / r1 >= TARGET_SPEEDUP else 'MISSED'} |")
+    for fmt in ("csv.gz", "parquet"):
+        a, b = small_one[fmt]["peak_rss_bytes"], one[fmt]["peak_rss_bytes"]
+        growth = b / a - 1
+        print(f"| {fmt}: peak RSS of a shard, x1 ({small_one[fmt]['rows']:,} rows) -> x{args.times} | | "
+              f"{a / 2**20:,.0f} MiB -> {b / 2**20:,.0f} MiB | {growth:+.1%} | within 10% "
+              f"{'ok' if abs(growth) <= TARGET_RSS_GROWTH else 'MISSED'} |")
+    startup = max(s["startup_seconds"] for s in one.values())
+    print(f"\nStart-up (store, model load, trace) up to {startup:.1f} s per shard, not in rows/s. "
+          f"Exactness: 2 shards' totals equal 1 shard's: "
+          f"{all(sum(s['correct'] for s in pair[f]) == one[f]['correct'] and sum(int(s['log_loss_units']) for s in pair[f]) == int(one[f]['log_loss_units']) for f in pair)}.")
+
+
+if __name__ == "__main__":
+    main()
