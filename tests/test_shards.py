@@ -154,3 +154,12 @@ def test_bad_line_in_a_striped_gz_fails_every_shard_that_reads_the_file(tmp_path
     for piece in shards._split_file(path, 3, 1_000):
         with pytest.raises(DataError, match=r"bad\.csv\.gz, line 4322: column 2 .* not a number"):
             list(shards.iter_piece(piece))
+
+
+def test_blank_line_in_a_byte_range_is_named(tmp_path):
+    lines = _sample_lines(2_000)
+    lines[1_500] = ""
+    path = _write(tmp_path / "blank.csv", lines)
+    pieces = shards._split_file(path, 2, shards.STRIPE_ROWS)
+    with pytest.raises(DataError, match=r"blank\.csv, line 1501: expected 19 columns, found 1"):
+        list(shards.iter_piece(pieces[1]))

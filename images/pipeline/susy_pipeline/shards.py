@@ -296,6 +296,9 @@ def _iter_byte_range(piece: Piece, block_bytes: int) -> Iterator[Batch]:
         reader = pacsv.open_csv(_Window(path, first, end), read_options=read_options,
                                 parse_options=parse_options, convert_options=convert_options)
         for record_batch in reader:
+            if any(column.null_count for column in record_batch.columns):
+                # A blank line reads as a row of nulls; the slow path names it.
+                raise pa.ArrowInvalid("empty values")
             labels = record_batch.column(0).to_numpy(zero_copy_only=False)
             features = np.column_stack([c.to_numpy(zero_copy_only=False)
                                         for c in record_batch.columns[1:]]).astype(np.float32, copy=False)
