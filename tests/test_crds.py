@@ -213,6 +213,7 @@ BAD_BY_SCHEMA = {
     "er: bad model id": er(model={"id": "not-hex"}),
     "er: bad training run name": er(model={"trainingRun": "Not_A_Name"}),
     "er: zero chunk rows": er(chunkRows=0),
+    "er: zero stripe rows": er(stripeRows=0),
     "er: backoffLimitPerIndex 11": er(backoffLimitPerIndex=11),
 }
 for _case in BAD_BY_SCHEMA.values():

@@ -148,6 +148,11 @@ def test_evaluator_is_one_indexed_job() -> None:
     assert "--shard-index" not in container(job)["command"]
 
 
+def test_evaluator_stripe_rows_only_when_set() -> None:
+    job = builders.evaluator_job(OWNER_ER, evaluation_spec(stripeRows=4096), "e", "ab" * 16, CONFIG)
+    assert container(job)["command"][-2:] == ["--stripe-rows", "4096"]
+
+
 def test_evaluator_parallelism_defaults_to_the_shard_count() -> None:
     job = builders.evaluator_job(OWNER_ER, evaluation_spec(parallelism=None, shards=5), "e", "ab" * 16, CONFIG)
     assert job["spec"]["parallelism"] == 5

@@ -221,6 +221,8 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     command = [*PIPELINE_MODULE, "evaluate", "--model", model_id, "--data", *spec.uris,
                "--evaluation", evaluation, "--shard-count", str(spec.shards),
                "--chunk-rows", str(spec.chunk_rows)]
+    if spec.stripe_rows is not None:
+        command += ["--stripe-rows", str(spec.stripe_rows)]
     job_spec = {
         "completionMode": "Indexed",
         "completions": spec.shards,

@@ -130,6 +130,7 @@ class EvaluationRunSpec:
     shards: int = DEFAULT_SHARDS
     parallelism: int | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    stripe_rows: int | None = None
     backoff_limit_per_index: int = DEFAULT_BACKOFF_LIMIT_PER_INDEX
     image: str | None = None
     resources: Mapping[str, Any] | None = None
@@ -345,6 +346,7 @@ def parse_evaluation_run(spec: Mapping[str, Any]) -> EvaluationRunSpec:
         parallelism=parallelism,
         chunk_rows=r.integer(spec, "spec", "chunkRows", DEFAULT_CHUNK_ROWS, minimum=1, maximum=10_000_000)
         or DEFAULT_CHUNK_ROWS,
+        stripe_rows=r.integer(spec, "spec", "stripeRows", None, minimum=1, maximum=10_000_000),
         backoff_limit_per_index=r.integer(spec, "spec", "backoffLimitPerIndex", DEFAULT_BACKOFF_LIMIT_PER_INDEX,
                                           minimum=0, maximum=10) or 0,
         image=r.string(spec, "spec", "image"),
