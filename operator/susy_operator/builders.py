@@ -24,7 +24,8 @@ RUN_AS_USER = 10001
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, Any]] = {
     crd.PRODUCER: {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
     crd.TRAINER: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
-    crd.EVALUATOR: {"requests": {"cpu": "500m", "memory": "1536Mi"}, "limits": {"memory": "3Gi"}},
+    # One CPU per shard: the evaluator runs one model call per CPU it may use (its CPU limit).
+    crd.EVALUATOR: {"requests": {"cpu": "500m", "memory": "1536Mi"}, "limits": {"cpu": "1", "memory": "3Gi"}},
 }
 
 
