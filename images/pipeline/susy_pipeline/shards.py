@@ -93,12 +93,14 @@ class Piece:
 # --- planning ------------------------------------------------------------------
 
 def resolve_inputs(patterns: Sequence[str]) -> list[str]:
-    """The input files that paths and globs name, sorted, each once.
+    """The input files that paths and globs (or file:// URIs) name, sorted, each once.
 
     Raises DataError for a pattern that matches no file.
     """
     found: set[str] = set()
     for pattern in patterns:
+        if pattern.startswith("file://"):
+            pattern = pattern[len("file://"):]
         matches = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
