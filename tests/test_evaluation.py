@@ -169,3 +169,34 @@ def test_the_module_imports_no_tensorflow_or_pyarrow():
             "print(sorted(m for m in ('tensorflow', 'pyarrow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_report_writes_json_and_png(tmp_path):
+    from susy_pipeline.report import write_report
+
+    labels, scores = _scores(20_000)
+    result = aggregate(_results(labels, scores, [5_000, 12_000], evaluation="ev/1"), 3)
+    paths = write_report(result, str(tmp_path))
+    assert paths["json"].endswith("ev_1.json") and paths["png"].endswith("ev_1.png")
+    with open(paths["json"]) as f:
+        document = json.load(f)
+    assert "histogram" not in document and document["rows"] == 20_000
+    assert document["roc"]["fpr"][0] == 0 and document["roc"]["tpr"][-1] == 1
+    assert len(document["roc"]["fpr"]) <= 257
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_aggregate_command_exits_2_and_names_the_missing_shard(tmp_path):
+    from susy_pipeline.store import open_store
+
+    labels, scores = _scores(6_000)
+    uri = f"sqlite:///{tmp_path}/store.sqlite3"
+    with open_store(uri) as store:
+        for r in _results(labels, scores, [2_000, 4_000]):
+            if r["shard_index"] != 1:
+                store.put_shard_result("ev", r["shard_index"], r)
+    cmd = [sys.executable, "-m", "susy_pipeline", "aggregate", "--evaluation", "ev", "--store", uri]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "missing shard(s) 1" in out.stderr
