@@ -105,12 +105,12 @@ def check_batch(labels: np.ndarray, features: np.ndarray, *, path: str | os.Path
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise DataError(path, first_line + int(row),
-                        f"column {int(col) + 2} ({COLUMNS[int(col) + 1]}) is {features[row, col]!r}, "
+                        f"column {int(col) + 2} ({COLUMNS[int(col) + 1]}) is {str(float(features[row, col]))!r}, "
                         "not a finite number", unit)
     bad_label = (labels != 0) & (labels != 1)
     if bad_label.any():
         row = int(np.argmax(bad_label))
-        raise DataError(path, first_line + row, f"label is {labels[row]!r}, expected 0 or 1", unit)
+        raise DataError(path, first_line + row, f"label is {str(float(labels[row]))!r}, expected 0 or 1", unit)
 
 
 def _head(batch: Batch, n: int) -> Batch:
@@ -153,6 +153,9 @@ def _iter_csv(path, skip: int, block_bytes: int, keep_text: bool) -> Iterator[Ba
 
 
 def _csv_batch(record_batch: pa.RecordBatch, first_row: int, keep_text: bool) -> Batch:
+    if any(column.null_count for column in record_batch.columns):
+        # pyarrow reads a blank line as a row of nulls; let the slow path name it.
+        raise pa.ArrowInvalid("empty values")
     if keep_text:
         feature_cols = record_batch.columns[1:]
         floats = [pc.cast(c, pa.float32()) for c in record_batch.columns]

@@ -291,6 +291,11 @@ def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, w
     return total
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -337,11 +342,13 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     log.info("%s: model %s loaded in %.1f s", name, model_record.get("model_id"), startup)
 
     t1 = time.monotonic()
+    cpu1 = _cpu_seconds()
     tally = _score_chunks(_read_ahead(iter_chunks(pieces, chunk_rows), depth=model_threads + 1), score,
                           model_threads, bins, lambda rows: log.info(
                               "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)),
                           progress_seconds)
     seconds = time.monotonic() - t1
+    cpu_seconds = _cpu_seconds() - cpu1
     rows_per_second = tally.rows / seconds if seconds > 0 else 0.0
     log.info("%s: %d rows in %.2f s, %.0f rows/s", name, tally.rows, seconds, rows_per_second)
 
@@ -358,6 +365,8 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
         "seconds": seconds,
         "rows_per_second": rows_per_second,
         "startup_seconds": startup,
+        # CPU time while streaming: rows / cpu_seconds is a per-core rate that a busy machine skews less.
+        "cpu_seconds": cpu_seconds,
         "chunk_rows": chunk_rows,
         "model_threads": model_threads,
         "peak_rss_bytes": peak_rss_bytes(),

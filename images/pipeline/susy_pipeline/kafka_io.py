@@ -76,6 +76,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: floa
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000),
                                  client_id="susy-producer-admin")
     except KafkaError as err:
         raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err

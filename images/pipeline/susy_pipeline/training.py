@@ -113,17 +113,27 @@ def summarize_stream(source: RawSource, config: TrainConfig, expected_rows: int 
 
 
 class CountingSource:
-    """Wraps a reader; remembers how many rows its last complete pass yielded."""
+    """Wraps a reader; remembers how many rows its last complete pass yielded.
+
+    It also keeps the reader's own exception: inside `from_generator`,
+    TensorFlow turns it into a generic op error, and the CLI needs the real
+    one (a Kafka timeout exits 3, and must not wait on a hung read thread).
+    """
 
     def __init__(self, source: RawSource):
         self.source = source
         self.rows_last_pass: int | None = None
+        self.error: BaseException | None = None
 
     def __call__(self) -> Iterator[RawBatch]:
         rows = 0
-        for keys, values in self.source():
-            rows += sum(k.count(b",") + 1 for k in keys)
-            yield keys, values
+        try:
+            for keys, values in self.source():
+                rows += sum(k.count(b",") + 1 for k in keys)
+                yield keys, values
+        except Exception as err:
+            self.error = err
+            raise
         self.rows_last_pass = rows
 
 
@@ -164,10 +174,21 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
     if summary and summary.validation is not None and config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                                        restore_best_weights=True))
+    if summary and summary.validation is not None and config.reduce_lr_patience:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                           patience=config.reduce_lr_patience))
     train_rows = summary.train_rows if summary else expected_rows
-    history = model.fit(training_dataset(source, config, train_rows),
-                        validation_data=summary.validation if summary else None,
-                        epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    try:
+        history = model.fit(training_dataset(source, config, train_rows),
+                            validation_data=summary.validation if summary else None,
+                            epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0)
+    except tf.errors.OpError as err:
+        if source.error is not None:
+            raise source.error from err
+        if expected_rows is not None and source.rows_last_pass not in (None, expected_rows):
+            raise StreamMismatch(f"the producer recorded {expected_rows} rows but the stream held "
+                                 f"{source.rows_last_pass}") from err
+        raise
     seen = source.rows_last_pass
     if expected_rows is not None and seen != expected_rows:
         raise StreamMismatch(f"the producer recorded {expected_rows} rows but the stream held {seen}")
