@@ -1,0 +1,165 @@
+"""The API emulator's fixes over kmock 0.8 (tests/support/emulator.py), one behaviour per test, over
+HTTP as clients see it. If kmock is upgraded, these say which fixes are still needed."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from support.harness import ApiError, Cluster
+
+JOBS = "/apis/batch/v1/namespaces/ns/jobs"
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def job(name: str, **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, **meta}, "spec": {"x": 1}}
+
+
+def watch(api: Cluster, path: str, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    with urllib.request.urlopen(api.url + path, timeout=timeout) as resp:
+        for line in resp:
+            if line.strip():
+                events.append(json.loads(line))
+            if len(events) >= count:
+                break
+    return events
+
+
+def test_create_sets_server_metadata_and_answers_201(api: Cluster) -> None:
+    req = urllib.request.Request(api.url + JOBS, data=json.dumps(job("a")).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as resp:
+        assert resp.status == 201
+        created = json.loads(resp.read())
+    meta = created["metadata"]
+    assert meta["namespace"] == "ns" and meta["uid"] and meta["creationTimestamp"]
+    assert meta["generation"] == 1 and int(meta["resourceVersion"]) > 0
+    with pytest.raises(ApiError) as conflict:
+        api.request("POST", JOBS, job("a"))
+    assert conflict.value.code == 409 and "AlreadyExists" in conflict.value.body
+
+
+def test_generate_name(api: Cluster) -> None:
+    event = api.request("POST", "/api/v1/namespaces/ns/events",
+                        {"metadata": {"generateName": "kopf-event-"}, "reason": "R"})
+    assert event["metadata"]["name"].startswith("kopf-event-") and len(event["metadata"]["name"]) == 16
+
+
+def test_status_subresource_is_enforced(api: Cluster) -> None:
+    created = api.request("POST", JOBS, {**job("a"), "status": {"active": 9}})
+    assert "status" not in created  # dropped on create
+    merge = "application/merge-patch+json"
+    body = api.request("PATCH", f"{JOBS}/a", {"spec": {"x": 2}, "status": {"active": 1}}, merge)
+    assert body["spec"]["x"] == 2 and "status" not in body and body["metadata"]["generation"] == 2
+    body = api.request("PATCH", f"{JOBS}/a/status", {"spec": {"x": 3}, "status": {"active": 1}}, merge)
+    assert body["spec"]["x"] == 2 and body["status"] == {"active": 1} and body["metadata"]["generation"] == 2
+
+
+def test_merge_and_json_patches(api: Cluster) -> None:
+    api.request("POST", JOBS, {**job("a"), "spec": {"nested": {"a": 1, "b": 2}}})
+    body = api.request("PATCH", f"{JOBS}/a", {"spec": {"nested": {"a": None, "c": 3}}}, "application/merge-patch+json")
+    assert body["spec"]["nested"] == {"b": 2, "c": 3}
+    body = api.request("PATCH", f"{JOBS}/a", {"spec": {"nested": "scalar"}}, "application/merge-patch+json")
+    assert body["spec"]["nested"] == "scalar"  # RFC 7386: a scalar replaces a dict
+    rv = body["metadata"]["resourceVersion"]
+    ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"},
+           {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]
+    with pytest.raises(ApiError) as failed:
+        api.request("PATCH", f"{JOBS}/a", ops, "application/json-patch+json")
+    assert failed.value.code == 422  # kopf retries its finalizer patch on 422, not on 500
+    ops[0]["value"] = rv
+    assert api.request("PATCH", f"{JOBS}/a", ops, "application/json-patch+json")["metadata"]["finalizers"] == ["f"]
+
+
+def test_watch_resumes_from_a_resource_version(api: Cluster) -> None:
+    first = api.request("POST", JOBS, job("a"))
+    api.request("POST", JOBS, job("b"))
+    rv = first["metadata"]["resourceVersion"]
+    events = watch(api, f"{JOBS}?watch=true&resourceVersion={rv}", 1)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
+    # No version: a snapshot of what exists, then the live events.
+    received: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: received.extend(watch(api, f"{JOBS}?watch=true", 3)))
+    thread.start()
+    time.sleep(0.3)
+    api.request("DELETE", f"{JOBS}/a")
+    thread.join(5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in received] == [
+        ("ADDED", "a"), ("ADDED", "b"), ("DELETED", "a")]
+
+
+def test_watch_answers_410_for_a_version_older_than_its_log(api: Cluster) -> None:
+    api.emulator.log_limit = 2  # type: ignore[union-attr]
+    for name in "abcd":
+        api.request("POST", JOBS, job(name))
+    (event,) = watch(api, f"{JOBS}?watch=true&resourceVersion=1", 1)
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410
+
+
+def test_list_honours_label_and_field_selectors(api: Cluster) -> None:
+    api.request("POST", JOBS, job("a", labels={"app": "x", "tier": "1"}))
+    api.request("POST", JOBS, job("b", labels={"app": "y"}))
+    names = lambda q: [o["metadata"]["name"] for o in api.request("GET", f"{JOBS}?{q}")["items"]]  # noqa: E731
+    assert names("labelSelector=app%3Dx") == ["a"]
+    assert names("labelSelector=app%21%3Dx") == ["b"]
+    assert names("labelSelector=tier") == ["a"]
+    assert names("labelSelector=app+in+%28x%2Cy%29") == ["a", "b"]
+    assert names("fieldSelector=metadata.name%3Db") == ["b"]
+    assert int(api.request("GET", JOBS)["metadata"]["resourceVersion"]) >= 2
+
+
+def test_garbage_collection_of_dependents(api: Cluster) -> None:
+    owner = api.request("POST", JOBS, job("owner"))
+    ref = {"apiVersion": "batch/v1", "kind": "Job", "name": "owner", "uid": owner["metadata"]["uid"]}
+    api.request("POST", JOBS, job("child", ownerReferences=[ref]))
+    api.request("POST", JOBS, job("orphan-to-be", ownerReferences=[ref]))
+    api.request("DELETE", f"{JOBS}/owner")
+    assert api.get("jobs", "ns", "child") is None and api.get("jobs", "ns", "orphan-to-be") is None
+    owner = api.request("POST", JOBS, job("owner2"))
+    ref["uid"] = owner["metadata"]["uid"]
+    api.request("POST", JOBS, job("kept", ownerReferences=[ref]))
+    api.request("DELETE", f"{JOBS}/owner2", {"propagationPolicy": "Orphan"})
+    assert api.get("jobs", "ns", "kept")["metadata"]["ownerReferences"] == []
+    # A dependent created after its owner is gone is collected at once.
+    api.request("POST", JOBS, job("late", ownerReferences=[{**ref, "uid": "gone"}]))
+    assert api.get("jobs", "ns", "late") is None
+
+
+def test_namespaces_put_and_discovery(api: Cluster) -> None:
+    api.request("POST", JOBS, job("a"))
+    names = [n["metadata"]["name"] for n in api.request("GET", "/api/v1/namespaces")["items"]]
+    assert names == ["default", "ns"]
+    assert api.request("GET", "/api/v1/namespaces/ns")["status"]["phase"] == "Active"
+    with pytest.raises(ApiError) as put:
+        api.request("PUT", f"{JOBS}/a", job("a"))
+    assert put.value.code == 405
+    core = {r["name"] for r in api.request("GET", "/api/v1")["resources"]}
+    assert {"namespaces", "events", "secrets"} <= core  # kopf waits for namespaces in discovery
+    crds = api.request("GET", "/apis/apiextensions.k8s.io/v1")["resources"]
+    assert [r["name"] for r in crds] == ["customresourcedefinitions"]
+
+
+def test_request_history_is_trimmed_so_requests_stay_fast(api: Cluster) -> None:
+    api.request("POST", JOBS, job("a"))
+    for _ in range(300):
+        api.request("GET", "/apis")  # discovery goes through kmock's request matching
+    assert len(api.emulator._requests) <= api.emulator.history_limit  # type: ignore[union-attr]
+    started = time.perf_counter()
+    for _ in range(20):
+        api.request("GET", f"{JOBS}/a")
+    assert (time.perf_counter() - started) / 20 < 0.05
