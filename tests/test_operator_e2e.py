@@ -13,7 +13,6 @@ data exactly.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ TRAIN_ROWS = 4000
 
 
 def test_training_and_sharded_evaluation_end_to_end(cluster: Cluster, operator, store_uri: str,
-                                                    kafka_broker: str, tmp_path) -> None:
+                                                    kafka_broker: str, tmp_path, capsys) -> None:
     runner = cluster.start_runner(fail_first={("er-eval", 1)})
     env = {"SUSY_KAFKA_BOOTSTRAP": kafka_broker, "SUSY_POLL_SECONDS": "0.5"}
     first = operator(**env)
@@ -81,8 +80,9 @@ def test_training_and_sharded_evaluation_end_to_end(cluster: Cluster, operator, 
     assert es["auc"] == expected["auc"]
     assert es["logLoss"] == expected["log_loss"]
     assert es["confusion"] == expected["confusion"]
-    print(f"\nend to end: model {st['modelId']}, accuracy {es['accuracy']:.6f}, AUC {es['auc']:.6f}, "
-          f"log-loss {es['logLoss']:.6f} over {es['rows']} rows in 3 shards = single process")
+    with capsys.disabled():
+        print(f"\nend to end: model {st['modelId']}, accuracy {es['accuracy']:.6f}, AUC {es['auc']:.6f}, "
+              f"log-loss {es['logLoss']:.6f} over {es['rows']} rows in 3 shards = single process")
 
     # One Job per step, despite the restart and the retried shard.
     assert cluster.job_creations() == {(NAMESPACE, "tr-producer"): 1, (NAMESPACE, "tr-trainer"): 1,
@@ -92,4 +92,3 @@ def test_training_and_sharded_evaluation_end_to_end(cluster: Cluster, operator, 
     results = store.shard_results(es["evaluation"])
     assert sorted(r["shard_index"] for r in results) == [0, 1, 2]
     assert all(r["rows"] > 0 for r in results), "every shard scored part of the file"
-    print(json.dumps({k: v for k, v in es.items() if k in ("shards", "shardResults")}, indent=1))
