@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from susy_operator import builders, crd
+from susy_operator import builders, crd, spec as spec_lib
 from susy_pipeline import store as store_lib
 from support import fakes
 from support.fixtures import NAMESPACE, cluster, condition, evaluation_run, operator, store_uri, training_run  # noqa: F401
@@ -95,8 +95,6 @@ def test_operator_killed_between_steps_resumes_without_duplicate_jobs(cluster: C
     # status does not know it. The restarted operator must adopt that Job, not make a second one.
     created = cluster.create(training_run("tr"))
     body = {"apiVersion": crd.API_VERSION, "kind": crd.TRAINING_KIND, "metadata": created["metadata"]}
-    from susy_operator import spec as spec_lib
-    from susy_operator.handlers import CONFIG  # noqa: F401 - the same config the operator builds with
     parsed = spec_lib.parse_training_run(created["spec"])
     run = spec_lib.run_name(NAMESPACE, "tr", created["metadata"]["uid"])
     job = builders.producer_job(builders.Owner.from_body(body), parsed, run, builders.JobConfig(

@@ -25,7 +25,7 @@ import kmock
 
 from susy_operator import crd
 from support.emulator import Kind, SusyEmulator
-from support.jobrunner import Executor, JobRunner
+from support.jobrunner import JobRunner
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,6 @@ class Cluster:
         self.url = ""
         self.runner: JobRunner | None = None
         self._runner_task: asyncio.Future[Any] | None = None
-        self._exit = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -66,7 +65,6 @@ class Cluster:
 
         async def enter() -> None:
             self.emulator = SusyEmulator(kinds=SUSY_KINDS)
-            self._handler_cm = self.emulator
             await self.emulator.__aenter__()
             self._server = kmock.Server(self.emulator)
             await self._server.__aenter__()
