@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -59,7 +59,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     if CONFIG.store_uri is None:
         logger.warning("MONGODB_URI is not set: runs will wait at their first store read.")
     else:
-        _store()  # connect (and import the store module) now, not inside the first CR's handler
+        try:
+            _store()  # connect (and import the store module) now, not inside the first CR's handler
+        except Exception as error:  # noqa: BLE001 - the handlers retry; the operator must still start
+            logger.warning(f"The store is not reachable yet: {error}")
 
 
 @kopf.on.probe(id="config")
@@ -77,6 +80,21 @@ def _store() -> Any:
     if CONFIG.store_uri is None:
         raise kopf.TemporaryError("MONGODB_URI is not set for the operator", delay=60)
     return store.open_store(CONFIG.store_uri, database=CONFIG.database)
+
+
+def _store_errors_are_temporary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A store that is down for a moment is a reason to retry soon, not kopf's default 60 s backoff."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from susy_pipeline.store import ModelNotFound, StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except ModelNotFound:
+            raise
+        except StoreError as error:
+            raise kopf.TemporaryError(f"model store: {error}", delay=max(POLL_SECONDS, 10)) from error
+    return wrapper
 
 
 def _model_id(record: Mapping[str, Any]) -> str:
@@ -125,6 +143,7 @@ def _running(status: Mapping[str, Any], **_: Any) -> bool:
 
 @kopf.on.resume(*TRAINING)
 @kopf.on.create(*TRAINING)
+@_store_errors_are_temporary
 def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                    namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Triggered by a new TrainingRun (and on operator start). Writes status.runName, phase Producing
@@ -157,6 +176,7 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
 
 
 @kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_running)
+@_store_errors_are_temporary
 def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                        namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Every POLL_SECONDS while running: follows the producer, then the trainer Job. Writes
@@ -331,6 +351,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
 
 @kopf.on.resume(*EVALUATION)
 @kopf.on.create(*EVALUATION)
+@_store_errors_are_temporary
 def start_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                      namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Triggered by a new EvaluationRun (and on operator start). Writes status.evaluation, resolves
@@ -388,6 +409,7 @@ def _metrics(aggregated: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_running)
+@_store_errors_are_temporary
 def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                          namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Every POLL_SECONDS while running: retries model resolution while Pending; then follows the
