@@ -301,3 +301,16 @@ def test_builder_input_is_not_mutated() -> None:
     before = copy.deepcopy(raw)
     builders.trainer_job(OWNER_TR, spec_lib.parse_training_run(raw), RUN, CONFIG)
     assert raw == before
+
+
+def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
+    """The operator image installs only the `operator` extra: no TensorFlow, Kafka, pandas."""
+    import subprocess
+    import sys
+
+    code = ("import sys, susy_operator.handlers, susy_pipeline.store, susy_pipeline.evaluation; "
+            "print(sorted(m for m in ('tensorflow', 'tensorflow_io', 'kafka', 'pandas', 'pyarrow', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "SUSY_POLL_SECONDS": "5"})
+    assert out.stdout.strip() == "[]"
