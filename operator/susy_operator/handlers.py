@@ -317,12 +317,13 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     try:
         model_id = _resolve_model(namespace, parsed.model, body["metadata"].get("creationTimestamp"))
     except _Wait as wait:
-        if status.get("phase") != crd.PENDING or not st.get_condition(status, crd.MODEL_RESOLVED):
-            kopf.event(body, type="Normal", reason=crd.EVENT_WAITING, message=str(wait))
+        conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
+                                       message=str(wait), now=now, generation=generation)
+        if status.get("phase") == crd.PENDING and conditions == st.conditions(status):
+            return  # still waiting for the same thing: no patch, no Event
+        kopf.event(body, type="Normal", reason=crd.EVENT_WAITING, message=str(wait))
         patch.status["phase"] = crd.PENDING
-        patch.status["conditions"] = st.with_condition(
-            status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN, message=str(wait),
-            now=now, generation=generation)
+        patch.status["conditions"] = conditions
         return
     except _Unresolvable as error:
         _fail(body, status, patch, reason=error.reason, message=error.message, generation=generation)
