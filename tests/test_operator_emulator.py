@@ -20,7 +20,7 @@ from support import fakes
 from support.fixtures import NAMESPACE, cluster, condition, evaluation_run, operator, store_uri, training_run  # noqa: F401
 from support.harness import Cluster
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 TERMINAL = {crd.SUCCEEDED, crd.FAILED}
 

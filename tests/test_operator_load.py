@@ -22,7 +22,7 @@ from support.harness import Cluster, summarize
 RUNS = 50
 SHARDS = 3
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def test_fifty_evaluation_runs_at_once(cluster: Cluster, operator, store_uri: str, capsys, record_property) -> None:

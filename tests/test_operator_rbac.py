@@ -70,6 +70,7 @@ def recorded_calls(cluster: Cluster, operator) -> set[tuple[str, str, str]]:
     return cluster.call(lambda: operator_calls(cluster.emulator.calls))
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_role_grants_exactly_the_calls_the_operator_makes(recorded_calls: set[tuple[str, str, str]]) -> None:
     print("\nAPI calls made by the operator (verb, group, resource):")
