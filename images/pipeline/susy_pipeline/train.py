@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: the recipe's)")
     p.add_argument("--dropout", type=float, help="dropout rate after each hidden layer")
     p.add_argument("--hidden", type=_widths, help="hidden layer widths, e.g. 128,256,128")
+    p.add_argument("--patience", type=options.non_negative,
+                   help="early stopping: epochs without validation improvement (default: the recipe's)")
     p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
     p.add_argument("--read-timeout", type=float, default=float(options.env("SUSY_READ_TIMEOUT", 120)),
                    help="seconds without Kafka progress before giving up (default: %(default)s)")
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
 
     config = with_overrides(RECIPES[args.recipe], epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
-                            seed=args.seed)
+                            patience=args.patience, seed=args.seed)
     with options.store_from(args) as store:
         production = store.get_production(args.run_name)
         if production is None:
