@@ -207,3 +207,24 @@ def test_deleting_a_training_run_deletes_its_jobs(cluster: Cluster, operator) ->
     cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-producer") is None, 10, "the Job's deletion")
     cluster.wait_for(lambda: not runner.tasks, 10, "the producer pod to be killed")
     assert cluster.get("trainingruns", NAMESPACE, "tr") is None
+
+
+def test_liveness_endpoint_answers_with_the_probe(cluster: Cluster, operator) -> None:
+    """The chart's livenessProbe: `--liveness=http://0.0.0.0:8080/healthz` (here on a free port)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    operator(args=("--standalone", "-A", f"--liveness=http://127.0.0.1:{port}/healthz"))
+
+    def healthz() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                return json.loads(resp.read()) if resp.status == 200 else None
+        except OSError:
+            return None
+
+    body = cluster.wait_for(healthz, 30, "/healthz")
+    assert body["config"]["image"] == "susy-pipeline:test"
