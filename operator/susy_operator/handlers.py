@@ -51,8 +51,9 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.scanning.disabled = True
     # Sync handlers run in threads; 50 EvaluationRuns created at once should not queue behind 5.
     settings.execution.max_workers = CONFIG.max_workers
-    # Server-side watch timeout below the client one, so the server closes streams cleanly and
-    # kopf reconnects from the last resourceVersion (nolar/kopf#585, #847).
+    # A server-side watch timeout below the client one: the server ends each stream cleanly and
+    # kopf reconnects from the last resourceVersion, instead of a stream that silently stops
+    # delivering after a network hiccup (kopf docs/configuration.rst, "API timeouts").
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
