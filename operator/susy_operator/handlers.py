@@ -49,13 +49,16 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # The CRDs ship with the chart and exist before the operator starts: resolve them once at
     # start-up instead of watching CustomResourceDefinitions and Namespaces (less RBAC, fewer watches).
     settings.scanning.disabled = True
-    # Sync handlers run in threads; 50 EvaluationRuns created at once should not queue behind 5.
+    # Sync handlers run in threads; the default pool has CPUs + 4 of them (6 on a 2-CPU node), and
+    # 50 EvaluationRuns created at once would queue behind those few.
     settings.execution.max_workers = CONFIG.max_workers
     # A server-side watch timeout below the client one: the server ends each stream cleanly and
     # kopf reconnects from the last resourceVersion, instead of a stream that silently stops
     # delivering after a network hiccup (kopf docs/configuration.rst, "API timeouts").
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # One API call (not a watch) that hangs for a minute is failed and retried, rather than holding
+    # its object's handler for kopf's default of 5 minutes.
     settings.networking.request_timeout = 60
     if CONFIG.store_uri is None:
         logger.warning("MONGODB_URI is not set: runs will wait at their first store read.")
