@@ -12,7 +12,7 @@ retried shard replaces its own result and is never counted twice. Bad input
 raises `DataError` (file and line; exit code 2) before anything is stored.
 
 Memory stays flat: a reader thread parses 1 MiB blocks into chunk buffers (at
-most a few chunks wait in its queue) while model threads score them; each
+most two chunks wait in its queue) while the main thread scores them; each
 tally is a few integers and two fixed histograms.
 
 **Why every row's score is bit-identical however the rows are split.**
@@ -24,13 +24,14 @@ number of intra-op threads. So:
   `[chunk_rows, 18]` (never `model.predict`, which was also 40% slower);
 - row `r` of a file is always scored at position `r % chunk_rows` of its
   batch, whichever shard reads it and wherever its piece starts (positions no
-  row of this shard fills are zeros);
-- each model call runs on one intra-op thread. `--model-threads W` runs W
-  such calls at once (inter-op parallelism), which changes no row's score.
+  row of this shard fills are zeros).
 
-With the same inputs and the same `--chunk-rows`, N shards therefore add up
-to exactly the single-process totals. Chunks of 16,384 rows scored about 2.5x
-faster per core than 65,536 here (the layer activations stay in cache).
+A row is then computed by the same instructions in every split, so N shards
+add up to exactly the single-process totals, given the same `--chunk-rows`
+and `--model-threads` (TensorFlow's intra-op threads; by default the CPUs the
+process may use, which is the same for every pod of one Job). Chunks of
+16,384 rows scored about 2.5x faster per core than 65,536 here (the layer
+activations stay in cache).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stripe-rows", type=int, default=shards_lib.STRIPE_ROWS,
                    help="CSV.gz stripe size when a .gz file is split among shards (default %(default)s)")
     p.add_argument("--model-threads", type=int, default=_env_int("SUSY_MODEL_THREADS", None),
-                   help="model calls run at once, one core each (env SUSY_MODEL_THREADS; "
+                   help="TensorFlow intra-op threads per model call (env SUSY_MODEL_THREADS; "
                         "default: the CPUs this process may use, CPU limit included)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
                    help="log rows done and rows/s this often (default %(default)s)")
@@ -142,19 +143,16 @@ def _read(path: str) -> str | None:
 
 
 def configure_threads(model_threads: int) -> None:
-    """One intra-op thread per model call, `model_threads` calls at once (before TF starts)."""
+    """`model_threads` intra-op threads for each model call (before TensorFlow starts)."""
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(model_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(model_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(2)
     except RuntimeError:
-        # Already initialized (tests, or several shards in one process): keep its settings,
-        # which must give one intra-op thread for bit-exact totals.
-        if tf.config.threading.get_intra_op_parallelism_threads() != 1:
-            log.warning("TensorFlow is already running with %s intra-op threads: scores may "
-                        "differ in the last bit from other shards",
-                        tf.config.threading.get_intra_op_parallelism_threads() or "default")
+        # Already initialized (tests, or several shards in one process): its settings stay.
+        log.warning("TensorFlow is already running; its thread settings (intra-op %s) stay",
+                    tf.config.threading.get_intra_op_parallelism_threads() or "default")
 
 
 def make_scorer(model, chunk_rows: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -254,41 +252,17 @@ def _read_ahead(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, workers: int, bins: int,
+def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, bins: int,
                   progress: Callable[[int], None], progress_seconds: float) -> ShardTally:
-    """Score chunks on `workers` threads, each into its own tally; merge them (integer sums)."""
-    tallies = [ShardTally(bins=bins) for _ in range(workers)]
-    lock = threading.Lock()
-    failed = threading.Event()
-
-    def work(tally: ShardTally) -> None:
-        try:
-            while not failed.is_set():
-                with lock:
-                    item = next(chunks, None)
-                if item is None:
-                    return
-                labels, features, where = item
-                tally.add(labels, score(features)[where])
-        except BaseException:
-            failed.set()
-            raise
-
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="shard-model") as pool:
-        futures = [pool.submit(work, t) for t in tallies]
-        while True:
-            done, pending = wait(futures, timeout=progress_seconds, return_when=FIRST_EXCEPTION)
-            if not pending or failed.is_set():
-                break
-            progress(sum(t.rows for t in tallies))
-        for f in futures:
-            f.result()  # re-raises a worker's (or the reader's) error, e.g. DataError
-    total = tallies[0]
-    for t in tallies[1:]:
-        total.merge(t)
-    return total
+    """Score and tally every chunk; call `progress(rows)` every `progress_seconds`."""
+    tally = ShardTally(bins=bins)
+    last = time.monotonic()
+    for labels, features, where in chunks:
+        tally.add(labels, score(features)[where])
+        if time.monotonic() - last >= progress_seconds:
+            last = time.monotonic()
+            progress(tally.rows)
+    return tally
 
 
 def _cpu_seconds() -> float:
@@ -343,10 +317,8 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
 
     t1 = time.monotonic()
     cpu1 = _cpu_seconds()
-    tally = _score_chunks(_read_ahead(iter_chunks(pieces, chunk_rows), depth=model_threads + 1), score,
-                          model_threads, bins, lambda rows: log.info(
-                              "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)),
-                          progress_seconds)
+    tally = _score_chunks(_read_ahead(iter_chunks(pieces, chunk_rows)), score, bins, lambda rows: log.info(
+        "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)), progress_seconds)
     seconds = time.monotonic() - t1
     cpu_seconds = _cpu_seconds() - cpu1
     rows_per_second = tally.rows / seconds if seconds > 0 else 0.0
