@@ -1,6 +1,6 @@
 """Benchmark the sharded evaluator against the seed's single-process figure.
 
-    .venv/bin/python bench/bench_evaluate.py [--times 15] [--files 4] [--quick]
+    .venv/bin/python bench/bench_evaluate.py [--times 15] [--files 2] [--quick]
 
 The seed scored a 23.2 GB test set (SUSY 15x, about 52 million rows) in one
 process at about 6.7k rows/s. This script writes the sample's 10,000 test
@@ -95,7 +95,8 @@ def run_shards(args, paths, evaluation, count, cpus=None) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--times", type=int, default=15, help="scale factor for the large runs (default %(default)s)")
-    p.add_argument("--files", type=int, default=4, help="files per format (default %(default)s)")
+    p.add_argument("--files", type=int, default=2,
+                   help="files per format (default %(default)s: one per shard; each file's last chunk is padded)")
     p.add_argument("--chunk-rows", type=int, default=16_384)
     p.add_argument("--work", default=os.path.join(ROOT, ".susy", "bench-evaluate"))
     p.add_argument("--store", default=None, help="store URI (default: sqlite in --work)")
