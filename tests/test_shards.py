@@ -163,3 +163,17 @@ def test_blank_line_in_a_byte_range_is_named(tmp_path):
     pieces = shards._split_file(path, 2, shards.STRIPE_ROWS)
     with pytest.raises(DataError, match=r"blank\.csv, line 1501: expected 19 columns, found 1"):
         list(shards.iter_piece(pieces[1]))
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.csv.gz"])
+def test_an_empty_file_split_among_shards_is_an_error_not_zero_rows(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wb"):
+            pass
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(DataError, match="empty file"):
+        for pieces in shards.plan([str(path)], 3):
+            for piece in pieces:
+                list(shards.iter_piece(piece))

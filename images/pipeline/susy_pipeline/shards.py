@@ -125,6 +125,8 @@ def _split_file(path: str, parts: int, stripe_rows: int) -> list[Piece]:
     if fmt == "parquet":
         sizes = _parquet_row_groups(path)
         total = sum(sizes)
+        if total == 0:
+            raise DataError(path, None, "no data rows (empty file)")
         owner, first = [], 0
         for n in sizes:
             owner.append(first * parts // total if total else 0)
@@ -137,6 +139,8 @@ def _split_file(path: str, parts: int, stripe_rows: int) -> list[Piece]:
         return pieces
     if fmt == "csv":
         size = os.path.getsize(path)
+        if size == 0:
+            raise DataError(path, None, "no data rows (empty file)")
         return [Piece(path, fmt, BYTE_RANGE, size * m // parts, size * (m + 1) // parts)
                 for m in range(parts)]
     return [Piece(path, fmt, ROW_STRIPES, part=m, parts=parts, stripe_rows=stripe_rows)
