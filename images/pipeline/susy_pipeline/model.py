@@ -41,6 +41,7 @@ class TrainConfig:
     validation_every: int = 10    # every 10th row of the stream is held out for early stopping
     patience: int = 8             # early stopping: epochs without val-loss improvement
     reduce_lr_patience: int = 3   # halve the learning rate after this many flat epochs (0: never)
+    monitor: str = "val_loss"     # what early stopping and LR halving watch: val_loss or val_auc
     shuffle_buffer: int = 16_384
     seed: int = 1
 

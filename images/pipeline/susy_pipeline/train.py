@@ -43,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=_widths, help="hidden layer widths, e.g. 128,256,128")
     p.add_argument("--patience", type=options.non_negative,
                    help="early stopping: epochs without validation improvement (default: the recipe's)")
+    p.add_argument("--validation-every", type=options.non_negative,
+                   help="hold out every N-th row of the stream for early stopping; 0: none "
+                        "(default: the recipe's)")
+    p.add_argument("--monitor", choices=["val_loss", "val_auc"],
+                   help="what early stopping watches (default: the recipe's)")
     p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
     p.add_argument("--read-timeout", type=float, default=float(options.env("SUSY_READ_TIMEOUT", 120)),
                    help="seconds without Kafka progress before giving up (default: %(default)s)")
@@ -59,7 +64,9 @@ def run(args: argparse.Namespace) -> dict:
 
     config = with_overrides(RECIPES[args.recipe], epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
-                            patience=args.patience, seed=args.seed)
+                            patience=args.patience, validation_every=args.validation_every,
+                            monitor=args.monitor,
+                            seed=args.seed)
     with options.store_from(args) as store:
         production = store.get_production(args.run_name)
         if production is None:

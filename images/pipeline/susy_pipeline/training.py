@@ -170,12 +170,13 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
                         variance=summary.variance if summary else None)
     log.info("model: %d trainable parameters, hidden %s, dropout %.2f",
              trainable_params(model), list(config.model.hidden), config.model.dropout)
+    mode = "max" if config.monitor.endswith("auc") else "min"
     callbacks: list[Any] = [_ProgressLog(summary.train_rows if summary else expected_rows or 0)]
     if summary and summary.validation is not None and config.patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience,
                                                        restore_best_weights=True))
     if summary and summary.validation is not None and config.reduce_lr_patience:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=config.monitor, mode=mode, factor=0.5,
                                                            patience=config.reduce_lr_patience))
     train_rows = summary.train_rows if summary else expected_rows
     try:
@@ -195,7 +196,8 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
     epochs_run = len(history.history.get("loss", []))
     final = {k: float(v[-1]) for k, v in history.history.items()}
     if summary and summary.validation is not None and config.patience:
-        best = int(np.argmin(history.history["val_loss"]))
+        watched = np.asarray(history.history[config.monitor])
+        best = int(np.argmax(watched) if config.monitor.endswith("auc") else np.argmin(watched))
         final = {k: float(v[best]) for k, v in history.history.items()}
     facts = {
         "rows": seen,
