@@ -60,7 +60,7 @@ def in_memory_source(sample, rows, per_message=1):
 def test_model_round_trips_through_the_store(sample, store_path):
     config = with_overrides(RECIPES["tuned"], epochs=1)
     model, facts = train(in_memory_source(sample, 2000, per_message=10), config, expected_rows=2000)
-    assert facts["rows"] == 2000 and facts["validation_rows"] == 200
+    assert facts["rows"] == 2000 and facts["validation_rows"] == 400
     with open_store(store_path) as store:
         model_id = store.save_model({"run": "rt", **facts}, model_to_bytes(model))
         meta, blob = store.load_model(model_id)

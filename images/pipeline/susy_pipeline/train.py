@@ -3,7 +3,7 @@
 Readers: `tfio` (tensorflow-io, the production path) or `kafka-python`
 (for brokers that tensorflow-io's bundled librdkafka 1.5.0 cannot talk to,
 such as KRaft-mode Kafka and tansu). Recipes: `tuned` (default:
-standardization, dropout 0.5, early stopping on every 10th row) or `seed`
+standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
 """
 from __future__ import annotations
