@@ -67,7 +67,7 @@ def _run(env, store, evaluation, paths, n, indices=None, **kw):
     for i in (range(n) if indices is None else indices):
         evaluate_shard(store, model_ref=env["model_id"], inputs=paths, evaluation=evaluation,
                        shard_index=i, shard_count=n, chunk_rows=CHUNK, stripe_rows=STRIPES,
-                       progress_seconds=60, **kw)
+                       progress_seconds=60, warmup_calls=1, **kw)
     return aggregate(store.shard_results(evaluation), n)
 
 
