@@ -13,7 +13,8 @@ CSV.gz from the sample (its rows repeated), starts the embedded broker
    the tansu-only librdkafka settings);
 3. consume + one epoch of training through the trainer's tf.data pipeline at
    batch 256 and 1024 (the seed's architecture; no statistics pass, no
-   validation slice, so one pass over Kafka per epoch, as the seed did).
+   validation slice, so one pass over Kafka per epoch, as the seed did): the
+   second epoch, once the step function is traced, and the first beside it.
 
 It prints a markdown table with the seed's figure, ours, the ratio and the
 target. Run it on a quiet machine: other processes on the same 2 cores skew
@@ -122,16 +123,21 @@ def main() -> None:
 
         production = produced[100]
         for batch_size in (256, 1024):
-            config = with_overrides(SEED_RECIPE, batch_size=batch_size)
+            config = with_overrides(SEED_RECIPE, batch_size=batch_size, epochs=2)
 
             def source():
                 return kafka_io.kafka_python_batches(bootstrap, production.topic, production.partitions)
 
-            train(source, config, expected_rows=rows)  # warm-up: tracing the step function
-            seconds, _ = median_of(args.repeats, lambda: train(source, config, expected_rows=rows))
+            # Epoch 1 includes building the model and tracing its step; epoch 2 is a
+            # traced epoch: read the topic again, decode, train.
+            epochs = [train(source, config, expected_rows=rows)[1]["epoch_seconds"] for _ in range(args.repeats)]
+            first = statistics.median(e[0] for e in epochs)
+            traced = statistics.median(e[1] for e in epochs)
             seed_total = SEED_CONSUME_S + SEED_TRAIN_S
-            table.append((f"consume + 1 epoch, {rows:,} rows, batch {batch_size}", f"{seed_total:.2f} s",
-                          f"{seconds:.2f} s", f"{seed_total / seconds:.1f}x", f"<= {TARGET_CONSUME_TRAIN_S:.0f} s"))
+            table.append((f"consume + 1 epoch, {rows:,} rows, batch {batch_size} (traced)", f"{seed_total:.2f} s",
+                          f"{traced:.2f} s", f"{seed_total / traced:.1f}x", f"<= {TARGET_CONSUME_TRAIN_S:.0f} s"))
+            table.append((f"same, first epoch (model build + tracing)", f"{seed_total:.2f} s",
+                          f"{first:.2f} s", f"{seed_total / first:.1f}x", ""))
 
     print(f"\nProducer and trainer, {rows:,} rows, median of {args.repeats} ({os.cpu_count()} cores)\n")
     print("| what | seed | here | speed-up | target |")

@@ -24,10 +24,3 @@ def decode_batch(keys: tf.Tensor, values: tf.Tensor) -> tuple[tf.Tensor, tf.Tens
     tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(features)[0],
                               message="labels in a message key do not match rows in its value")
     return features, tf.expand_dims(labels, -1)
-
-
-def split_rows(keys: tf.Tensor, values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Multi-row messages -> one (key, value) string pair per row (for row-level shuffling)."""
-    row_keys = tf.strings.split(keys, ",").flat_values
-    row_values = tf.strings.split(values, "\n").flat_values
-    return row_keys, row_values
