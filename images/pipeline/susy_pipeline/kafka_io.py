@@ -7,16 +7,14 @@ pipeline with one decode step:
 - `tfio_batches` (production): tensorflow-io's `KafkaIODataset`, one per
   partition, read between the exact offsets the producer recorded. tfio 0.37.1
   bundles librdkafka 1.5.0; when a read goes wrong it hangs instead of
-  raising, so every read runs in a worker thread and the consumer side gives
-  up after `timeout_s` without progress (`KafkaReadTimeout`).
+  raising, so every read runs in a worker thread (`streams.read_ahead`) and the
+  consumer side gives up after `timeout_s` without progress (`KafkaReadTimeout`).
 - `kafka_python_batches`: kafka-python with manual partition assignment, for
   brokers that old librdkafka cannot talk to (KRaft-mode Kafka, tansu).
 """
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -24,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .data import Batch
+from .streams import read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,8 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
     next_log = started + progress_every_s
     n_messages = 0
     try:
-        for keys, values, rows in message_batches(batches, rows_per_message):
+        # Reading and parsing the file (pyarrow, GIL released) overlaps the sends.
+        for keys, values, rows in read_ahead(message_batches(batches, rows_per_message), name="produce-read"):
             for key, value in zip(keys, values):
                 # Round-robin by message, not by key: keying by label would put
                 # all signal rows in one partition and all background in another.
@@ -250,45 +250,9 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
             for values, keys in dataset.batch(read_batch).as_numpy_iterator():
                 yield keys.astype(object), values.astype(object)
 
-    yield from _with_timeout(read_partitions, timeout_s,
-                             f"tensorflow-io read of {topic} {dict(ranges)} at {bootstrap}")
-
-
-def _with_timeout(source: Callable[[], Iterator[RawBatch]], timeout_s: float, what: str) -> Iterator[RawBatch]:
-    """Run `source` in a daemon thread; fail when no batch arrives for `timeout_s`."""
-    done = object()
-    items: queue.Queue = queue.Queue(maxsize=8)  # bounded: the reader cannot run far ahead
-    stop = threading.Event()
-
-    def pump() -> None:
-        try:
-            for item in source():
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(done)
-        except BaseException as err:  # handed to the consumer side
-            items.put(err)
-
-    threading.Thread(target=pump, name="kafka-read", daemon=True).start()
-    try:
-        while True:
-            try:
-                item = items.get(timeout=timeout_s)
-            except queue.Empty:
-                raise KafkaReadTimeout(f"{what}: no data for {timeout_s:.0f} s") from None
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    what = f"tensorflow-io read of {topic} {dict(ranges)} at {bootstrap}"
+    yield from read_ahead(read_partitions, depth=8, timeout_s=timeout_s, name="tfio-read",
+                          on_timeout=lambda s: KafkaReadTimeout(f"{what}: no data for {s:.0f} s"))
 
 
 def _describe(todo) -> str:
