@@ -183,7 +183,7 @@ def _raise_located(path, from_row: int, err: Exception) -> None:
             for line_no, text in enumerate(f, start=1):
                 if line_no <= from_row:
                     continue
-                problem = _line_problem(text.rstrip("\r\n"))
+                problem = line_problem(text.rstrip("\r\n"))
                 if problem:
                     raise DataError(path, line_no, problem) from err
     except (EOFError, OSError, gzip.BadGzipFile) as gz_err:
@@ -193,7 +193,7 @@ def _raise_located(path, from_row: int, err: Exception) -> None:
     raise DataError(path, None, f"unreadable after line {from_row}: {err}") from err
 
 
-def _line_problem(text: str) -> str | None:
+def line_problem(text: str) -> str | None:
     fields = text.split(",")
     if len(fields) != N_COLUMNS:
         return f"expected {N_COLUMNS} columns, found {len(fields)}"

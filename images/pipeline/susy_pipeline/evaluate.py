@@ -40,10 +40,8 @@ import argparse
 import logging
 import math
 import os
-import queue
 import resource
 import socket
-import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -53,6 +51,7 @@ from . import data, options
 from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
 from .schema import N_FEATURES
+from .streams import read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -233,47 +232,6 @@ def _emit(labels, features, spans):
     return np.concatenate(labels), features, where
 
 
-_DONE = object()
-
-
-def _read_ahead(chunks: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run an iterator in a thread, `depth` items ahead; its exceptions re-raise here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in chunks:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            put(err)
-
-    thread = threading.Thread(target=produce, name="shard-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, bins: int,
                   progress: Callable[[int], None], progress_seconds: float) -> ShardTally:
     """Score and tally every chunk; call `progress(rows)` every `progress_seconds`."""
@@ -342,7 +300,7 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
 
     t1 = time.monotonic()
     cpu1 = _cpu_seconds()
-    tally = _score_chunks(_read_ahead(iter_chunks(pieces, chunk_rows)), score, bins, lambda rows: log.info(
+    tally = _score_chunks(read_ahead(iter_chunks(pieces, chunk_rows), name="shard-reader"), score, bins, lambda rows: log.info(
         "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)), progress_seconds)
     seconds = time.monotonic() - t1
     cpu_seconds = _cpu_seconds() - cpu1

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     test_files = sorted(os.path.join(test_dir, f) for f in os.listdir(test_dir)) if os.path.isdir(test_dir) else []
     if len(test_files) != args.shards:
-        scaled = _stage(["scale", "--data", args.data, "--skip", str(args.train_rows), "--times", "1",
+        _stage(["scale", "--data", args.data, "--skip", str(args.train_rows), "--times", "1",
                          "--files", str(args.shards), "--formats", "csv.gz", "--out", test_dir])
         log.info("wrote the test rows to %s", test_dir)
         test_files = sorted(os.path.join(test_dir, f) for f in os.listdir(test_dir) if f.endswith(".csv.gz"))

@@ -328,7 +328,7 @@ def _raise_in_range(path: str, first: int, end: int, from_row: int, lines_before
         for local, line in enumerate(text):
             if local < from_row:
                 continue
-            problem = data._line_problem(line.rstrip("\r\n"))
+            problem = data.line_problem(line.rstrip("\r\n"))
             if problem:
                 raise DataError(path, lines_before + local + 1, problem) from err
     raise DataError(path, lines_before + from_row + 1, f"unreadable: {err}") from err
