@@ -55,7 +55,8 @@ def make_file(rows: int, directory: str) -> str:
 
 
 def median_of(repeats: int, fn):
-    times, last = [], None
+    """Median seconds of `repeats` runs after one warm-up run (connections, topic metadata)."""
+    times, last = [], fn()
     for _ in range(repeats):
         started = time.perf_counter()
         last = fn()
