@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import options
-from .evaluation import aggregate, printable, roc_from_histograms
+from .aggregate import add_evaluation_args, aggregated
+from .evaluation import printable, roc_from_histograms
 
 ROC_POINTS = 257
 
@@ -26,20 +26,14 @@ ROC_POINTS = 257
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("report", help="write an evaluation's result as JSON and PNG",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--evaluation", default=os.environ.get("SUSY_EVALUATION"), required=not os.environ.get("SUSY_EVALUATION"),
-                   help="evaluation name (env SUSY_EVALUATION)")
-    p.add_argument("--shard-count", type=options.positive, default=None,
-                   help="expected shard count (default: as the shards recorded)")
+    add_evaluation_args(p)
     p.add_argument("--out", default=os.path.join(".susy", "reports"), help="output directory (default %(default)s)")
-    options.add_store(p)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    with options.store_from(args) as store:
-        result = aggregate(store.shard_results(args.evaluation), args.shard_count)
-    return write_report(result, args.out)
+    return write_report(aggregated(args), args.out)
 
 
 def roc_points(result: Mapping[str, Any], points: int = ROC_POINTS) -> dict[str, list[float]]:
