@@ -24,7 +24,7 @@ run: venv ## Run produce -> Kafka -> train -> store -> sharded evaluation on one
 test: venv tools ## Run the whole test suite (unit, broker, TensorFlow, operator, charts).
 	$(PY) -m pytest
 
-test-fast: venv ## Unit tests only (seconds).
+test-fast: venv ## The tests not marked integration or slow (about 2 minutes).
 	$(PY) -m pytest -m "not integration and not slow"
 
 bench: venv ## Benchmarks against the seed report's figures (not tests).

@@ -84,6 +84,7 @@ def run_cli(*args, env=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_tfio_reader_trains_end_to_end(kafka_broker, store_path):
     """The production reader, through the real commands (tansu-only librdkafka settings)."""
     from conftest import TFIO_TANSU_SETTINGS
