@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test test-fast bench lint clean
+.PHONY: help venv run test test-fast bench clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets.
