@@ -80,9 +80,12 @@ def build_model(config: ModelConfig = ModelConfig(), *, mean: Sequence[float] | 
         layers.append(keras.layers.Dropout(config.dropout, name=f"dropout_{i}"))
     layers.append(keras.layers.Dense(1, activation="sigmoid", name="signal_probability"))
     model = keras.Sequential(layers, name="susy_classifier")
+    # 16 steps per call into the traced function: with a model this small, Keras' per-step
+    # Python overhead was a third of an epoch at batch 256 (2.9 s -> 1.9 s per 90k rows here).
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
                   loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")])
+                  metrics=["accuracy", keras.metrics.AUC(name="auc")],
+                  steps_per_execution=16)
     return model
 
 
