@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -197,6 +198,12 @@ class EmbeddedStore(Store):
         # write from another process never interleave half-way.
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                                    check_same_thread=False)
+        # One connection, used by many threads (the operator's handlers): a lock runs one
+        # statement or transaction at a time to its end. Otherwise another thread's statement
+        # joins an open transaction, or reads through the read snapshot of another thread's
+        # still-running SELECT and misses newer commits (the likely cause of a shard result
+        # the operator's load test once found missing).
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA busy_timeout = 60000")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -221,7 +228,7 @@ class EmbeddedStore(Store):
 
     def _upsert(self, collection: str, key: str, run: str | None, created_at: str,
                 body: dict[str, Any], blob: bytes | None = None) -> None:
-        with self._transaction():
+        with self._lock, self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO documents (collection, id, run, created_at, body, blob) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -236,7 +243,8 @@ class EmbeddedStore(Store):
         sql += f" ORDER BY {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = self._db.execute(sql, (self._collection(collection), *args)).fetchall()
+        with self._lock:
+            rows = self._db.execute(sql, (self._collection(collection), *args)).fetchall()
         return [(json.loads(body), blob) for body, blob in rows]
 
     def save_model(self, record, model_bytes):
