@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 
 from susy_operator.builders import JobConfig
+from susy_pipeline.schema import DEFAULT_DATABASE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         image=env.get("SUSY_PIPELINE_IMAGE", "susy-pipeline:0.1.0"),
         kafka_bootstrap=env.get("SUSY_KAFKA_BOOTSTRAP", "kafka:9092"),
         store_secret=env.get("SUSY_STORE_SECRET", "susy-store"),
-        database=env.get("SUSY_DATABASE", "bigdata"),
+        database=env.get("SUSY_DATABASE", DEFAULT_DATABASE),
         store_uri=env.get("MONGODB_URI") or None,
         poll_seconds=float(env.get("SUSY_POLL_SECONDS", "5")),
         image_pull_policy=env.get("SUSY_IMAGE_PULL_POLICY", "IfNotPresent"),

@@ -15,6 +15,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+# Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
+from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC
+
 READERS: Final = ("tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
@@ -27,12 +30,10 @@ QUANTITY_PATTERN: Final = re.compile(
 # Schema defaults (kept equal to manifests/crds/*.yaml by tests/test_crds.py).
 DEFAULT_SKIP: Final = 0
 DEFAULT_LIMIT: Final = 10000
-DEFAULT_TOPIC: Final = "trainData"
 DEFAULT_PARTITIONS: Final = 1
 DEFAULT_RECIPE: Final = "seed"
 DEFAULT_READER: Final = "tfio"
 DEFAULT_SHARDS: Final = 1
-DEFAULT_CHUNK_ROWS: Final = 16384  # the evaluator's own default (fastest per core here)
 DEFAULT_BACKOFF_LIMIT: Final = 2
 DEFAULT_BACKOFF_LIMIT_PER_INDEX: Final = 1
 DEFAULT_ACTIVE_DEADLINE_SECONDS: Final = 21600

@@ -50,12 +50,11 @@ import numpy as np
 from . import data, options
 from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
-from .schema import N_FEATURES
+from .schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, N_FEATURES
 from .streams import read_ahead
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_ROWS = 16_384
 # Measured here: TensorFlow's CPU allocations (through glibc malloc) grow RSS by
 # 120-170 MB over the first ~15 model calls and then stay flat. Making those
 # calls before streaming keeps peak RSS and rows/s steady from the first row,
@@ -340,7 +339,7 @@ def options_exit_bad_input() -> int:
 
 
 def run_parallel(*, model_ref: str, inputs: Sequence[str], evaluation: str, shard_count: int,
-                 store_uri: str, database: str = "bigdata", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 store_uri: str, database: str = DEFAULT_DATABASE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
                  timeout_s: float | None = None) -> list[dict[str, Any]]:
     """Run all N shards as parallel processes on this machine (what `make run` does).

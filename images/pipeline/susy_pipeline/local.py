@@ -22,7 +22,7 @@ import time
 from typing import Any, Iterator
 
 from . import options
-from .schema import SAMPLE_TRAIN_ROWS
+from .schema import DEFAULT_TOPIC, SAMPLE_TRAIN_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=".susy", help="where test files and reports go (default: %(default)s)")
     p.add_argument("--bootstrap", default=options.env("KAFKA_BOOTSTRAP"),
                    help="Kafka bootstrap (env KAFKA_BOOTSTRAP; default: start an embedded broker)")
-    p.add_argument("--topic", default=options.env("KAFKA_TOPIC", "trainData"), help="topic (default: %(default)s)")
+    p.add_argument("--topic", default=options.env("KAFKA_TOPIC", DEFAULT_TOPIC), help="topic (default: %(default)s)")
     options.add_store(p)
     p.set_defaults(run=run)
 
