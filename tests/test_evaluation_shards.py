@@ -111,6 +111,15 @@ def test_auc_within_0001_of_scikit_learn_on_the_same_scores(env):
     assert result["accuracy"] == pytest.approx(np.mean((scores > 0.5) == (y == 1)), abs=1e-4)
 
 
+def test_totals_do_not_depend_on_the_number_of_scoring_threads(env):
+    paths = env["inputs"][("parquet", "single")]
+    with open_store(env["uri"]) as store:
+        totals = [_exact(_run(env, store, f"scorers-{k}", paths, 2, scoring_threads=k)) for k in (1, 2, 4)]
+        assert [s["scoring_threads"] for s in store.shard_results("scorers-4")] == [4, 4]
+    assert totals[0]["rows"] == 20_000
+    assert totals[0] == totals[1] == totals[2]
+
+
 def test_a_rerun_shard_does_not_change_the_totals(env):
     paths = env["inputs"][("csv.gz", "files")]
     with open_store(env["uri"]) as store:
