@@ -54,14 +54,30 @@ def make_file(rows: int, directory: str) -> str:
     return out
 
 
-def median_of(repeats: int, fn):
-    """Median seconds of `repeats` runs after one warm-up run (connections, topic metadata)."""
+def median_of(repeats: int, fn, before_each=None):
+    """Median seconds of `repeats` runs after one warm-up run (connections, topic metadata).
+
+    `before_each(last result)` runs before each timed run, outside the timing.
+    """
     times, last = [], fn()
     for _ in range(repeats):
+        if before_each:
+            before_each(last)
         started = time.perf_counter()
         last = fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times), last
+
+
+def delete_topic(bootstrap: str, topic: str) -> None:
+    """The embedded broker keeps every topic in memory, and grew slower as they piled up."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
 
 
 def tfio_consume_seconds(bootstrap: str, topic: str, partitions: dict) -> float:
@@ -89,10 +105,12 @@ def main() -> None:
 
     from susy_pipeline import kafka_io
     from susy_pipeline.broker import embedded_broker
+    from susy_pipeline.cpus import all_but_one, configure_threads
     from susy_pipeline.data import iter_batches
     from susy_pipeline.model import SEED_RECIPE, with_overrides
     from susy_pipeline.training import train
 
+    configure_threads(all_but_one())  # as the train command does
     rows = args.rows
     table: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, embedded_broker() as bootstrap:
@@ -106,7 +124,8 @@ def main() -> None:
                 return kafka_io.produce(iter_batches(path, keep_text=True), bootstrap=bootstrap, topic=topic,
                                         rows_per_message=per_message)
 
-            seconds, production = median_of(args.repeats, produce_once)
+            seconds, production = median_of(args.repeats, produce_once,
+                                             before_each=lambda last: delete_topic(bootstrap, last.topic))
             produced[per_message] = production
             table.append((f"produce {rows:,} rows, {per_message} row(s)/message", f"{SEED_PRODUCE_S:.2f} s",
                           f"{seconds:.2f} s ({rows / seconds:,.0f} rows/s)", f"{SEED_PRODUCE_S / seconds:.1f}x",

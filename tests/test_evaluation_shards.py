@@ -35,7 +35,7 @@ STRIPES = 1_000  # not a multiple of CHUNK: stripes leave gaps in chunks
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from susy_pipeline.evaluate import configure_threads
+    from susy_pipeline.cpus import configure_threads
     from susy_pipeline.model import ModelConfig, build_model, model_to_bytes
 
     configure_threads(2)  # as a shard does, before TensorFlow starts (if it has not yet)

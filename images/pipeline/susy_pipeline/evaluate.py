@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import data, options
+from .cpus import all_but_one, available_cpus, configure_threads
 from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
 from .schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, N_FEATURES
@@ -131,22 +132,6 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 # --- the shard -------------------------------------------------------------------
 
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU limit (Kubernetes)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
-                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read(
-                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us") or "100000"])):
-        text = _read(path)
-        if not text:
-            continue
-        quota, period = parse(text)[:2]
-        if quota not in ("max", "-1"):
-            n = min(n, max(1, math.ceil(int(quota) / int(period))))
-        break
-    return max(1, n)
-
-
 def default_model_threads(paths: Sequence[str]) -> int:
     """TensorFlow threads for a shard over these inputs (the same for every shard of them).
 
@@ -155,31 +140,9 @@ def default_model_threads(paths: Sequence[str]) -> int:
     left to the reader; Parquet costs almost nothing to read, so the model
     gets every CPU.
     """
-    cpus = available_cpus()
     if all(data.file_format(p) == "parquet" for p in paths):
-        return cpus
-    return max(1, cpus - 1)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def configure_threads(model_threads: int) -> None:
-    """`model_threads` intra-op threads for each model call (before TensorFlow starts)."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(model_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(2)
-    except RuntimeError:
-        # Already initialized (tests, or several shards in one process): its settings stay.
-        log.warning("TensorFlow is already running; its thread settings (intra-op %s) stay",
-                    tf.config.threading.get_intra_op_parallelism_threads() or "default")
+        return available_cpus()
+    return all_but_one()
 
 
 def make_scorer(model, chunk_rows: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -349,11 +312,10 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
 
     t1 = time.monotonic()
     cpu1 = _cpu_seconds()
-    tally = _score_chunks(
-        read_ahead(iter_chunks(pieces, chunk_rows), depth=scoring_threads + 1, name="shard-reader"),
-        score, bins, lambda rows: log.info("%s: %d rows done, %.0f rows/s", name, rows,
-                                           rows / (time.monotonic() - t1)),
-        progress_seconds, workers=scoring_threads)
+    with read_ahead(iter_chunks(pieces, chunk_rows), depth=scoring_threads + 1, name="shard-reader") as chunks:
+        tally = _score_chunks(chunks, score, bins, lambda rows: log.info(
+            "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)),
+            progress_seconds, workers=scoring_threads)
     seconds = time.monotonic() - t1
     cpu_seconds = _cpu_seconds() - cpu1
     rows_per_second = tally.rows / seconds if seconds > 0 else 0.0

@@ -20,51 +20,77 @@ class ReadAheadTimeout(TimeoutError):
     """No item arrived within the allowed time."""
 
 
-def read_ahead(items: Callable[[], Iterable[T]] | Iterable[T], *, depth: int = 2,
-               timeout_s: float | None = None, name: str = "read-ahead",
-               on_timeout: Callable[[float], BaseException] | None = None) -> Iterator[T]:
+class read_ahead(Iterator[T]):
     """Yield what `items` yields, produced in a daemon thread at most `depth` ahead.
 
-    Exceptions in the thread re-raise here. With `timeout_s`, waiting longer
-    than that for one item raises `on_timeout(timeout_s)` (or ReadAheadTimeout);
-    the thread is left behind, as a hung native read cannot be interrupted.
+    The thread starts at once, so reading can begin while the caller is still
+    setting up (the producer connects to Kafka meanwhile). Exceptions in the
+    thread re-raise here. With `timeout_s`, waiting longer than that for one
+    item raises `on_timeout(timeout_s)` (or ReadAheadTimeout); the thread is
+    left behind, as a hung native read cannot be interrupted. Stop early with
+    `close()` (or `with`); exhausting it or an error closes it too.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)  # bounded: memory stays flat
-    stop = threading.Event()
 
-    def put(item) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Callable[[], Iterable[T]] | Iterable[T], *, depth: int = 2,
+                 timeout_s: float | None = None, name: str = "read-ahead",
+                 on_timeout: Callable[[float], BaseException] | None = None):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)  # bounded: memory stays flat
+        self._stop = threading.Event()
+        self._timeout_s = timeout_s
+        self._name = name
+        self._on_timeout = on_timeout
+        self._thread = threading.Thread(target=self._pump, args=(items,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.2)
+                self._queue.put(item, timeout=0.2)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def pump() -> None:
+    def _pump(self, items) -> None:
         try:
             for item in (items() if callable(items) else items):
-                if not put(item):
+                if not self._put(item):
                     return
-            put(_DONE)
+            self._put(_DONE)
         except BaseException as err:  # handed to the consumer
-            put(err)
+            self._put(err)
 
-    thread = threading.Thread(target=pump, name=name, daemon=True)
-    thread.start()
-    try:
-        while True:
-            try:
-                item = q.get(timeout=timeout_s)
-            except queue.Empty:
-                raise (on_timeout(timeout_s) if on_timeout else
-                       ReadAheadTimeout(f"{name}: nothing for {timeout_s:.0f} s")) from None
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        if timeout_s is None:
-            thread.join(timeout=5)
+    def __iter__(self) -> "read_ahead[T]":
+        return self
+
+    def __next__(self) -> T:
+        if self._stop.is_set():
+            raise StopIteration
+        try:
+            item = self._queue.get(timeout=self._timeout_s)
+        except queue.Empty:
+            self.close()
+            raise (self._on_timeout(self._timeout_s) if self._on_timeout else
+                   ReadAheadTimeout(f"{self._name}: nothing for {self._timeout_s:.0f} s")) from None
+        if item is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (it ends at its next item; a hung read is left behind)."""
+        self._stop.set()
+        if self._timeout_s is None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "read_ahead[T]":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._stop.set()

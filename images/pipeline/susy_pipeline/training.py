@@ -46,6 +46,10 @@ class StreamSummary:
     seconds: float
 
 
+# Windows decoded (and permuted) at once, and batches ready ahead of the training step.
+PARALLEL_WINDOWS = 2
+PREFETCH_BATCHES = 4
+
 _WINDOW_SPEC = (tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
 
 
@@ -105,14 +109,20 @@ def training_dataset(source: RawSource, config: TrainConfig, train_rows: int | N
 
     window_rows = max(config.shuffle_buffer, config.batch_size)
     ds = tf.data.Dataset.from_generator(lambda: windows(source, window_rows), output_signature=_WINDOW_SPEC)
-    ds = ds.map(decode_window, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(decode_window, num_parallel_calls=PARALLEL_WINDOWS)
     if config.shuffle_buffer:
         randoms = tf.data.Dataset.random(seed=config.seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, randoms)).map(permute, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip((ds, randoms)).map(permute, num_parallel_calls=PARALLEL_WINDOWS)
     ds = ds.rebatch(config.batch_size)
     if train_rows is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-train_rows // config.batch_size)))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Fixed parallelism instead of tf.data's autotuner: measured here on 2 cores,
+    # the autotuner made about one epoch in three take ~1 s longer (the cores sat
+    # idle meanwhile); with it off, 90k rows at batch 256 went from ~2.1 s to ~1.7 s
+    # per epoch, with no slow epochs.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def summarize_stream(source: RawSource, config: TrainConfig, expected_rows: int | None) -> StreamSummary:
