@@ -54,7 +54,7 @@ from .cpus import all_but_one, available_cpus, configure_threads
 from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
 from .schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, N_FEATURES
-from .streams import read_ahead
+from .streams import ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
 
     t1 = time.monotonic()
     cpu1 = _cpu_seconds()
-    with read_ahead(iter_chunks(pieces, chunk_rows), depth=scoring_threads + 1, name="shard-reader") as chunks:
+    with ReadAhead(iter_chunks(pieces, chunk_rows), depth=scoring_threads + 1, name="shard-reader") as chunks:
         tally = _score_chunks(chunks, score, bins, lambda rows: log.info(
             "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)),
             progress_seconds, workers=scoring_threads)

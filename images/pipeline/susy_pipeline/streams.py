@@ -20,7 +20,7 @@ class ReadAheadTimeout(TimeoutError):
     """No item arrived within the allowed time."""
 
 
-class read_ahead(Iterator[T]):
+class ReadAhead(Iterator[T]):
     """Yield what `items` yields, produced in a daemon thread at most `depth` ahead.
 
     The thread starts at once, so reading can begin while the caller is still
@@ -60,7 +60,7 @@ class read_ahead(Iterator[T]):
         except BaseException as err:  # handed to the consumer
             self._put(err)
 
-    def __iter__(self) -> "read_ahead[T]":
+    def __iter__(self) -> "ReadAhead[T]":
         return self
 
     def __next__(self) -> T:
@@ -86,7 +86,7 @@ class read_ahead(Iterator[T]):
         if self._timeout_s is None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "read_ahead[T]":
+    def __enter__(self) -> "ReadAhead[T]":
         return self
 
     def __exit__(self, *exc) -> None:
