@@ -105,12 +105,11 @@ def main() -> None:
 
     from susy_pipeline import kafka_io
     from susy_pipeline.broker import embedded_broker
-    from susy_pipeline.cpus import all_but_one, configure_threads
     from susy_pipeline.data import iter_batches
     from susy_pipeline.model import SEED_RECIPE, with_overrides
-    from susy_pipeline.training import train
+    from susy_pipeline.training import train, use_training_threads
 
-    configure_threads(all_but_one())  # as the train command does
+    use_training_threads()  # as the train command does
     rows = args.rows
     table: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, embedded_broker() as bootstrap:

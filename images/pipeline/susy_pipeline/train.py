@@ -65,12 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .cpus import all_but_one, configure_threads
-    from .training import train  # TensorFlow loads only for this command
+    from .training import train, use_training_threads  # TensorFlow loads only for this command
 
-    # Measured on 2 cores at batch 256: one model thread beside the input pipeline
-    # trained an epoch in ~1.6 s, two model threads contending with it in ~1.7-1.9 s.
-    configure_threads(args.model_threads or all_but_one())
+    use_training_threads(args.model_threads)
 
     config = with_overrides(RECIPES[args.recipe], epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .cpus import all_but_one, configure_threads
 from .decode import decode_batch
 from .kafka_io import RawBatch
 from .model import TrainConfig, build_model, trainable_params
@@ -29,6 +30,16 @@ log = logging.getLogger(__name__)
 
 RawSource = Callable[[], Iterator[RawBatch]]
 _RAW_SPEC = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
+
+
+def use_training_threads(model_threads: int | None = None) -> None:
+    """Intra-op threads for the training step: `model_threads`, or the CPUs less one.
+
+    Call before TensorFlow runs its first op. Measured on 2 cores at batch 256:
+    one model thread beside the input pipeline (Kafka reads, decoding) trained
+    an epoch in ~1.6 s, two model threads contending with it in ~1.7-1.9 s.
+    """
+    configure_threads(model_threads or all_but_one())
 
 
 class StreamMismatch(RuntimeError):
