@@ -1,8 +1,10 @@
 """How many CPUs a stage may use, and TensorFlow's thread pools set to match.
 
-Both model stages (train, evaluate) give TensorFlow's intra-op pool the CPUs
-left after their input pipeline: on 2 cores, one model thread beside one
-input thread measured faster than two model threads contending with it.
+The trainer, and the evaluator on CSV input, give TensorFlow's intra-op pool
+the CPUs left after their input pipeline (`all_but_one`): on 2 cores, one
+model thread beside the input thread measured faster than two contending with
+it. Parquet costs the evaluator almost nothing to read, so there the model
+gets every CPU.
 """
 from __future__ import annotations
 
