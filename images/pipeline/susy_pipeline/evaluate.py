@@ -213,8 +213,7 @@ def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, b
     progress_lock = threading.Lock()  # the shared row count, so counting never waits for the reader
     tallies = [ShardTally(bins=bins) for _ in range(max(1, workers))]
     errors: list[BaseException] = []
-    done = [0]
-    last = [time.monotonic()]
+    done, last = 0, time.monotonic()
 
     def take():
         with lock:
@@ -223,15 +222,16 @@ def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, b
             return next(chunks, None)
 
     def work(tally: ShardTally) -> None:
+        nonlocal done, last
         try:
             while (chunk := take()) is not None:
                 labels, features, where = chunk
                 tally.add(labels, score(features)[where])
                 with progress_lock:
-                    done[0] += len(labels)
-                    if time.monotonic() - last[0] >= progress_seconds:
-                        last[0] = time.monotonic()
-                        progress(done[0])
+                    done += len(labels)
+                    if time.monotonic() - last >= progress_seconds:
+                        last = time.monotonic()
+                        progress(done)
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)  # list.append is atomic; `take` stops every thread at its next chunk
 
