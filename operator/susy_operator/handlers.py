@@ -133,10 +133,14 @@ def _fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reas
     kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
 
 
-def _invalid(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, error: spec_lib.SpecError,
-             generation: int | None) -> None:
-    _fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, message=str(error), generation=generation)
-    raise kopf.PermanentError(f"invalid spec: {error}")
+def _parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
+                status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> Any:
+    """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler."""
+    try:
+        return parse(spec)
+    except spec_lib.SpecError as error:
+        _fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, message=str(error), generation=generation)
+        raise kopf.PermanentError(f"invalid spec: {error}") from error
 
 
 def _running(status: Mapping[str, Any], **_: Any) -> bool:
@@ -155,11 +159,7 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: the timer `reconcile_training` follows it from here
     generation = meta.get("generation")
-    try:
-        parsed = spec_lib.parse_training_run(spec)
-    except spec_lib.SpecError as error:
-        _invalid(body, status, patch, error, generation)
-        return
+    parsed = _parse_spec(spec_lib.parse_training_run, body, spec, status, patch, generation)
     run = spec_lib.run_name(namespace, name, uid)
     job, _ = _ensure_job(body, builders.producer_job(_owner(body), parsed, run, CONFIG.job_config), logger)
     now = st.now_rfc3339()
@@ -189,11 +189,8 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
     run = status.get("runName")
     if not run:
         return
-    try:
-        parsed = spec_lib.parse_training_run(spec)
-    except spec_lib.SpecError as error:  # the spec changed under a running CR (no CEL on this cluster)
-        _invalid(body, status, patch, error, generation)
-        return
+    # Parsed again: the spec may have changed under a running CR (no CEL rules on this cluster).
+    parsed = _parse_spec(spec_lib.parse_training_run, body, spec, status, patch, generation)
     owner = _owner(body)
     phase = status.get("phase")
     component = crd.PRODUCER if phase == crd.PRODUCING else crd.TRAINER
@@ -365,11 +362,7 @@ def start_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: the timer `reconcile_evaluation` follows it from here
     generation = meta.get("generation")
-    try:
-        parsed = spec_lib.parse_evaluation_run(spec)
-    except spec_lib.SpecError as error:
-        _invalid(body, status, patch, error, generation)
-        return
+    parsed = _parse_spec(spec_lib.parse_evaluation_run, body, spec, status, patch, generation)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,
@@ -426,11 +419,7 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
     evaluation = status.get("evaluation")
     if not evaluation:
         return
-    try:
-        parsed = spec_lib.parse_evaluation_run(spec)
-    except spec_lib.SpecError as error:
-        _invalid(body, status, patch, error, generation)
-        return
+    parsed = _parse_spec(spec_lib.parse_evaluation_run, body, spec, status, patch, generation)
     if status.get("phase") == crd.PENDING or not status.get("modelId"):
         _start_evaluator(body, parsed, status, evaluation, patch, logger, generation)
         return
