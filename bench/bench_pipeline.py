@@ -155,7 +155,7 @@ def main() -> None:
             seed_total = SEED_CONSUME_S + SEED_TRAIN_S
             table.append((f"consume + 1 epoch, {rows:,} rows, batch {batch_size} (traced)", f"{seed_total:.2f} s",
                           f"{traced:.2f} s", f"{seed_total / traced:.1f}x", f"<= {TARGET_CONSUME_TRAIN_S:.0f} s"))
-            table.append((f"same, first epoch (model build + tracing)", f"{seed_total:.2f} s",
+            table.append(("same, first epoch (model build + tracing)", f"{seed_total:.2f} s",
                           f"{first:.2f} s", f"{seed_total / first:.1f}x", ""))
 
     print(f"\nProducer and trainer, {rows:,} rows, median of {args.repeats} ({os.cpu_count()} cores)\n")

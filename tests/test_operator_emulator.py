@@ -150,7 +150,22 @@ def test_a_shard_out_of_retries_fails_the_run(cluster: Cluster, operator, store_
     assert er["status"]["phase"] == crd.FAILED
     failed = condition(er, crd.FAILED_CONDITION)
     assert failed["reason"] == "FailedIndexes" and "failed indexes: 2" in failed["message"]
+    evaluated = condition(er, crd.EVALUATED)  # the step that failed says so too
+    assert (evaluated["status"], evaluated["reason"]) == ("False", "FailedIndexes")
     assert er["status"]["shards"]["failed"] == 1 and er["status"]["shards"]["succeeded"] == 2
+
+
+def test_a_producer_out_of_retries_fails_the_training_run(cluster: Cluster, operator) -> None:
+    cluster.start_runner(executor=fakes.executor, fail_first={("tr-producer", 0)})
+    operator()
+    cluster.create(training_run("tr", runPolicy={"backoffLimit": 0}))
+    tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr", TERMINAL, 30)
+    assert tr["status"]["phase"] == crd.FAILED
+    failed = condition(tr, crd.FAILED_CONDITION)
+    assert failed["reason"] == "BackoffLimitExceeded" and "tr-producer" in failed["message"]
+    produced = condition(tr, crd.PRODUCED)  # the step that failed says so too
+    assert (produced["status"], produced["reason"]) == ("False", "BackoffLimitExceeded")
+    assert [j["metadata"]["name"] for j in cluster.list("jobs", NAMESPACE)] == ["tr-producer"]  # no trainer
 
 
 @pytest.mark.parametrize("namespaced", [False, True], ids=["all-namespaces", "one-namespace"])
@@ -185,6 +200,9 @@ def test_invalid_specs_end_in_failed_with_the_reason(cluster: Cluster, operator,
         assert failed["status"] == "True" and failed["reason"] == reason, (name, failed)
         assert text in failed["message"], (name, failed["message"])
         assert condition(obj, crd.SUCCEEDED_CONDITION)["status"] == "False"
+        if reason != crd.REASON_INVALID_SPEC:  # the model reference was parsed but names nothing
+            resolved = condition(obj, crd.MODEL_RESOLVED)
+            assert (resolved["status"], resolved["reason"]) == ("False", reason), (name, resolved)
         cluster.wait_for(lambda: [e for e in cluster.events(NAMESPACE, name)  # noqa: B023
                                   if e["type"] == "Warning" and reason in e["message"]], 10, f"a Warning on {name}")
     assert cluster.list("jobs", NAMESPACE) == []

@@ -127,9 +127,14 @@ def _ensure_job(body: kopf.Body, job: dict[str, Any], logger: kopf.Logger) -> tu
 
 
 def _fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reason: str, message: str,
-          generation: int | None) -> None:
-    patch.status.update(st.failed_patch(status, reason=reason, message=message, now=st.now_rfc3339(),
-                                        generation=generation))
+          generation: int | None, condition: str | None = None) -> None:
+    """Phase Failed with its condition; `condition` (the step that failed) is set False with the same reason."""
+    now = st.now_rfc3339()
+    patch.status.update(st.failed_patch(status, reason=reason, message=message, now=now, generation=generation))
+    if condition is not None:
+        patch.status["conditions"] = st.with_condition(
+            {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
+            now=now, generation=generation)
     kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
 
 
@@ -208,11 +213,8 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
     now = st.now_rfc3339()
     if state == "Failed":
         reason, message = st.job_failure_message(job)
-        patch.status.update(st.failed_patch(status, reason=reason, message=message, now=now, generation=generation))
-        patch.status["conditions"] = st.with_condition(
-            {"conditions": patch.status["conditions"]}, crd.PRODUCED if component == crd.PRODUCER else crd.TRAINED,
-            False, reason=reason, message=message, now=now, generation=generation)
-        kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
+        _fail(body, status, patch, reason=reason, message=message, generation=generation,
+              condition=crd.PRODUCED if component == crd.PRODUCER else crd.TRAINED)
         return
 
     store = _store()
@@ -327,10 +329,8 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
         patch.status["conditions"] = conditions
         return
     except _Unresolvable as error:
-        _fail(body, status, patch, reason=error.reason, message=error.message, generation=generation)
-        patch.status["conditions"] = st.with_condition(
-            {"conditions": patch.status["conditions"]}, crd.MODEL_RESOLVED, False, reason=error.reason,
-            message=error.message, now=now, generation=generation)
+        _fail(body, status, patch, reason=error.reason, message=error.message, generation=generation,
+              condition=crd.MODEL_RESOLVED)
         return
     job, _ = _ensure_job(body, builders.evaluator_job(_owner(body), parsed, evaluation, model_id,
                                                       CONFIG.job_config), logger)
@@ -439,10 +439,8 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
     now = st.now_rfc3339()
     if state == "Failed":
         reason, message = st.job_failure_message(job)
-        _fail(body, status, patch, reason=reason, message=message, generation=generation)
-        patch.status["conditions"] = st.with_condition(
-            {"conditions": patch.status["conditions"]}, crd.EVALUATED, False, reason=reason, message=message,
-            now=now, generation=generation)
+        _fail(body, status, patch, reason=reason, message=message, generation=generation,
+              condition=crd.EVALUATED)
         return
     results = _store().shard_results(evaluation)
     try:
