@@ -138,6 +138,20 @@ def _fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reas
     kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
 
 
+def _job_complete(body: kopf.Body, job: Mapping[str, Any], component: str, step: str,
+                  status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> bool:
+    """Copy the Job's counts into status.jobs; True once it has completed. A failed Job fails the
+    CR, with the Job controller's reason on the Failed condition and on the step's condition."""
+    summary = st.job_summary(job)
+    if (status.get("jobs") or {}).get(component) != summary:
+        patch.status["jobs"] = {component: summary}
+    state = st.job_state(job)
+    if state == "Failed":
+        reason, message = st.job_failure_message(job)
+        _fail(body, status, patch, reason=reason, message=message, generation=generation, condition=step)
+    return state == "Complete"
+
+
 def _parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
                 status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> Any:
     """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler."""
@@ -204,19 +218,10 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
     if job is None or not k8s.owned_by(job, uid):
         # Deleted by hand (or by the TTL controller before we looked): a fresh one of the same step.
         job, _ = _ensure_job(body, build(owner, parsed, run, CONFIG.job_config), logger)
-    summary = st.job_summary(job)
-    if (status.get("jobs") or {}).get(component) != summary:
-        patch.status["jobs"] = {component: summary}
-    state = st.job_state(job)
-    if state == "Running":
+    step = crd.PRODUCED if component == crd.PRODUCER else crd.TRAINED
+    if not _job_complete(body, job, component, step, status, patch, generation):
         return
     now = st.now_rfc3339()
-    if state == "Failed":
-        reason, message = st.job_failure_message(job)
-        _fail(body, status, patch, reason=reason, message=message, generation=generation,
-              condition=crd.PRODUCED if component == crd.PRODUCER else crd.TRAINED)
-        return
-
     store = _store()
     if component == crd.PRODUCER:
         production = store.get_production(run)
@@ -233,7 +238,7 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
             "phase": crd.TRAINING,
             "rowsProduced": rows,
             "kafka": {"topic": production.get("topic", parsed.kafka.topic), "offsets": offsets},
-            "jobs": {crd.PRODUCER: summary, crd.TRAINER: st.job_summary(trainer)},
+            "jobs": {crd.PRODUCER: st.job_summary(job), crd.TRAINER: st.job_summary(trainer)},
             "conditions": st.with_conditions(status, [
                 (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {parsed.kafka.topic}"),
                 (crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {trainer['metadata']['name']} created"),
@@ -430,18 +435,9 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
     shards = st.shard_counts(job, parsed.shards)
     if status.get("shards") != shards:
         patch.status["shards"] = shards
-    summary = st.job_summary(job)
-    if (status.get("jobs") or {}).get(crd.EVALUATOR) != summary:
-        patch.status["jobs"] = {crd.EVALUATOR: summary}
-    state = st.job_state(job)
-    if state == "Running":
+    if not _job_complete(body, job, crd.EVALUATOR, crd.EVALUATED, status, patch, generation):
         return
     now = st.now_rfc3339()
-    if state == "Failed":
-        reason, message = st.job_failure_message(job)
-        _fail(body, status, patch, reason=reason, message=message, generation=generation,
-              condition=crd.EVALUATED)
-        return
     results = _store().shard_results(evaluation)
     try:
         aggregated = aggregate(results, parsed.shards)
