@@ -141,17 +141,23 @@ def test_one_shard_fails_once_and_its_retry_counts_once(cluster: Cluster, operat
     assert len(store.shard_results(er["status"]["evaluation"])) == 3
 
 
+def failed_at(obj: dict, step: str, reason: str) -> str:
+    """Assert the CR ended Failed for `reason`, on its Failed condition and on the condition of the
+    step that failed; return the Failed condition's message."""
+    assert obj["status"]["phase"] == crd.FAILED
+    failed, at_step = condition(obj, crd.FAILED_CONDITION), condition(obj, step)
+    assert (failed["status"], failed["reason"]) == ("True", reason), failed
+    assert (at_step["status"], at_step["reason"], at_step["message"]) == ("False", reason, failed["message"])
+    return failed["message"]
+
+
 def test_a_shard_out_of_retries_fails_the_run(cluster: Cluster, operator, store_uri: str) -> None:
     cluster.start_runner(executor=fakes.executor, fail_first={("er-eval", 2)})
     operator()
     model_id = store_lib.open_store(store_uri).save_model({"run": "r"}, b"weights")
     cluster.create(evaluation_run("er", {"id": model_id}, backoffLimitPerIndex=0))
     er = cluster.wait_phase("evaluationruns", NAMESPACE, "er", TERMINAL, 30)
-    assert er["status"]["phase"] == crd.FAILED
-    failed = condition(er, crd.FAILED_CONDITION)
-    assert failed["reason"] == "FailedIndexes" and "failed indexes: 2" in failed["message"]
-    evaluated = condition(er, crd.EVALUATED)  # the step that failed says so too
-    assert (evaluated["status"], evaluated["reason"]) == ("False", "FailedIndexes")
+    assert "failed indexes: 2" in failed_at(er, crd.EVALUATED, "FailedIndexes")
     assert er["status"]["shards"]["failed"] == 1 and er["status"]["shards"]["succeeded"] == 2
 
 
@@ -160,11 +166,7 @@ def test_a_producer_out_of_retries_fails_the_training_run(cluster: Cluster, oper
     operator()
     cluster.create(training_run("tr", runPolicy={"backoffLimit": 0}))
     tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr", TERMINAL, 30)
-    assert tr["status"]["phase"] == crd.FAILED
-    failed = condition(tr, crd.FAILED_CONDITION)
-    assert failed["reason"] == "BackoffLimitExceeded" and "tr-producer" in failed["message"]
-    produced = condition(tr, crd.PRODUCED)  # the step that failed says so too
-    assert (produced["status"], produced["reason"]) == ("False", "BackoffLimitExceeded")
+    assert "tr-producer" in failed_at(tr, crd.PRODUCED, "BackoffLimitExceeded")
     assert [j["metadata"]["name"] for j in cluster.list("jobs", NAMESPACE)] == ["tr-producer"]  # no trainer
 
 
