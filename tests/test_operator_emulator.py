@@ -170,6 +170,20 @@ def test_a_producer_out_of_retries_fails_the_training_run(cluster: Cluster, oper
     assert [j["metadata"]["name"] for j in cluster.list("jobs", NAMESPACE)] == ["tr-producer"]  # no trainer
 
 
+def test_a_trainer_that_saves_no_model_fails_the_run(cluster: Cluster, operator) -> None:
+    async def saves_nothing(job: dict, index: int, env: dict) -> int:
+        if job["metadata"]["name"] == "tr-trainer":
+            return 0  # exits 0 without writing its model record
+        return await fakes.executor(job, index, env)
+
+    cluster.start_runner(executor=saves_nothing)
+    operator()
+    cluster.create(training_run("tr"))
+    tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr", TERMINAL, 30)
+    assert "store has no model" in failed_at(tr, crd.TRAINED, crd.REASON_RECORD_MISSING)
+    assert condition(tr, crd.PRODUCED)["status"] == "True"
+
+
 @pytest.mark.parametrize("namespaced", [False, True], ids=["all-namespaces", "one-namespace"])
 def test_invalid_specs_end_in_failed_with_the_reason(cluster: Cluster, operator, store_uri: str,
                                                      namespaced: bool) -> None:

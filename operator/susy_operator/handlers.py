@@ -226,7 +226,7 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
     if component == crd.PRODUCER:
         production = store.get_production(run)
         if production is None:
-            _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation,
+            _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation, condition=step,
                   message=f"producer Job {job['metadata']['name']} succeeded but the store has no "
                           f"production record for run {run}")
             return
@@ -251,7 +251,7 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
 
     models = store.list_models(run=run)
     if not models:
-        _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation,
+        _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation, condition=step,
               message=f"trainer Job {job['metadata']['name']} succeeded but the store has no model "
                       f"for run {run}")
         return
@@ -443,7 +443,7 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
         aggregated = aggregate(results, parsed.shards)
     except IncompleteEvaluation as error:
         _fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
-              message=f"evaluator Job {job['metadata']['name']} completed but the shard results are "
+              condition=crd.EVALUATED, message=f"evaluator Job {job['metadata']['name']} completed but the shard results are "
                       f"incomplete: {error}")
         return
     metrics = _metrics(aggregated)
