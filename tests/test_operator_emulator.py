@@ -217,8 +217,7 @@ def test_invalid_specs_end_in_failed_with_the_reason(cluster: Cluster, operator,
         assert text in failed["message"], (name, failed["message"])
         assert condition(obj, crd.SUCCEEDED_CONDITION)["status"] == "False"
         if reason != crd.REASON_INVALID_SPEC:  # the model reference was parsed but names nothing
-            resolved = condition(obj, crd.MODEL_RESOLVED)
-            assert (resolved["status"], resolved["reason"]) == ("False", reason), (name, resolved)
+            failed_at(obj, crd.MODEL_RESOLVED, reason)
         cluster.wait_for(lambda: [e for e in cluster.events(NAMESPACE, name)  # noqa: B023
                                   if e["type"] == "Warning" and reason in e["message"]], 10, f"a Warning on {name}")
     assert cluster.list("jobs", NAMESPACE) == []

@@ -443,7 +443,8 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
         aggregated = aggregate(results, parsed.shards)
     except IncompleteEvaluation as error:
         _fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
-              condition=crd.EVALUATED, message=f"evaluator Job {job['metadata']['name']} completed but the shard results are "
+              condition=crd.EVALUATED,
+              message=f"evaluator Job {job['metadata']['name']} completed but the shard results are "
                       f"incomplete: {error}")
         return
     metrics = _metrics(aggregated)
