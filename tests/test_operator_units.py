@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -190,6 +191,52 @@ def test_long_names_are_cut_to_63_characters_and_stay_distinct() -> None:
     owner = builders.Owner(kind=crd.TRAINING_KIND, name=long_a, namespace="ns", uid="u" * 36)
     job = builders.producer_job(owner, training_spec(), RUN, CONFIG)
     assert all(len(v) <= 63 for v in job["metadata"]["labels"].values())
+
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def max_pod_hostname_problem(job) -> str | None:
+    """kubernetes pkg/apis/batch/validation/validation.go, ValidateJob: an Indexed Job's
+    `<name>-<completions - 1>` (its last pod's hostname) must be a DNS-1123 label."""
+    spec = job["spec"]
+    if spec.get("completionMode") != "Indexed" or not spec.get("completions"):
+        return None
+    hostname = f"{job['metadata']['name']}-{spec['completions'] - 1}"
+    return None if len(hostname) <= 63 and DNS_LABEL.match(hostname) else hostname
+
+
+@pytest.mark.parametrize("length", [1, 54, 55, 56, 57, 62, 63])
+@pytest.mark.parametrize("shards", [1, 10, 11, 101, spec_lib.MAX_SHARDS])
+def test_indexed_job_names_leave_room_for_the_pod_index(length: int, shards: int) -> None:
+    """EvaluationRun names up to 63 characters (the CRD's bound) with up to MAX_SHARDS shards
+    give a Job the API server accepts; names that already fit keep their plain form."""
+    name = ("e" * length)[:length]
+    owner = builders.Owner(kind=crd.EVALUATION_KIND, name=name, namespace="ns", uid="u" * 36)
+    job = builders.evaluator_job(owner, evaluation_spec(shards=shards, parallelism=1), "ev", "ab" * 16, CONFIG)
+    assert max_pod_hostname_problem(job) is None, job["metadata"]["name"]
+    assert job["metadata"]["name"] == builders.job_name(name, crd.EVALUATOR, shards)  # what the timer reads
+    if len(f"{name}-eval-{shards - 1}") <= 63:
+        assert job["metadata"]["name"] == f"{name}-eval"
+
+
+def test_longest_names_stay_distinct_for_indexed_jobs() -> None:
+    long_a, long_b = "a" * 61 + "-x", "a" * 61 + "-y"
+    names = {builders.job_name(n, crd.EVALUATOR, spec_lib.MAX_SHARDS) for n in (long_a, long_b)}
+    assert len(names) == 2 and all(len(n) <= 63 - len("-999") for n in names)
+
+
+def test_store_secret_key_reaches_every_job() -> None:
+    """The chart's store.secretKey (SUSY_STORE_URI_KEY) is the key in every Job's secretKeyRef."""
+    cfg = config.load({"SUSY_STORE_SECRET": "mongo", "SUSY_STORE_URI_KEY": "connection-string"})
+    assert cfg.store_secret_key == "connection-string"
+    jobs = [builders.producer_job(OWNER_TR, training_spec(), RUN, cfg.job_config),
+            builders.trainer_job(OWNER_TR, training_spec(), RUN, cfg.job_config),
+            builders.evaluator_job(OWNER_ER, evaluation_spec(), "ev", "ab" * 16, cfg.job_config)]
+    for job in jobs:
+        assert env_of(job)["MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mongo", "key": "connection-string"}
+    assert config.load({}).store_secret_key == crd.STORE_SECRET_KEY == "uri"
+    assert config.load({"SUSY_STORE_URI_KEY": ""}).store_secret_key == "uri"
 
 
 def test_service_account_and_pull_policy_come_from_the_operator_config() -> None:

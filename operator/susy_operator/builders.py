@@ -52,18 +52,27 @@ class JobConfig:
     kafka_bootstrap: str
     store_secret: str
     database: str
+    store_secret_key: str = crd.STORE_SECRET_KEY
     image_pull_policy: str = "IfNotPresent"
     service_account: str | None = None
 
 
-def job_name(cr_name: str, component: str) -> str:
-    """`<cr>-<suffix>`, or a hash-shortened form when that would pass 63 characters."""
+def job_name(cr_name: str, component: str, completions: int | None = None) -> str:
+    """`<cr>-<suffix>`, or a hash-shortened form when that would not fit.
+
+    An Indexed Job (`completions` given) must leave room for its pods' hostnames: the API server
+    refuses one unless `<job name>-<completions - 1>` is a DNS label of at most 63 characters
+    (kubernetes pkg/apis/batch/validation/validation.go, ValidateJob: "will not able to create
+    pod with invalid DNS label"). A name that fits as it is keeps its plain form, so a Job named
+    by an older operator is still found.
+    """
     suffix = crd.JOB_SUFFIX[component]
+    limit = crd.MAX_NAME - (len(f"-{completions - 1}") if completions else 0)
     name = f"{cr_name}-{suffix}"
-    if len(name) <= crd.MAX_NAME:
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(cr_name.encode()).hexdigest()[:8]
-    head = cr_name[: crd.MAX_NAME - len(suffix) - len(digest) - 2].rstrip("-.")
+    head = cr_name[: limit - len(suffix) - len(digest) - 2].rstrip("-.")
     return f"{head}-{digest}-{suffix}"
 
 
@@ -106,7 +115,7 @@ def pipeline_env(config: JobConfig, run_name: str | None = None) -> list[dict[st
         {"name": crd.ENV_KAFKA_BOOTSTRAP, "value": config.kafka_bootstrap},
         # The store URI holds credentials: only a reference to the Secret goes into the Job.
         {"name": crd.ENV_STORE_URI, "valueFrom": {"secretKeyRef": {
-            "name": config.store_secret, "key": crd.STORE_SECRET_KEY}}},
+            "name": config.store_secret, "key": config.store_secret_key}}},
         {"name": crd.ENV_DATABASE, "value": config.database},
         # TensorFlow, Keras and matplotlib write caches under HOME; the root filesystem is read-only.
         {"name": "HOME", "value": SCRATCH_PATH},
@@ -126,6 +135,7 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
          env: list[dict[str, Any]], resources: Mapping[str, Any] | None, policy: RunPolicy,
          job_spec: Mapping[str, Any]) -> dict[str, Any]:
     job_labels = labels(owner, component)
+    indexed_completions = job_spec["completions"] if job_spec.get("completionMode") == "Indexed" else None
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -170,7 +180,7 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(owner.name, component),
+            "name": job_name(owner.name, component, indexed_completions),
             "namespace": owner.namespace,
             "labels": job_labels,
             "ownerReferences": [owner_reference(owner)],

@@ -5,6 +5,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
+from susy_operator import crd
 from susy_operator.builders import JobConfig
 from susy_pipeline.schema import DEFAULT_DATABASE
 
@@ -15,7 +16,7 @@ class OperatorConfig:
     image: str
     # kafka_bootstrap: host:port list the producer and trainer connect to (SUSY_KAFKA_BOOTSTRAP).
     kafka_bootstrap: str
-    # store_secret: Secret with key `uri` (the MongoDB URI); Jobs get it via secretKeyRef (SUSY_STORE_SECRET).
+    # store_secret: Secret holding the MongoDB URI; Jobs get it via secretKeyRef (SUSY_STORE_SECRET).
     store_secret: str
     # database: database name inside the store (SUSY_DATABASE).
     database: str
@@ -33,11 +34,14 @@ class OperatorConfig:
     missing_run_grace_seconds: float = 300.0
     # max_workers: threads for the synchronous handlers (SUSY_MAX_WORKERS).
     max_workers: int = 16
+    # store_secret_key: the key of the URI in store_secret (SUSY_STORE_URI_KEY; the chart's
+    # store.secretKey). The operator's own MONGODB_URI and every Job's must name the same key.
+    store_secret_key: str = crd.STORE_SECRET_KEY
 
     @property
     def job_config(self) -> JobConfig:
         return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap, store_secret=self.store_secret,
-                         database=self.database, image_pull_policy=self.image_pull_policy,
+                         store_secret_key=self.store_secret_key, database=self.database, image_pull_policy=self.image_pull_policy,
                          service_account=self.job_service_account)
 
 
@@ -47,6 +51,7 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         image=env.get("SUSY_PIPELINE_IMAGE", "susy-pipeline:0.1.0"),
         kafka_bootstrap=env.get("SUSY_KAFKA_BOOTSTRAP", "kafka:9092"),
         store_secret=env.get("SUSY_STORE_SECRET", "susy-store"),
+        store_secret_key=env.get("SUSY_STORE_URI_KEY") or crd.STORE_SECRET_KEY,
         database=env.get("SUSY_DATABASE", DEFAULT_DATABASE),
         store_uri=env.get("MONGODB_URI") or None,
         poll_seconds=float(env.get("SUSY_POLL_SECONDS", "5")),

@@ -94,6 +94,8 @@ ENV_STORE_URI: Final = "MONGODB_URI"
 ENV_DATABASE: Final = "SUSY_DATABASE"
 ENV_RUN_NAME: Final = "SUSY_RUN_NAME"
 ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
+# The default key of the store URI in its Secret (contracts.md §4); the chart's store.secretKey
+# replaces it for the operator and every Job (SUSY_STORE_URI_KEY).
 STORE_SECRET_KEY: Final = "uri"
 # Names the operator always sets; a user's spec.env cannot replace them.
 RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX})

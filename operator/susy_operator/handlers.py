@@ -428,7 +428,7 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
     if status.get("phase") == crd.PENDING or not status.get("modelId"):
         _start_evaluator(body, parsed, status, evaluation, patch, logger, generation)
         return
-    job = k8s.read_job(namespace, builders.job_name(name, crd.EVALUATOR))
+    job = k8s.read_job(namespace, builders.job_name(name, crd.EVALUATOR, parsed.shards))
     if job is None or not k8s.owned_by(job, uid):
         job, _ = _ensure_job(body, builders.evaluator_job(_owner(body), parsed, evaluation, status["modelId"],
                                                           CONFIG.job_config), logger)
