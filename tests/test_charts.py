@@ -38,9 +38,10 @@ EXAMPLES = ROOT / "manifests" / "examples"
 OPERATOR_SRC = ROOT / "operator" / "susy_operator"
 NAMESPACE = "susy"
 
-# The chart's kubeVersion floor (apps.kubernetes.io/pod-index needs 1.28) and the newest
-# schema kubernetes-validate ships.
-K8S_VERSIONS = ("1.28", ".".join(kubernetes_validate.latest_version().split(".")[:2]))
+# The charts' kubeVersion floor (the evaluator's backoffLimitPerIndex and FailIndex are beta,
+# on by default, from 1.29) and the newest schema kubernetes-validate ships.
+K8S_FLOOR = "1.29"
+K8S_VERSIONS = (K8S_FLOOR, ".".join(kubernetes_validate.latest_version().split(".")[:2]))
 
 POD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod", "DaemonSet", "ReplicaSet", "CronJob"}
 
@@ -218,6 +219,18 @@ def test_helm_lint_is_clean(helm: str, chart: Path, values: Path | None) -> None
         args += ["--values", str(values)]
     out = run_helm(helm, *args)
     assert "[WARNING]" not in out and "[ERROR]" not in out, out
+
+
+@pytest.mark.parametrize("chart", [PLATFORM, OPERATOR], ids=lambda c: c.name)
+def test_charts_require_kubernetes_1_29(helm: str, chart: Path) -> None:
+    """1.28 serves backoffLimitPerIndex and FailIndex (the evaluator Job) only behind an alpha
+    gate: the API server drops the field and refuses the Job with 422. Helm refuses 1.28."""
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    assert meta["kubeVersion"] == f">={K8S_FLOOR}.0-0"
+    proc = subprocess.run([helm, "template", "x", str(chart), "--kube-version", "1.28.15"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "incompatible with Kubernetes v1.28.15" in proc.stderr, proc.stderr
+    run_helm(helm, "template", "x", str(chart), "--kube-version", f"{K8S_FLOOR}.0")
 
 
 def test_every_chart_has_a_non_default_values_file() -> None:
