@@ -46,12 +46,14 @@ K8S_VERSIONS = (K8S_FLOOR, ".".join(kubernetes_validate.latest_version().split("
 POD_KINDS = {"Deployment", "StatefulSet", "Job", "Pod", "DaemonSet", "ReplicaSet", "CronJob"}
 
 # Containers allowed a writable root filesystem: the upstream entrypoints of these images
-# render their configuration into the image (zoo.cfg, server.properties, mongod's init files).
+# render their configuration into the image (zoo.cfg, mongod's init files, and in KRaft mode
+# Kafka's server.properties). Kafka in ZooKeeper mode renders its own into an emptyDir.
 WRITABLE_ROOT = {
     ("StatefulSet", "zookeeper"),
     ("StatefulSet", "kafka"),
     ("StatefulSet", "mongodb"),
 }
+KAFKA_MODE_ANNOTATION = "susy.example.org/kafka-mode"
 
 # Environment variable names that carry credentials and so must come from a Secret.
 SENSITIVE_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|_URI$|^MONGODB_URI$|CREDENTIAL|SECRET_KEY)")
@@ -279,7 +281,9 @@ def test_workloads_are_hardened(helm: str, chart: Path, values: Path | None) -> 
             assert sc.get("privileged") in (None, False), f"{where}: privileged"
             assert "ALL" in (sc.get("capabilities") or {}).get("drop", []), f"{where}: capabilities not dropped"
             assert not (sc.get("capabilities") or {}).get("add"), f"{where}: adds capabilities"
-            if (obj["kind"], c["name"]) in WRITABLE_ROOT:
+            writable = (obj["kind"], c["name"]) in WRITABLE_ROOT and not (
+                c["name"] == "kafka" and obj["metadata"].get("annotations", {}).get(KAFKA_MODE_ANNOTATION) == "zookeeper")
+            if writable:
                 assert sc.get("readOnlyRootFilesystem") is False, f"{where}: say so explicitly"
             else:
                 assert sc.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem is writable"
@@ -342,12 +346,153 @@ def test_platform_defaults_zookeeper_mode_kafka_3_9(helm: str) -> None:
     kafka = sets["susy-platform-kafka"]["spec"]["template"]["spec"]["containers"][0]
     assert re.fullmatch(r"apache/kafka:3\.9\.\d+", kafka["image"]), "ZooKeeper mode needs Kafka 3.9.x"
     env = {e["name"]: e.get("value") for e in kafka["env"]}
-    assert env["KAFKA_ZOOKEEPER_CONNECT"].startswith("susy-platform-zookeeper-0.susy-platform-zookeeper.")
-    assert "KAFKA_PROCESS_ROLES" not in env
+    assert "KAFKA_PROCESS_ROLES" not in env and "CLUSTER_ID" not in env
     zk = sets["susy-platform-zookeeper"]["spec"]["template"]["spec"]["containers"][0]
     assert re.fullmatch(r"zookeeper:3\.(8|9)\.\d+", zk["image"])
     mongo = sets["susy-platform-mongodb"]["spec"]["template"]["spec"]["containers"][0]
     assert re.fullmatch(r"mongo:(7|8)\.0\.\d+", mongo["image"])
+
+
+def _kafka(objs: list[dict]) -> tuple[dict, dict]:
+    (sts,) = [o for o in by_kind(objs, "StatefulSet") if o["metadata"]["name"].endswith("-kafka")]
+    return sts, sts["spec"]["template"]["spec"]["containers"][0]
+
+
+def _properties(text: str) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"not a property line: {line!r}"
+            assert key not in props, f"{key} set twice"
+            props[key] = value
+    return props
+
+
+def _start_kafka(tmp_path: Path, container: dict, pod_name: str, pod_index: str) -> tuple[dict, list, dict]:
+    """Runs the Kafka container's command as the pod does (bash -c, the pod's env), with
+    bin/kafka-server-start.sh replaced by a stub that records its arguments and environment.
+    Returns (server.properties, the stub's arguments, the stub's environment)."""
+    assert container["command"][:2] == ["bash", "-c"] and len(container["command"]) == 3
+    script = container["command"][2]
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    stub = tmp_path / "kafka-server-start.sh"
+    stub.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$STUB_OUT/args"\nenv > "$STUB_OUT/env"\n')
+    stub.chmod(0o755)
+    for line, replacement in (("conf=/etc/kafka/broker\n", f"conf={conf}\n"),
+                              ("start=/opt/kafka/bin/kafka-server-start.sh\n", f"start={stub}\n")):
+        assert script.count(line) == 1, line
+        script = script.replace(line, replacement)
+    env = {"PATH": "/usr/bin:/bin", "STUB_OUT": str(tmp_path), "POD_NAME": pod_name, "POD_INDEX": pod_index}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    return _properties((conf / "server.properties").read_text()), (tmp_path / "args").read_text().split(), seen
+
+
+@pytest.mark.parametrize(("values", "replicas"), [(None, 1), (PLATFORM / "ci" / "ensemble-values.yaml", 3)],
+                         ids=["defaults", "ensemble"])
+def test_kafka_zookeeper_mode_starts_the_broker_itself(helm: str, tmp_path: Path, values: Path | None,
+                                                       replicas: int) -> None:
+    """ZooKeeper mode bypasses the image's launcher, whose `KafkaDockerWrapper setup` formats
+    storage with StorageTool and so always fails without process.roles (apache/kafka 3.9:
+    docker/jvm/launch, core/src/main/scala/kafka/tools/StorageTool.scala; KAFKA-16453). The
+    container writes a complete server.properties and execs bin/kafka-server-start.sh with it."""
+    objs = render(helm, PLATFORM, values)
+    sts, kafka = _kafka(objs)
+    assert sts["metadata"]["annotations"][KAFKA_MODE_ANNOTATION] == "zookeeper"
+    name, ns = sts["metadata"]["name"], NAMESPACE
+    (zk,) = [o for o in by_kind(objs, "StatefulSet") if o["metadata"]["name"].endswith("-zookeeper")]
+    zk_name = zk["metadata"]["name"]
+    services = {s["metadata"]["name"]: s for s in by_kind(objs, "Service")}
+    # Per-pod DNS names exist only through a headless Service named as the StatefulSet's serviceName.
+    for workload in (sts, zk):
+        svc = services[workload["spec"]["serviceName"]]
+        assert svc["spec"]["clusterIP"] == "None"
+    index = replicas - 1
+    props, args, seen = _start_kafka(tmp_path, kafka, f"{name}-{index}", str(index))
+    rf = min(replicas, 3)
+    expected = {
+        "broker.id": str(index),
+        "advertised.listeners": f"PLAINTEXT://{name}-{index}.{sts['spec']['serviceName']}.{ns}.svc.cluster.local:9092",
+        "zookeeper.connect": ",".join(f"{zk_name}-{i}.{zk['spec']['serviceName']}.{ns}.svc.cluster.local:2181"
+                                      for i in range(zk["spec"]["replicas"])),
+        "listeners": "PLAINTEXT://0.0.0.0:9092",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": "/var/lib/kafka/data/logs",
+        "offsets.topic.replication.factor": str(rf),
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": str(max(1, rf - 1)),
+        "default.replication.factor": str(rf),
+        "num.partitions": "3",
+        "auto.create.topics.enable": "true" if values is None else "false",
+        "log.retention.hours": "168",
+        "group.initial.rebalance.delay.ms": "0",
+    }
+    if values is not None:
+        expected["message.max.bytes"] = "2097152"  # extraEnv KAFKA_MESSAGE_MAX_BYTES, the image's rule
+    assert props == expected
+    assert int(props["transaction.state.log.min.isr"]) <= rf <= sts["spec"]["replicas"]
+    conf = tmp_path / "conf"
+    assert args == [str(conf / "server.properties")]
+    # Logging: stdout only, no GC log file (kafka-run-class.sh's -loggc), LOG_DIR on a volume.
+    assert seen["KAFKA_LOG4J_OPTS"] == f"-Dlog4j.configuration=file:{conf}/log4j.properties"
+    log4j = (conf / "log4j.properties").read_text()
+    assert "FileAppender" not in log4j and "stdout" in log4j
+    assert "-loggc" not in seen["EXTRA_ARGS"]
+    assert seen["KAFKA_HEAP_OPTS"] == "-Xms256m -Xmx512m"
+    # Everything the broker writes is on a mounted volume; the root filesystem is read-only.
+    assert kafka["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in kafka["volumeMounts"]}
+    assert mounts["/etc/kafka/broker"] == "config" and mounts["/tmp"] == "tmp"
+    assert seen["LOG_DIR"].startswith("/tmp/")
+    assert props["log.dirs"].startswith("/var/lib/kafka/data/") and mounts["/var/lib/kafka/data"] == "data"
+    claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+    assert claims == ["data"], "the partitions live on the PVC"
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["config"] and "emptyDir" in volumes["tmp"]
+    # No KRaft settings, and nothing for the image's launcher to turn into properties.
+    assert not [e["name"] for e in kafka["env"] if e["name"] in
+                ("KAFKA_PROCESS_ROLES", "KAFKA_NODE_ID", "CLUSTER_ID", "KAFKA_ZOOKEEPER_CONNECT")]
+
+
+def test_kafka_zookeeper_mode_broker_id_from_the_pod_name(helm: str, tmp_path: Path) -> None:
+    """Without the pod-index label the ordinal comes from the pod name; with neither, no start."""
+    _, kafka = _kafka(render(helm, PLATFORM))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    props, _, _ = _start_kafka(tmp_path / "a", kafka, "susy-platform-kafka-7", "")
+    assert props["broker.id"] == "7"
+    with pytest.raises(AssertionError, match="no StatefulSet ordinal"):
+        _start_kafka(tmp_path / "b", kafka, "kafka", "")
+
+
+def test_kafka_kraft_mode_keeps_the_image_launcher(helm: str) -> None:
+    sts, kafka = _kafka(render(helm, PLATFORM, PLATFORM / "ci" / "kraft-values.yaml"))
+    assert sts["metadata"]["annotations"][KAFKA_MODE_ANNOTATION] == "kraft"
+    assert "command" not in kafka and "args" not in kafka, "the image's CMD, /etc/kafka/docker/run"
+    assert kafka["securityContext"]["readOnlyRootFilesystem"] is False, "its launcher writes /opt/kafka/config"
+
+
+@pytest.mark.parametrize("values", [v for v in value_sets(PLATFORM) if v is None or "kraft" not in v.name],
+                         ids=lambda v: v.name if v else "defaults")
+def test_zookeeper_transaction_log_is_on_the_pvc(helm: str, values: Path | None) -> None:
+    """dataLogDir (the image's ZOO_DATA_LOG_DIR, written into zoo.cfg by 31z4/zookeeper-docker's
+    docker-entrypoint.sh; /datalog by default) must be on the data volume, which is the PVC."""
+    objs = render(helm, PLATFORM, values)
+    (zk,) = [o for o in by_kind(objs, "StatefulSet") if o["metadata"]["name"].endswith("-zookeeper")]
+    c = zk["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    log_dir = env["ZOO_DATA_LOG_DIR"]
+    (volume,) = [name for path, name in mounts.items() if log_dir == path or log_dir.startswith(path.rstrip("/") + "/")]
+    assert volume == "data"
+    assert "/datalog" not in mounts
+    assert [t["metadata"]["name"] for t in zk["spec"]["volumeClaimTemplates"]] == ["data"]
+    assert "data" not in {v["name"] for v in zk["spec"]["template"]["spec"].get("volumes", [])}
 
 
 def test_platform_kraft_switch(helm: str) -> None:
