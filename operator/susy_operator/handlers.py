@@ -138,6 +138,15 @@ def _fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reas
     kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
 
 
+def _pod_problems(job: Mapping[str, Any]) -> list[str]:
+    meta = job.get("metadata") or {}
+    try:
+        return st.pod_problems(k8s.list_job_pods(meta["namespace"], meta["name"]))
+    except Exception as err:  # noqa: BLE001 - the Job's own reason still fails the run
+        logging.getLogger(__name__).warning("cannot list the pods of Job %s: %s", meta.get("name"), err)
+        return []
+
+
 def _job_complete(body: kopf.Body, job: Mapping[str, Any], component: str, step: str,
                   status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> bool:
     """Copy the Job's counts into status.jobs; True once it has completed. A failed Job fails the
@@ -148,6 +157,9 @@ def _job_complete(body: kopf.Body, job: Mapping[str, Any], component: str, step:
     state = st.job_state(job)
     if state == "Failed":
         reason, message = st.job_failure_message(job)
+        problems = _pod_problems(job)
+        if problems:  # the Job says only that it failed; its pods say why (OOMKilled, exit 1, ...)
+            message += "; " + "; ".join(problems)
         _fail(body, status, patch, reason=reason, message=message, generation=generation, condition=step)
     return state == "Complete"
 

@@ -7,6 +7,7 @@ the same shapes the builders produce and the tests compare.
 API calls made here (charts/susy-operator's Role must grant them; tests/test_operator_rbac.py):
   create, get  batch/jobs
   get          susy.dev/trainingruns
+  list         pods (a failed Job's, by the Job controller's job-name label)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from susy_operator import crd
 # kubernetes 37 imports its API classes lazily; importing BatchV1Api took 0.5 s inside the first
 # handler (the first CR's create-to-Job latency). Import them with this module, at start-up.
 BatchV1Api = kubernetes.client.BatchV1Api
+CoreV1Api = kubernetes.client.CoreV1Api
 CustomObjectsApi = kubernetes.client.CustomObjectsApi
 
 _lock = threading.Lock()
@@ -85,6 +87,15 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
         if exc.status == 404:
             return None
         raise
+
+
+def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    """The pods of a Job, by the label the Job controller puts on each (`batch.kubernetes.io/job-name`,
+    set since Kubernetes 1.27: kubernetes pkg/controller/job/job_controller.go)."""
+    api = CoreV1Api(_api())
+    response = api.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}",
+                                       _preload_content=False)
+    return list(_json(response).get("items") or [])
 
 
 def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:

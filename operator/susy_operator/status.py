@@ -119,6 +119,35 @@ def job_failure_message(job: Mapping[str, Any]) -> tuple[str, str]:
     return reason, f"Job {name}: {detail}"
 
 
+def pod_problems(pods: Sequence[Mapping[str, Any]], limit: int = 3) -> list[str]:
+    """Why a Job's pods failed or cannot start, from what the kubelet reports on each pod:
+    a container terminated with a non-zero exit (`OOMKilled`, `Error`, with its exit code), or
+    waiting for a reason other than the normal start-up (`CreateContainerConfigError`,
+    `ErrImagePull`, ...). One line per distinct cause, the first `limit` of them, oldest pod first."""
+    normal_waits = {"ContainerCreating", "PodInitializing"}
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    ordered = sorted(pods, key=lambda p: (p.get("metadata", {}).get("creationTimestamp") or "",
+                                          p.get("metadata", {}).get("name") or ""))
+    for pod in ordered:
+        name = pod.get("metadata", {}).get("name", "?")
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = container.get("state") or {}
+            terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
+            if terminated and terminated.get("exitCode", 0) != 0:
+                cause = f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode')})"
+                detail = terminated.get("message") or ""
+            elif waiting.get("reason") and waiting["reason"] not in normal_waits:
+                cause, detail = waiting["reason"], waiting.get("message") or ""
+            else:
+                continue
+            if (cause, detail) in seen:
+                continue
+            seen.add((cause, detail))
+            lines.append(f"pod {name}: {cause}" + (f": {detail}" if detail else ""))
+    return lines[:limit]
+
+
 def job_summary(job: Mapping[str, Any] | None) -> dict[str, Any]:
     """The per-child summary kept in status.jobs (name, active, succeeded, failed, state)."""
     if job is None:

@@ -1,19 +1,30 @@
 """A stand-in for the Job controller and the kubelet, for tests against the API emulator.
 
-It watches Jobs through the emulator's HTTP API, runs each pod's container command as a local
-process with the pod's env (secretKeyRef resolved from the emulator's Secrets, and
-JOB_COMPLETION_INDEX per index for Indexed Jobs), and writes the Job's status through the
-`/status` subresource the way the Job controller does: startTime, active, succeeded, failed,
-completedIndexes / failedIndexes, then the terminal conditions (SuccessCriteriaMet + Complete, or
-FailureTarget + Failed with BackoffLimitExceeded / FailedIndexes / PodFailurePolicy).
+It watches Jobs through the emulator's HTTP API and runs each pod, in one of two modes:
+- process (the default): the container's command as a local process of this virtualenv, with the
+  pod's env;
+- container (`runtime=ContainerRuntime(...)`, tests/support/pods.py): a real container of the
+  local Docker engine built from the pod spec: image, command, args, env, user and group,
+  runAsNonRoot, read-only root, dropped capabilities, no privilege escalation, emptyDir volumes,
+  CPU and memory limits; an OOM kill comes back as reason OOMKilled.
+In both, env has secretKeyRef (from the emulator's Secrets) and fieldRef resolved, and
+JOB_COMPLETION_INDEX per index for Indexed Jobs.
+
+It writes the Job's status through the `/status` subresource the way the Job controller does:
+startTime, active, succeeded, failed, completedIndexes / failedIndexes, then the terminal
+conditions (SuccessCriteriaMet + Complete, or FailureTarget + Failed with BackoffLimitExceeded /
+FailedIndexes / PodFailurePolicy / DeadlineExceeded). Each pod is also published as a Pod object
+(the Job controller's labels and ownerReference; phase and containerStatuses as the kubelet
+reports them), so the operator can read why a pod failed.
 
 Honoured: completions, parallelism, completionMode Indexed, backoffLimit, backoffLimitPerIndex,
-podFailurePolicy rules on exit codes (FailJob, FailIndex, Ignore, Count). Not: activeDeadlineSeconds,
-suspend, ttlSecondsAfterFinished, pod objects.
+podFailurePolicy rules on exit codes (FailJob, FailIndex, Ignore, Count), activeDeadlineSeconds
+(pods killed, DeadlineExceeded). Not: suspend, ttlSecondsAfterFinished, pod-level
+activeDeadlineSeconds, retries' exponential back-off delay (retries start at once).
 
 `executor` replaces running the command (the load test writes shard results without starting
 TensorFlow); `fail_first` makes the first attempt of chosen (job-name, index) pods exit 1.
-A deleted Job's processes are killed.
+A deleted Job's pods are killed.
 """
 from __future__ import annotations
 
@@ -29,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from support.pods import ContainerRuntime, PodOutcome, PodStartError
 
 USER_AGENT = "susy-test-jobrunner/1.0"
 Executor = Callable[[dict[str, Any], int, dict[str, str]], Awaitable[int]]
@@ -51,6 +64,36 @@ def format_indexes(indexes: set[int]) -> str:
     return ",".join(parts)
 
 
+async def resolve_env(session: aiohttp.ClientSession | None, url: str, namespace: str, pod_name: str,
+                      items: list[dict[str, Any]]) -> dict[str, str]:
+    """A container's env list as the kubelet resolves it: values, secretKeyRef, fieldRef.
+
+    A missing Secret or key raises PodStartError(CreateContainerConfigError), as on a node.
+    """
+    assert session is not None
+    env: dict[str, str] = {}
+    for item in items:
+        source = item.get("valueFrom") or {}
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            async with session.get(f"{url}/api/v1/namespaces/{namespace}/secrets/{ref['name']}") as resp:
+                secret = await resp.json() if resp.status == 200 else None
+            data = {**{k: base64.b64decode(v).decode() for k, v in ((secret or {}).get("data") or {}).items()},
+                    **((secret or {}).get("stringData") or {})}
+            if secret is None:
+                raise PodStartError("CreateContainerConfigError", f'secret "{ref["name"]}" not found')
+            if ref["key"] not in data:
+                raise PodStartError("CreateContainerConfigError",
+                                    f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}")
+            env[item["name"]] = data[ref["key"]]
+        elif "fieldRef" in source:
+            env[item["name"]] = {"metadata.namespace": namespace, "metadata.name": pod_name}[
+                source["fieldRef"]["fieldPath"]]
+    return env
+
+
 @dataclasses.dataclass
 class PodRun:
     job: str
@@ -59,14 +102,19 @@ class PodRun:
     attempt: int
     command: list[str]
     env: dict[str, str]
+    pod: str = ""
     exit_code: int | None = None
+    reason: str | None = None      # Completed, Error, OOMKilled; or why it never started
     log: str | None = None
+    started: float | None = None   # loop time
+    finished: float | None = None
 
 
 class JobRunner:
     def __init__(self, url: str, workdir: Path, *, executor: Executor | None = None,
                  fail_first: set[tuple[str, int]] | None = None, python: str = sys.executable,
-                 base_env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
+                 base_env: Mapping[str, str] | None = None, cwd: str | None = None,
+                 runtime: ContainerRuntime | None = None) -> None:
         self.url = url.rstrip("/")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +122,7 @@ class JobRunner:
         self.fail_first = set(fail_first or ())
         self.python = python
         self.cwd = cwd
+        self.runtime = runtime
         self.base_env = dict(base_env if base_env is not None else {
             k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")})
         self.runs: list[PodRun] = []
@@ -214,7 +263,13 @@ class JobRunner:
                     attempt += 1
 
         await publish()
-        await asyncio.gather(*(run_index(i) for i in range(completions)))
+        deadline = spec.get("activeDeadlineSeconds")
+        indexes = asyncio.gather(*(run_index(i) for i in range(completions)))
+        try:
+            await asyncio.wait_for(indexes, timeout=float(deadline) if deadline is not None else None)
+        except asyncio.TimeoutError:
+            # The Job controller kills the Job's pods and fails it (reason DeadlineExceeded).
+            job_failure.update(reason="DeadlineExceeded", message="Job was active longer than specified deadline")
         now = _now()
         if failed_indexes and not job_failure:
             job_failure = {"reason": "FailedIndexes", "message": "Job has failed indexes"}
@@ -234,57 +289,108 @@ class JobRunner:
 
     # --- one pod --------------------------------------------------------------------------------
 
-    async def _secret_value(self, namespace: str, name: str, key: str) -> str:
-        assert self.session is not None
-        async with self.session.get(f"{self.url}/api/v1/namespaces/{namespace}/secrets/{name}") as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"Secret {namespace}/{name}: HTTP {resp.status}")
-            secret = await resp.json()
-        if key in (secret.get("stringData") or {}):
-            return secret["stringData"][key]
-        return base64.b64decode(secret["data"][key]).decode()
-
-    async def pod_env(self, job: dict[str, Any], index: int | None) -> dict[str, str]:
+    async def pod_env(self, job: dict[str, Any], index: int | None, pod_name: str = "") -> dict[str, str]:
         container = job["spec"]["template"]["spec"]["containers"][0]
         namespace = job["metadata"]["namespace"]
-        env = dict(self.base_env)
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            elif "secretKeyRef" in (item.get("valueFrom") or {}):
-                ref = item["valueFrom"]["secretKeyRef"]
-                env[item["name"]] = await self._secret_value(namespace, ref["name"], ref["key"])
+        # A process inherits a few host variables (PATH, ...); a container only what its image and
+        # pod spec say.
+        env = dict(self.base_env) if self.runtime is None else {}
+        env.update(await resolve_env(self.session, self.url, namespace, pod_name, container.get("env") or []))
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
-        # The pod's HOME=/tmp is shared between tests here: give each pod its own.
-        env["HOME"] = str(self.workdir / "home")
-        env["MPLCONFIGDIR"] = str(self.workdir / "home" / "matplotlib")
+        if self.runtime is None:
+            # The pod's HOME=/tmp is shared between tests here: give each pod its own.
+            env["HOME"] = str(self.workdir / "home")
+            env["MPLCONFIGDIR"] = str(self.workdir / "home" / "matplotlib")
         return env
+
+    def _pod_object(self, job: dict[str, Any], name: str, index: int | None) -> dict[str, Any]:
+        """The pod as the Job controller creates it: the template, its labels and a controller ref."""
+        meta = job["metadata"]
+        template = job["spec"]["template"]
+        labels = {**(template.get("metadata") or {}).get("labels", {}),
+                  "batch.kubernetes.io/controller-uid": meta["uid"], "controller-uid": meta["uid"],
+                  "batch.kubernetes.io/job-name": meta["name"], "job-name": meta["name"]}
+        if index is not None:
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                  "uid": meta["uid"], "controller": True,
+                                                  "blockOwnerDeletion": True}]},
+                "spec": template["spec"]}
+
+    async def _pod_request(self, method: str, namespace: str, name: str | None, body: dict[str, Any]) -> None:
+        assert self.session is not None
+        url = f"{self.url}/api/v1/namespaces/{namespace}/pods"
+        if name is not None:
+            url += f"/{name}/status"
+        headers = {"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"}
+        async with self.session.request(method, url, data=json.dumps(body), headers=headers) as resp:
+            await resp.read()
+
+    async def _pod_status(self, namespace: str, name: str, container: str, *, phase: str,
+                          state: dict[str, Any]) -> None:
+        status = {"phase": phase, "containerStatuses": [{
+            "name": container, "ready": phase == "Running", "restartCount": 0, "state": state}]}
+        await self._pod_request("PATCH", namespace, name, {"status": status})
 
     async def _run_pod(self, job: dict[str, Any], index: int | None, attempt: int) -> int:
         meta = job["metadata"]
         container = job["spec"]["template"]["spec"]["containers"][0]
         command = list(container.get("command") or []) + list(container.get("args") or [])
-        if command and command[0] == "python":
+        if self.runtime is None and command and command[0] == "python":
             command[0] = self.python
-        env = await self.pod_env(job, index)
-        run = PodRun(meta["name"], meta["namespace"], index, attempt, command, env)
+        pod_name = f"{meta['name']}-{index}-{attempt}" if index is not None else f"{meta['name']}-{attempt}"
+        env = await self.pod_env(job, index, pod_name)
+        run = PodRun(meta["name"], meta["namespace"], index, attempt, command, env, pod=pod_name)
         self.runs.append(run)
+        await self._pod_request("POST", meta["namespace"], None, self._pod_object(job, pod_name, index))
+        loop = asyncio.get_running_loop()
+        run.started = loop.time()
+        try:
+            outcome = await self._pod_outcome(job, run, index, attempt)
+        except PodStartError as err:
+            # The kubelet keeps such a pod Pending, retrying: only the Job's deadline (or someone
+            # deleting the Job) ends it. The operator is expected to notice and say why.
+            run.reason = err.reason
+            await self._pod_status(meta["namespace"], pod_name, container["name"], phase="Pending",
+                                   state={"waiting": {"reason": err.reason, "message": err.message}})
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+        finally:
+            run.finished = loop.time()
+        run.exit_code, run.reason = outcome.exit_code, outcome.reason
+        terminated = {"exitCode": outcome.exit_code, "reason": outcome.reason}
+        if outcome.message:
+            terminated["message"] = outcome.message
+        await self._pod_status(meta["namespace"], pod_name, container["name"],
+                               phase="Succeeded" if outcome.exit_code == 0 else "Failed",
+                               state={"terminated": terminated})
+        return outcome.exit_code
+
+    async def _pod_outcome(self, job: dict[str, Any], run: PodRun, index: int | None, attempt: int) -> PodOutcome:
+        meta = job["metadata"]
         if (meta["name"], index if index is not None else 0) in self.fail_first and attempt == 0:
-            run.exit_code = 1  # the pod "crashed" before doing anything (an OOM kill, a lost node)
-            return 1
+            return PodOutcome(1, "Error")  # the pod "crashed" before doing anything (a lost node)
         if self.executor is not None:
-            run.exit_code = await self.executor(job, index if index is not None else 0, env)
-            return run.exit_code
-        log = self.workdir / f"{meta['namespace']}.{meta['name']}.{index if index is not None else 0}.{attempt}.log"
+            return PodOutcome(await self.executor(job, index if index is not None else 0, run.env), "Completed")
+        await self._pod_status(meta["namespace"], run.pod, job["spec"]["template"]["spec"]["containers"][0]["name"],
+                               phase="Running", state={"running": {"startedAt": _now()}})
+        log = self.workdir / f"{run.pod}.{meta['namespace']}.log"
         run.log = str(log)
+        if self.runtime is not None:
+            return await self.runtime.run(run.pod, job["spec"]["template"]["spec"], run.env, log,
+                                          labels={"susy.test/job": meta["name"],
+                                                  "susy.test/index": str(index if index is not None else 0)})
         (self.workdir / "home").mkdir(exist_ok=True)
         with open(log, "wb") as out:
-            process = await asyncio.create_subprocess_exec(*command, env=env, stdout=out, stderr=out, cwd=self.cwd)
+            process = await asyncio.create_subprocess_exec(*run.command, env=run.env, stdout=out, stderr=out,
+                                                           cwd=self.cwd)
             try:
-                run.exit_code = await process.wait()
+                code = await process.wait()
             except asyncio.CancelledError:
                 process.kill()
                 await process.wait()
                 raise
-        return run.exit_code
+        return PodOutcome(code, "Completed" if code == 0 else "Error")

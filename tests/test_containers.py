@@ -1,0 +1,278 @@
+"""The operator and every pod as real containers (`make docker-e2e`; marker `docker`).
+
+Real here: the images built from images/Dockerfile, the Docker engine running them with each pod
+spec's image, command, args, env, user, read-only root, dropped capabilities, no privilege
+escalation, emptyDir volumes and CPU and memory limits (tests/support/pods.py); the operator's
+own container from the chart's Deployment (tests/support/operator_container.py); the pipeline's
+Kafka traffic (tansu, on loopback: host networking) and the tensorflow-io reader in the trainer.
+Emulated: the API server (kmock plus tests/support/emulator.py), the Job controller and the
+kubelet's bookkeeping (tests/support/jobrunner.py), MongoDB (the embedded SQLite store, on a
+folder every container mounts at the same path: the stand-in for the network path to MongoDB).
+
+Without an engine, or without the images (`make images`), every test here skips with the reason.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TFIO_TANSU_SETTINGS
+from susy_operator import crd
+from susy_pipeline import evaluation as evaluation_lib, store as store_lib
+from support.fixtures import NAMESPACE, SECRET, condition, evaluation_run, training_run
+from support.harness import REPO, Cluster
+from support.jobrunner import JobRunner
+from support.operator_container import OperatorContainer, free_port, render_deployment
+from support.pods import ContainerRuntime, engine_available, image_present
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(600)]
+
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "0.1.0")
+PIPELINE_IMAGE = os.environ.get("PIPELINE_IMAGE", f"susy-pipeline:{IMAGE_TAG}")
+OPERATOR_IMAGE = os.environ.get("OPERATOR_IMAGE", f"susy-operator:{IMAGE_TAG}")
+IMAGE_SAMPLE = "/opt/susy/data/susy-sample.csv.gz"   # baked into the pipeline image
+STORE_DIR = "/var/lib/susy-store"                     # where every container sees the store
+HELM = str(REPO / ".venv" / "bin" / "helm") if (REPO / ".venv" / "bin" / "helm").exists() else "helm"
+TRAIN_ROWS = 4000
+
+
+@pytest.fixture(scope="module")
+def engine() -> None:
+    reason = os.environ.get("SUSY_DOCKER_UNAVAILABLE") or engine_available()
+    if reason:
+        pytest.skip(f"no Docker engine: {reason}")
+    missing = [image for image in (PIPELINE_IMAGE, OPERATOR_IMAGE) if not image_present(image)]
+    if missing:
+        pytest.skip(f"images not built: {', '.join(missing)} (run `make images`)")
+
+
+class Timeline:
+    """What happened when, from the emulator's records and the runner's pods (printed by the e2e)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.rows: list[tuple[float, str]] = []
+
+    def add(self, what: str) -> None:
+        self.rows.append((time.monotonic() - self.t0, what))
+
+    def render(self) -> str:
+        return "\n".join(f"  {t:7.1f} s  {what}" for t, what in sorted(self.rows))
+
+
+class DockerCluster:
+    """The emulator, the container Job runner, the operator container, the store and the broker."""
+
+    def __init__(self, workdir: Path, kafka: str) -> None:
+        self.workdir = workdir
+        self.kafka = kafka
+        self.run_id = f"susy-test-{secrets.token_hex(3)}"
+        self.store_host = workdir / "store"
+        self.store_host.mkdir(mode=0o777)
+        self.store_host.chmod(0o777)  # the containers run as uid 10001
+        self.store_uri = f"sqlite:///{STORE_DIR}/store.sqlite3"
+        self.mounts = [(str(self.store_host), STORE_DIR)]
+        self.cluster = Cluster(workdir).start()
+        self.cluster.create_store_secret(NAMESPACE, SECRET, self.store_uri)
+        self.runtime = ContainerRuntime(workdir / "pods", run_id=self.run_id, extra_mounts=self.mounts)
+        self.runner: JobRunner = self.cluster.start_runner(runtime=self.runtime)
+        self.liveness_port = free_port()
+        deployment = render_deployment(HELM, NAMESPACE, {
+            "image.repository": OPERATOR_IMAGE.rsplit(":", 1)[0], "image.tag": OPERATOR_IMAGE.rsplit(":", 1)[1],
+            "pipeline.image.repository": PIPELINE_IMAGE.rsplit(":", 1)[0],
+            "pipeline.image.tag": PIPELINE_IMAGE.rsplit(":", 1)[1],
+            "kafka.bootstrap": kafka, "store.secretName": SECRET,
+            "livenessPort": str(self.liveness_port), "extraEnv.SUSY_POLL_SECONDS": "0.5",
+        })
+        self.operator = OperatorContainer(self.cluster, workdir, deployment, extra_mounts=self.mounts,
+                                          run_id=self.run_id)
+
+    def store(self) -> store_lib.Store:
+        return store_lib.open_store(f"sqlite:///{self.store_host}/store.sqlite3")
+
+    def docker_ps(self, **labels: str) -> list[str]:
+        filters = [f"--filter=label={k.replace('_', '.', 1)}={v}" for k, v in labels.items()]
+        out = subprocess.run(["docker", "ps", "--quiet", f"--filter=label=susy.test/runner={self.run_id}", *filters],
+                             capture_output=True, text=True)
+        return out.stdout.split()
+
+    def failed_logs(self) -> str:
+        return "\n".join(f"--- {r.pod} ({r.reason}, exit {r.exit_code})\n{Path(r.log).read_text()[-1500:]}"
+                         for r in self.runner.runs if r.log and r.exit_code and Path(r.log).exists())
+
+    def close(self) -> None:
+        try:
+            self.operator.stop()
+        finally:
+            self.cluster.stop()
+            self.runtime.remove_all()
+
+
+@pytest.fixture(scope="module")
+def docker_cluster(engine: None, kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerCluster]:
+    dc = DockerCluster(tmp_path_factory.mktemp("docker"), kafka_broker)
+    try:
+        yield dc
+    finally:
+        dc.close()
+
+
+def _run_pipeline(dc: DockerCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """One command of the pipeline image, as the Jobs' pods run it (user, read-only root)."""
+    return subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", "--user", "10001:10001", "--read-only",
+         "--tmpfs", "/tmp:mode=1777", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+         "--env", "HOME=/tmp", "--mount", f"type=bind,source={dc.store_host},target={STORE_DIR}",
+         PIPELINE_IMAGE, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_training_and_sharded_evaluation_in_containers(docker_cluster: DockerCluster, capsys) -> None:
+    """`make docker-e2e`: TrainingRun (tfio reader) then a 3-shard EvaluationRun, every pod and the
+    operator a container; the operator container is SIGKILLed between producer and trainer and
+    started again. Status totals equal a single-process evaluation of the same rows exactly."""
+    dc, cluster, timeline = docker_cluster, docker_cluster.cluster, Timeline()
+    dc.operator.start().wait_healthy(dc.liveness_port)
+    timeline.add("operator container healthy (kopf /healthz)")
+
+    cluster.create(training_run(
+        "tr", dataset={"uri": IMAGE_SAMPLE, "skip": 0, "limit": TRAIN_ROWS},
+        kafka={"topic": f"docker-e2e-{dc.run_id}", "partitions": 2}, model={"recipe": "seed"}, epochs=1,
+        reader="tfio", env=[{"name": "SUSY_LIBRDKAFKA", "value": ",".join(TFIO_TANSU_SETTINGS)}]))
+    timeline.add("TrainingRun tr created")
+    cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-producer"), 60, "the producer Job")
+    timeline.add("Job tr-producer created")
+    dc.operator.kill()  # SIGKILL: the producer finishes while no operator runs
+    timeline.add("operator container killed (SIGKILL)")
+    cluster.wait_for(lambda: ((cluster.get("jobs", NAMESPACE, "tr-producer") or {}).get("status") or {}).get(
+        "completionTime"), 180, "the producer to finish")
+    timeline.add("Job tr-producer Complete")
+    assert cluster.get("jobs", NAMESPACE, "tr-trainer") is None
+    dc.operator.start().wait_healthy(dc.liveness_port)
+    timeline.add("operator container started again")
+
+    cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-trainer"), 60, "the trainer Job")
+    timeline.add("Job tr-trainer created")
+    tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr", {crd.SUCCEEDED, crd.FAILED}, 300)
+    timeline.add(f"TrainingRun tr {tr['status']['phase']}")
+    assert tr["status"]["phase"] == crd.SUCCEEDED, (tr["status"], dc.failed_logs(), dc.operator.log()[-3000:])
+    st = tr["status"]
+    assert st["rowsProduced"] == TRAIN_ROWS
+    trainer = next(r for r in dc.runner.runs if r.job == "tr-trainer")
+    assert trainer.command[-2:] == ["--reader", "tfio"] or "tfio" in trainer.command
+    assert "tensorflow-io" in Path(trainer.log).read_text() or "tfio" in Path(trainer.log).read_text()
+
+    cluster.create(evaluation_run("er", {"trainingRun": "tr"}, dataset={"uris": [IMAGE_SAMPLE]},
+                                  shards=3, parallelism=3, chunkRows=4096, stripeRows=4096))
+    timeline.add("EvaluationRun er created")
+    cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "er-eval"), 60, "the evaluator Job")
+    timeline.add("Job er-eval created (Indexed, 3 shards)")
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "er", {crd.SUCCEEDED, crd.FAILED}, 400)
+    timeline.add(f"EvaluationRun er {er['status']['phase']}")
+    assert er["status"]["phase"] == crd.SUCCEEDED, (er["status"], dc.failed_logs())
+    es = er["status"]
+    assert es["shards"]["succeeded"] == 3 and es["shards"]["failed"] == 0
+
+    single = _run_pipeline(dc, "evaluate", "--model", st["modelId"], "--data", IMAGE_SAMPLE,
+                           "--evaluation", "single-process", "--shard-index", "0", "--shard-count", "1",
+                           "--chunk-rows", "4096", "--store", dc.store_uri)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = evaluation_lib.aggregate(dc.store().shard_results("single-process"), 1)
+    assert es["rows"] == expected["rows"] == 20979
+    assert (es["accuracy"], es["auc"], es["logLoss"], es["confusion"]) == (
+        expected["accuracy"], expected["auc"], expected["log_loss"], expected["confusion"])
+    assert cluster.job_creations() == {(NAMESPACE, "tr-producer"): 1, (NAMESPACE, "tr-trainer"): 1,
+                                       (NAMESPACE, "er-eval"): 1}
+    for run in dc.runner.runs:  # pods' starts and ends, from the runner
+        timeline.add(f"  pod {run.pod} exit {run.exit_code} ({run.reason}, "
+                     f"{(run.finished or 0) - (run.started or 0):.1f} s)")
+    with capsys.disabled():
+        print(f"\ncontainers end to end: accuracy {es['accuracy']:.6f}, AUC {es['auc']:.6f} over {es['rows']} "
+              f"rows in 3 shards = single process\n{timeline.render()}")
+
+
+def _evaluation(dc: DockerCluster, name: str, **spec: Any) -> dict[str, Any]:
+    if not dc.operator.running():
+        dc.operator.start().wait_healthy(dc.liveness_port)
+    body = {"dataset": {"uris": [IMAGE_SAMPLE]}, "shards": 2, "parallelism": 2, "chunkRows": 1024,
+            "stripeRows": 4096, **spec}
+    return dc.cluster.create(evaluation_run(name, {"trainingRun": "tr"}, **body))
+
+
+def test_shard_killed_mid_stream_is_retried_and_counted_once(docker_cluster: DockerCluster) -> None:
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if (cluster.get("trainingruns", NAMESPACE, "tr") or {}).get("status", {}).get("phase") != crd.SUCCEEDED:
+        pytest.skip("needs the model of the end-to-end test")
+    # chunkRows 1: one model call per row, so scoring a shard's ~10,000 rows takes seconds and the
+    # kill lands mid-stream: after the shard logged its model loaded, before its result.
+    _evaluation(dc, "er-kill", chunkRows=1)
+    container = dc.runtime.container_name("er-kill-eval-1-0")
+
+    def loaded() -> bool:
+        logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+        return logs.returncode == 0 and " loaded in " in logs.stderr
+    cluster.wait_for(loaded, 240, "shard 1 to load its model", interval=0.1)
+    killed = subprocess.run(["docker", "kill", container], capture_output=True, text=True)
+    assert killed.returncode == 0, killed.stderr
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-kill", {crd.SUCCEEDED, crd.FAILED}, 400)
+    assert er["status"]["phase"] == crd.SUCCEEDED, (er["status"], dc.failed_logs())
+    attempts = sorted((r.index, r.attempt, r.exit_code) for r in dc.runner.runs if r.job == "er-kill-eval")
+    assert attempts == [(0, 0, 0), (1, 0, 137), (1, 1, 0)]
+    assert er["status"]["shards"]["failedPods"] == 1
+    assert er["status"]["rows"] == 20979  # the retried shard counted once
+    results = dc.store().shard_results(er["status"]["evaluation"])
+    assert sorted(r["shard_index"] for r in results) == [0, 1]
+    first = next(r for r in dc.runner.runs if r.job == "er-kill-eval" and r.index == 1 and r.attempt == 0)
+    assert " rows in " not in Path(first.log).read_text(), "killed before it finished scoring"
+
+
+def test_shard_over_its_memory_limit_is_oom_killed(docker_cluster: DockerCluster) -> None:
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if (cluster.get("trainingruns", NAMESPACE, "tr") or {}).get("status", {}).get("phase") != crd.SUCCEEDED:
+        pytest.skip("needs the model of the end-to-end test")
+    _evaluation(dc, "er-oom", shards=1, parallelism=1, backoffLimitPerIndex=0,
+                resources={"limits": {"cpu": "1", "memory": "160Mi"}, "requests": {"memory": "160Mi"}})
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-oom", {crd.SUCCEEDED, crd.FAILED}, 300)
+    assert er["status"]["phase"] == crd.FAILED
+    runs = [r for r in dc.runner.runs if r.job == "er-oom-eval"]
+    assert [(r.exit_code, r.reason) for r in runs] == [(137, "OOMKilled")]
+    assert "OOMKilled" in condition(er, crd.EVALUATED)["message"], er["status"]
+
+
+def test_a_pod_cannot_write_outside_tmp(docker_cluster: DockerCluster) -> None:
+    """The read-only root filesystem is applied: the pipeline image's own folder refuses a write,
+    /tmp (the pod's emptyDir) takes it."""
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    from susy_operator import builders
+    from susy_operator.config import load
+
+    config = load({"SUSY_PIPELINE_IMAGE": PIPELINE_IMAGE, "SUSY_KAFKA_BOOTSTRAP": dc.kafka,
+                   "SUSY_STORE_SECRET": SECRET}).job_config
+    job = builders.producer_job(builders.Owner("TrainingRun", "rofs", NAMESPACE, "uid-rofs"),
+                                _spec_for_probe(), "rofs", config)
+    script = ("import pathlib; pathlib.Path('/tmp/ok').write_text('x'); print('tmp writable'); "
+              "pathlib.Path('/opt/susy/x').write_text('x')")
+    job["metadata"]["ownerReferences"] = []
+    job["spec"]["template"]["spec"]["containers"][0]["command"] = ["python", "-c", script]
+    job["spec"]["podFailurePolicy"] = {"rules": []}
+    job["spec"]["backoffLimit"] = 0
+    cluster.create(job)
+    cluster.wait_for(lambda: any(c.get("type") in ("Complete", "Failed") for c in
+                                 ((cluster.get("jobs", NAMESPACE, job["metadata"]["name"]) or {}).get("status") or {})
+                                 .get("conditions") or []), 120, "the probe Job to finish")
+    run = next(r for r in dc.runner.runs if r.job == job["metadata"]["name"])
+    log = Path(run.log).read_text()
+    assert run.exit_code == 1, log
+    assert "tmp writable" in log and "Read-only file system" in log, log
+
+
+def _spec_for_probe():
+    from susy_operator.spec import parse_training_run
+    return parse_training_run({"dataset": {"uri": IMAGE_SAMPLE, "limit": 10}})
