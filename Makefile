@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test test-fast bench clean
+.PHONY: help venv run test test-fast docker-e2e bench clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets.
@@ -21,8 +21,11 @@ venv: $(STAMP) ## Create .venv with every pinned dependency.
 run: venv ## Run produce -> Kafka -> train -> store -> sharded evaluation on one machine.
 	$(PY) -m susy_pipeline run-local
 
-test: venv tools ## Run the whole test suite (unit, broker, TensorFlow, operator, charts).
-	$(PY) -m pytest
+test: venv tools ## Run the whole test suite (unit, broker, TensorFlow, operator, charts, containers).
+	hack/with-docker.sh $(PY) -m pytest
+
+docker-e2e: venv tools ## The container tests alone: the operator and every pod as Docker containers.
+	hack/with-docker.sh $(PY) -m pytest -m docker tests/test_containers.py
 
 test-fast: venv ## The tests not marked integration or slow (about 2 minutes).
 	$(PY) -m pytest -m "not integration and not slow"

@@ -25,9 +25,13 @@ if "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "base-image: $IMAGE exists (cached); 'docker image rm $IMAGE' to rebuild" >&2
   exit 0
 fi
-command -v debootstrap >/dev/null 2>&1 \
-  || { echo "base-image: debootstrap not found: apt-get install debootstrap (as root)" >&2; exit 2; }
 [[ $(id -u) == 0 ]] || { echo "base-image: debootstrap needs root" >&2; exit 2; }
+if ! command -v debootstrap >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || { echo "base-image: no debootstrap and no apt-get" >&2; exit 2; }
+  echo "base-image: apt-get install debootstrap" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } >/dev/null \
+    || { echo "base-image: could not install debootstrap" >&2; exit 2; }
+fi
 
 root=$(mktemp -d /var/tmp/susy-base.XXXXXX)
 trap 'rm -rf "$root"' EXIT

@@ -7,7 +7,8 @@
 # host's network, and an engine started without a bridge (as .ci/run starts it) has no other.
 #
 # Settings (environment): IMAGE_TAG (0.1.0), PIPELINE_IMAGE, OPERATOR_IMAGE, PYTHON_IMAGE,
-# OFFICIAL_PYTHON_IMAGE, LOCAL_BASE_IMAGE, DOCKER, TARGETS ("operator pipeline").
+# OFFICIAL_PYTHON_IMAGE, LOCAL_BASE_IMAGE, DOCKER, TARGETS ("operator pipeline"), BUILD_LOG
+# (.susy/build-images.log; - for the terminal).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -20,6 +21,8 @@ OPERATOR_IMAGE=${OPERATOR_IMAGE:-susy-operator:$IMAGE_TAG}
 OFFICIAL_PYTHON_IMAGE=${OFFICIAL_PYTHON_IMAGE:-python:3.11.13-slim-bookworm}
 LOCAL_BASE_IMAGE=${LOCAL_BASE_IMAGE:-susy-base:bookworm-py3.11}
 TARGETS=${TARGETS:-operator pipeline}
+mkdir -p "$ROOT/.susy"
+BUILD_LOG=${BUILD_LOG:-$ROOT/.susy/build-images.log}
 log() { printf 'build-images: %s\n' "$*" >&2; }
 
 "$DOCKER" info >/dev/null 2>&1 || { log "no Docker engine answers 'docker info'"; exit 3; }
@@ -46,7 +49,15 @@ for target in $TARGETS; do
   esac
   log "docker build --target $target -t $tag (FROM $PYTHON_IMAGE)"
   start=$(date +%s)
-  "$DOCKER" build --network host -f images/Dockerfile --target "$target" \
-    --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" -t "$tag" . >&2
+  # The builder's output goes to a log (BUILD_LOG=- prints it); its tail is shown on failure.
+  if [[ $BUILD_LOG == - ]]; then
+    "$DOCKER" build --network host -f images/Dockerfile --target "$target" \
+      --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" -t "$tag" . >&2
+  elif ! "$DOCKER" build --network host -f images/Dockerfile --target "$target" \
+      --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" -t "$tag" . >"$BUILD_LOG" 2>&1; then
+    tail -40 "$BUILD_LOG" >&2
+    log "docker build --target $target failed (full log: $BUILD_LOG)"
+    exit 1
+  fi
   log "$tag built in $(( $(date +%s) - start )) s"
 done

@@ -8,8 +8,8 @@ KIND_E2E := hack/kind-e2e.sh
 kind-up: ## Create the kind cluster (KIND_CLUSTER=susy).
 	$(KIND_E2E) up
 
-images: ## Build the pipeline and operator images (docker, context = repo root).
-	$(KIND_E2E) images
+images: ## Build the pipeline and operator images (images/Dockerfile; a local base where no registry answers).
+	hack/build-images.sh
 
 kind-load: ## Load both images into the kind cluster.
 	$(KIND_E2E) load
