@@ -495,6 +495,90 @@ def test_zookeeper_transaction_log_is_on_the_pvc(helm: str, values: Path | None)
     assert "data" not in {v["name"] for v in zk["spec"]["template"]["spec"].get("volumes", [])}
 
 
+def _pod_labels(obj: dict) -> dict[str, str]:
+    return obj["metadata"]["labels"] if obj["kind"] == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
+
+
+def _admits(policy: dict, labels: dict[str, str], port: str) -> bool:
+    """Whether a NetworkPolicy lets a pod of this namespace with these labels reach `port` (a
+    named container port) of the pods it selects: the rules' semantics for the shapes the chart
+    uses (podSelector.matchLabels peers, optionally with a namespaceSelector for other namespaces)."""
+    for rule in policy["spec"].get("ingress", []):
+        if rule.get("ports") and port not in [p["port"] for p in rule["ports"]]:
+            continue
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer:
+                continue  # other namespaces only
+            if peer["podSelector"]["matchLabels"].items() <= labels.items():
+                return True
+    return False
+
+
+def _pipeline_pod_labels() -> list[dict[str, str]]:
+    """The labels the operator's builders put on every Job's pods (builders.labels)."""
+    from susy_operator import builders, crd
+    owners = [builders.Owner(kind=crd.TRAINING_KIND, name="tr", namespace=NAMESPACE, uid="u1"),
+              builders.Owner(kind=crd.EVALUATION_KIND, name="er", namespace=NAMESPACE, uid="u2")]
+    return [builders.labels(owners[0], crd.PRODUCER), builders.labels(owners[0], crd.TRAINER),
+            builders.labels(owners[1], crd.EVALUATOR)]
+
+
+def test_network_policies_admit_exactly_the_clients(helm: str) -> None:
+    """Kafka and MongoDB: the pipeline's Jobs, the operator, this chart's topic Job and helm test
+    pods; ZooKeeper: Kafka only. Every selector is checked against the labels the pods carry."""
+    objs = render(helm, PLATFORM)
+    policies = {p["metadata"]["name"]: p for p in by_kind(objs, "NetworkPolicy")}
+    assert set(policies) == {"susy-platform-kafka", "susy-platform-mongodb", "susy-platform-zookeeper"}
+    pods = {o["metadata"]["name"]: _pod_labels(o) for o in objs if o["kind"] in ("StatefulSet", "Job", "Pod")}
+    kafka, zk, mongo = pods["susy-platform-kafka"], pods["susy-platform-zookeeper"], pods["susy-platform-mongodb"]
+    topics_job, kafka_test = pods["susy-platform-kafka-topics"], pods["susy-platform-kafka-test-topics"]
+    mongo_test = pods["susy-platform-mongodb-test-ping"]
+    (operator,) = [_pod_labels(o) for o in by_kind(render(helm, OPERATOR), "Deployment")]
+    pipeline = _pipeline_pod_labels()
+    stranger = {"app": "something-else"}
+    # Each policy selects its own component's pods, and only those.
+    for name, target in (("susy-platform-kafka", kafka), ("susy-platform-mongodb", mongo),
+                         ("susy-platform-zookeeper", zk)):
+        selector = policies[name]["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= target.items(), name
+        others = [labels for n, labels in pods.items() if labels is not target]
+        assert not [o for o in others if selector.items() <= o.items()], f"{name} selects other pods"
+        assert policies[name]["spec"]["policyTypes"] == ["Ingress"]
+    k, m, z = (policies[f"susy-platform-{c}"] for c in ("kafka", "mongodb", "zookeeper"))
+    for client in [*pipeline, operator, topics_job, kafka_test]:
+        assert _admits(k, client, "client"), client
+    for client in [*pipeline, operator, mongo_test]:
+        assert _admits(m, client, "mongodb"), client
+    assert _admits(k, kafka, "client") and _admits(k, kafka, "controller"), "brokers reach each other"
+    assert _admits(z, kafka, "client")
+    assert _admits(z, zk, "follower") and _admits(z, zk, "election")
+    for outsider in (stranger, zk, mongo):
+        assert not _admits(k, outsider, "client"), outsider
+    # (Both helm test pods carry component=test: each may reach both services.)
+    for outsider in (stranger, kafka, zk, topics_job):
+        assert not _admits(m, outsider, "mongodb"), outsider
+    for outsider in (stranger, operator, topics_job, kafka_test, mongo, *pipeline):
+        assert not _admits(z, outsider, "client"), outsider
+    # Every port a policy names is a named port of the pods it selects.
+    for policy, target_obj in ((k, "susy-platform-kafka"), (m, "susy-platform-mongodb"), (z, "susy-platform-zookeeper")):
+        (sts,) = [o for o in by_kind(objs, "StatefulSet") if o["metadata"]["name"] == target_obj]
+        named = {p["name"] for c in containers(sts) for p in c.get("ports", [])}
+        for rule in policy["spec"]["ingress"]:
+            assert {p["port"] for p in rule.get("ports", [])} <= named, target_obj
+
+
+def test_network_policies_switch_and_other_namespaces(helm: str) -> None:
+    assert not by_kind(render(helm, PLATFORM, None, "networkPolicy.enabled=false"), "NetworkPolicy")
+    kraft = by_kind(render(helm, PLATFORM, PLATFORM / "ci" / "kraft-values.yaml"), "NetworkPolicy")
+    assert sorted(p["metadata"]["name"] for p in kraft) == ["susy-platform-kafka", "susy-platform-mongodb"]
+    objs = render(helm, PLATFORM, None, "networkPolicy.clientNamespaces={team-a}")
+    (k,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
+    others = [peer for peer in k["spec"]["ingress"][0]["from"] if "namespaceSelector" in peer]
+    assert len(others) == 2 and all(
+        peer["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}] for peer in others)
+
+
 def test_platform_kraft_switch(helm: str) -> None:
     objs = render(helm, PLATFORM, PLATFORM / "ci" / "kraft-values.yaml")
     names = {o["metadata"]["name"] for o in objs}

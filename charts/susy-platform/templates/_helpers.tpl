@@ -118,3 +118,34 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- $sc := merge (dict "readOnlyRootFilesystem" .readOnlyRootFilesystem "runAsNonRoot" true) (deepCopy .ctx.Values.containerSecurityContext) }}
 {{- toYaml $sc }}
 {{- end }}
+
+{{/*
+NetworkPolicy peers that may reach Kafka and MongoDB: the pipeline's Job pods and the operator's
+pods (in this namespace, and in networkPolicy.clientNamespaces), and this release's pods of the
+given components (the topic Job, the helm test pods). Pass a dict with "ctx" and "components".
+*/}}
+{{- define "susy-platform.networkPolicy.clients" -}}
+{{- $ := .ctx }}
+{{- $np := $.Values.networkPolicy }}
+{{- range $labels := list $np.pipelinePodLabels $np.operatorPodLabels }}
+- podSelector:
+    matchLabels:
+      {{- toYaml $labels | nindent 6 }}
+{{- if $np.clientNamespaces }}
+- namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values:
+          {{- toYaml $np.clientNamespaces | nindent 10 }}
+  podSelector:
+    matchLabels:
+      {{- toYaml $labels | nindent 6 }}
+{{- end }}
+{{- end }}
+{{- range $component := .components }}
+- podSelector:
+    matchLabels:
+      {{- include "susy-platform.selectorLabels" (dict "ctx" $ "component" $component) | nindent 6 }}
+{{- end }}
+{{- end }}
