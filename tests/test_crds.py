@@ -2,8 +2,8 @@
 rules parse and decide their listed cases, and the schema agrees with the operator's own checks.
 
 No API server here, so the OpenAPI v3 schema is checked with a JSON-schema validator (after the
-small OpenAPI -> JSON-schema translation below), and the `x-kubernetes-validations` rules with
-cel-python when it is installed; the cases of every rule are listed in CEL_CASES either way, and
+OpenAPI -> JSON-schema translation in support/crdschema.py, which the API emulator uses too), and
+the `x-kubernetes-validations` rules with cel-python when it is installed; the cases of every rule are listed in CEL_CASES either way, and
 a test fails if a rule is added to a CRD without cases.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from susy_operator import crd, spec as spec_lib
+from support import crdschema
+from support.crdschema import to_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "manifests" / "crds"
@@ -33,20 +35,6 @@ CRD_FILES = {crd.TRAINING_KIND: CRDS / "trainingruns.yaml", crd.EVALUATION_KIND:
 def openapi_schema(kind: str) -> dict[str, Any]:
     (version,) = load(CRD_FILES[kind])["spec"]["versions"]
     return version["schema"]["openAPIV3Schema"]
-
-
-def to_json_schema(node: Any) -> Any:
-    """OpenAPI v3.0 (Kubernetes flavour) -> JSON schema: boolean exclusiveMinimum, nullable, x-*."""
-    if isinstance(node, list):
-        return [to_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    if out.get("exclusiveMinimum") is True:
-        out["exclusiveMinimum"] = out.pop("minimum")
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [out["type"], "null"]
-    return out
 
 
 def validator(kind: str) -> jsonschema.Draft7Validator:
@@ -304,18 +292,12 @@ PYTHON_EQUIVALENTS = {
 
 
 def evaluate_rule(rule: str, self_value: Any, old_value: Any) -> bool:
+    """The emulator's CEL evaluation (support/crdschema.py), or the Python equivalent without cel-python."""
     try:
-        import celpy
+        import celpy  # noqa: F401
     except ImportError:
         return bool(PYTHON_EQUIVALENTS[rule](self_value, old_value))
-    env = celpy.Environment()
-    program = env.program(env.compile(rule))
-    activation = {"self": celpy.json_to_cel(self_value)}
-    if old_value is not None:
-        activation["oldSelf"] = celpy.json_to_cel(old_value)
-    elif "oldSelf" in rule:
-        return True  # transition rules do not run on create
-    return bool(program.evaluate(activation))
+    return crdschema.evaluate_rule(rule, self_value, old_value)
 
 
 def all_rules() -> set[str]:
@@ -344,7 +326,7 @@ def test_cel_rule_cases(rule: str) -> None:
 
 
 def test_cross_field_rules_are_also_enforced_by_the_operator() -> None:
-    """Clusters without CEL (or the emulator in tests) rely on spec.py for the same rules."""
+    """Objects stored before a rule existed (Helm never upgrades CRDs) rely on spec.py for the same rules."""
     with pytest.raises(spec_lib.SpecError, match="parallelism"):
         spec_lib.parse_evaluation_run(er(shards=3, parallelism=4)["spec"])
     with pytest.raises(spec_lib.SpecError, match="exactly one way"):
@@ -355,3 +337,25 @@ def test_cross_field_rules_are_also_enforced_by_the_operator() -> None:
         spec_lib.parse_training_run(tr(env=[{"name": "MONGODB_URI", "value": "x"}])["spec"])
     bad = copy.deepcopy(er(shards=3, parallelism=4))
     assert not errors(crd.EVALUATION_KIND, bad), "cross-field rules are CEL, not JSON schema"
+
+
+# --- the API emulator's admission (support/crdschema.py) agrees -----------------------------------------
+
+ADMISSION = {doc["spec"]["names"]["kind"]: crdschema.CustomResourceSchema.from_crd(doc) for doc in crdschema.load_crds()}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BY_SCHEMA))
+def test_the_emulator_refuses_every_bad_resource(case: str) -> None:
+    doc = BAD_BY_SCHEMA[case]
+    _, found = ADMISSION[doc["kind"]].admit(doc)
+    assert found, f"the emulator admits {case}"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_the_emulator_admits_every_example_unchanged_but_for_defaults(path: Path) -> None:
+    doc = load(path)
+    admitted, found = ADMISSION[doc["kind"]].admit(doc)
+    assert found == []
+    assert admitted["metadata"] == doc["metadata"]
+    for key, value in doc["spec"].items():  # defaults only add
+        assert admitted["spec"][key] == value or isinstance(value, dict) and value.items() <= admitted["spec"][key].items()

@@ -163,3 +163,125 @@ def test_request_history_is_trimmed_so_requests_stay_fast(api: Cluster) -> None:
     for _ in range(20):
         api.request("GET", f"{JOBS}/a")
     assert (time.perf_counter() - started) / 20 < 0.05
+
+
+# --- custom resources are admitted from their CRD (support/crdschema.py) -------------------------------
+
+TRS = "/apis/susy.dev/v1alpha1/namespaces/ns/trainingruns"
+ERS = "/apis/susy.dev/v1alpha1/namespaces/ns/evaluationruns"
+MERGE = "application/merge-patch+json"
+
+
+def tr(name: str = "t", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "susy.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name},
+            "spec": {"dataset": {"uri": "/data/susy.csv.gz"}, **spec}}
+
+
+def refusal(call: Any) -> dict[str, Any]:
+    with pytest.raises(ApiError) as refused:
+        call()
+    assert refused.value.code == 422, refused.value.body
+    status = json.loads(refused.value.body)
+    assert (status["kind"], status["status"], status["reason"], status["code"]) == ("Status", "Failure", "Invalid", 422)
+    return status
+
+
+def test_custom_resources_are_defaulted_and_pruned(api: Cluster) -> None:
+    created = api.request("POST", TRS, {**tr(epochs=3, bogus=True), "status": {"phase": "Succeeded"}})
+    spec = created["spec"]
+    assert "bogus" not in spec and spec["epochs"] == 3  # unknown fields pruned
+    assert spec["dataset"] == {"uri": "/data/susy.csv.gz", "skip": 0, "limit": 10000}
+    assert spec["kafka"] == {"topic": "trainData", "partitions": 1}  # `default: {}`, then its own defaults
+    assert spec["model"] == {"recipe": "seed"} and spec["reader"] == "tfio"
+    assert spec["runPolicy"] == {"backoffLimit": 2, "activeDeadlineSeconds": 21600, "ttlSecondsAfterFinished": 86400}
+    assert "status" not in created  # the status subresource: creation drops it
+    assert api.get("trainingruns", "ns", "t") == created
+    env = api.request("POST", TRS, tr("e", env=[{"name": "A"}]))["spec"]["env"]
+    assert env == [{"name": "A", "value": ""}]
+
+
+def test_invalid_custom_resources_are_refused_with_the_field_named(api: Cluster) -> None:
+    status = refusal(lambda: api.request("POST", TRS, tr(epochs=0)))
+    assert status["message"] == ('TrainingRun.susy.dev "t" is invalid: spec.epochs: Invalid value: 0: '
+                                 "spec.epochs in body should be greater than or equal to 1")
+    assert status["details"] == {"name": "t", "group": "susy.dev", "kind": "TrainingRun", "causes": [
+        {"reason": "FieldValueInvalid", "field": "spec.epochs",
+         "message": "Invalid value: 0: spec.epochs in body should be greater than or equal to 1"}]}
+    status = refusal(lambda: api.request("POST", TRS, tr(reader="librdkafka", epochs="ten")))
+    assert [c["field"] for c in status["details"]["causes"]] == ["spec.epochs", "spec.reader"]
+    assert 'spec.reader: Unsupported value: "librdkafka": supported values: "tfio", "kafka-python"' in status["message"]
+    assert status["message"].startswith('TrainingRun.susy.dev "t" is invalid: [')
+    # CEL rules: the name rule at the root, a cross-field rule, a list rule.
+    status = refusal(lambda: api.request("POST", TRS, tr("9lives")))
+    assert status["details"]["causes"][0]["field"] == "<nil>" and "RFC 1035 label" in status["message"]
+    er = {"apiVersion": "susy.dev/v1alpha1", "kind": "EvaluationRun", "metadata": {"name": "e"},
+          "spec": {"model": {"trainingRun": "t"}, "dataset": {"uris": ["x"]}, "shards": 2, "parallelism": 3}}
+    status = refusal(lambda: api.request("POST", ERS, er))
+    assert status["message"] == ('EvaluationRun.susy.dev "e" is invalid: spec: Invalid value: "object": '
+                                 "parallelism must not exceed shards")
+    status = refusal(lambda: api.request("POST", TRS, tr(env=[{"name": "MONGODB_URI", "value": "x"}])))
+    assert status["details"]["causes"][0]["field"] == "spec.env"
+    assert api.list("trainingruns", "ns") == [] and api.list("evaluationruns", "ns") == []
+
+
+def test_an_edited_spec_is_refused_on_patch_and_put(api: Cluster) -> None:
+    created = api.request("POST", TRS, tr(epochs=3))
+    path = f"{TRS}/t"
+    # kubectl apply / edit (merge patch), a JSON patch, kubectl replace (PUT): `self == oldSelf`.
+    status = refusal(lambda: api.request("PATCH", path, {"spec": {"epochs": 4}}, MERGE))
+    assert status["message"] == ('TrainingRun.susy.dev "t" is invalid: spec: Invalid value: "object": '
+                                 "spec is immutable: create a new TrainingRun")
+    refusal(lambda: api.request("PATCH", path, [{"op": "replace", "path": "/spec/epochs", "value": 4}],
+                                "application/json-patch+json"))
+    refusal(lambda: api.request("PUT", path, {**created, "spec": {**created["spec"], "epochs": 4}}))
+    stored = api.get("trainingruns", "ns", "t")
+    assert stored == created and stored["metadata"]["generation"] == 1
+    # Metadata may change; a PUT needs the current resourceVersion (no unconditional update for CRs).
+    labelled = api.request("PATCH", path, {"metadata": {"labels": {"a": "b"}}}, MERGE)
+    assert labelled["metadata"]["labels"] == {"a": "b"} and labelled["metadata"]["generation"] == 1
+    status = refusal(lambda: api.request("PUT", path, {**created, "metadata": {"name": "t"}}))
+    assert status["details"]["causes"][0]["field"] == "metadata.resourceVersion"
+    with pytest.raises(ApiError) as stale:
+        api.request("PUT", path, created)
+    assert stale.value.code == 409
+    replaced = api.request("PUT", path, {**labelled, "metadata": {**labelled["metadata"], "labels": {}}})
+    assert replaced["metadata"]["labels"] == {} and replaced["spec"] == created["spec"]
+
+
+def test_the_status_subresource_validates_status_only(api: Cluster) -> None:
+    api.request("POST", ERS, {"apiVersion": "susy.dev/v1alpha1", "kind": "EvaluationRun", "metadata": {"name": "e"},
+                              "spec": {"model": {"trainingRun": "t"}, "dataset": {"uris": ["x"]}}})
+    path = f"{ERS}/e/status"
+    status = refusal(lambda: api.request("PATCH", path, {"status": {"phase": "Done"}}, MERGE))
+    assert status["details"]["causes"][0]["field"] == "status.phase"
+    refusal(lambda: api.request("PATCH", path, {"status": {"startTime": "yesterday"}}, MERGE))
+    patched = api.request("PATCH", path, {"spec": {"shards": 9}, "status": {
+        "phase": "Evaluating", "kopf": {"kept": 1}, "shards": {"total": 2, "unknown": 1}}}, MERGE)
+    assert patched["spec"]["shards"] == 1  # ignored through /status, so no immutability error either
+    # status preserves unknown fields at its top, but a declared sub-object is pruned to its schema.
+    assert patched["status"] == {"phase": "Evaluating", "kopf": {"kept": 1}, "shards": {"total": 2}}
+
+
+def test_an_object_stored_before_a_rule_can_still_be_patched(api: Cluster) -> None:
+    """Validation ratcheting (KEP-4008): an unchanged invalid field does not block other changes,
+    so the operator can still write status, annotations and finalizers on it."""
+    assert api.emulator is not None
+    api.call(api.emulator.put, "trainingruns", {**tr(epochs=0), "metadata": {"name": "old", "namespace": "ns"}})
+    api.request("PATCH", f"{TRS}/old", {"metadata": {"finalizers": ["x/y"]}}, MERGE)
+    api.request("PATCH", f"{TRS}/old/status", {"status": {"phase": "Failed"}}, MERGE)
+    obj = api.get("trainingruns", "ns", "old")
+    assert obj["spec"]["epochs"] == 0 and obj["metadata"]["finalizers"] == ["x/y"]
+    assert obj["status"] == {"phase": "Failed"}
+    refusal(lambda: api.request("PATCH", f"{TRS}/old", {"spec": {"epochs": -1}}, MERGE))
+
+
+def test_an_indexed_job_whose_last_pod_hostname_is_no_dns_label_is_refused(api: Cluster) -> None:
+    def indexed(name: str, completions: int) -> dict[str, Any]:
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+                "spec": {"completionMode": "Indexed", "completions": completions}}
+
+    api.request("POST", JOBS, indexed("j" * 59, 1000))  # j...j-999: 63 characters
+    status = refusal(lambda: api.request("POST", JOBS, indexed("k" * 60, 1000)))
+    assert status["details"]["causes"][0]["field"] == "metadata.name"
+    assert f"will not able to create pod with invalid DNS label: {'k' * 60}-999" in status["message"]
+    api.request("POST", JOBS, indexed("k" * 60, 100))  # k...k-99: 63 characters

@@ -21,7 +21,17 @@ gaps (found by running the operator against it), each fixed here:
   also of a dependent created after all its owners were deleted;
 - `/api/v1/namespaces[/NAME]` (kmock's URL parser failed with 500/404) and both `namespaces` and
   `customresourcedefinitions` in discovery: kopf waits for them before it starts any watch;
-- PUT and deletecollection answer 405 (unsupported here, and the operator must not need them);
+- custom resources are admitted as the API server admits them, from their CRD (`Kind.from_crd`,
+  support/crdschema.py): unknown fields pruned, defaults applied, the OpenAPI schema and the CEL
+  rules (`x-kubernetes-validations`, transition rules such as `self == oldSelf` on update)
+  checked on create, PATCH and PUT of the object, and only status through `/status`; a refusal is
+  the API server's 422 Status naming the field. kmock stores whatever it is sent, so without this
+  an edited TrainingRun was accepted here and silently ignored by the operator;
+- an Indexed Job whose `<name>-<completions - 1>` is not a DNS label is refused with 422, as
+  kubernetes pkg/apis/batch/validation/validation.go (ValidateJob) does; the rest of a Job's
+  validation is not emulated;
+- PUT replaces a custom resource (resourceVersion required, as for CRDs); PUT of built-in kinds
+  and deletecollection answer 405 (unsupported here, and the operator must not need them);
 - kmock keeps every request and re-scans the list on each request (a GET went from 3 ms to 190 ms
   after 4,000 requests): we keep the last `history_limit` and record what tests need in `calls`.
 
@@ -50,9 +60,12 @@ import jsonpatch
 import kmock
 from kmock._internal import enums, rendering
 
+from support.crdschema import CustomResourceSchema, FieldError, invalid_status
+
 ResKey = tuple[str, str, str]  # (group, version, plural)
 
 NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces/?(?P<name>[^/]+)?/?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +89,19 @@ class Kind:
     namespaced: bool = True
     status_subresource: bool = False
     shortnames: tuple[str, ...] = ()
+    # A custom resource's schema: objects are pruned, defaulted and validated (support/crdschema.py).
+    schema: CustomResourceSchema | None = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+    @classmethod
+    def from_crd(cls, crd: Mapping[str, Any]) -> "Kind":
+        """A custom resource served as its CRD (a manifests/crds/*.yaml document) describes it."""
+        spec = crd["spec"]
+        schema = CustomResourceSchema.from_crd(crd)
+        (version,) = [v for v in spec["versions"] if v.get("storage")]
+        return cls(spec["group"], version["name"], spec["names"]["plural"], spec["names"]["kind"],
+                   namespaced=spec["scope"] == "Namespaced",
+                   status_subresource="status" in (version.get("subresources") or {}),
+                   shortnames=tuple(spec["names"].get("shortNames") or ()), schema=schema)
 
     @property
     def key(self) -> ResKey:
@@ -204,7 +230,7 @@ class SusyEmulator(kmock.KubernetesEmulator):
         for kind in (*CORE_KINDS, *self.kinds):
             self.kind_by_key[kind.key] = kind
             self.objects_by_kind[kind.key] = {}
-            verbs = {"get", "list", "watch", "create", "patch", "delete"}
+            verbs = {"get", "list", "watch", "create", "patch", "delete"} | ({"update"} if kind.schema else set())
             self.resources[f"{kind.group}/{kind.version}/{kind.plural}" if kind.group
                            else f"{kind.version}/{kind.plural}"] = kmock.ResourceInfo(
                 kind=kind.kind, singular=kind.kind.lower(), namespaced=kind.namespaced, verbs=verbs,
@@ -253,6 +279,31 @@ class SusyEmulator(kmock.KubernetesEmulator):
                                           "status": "Failure", "code": code, "reason": reason,
                                           "message": message}, status=code)
 
+    @staticmethod
+    def _invalid(kind: Kind, name: str, errors: list[FieldError]) -> aiohttp.web.Response:
+        assert kind.schema is not None
+        return aiohttp.web.json_response(kind.schema.invalid_status(name, errors), status=422)
+
+    @staticmethod
+    def _job_problems(kind: Kind, obj: Mapping[str, Any]) -> aiohttp.web.Response | None:
+        """kubernetes pkg/apis/batch/validation/validation.go, ValidateJob: "For indexed job, the job
+        controller appends a suffix (`-$INDEX`) to the pod hostname"; `<name>-<completions-1>` must
+        be a DNS-1123 label, or the Job could never create its last pod."""
+        spec = obj.get("spec") or {}
+        if kind.key != ("batch", "v1", "jobs") or spec.get("completionMode") != "Indexed":
+            return None
+        completions = spec.get("completions")
+        if not isinstance(completions, int) or completions <= 0:
+            return None
+        name = obj["metadata"]["name"]
+        hostname = f"{name}-{completions - 1}"
+        if len(hostname) <= 63 and DNS_LABEL.match(hostname):
+            return None
+        error = FieldError(("metadata", "name"), "FieldValueInvalid",
+                           f"Invalid value: {json.dumps(name)}: will not able to create pod with invalid "
+                           f"DNS label: {hostname}")
+        return aiohttp.web.json_response(invalid_status("Job", "batch", name, [error]), status=422)
+
     def _next_rv(self) -> int:
         self.rv += 1
         return self.rv
@@ -298,6 +349,8 @@ class SusyEmulator(kmock.KubernetesEmulator):
             verb, response = "patch", self._patch(kind, request)
         elif request.action == enums.action.DELETE:
             verb, response = "delete", self._delete(kind, request)
+        elif method == enums.method.PUT and request.name and kind.schema is not None:
+            verb, response = "update", self._replace(kind, request)
         elif method == enums.method.PUT:
             verb, response = "update", self._error(405, "MethodNotAllowed", "PUT is not supported by the emulator")
         elif method == enums.method.DELETE:
@@ -352,6 +405,16 @@ class SusyEmulator(kmock.KubernetesEmulator):
                 return self._error(422, "Invalid", "metadata.name or metadata.generateName is required")
             suffix = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
             meta["name"] = f"{meta['generateName']}{suffix}"
+        if kind.status_subresource:
+            obj.pop("status", None)
+        if kind.schema is not None:
+            obj, errors = kind.schema.admit(obj)
+            meta = obj["metadata"]
+            if errors:
+                return self._invalid(kind, meta["name"], errors)
+        problem = self._job_problems(kind, obj)
+        if problem is not None:
+            return problem
         key = (namespace, meta["name"])
         if key in self._bucket(kind):
             return self._error(409, "AlreadyExists", f'{kind.plural}.{kind.group} "{meta["name"]}" already exists')
@@ -362,8 +425,6 @@ class SusyEmulator(kmock.KubernetesEmulator):
         meta.pop("deletionTimestamp", None)
         obj.setdefault("apiVersion", kind.api_version)
         obj.setdefault("kind", kind.kind)
-        if kind.status_subresource:
-            obj.pop("status", None)
         self._bucket(kind)[key] = obj
         self.created[(kind.plural, namespace, meta["name"])] += 1
         self.create_times[(kind.plural, namespace, meta["name"])] = asyncio.get_running_loop().time()
@@ -406,8 +467,40 @@ class SusyEmulator(kmock.KubernetesEmulator):
                 return self._error(415, "UnsupportedMediaType", f"unsupported patch type {content_type!r}")
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict, jsonpatch.JsonPointerException) as exc:
             return self._error(422, "Invalid", f"the patch could not be applied: {exc}")
+        return self._update(kind, key, old, patched, request.subresource)
+
+    def _replace(self, kind: Kind, request: rendering.Request) -> aiohttp.web.Response:
+        """PUT (kubectl replace, client `replace_*`): the whole object, at a given resourceVersion."""
+        key = (request.namespace if kind.namespaced else None, request.name or "")
+        old = self._bucket(kind).get(key)
+        if old is None:
+            return self._error(404, "NotFound", f'{kind.plural}.{kind.group} "{request.name}" not found')
+        if request.subresource not in (None, "status"):
+            return self._error(404, "NotFound", f"no subresource {request.subresource}")
+        body = request.data
+        if not isinstance(body, Mapping):
+            return self._error(400, "BadRequest", "the body must be a JSON object")
+        meta = body.get("metadata") or {}
+        if meta.get("name") not in (None, request.name):
+            return self._error(400, "BadRequest", "the name of the object does not match the name on the URL")
+        if not meta.get("resourceVersion"):
+            # Custom resources allow no unconditional update (the CRD strategy's
+            # AllowUnconditionalUpdate is false).
+            error = FieldError(("metadata", "resourceVersion"), "FieldValueInvalid",
+                               "Invalid value: 0x0: must be specified for an update")
+            return self._invalid(kind, request.name or "", [error])
+        if meta["resourceVersion"] != old["metadata"]["resourceVersion"]:
+            return self._error(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural}.{kind.group} '
+                                                f'"{request.name}": the object has been modified; please apply '
+                                                "your changes to the latest version and try again")
+        return self._update(kind, key, old, copy.deepcopy(dict(body)), request.subresource)
+
+    def _update(self, kind: Kind, key: tuple[str | None, str], old: dict[str, Any], patched: dict[str, Any],
+                subresource: str | None) -> aiohttp.web.Response:
+        """Store the result of a PATCH or PUT: the status subresource's rules, server-set metadata,
+        admission from the CRD, generation and resourceVersion, and deletion once unblocked."""
         new = copy.deepcopy(old)
-        if request.subresource == "status":
+        if subresource == "status":
             if patched.get("status") is None:
                 new.pop("status", None)
             else:
@@ -423,6 +516,15 @@ class SusyEmulator(kmock.KubernetesEmulator):
         for fixed in ("uid", "name", "namespace", "creationTimestamp", "generation", "resourceVersion"):
             if fixed in old["metadata"]:
                 new.setdefault("metadata", {})[fixed] = old["metadata"][fixed]
+        if kind.schema is not None:
+            if subresource == "status":
+                status, errors = kind.schema.admit_status(new.get("status"), old.get("status"))
+                if status is not None:
+                    new["status"] = status
+            else:
+                new, errors = kind.schema.admit(new, old)
+            if errors:
+                return self._invalid(kind, key[1], errors)
         if new == old:
             return aiohttp.web.json_response(old)
         spec_changed = {k: v for k, v in new.items() if k not in ("metadata", "status")} != \
@@ -556,7 +658,8 @@ class SusyEmulator(kmock.KubernetesEmulator):
         raise KeyError(plural)
 
     def put(self, plural: str, obj: Mapping[str, Any], *, group: str | None = None) -> dict[str, Any]:
-        """Create or replace an object directly (no HTTP), with server-set metadata."""
+        """Create or replace an object directly (no HTTP), with server-set metadata and no admission:
+        what the store holds, e.g. an object kept from before its CRD's schema was tightened."""
         kind = self.kind_for(plural, group)
         obj = copy.deepcopy(dict(obj))
         meta = obj.setdefault("metadata", {})

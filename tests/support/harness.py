@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import kmock
 
 from susy_operator import crd
+from support.crdschema import load_crds
 from support.emulator import Kind, SusyEmulator
 from support.jobrunner import JobRunner
 
@@ -32,11 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 SAMPLE = REPO / "data" / "susy-sample.csv.gz"
 
-SUSY_KINDS = (
-    Kind(crd.GROUP, crd.VERSION, crd.TRAINING_PLURAL, crd.TRAINING_KIND, status_subresource=True, shortnames=("tr",)),
-    Kind(crd.GROUP, crd.VERSION, crd.EVALUATION_PLURAL, crd.EVALUATION_KIND, status_subresource=True,
-         shortnames=("er",)),
-)
+# Served as their CRDs describe them: schema, defaults, pruning and CEL rules (support/crdschema.py).
+SUSY_KINDS = tuple(Kind.from_crd(doc) for doc in load_crds())
 PLURAL_PATHS = {
     crd.TRAINING_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     crd.EVALUATION_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
