@@ -828,6 +828,22 @@ def test_examples_validate_against_the_crds() -> None:
             f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
 
 
+def test_kind_e2e_resources_are_the_examples_with_smaller_requests() -> None:
+    """hack/kind-e2e.sh applies hack/e2e/*.yaml: the example CRs plus requests that fit a
+    4-CPU, 8 GiB node (issue 12, defect 9). They validate against the CRDs like the examples."""
+    schemas = _crd_schemas()
+    for name in ("trainingrun.yaml", "evaluationrun.yaml"):
+        e2e = yaml.safe_load((ROOT / "hack" / "e2e" / name).read_text())
+        example = yaml.safe_load((EXAMPLES / name).read_text())
+        group, _, version = e2e["apiVersion"].rpartition("/")
+        errors = list(jsonschema.Draft4Validator(schemas[(group, version, e2e["kind"])]).iter_errors(e2e))
+        assert not errors, [e.message for e in errors]
+        assert {k: v for k, v in e2e["spec"].items() if k != "resources"} == example["spec"]
+        assert e2e["metadata"] == example["metadata"]
+    shards = yaml.safe_load((ROOT / "hack" / "e2e" / "evaluationrun.yaml").read_text())["spec"]
+    assert shards["resources"]["requests"] == {"cpu": "250m", "memory": "1Gi"} and shards["shards"] == 3
+
+
 def test_crd_validation_rejects_unknown_and_mistyped_fields() -> None:
     """The strict CRD check above is not vacuous: a typo or a wrong type is an error."""
     schemas = _crd_schemas()
