@@ -1,8 +1,10 @@
 """`train`: consume exactly what `produce` recorded for a run, train, save the model.
 
-Readers: `tfio` (tensorflow-io, the production path) or `kafka-python`
-(for brokers that tensorflow-io's bundled librdkafka 1.5.0 cannot talk to,
-such as KRaft-mode Kafka and tansu). Recipes: `tuned` (default:
+Readers: `tfio` (tensorflow-io 0.37.1, the production path; its bundled
+librdkafka 1.5.0 reads Apache Kafka 2.x to 3.9, ZooKeeper or KRaft mode, with
+default settings, but not Kafka 4) or `kafka-python` (kafka-python 3.0:
+Kafka 0.8 to 4.3). Only tansu, the test broker, needs the tfio settings
+api.version.request=false and broker.version.fallback=0.9.0. Recipes: `tuned` (default:
 standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
 """
@@ -33,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_run_name(p)
     p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "tfio"),
-                   help="Kafka reader (env SUSY_READER; default: %(default)s)")
+                   help="Kafka reader: tfio for Kafka 2.x-3.9, kafka-python for 0.8-4.3 "
+                        "(env SUSY_READER; default: %(default)s)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE", "tuned"),
                    help="training recipe (env SUSY_RECIPE; default: %(default)s)")
     p.add_argument("--epochs", type=options.positive, help="maximum epochs (default: the recipe's)")
