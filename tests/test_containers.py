@@ -4,7 +4,9 @@ Real here: the images built from images/Dockerfile, the Docker engine running th
 spec's image, command, args, env, user, read-only root, dropped capabilities, no privilege
 escalation, emptyDir volumes and CPU and memory limits (tests/support/pods.py); the operator's
 own container from the chart's Deployment (tests/support/operator_container.py); the pipeline's
-Kafka traffic (tansu, on loopback: host networking) and the tensorflow-io reader in the trainer.
+Kafka traffic (tansu, on loopback: host networking, with its records in an S3 bucket on moto so
+that the broker can be stopped and started again: tests/support/durable.py) and the
+tensorflow-io reader in the trainer.
 Emulated: the API server (kmock plus tests/support/emulator.py), the Job controller and the
 kubelet's bookkeeping (tests/support/jobrunner.py), MongoDB (the embedded SQLite store, on a
 folder every container mounts at the same path: the stand-in for the network path to MongoDB).
@@ -31,6 +33,7 @@ from support.fixtures import NAMESPACE, SECRET, condition, evaluation_run, train
 from support.harness import REPO, Cluster
 from support.jobrunner import JobRunner
 from support.operator_container import OperatorContainer, free_port, render_deployment
+from support.durable import DurableBroker, MotoServer, moto_missing
 from support.pods import ContainerRuntime, engine_available, image_present
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -71,9 +74,10 @@ class Timeline:
 class DockerCluster:
     """The emulator, the container Job runner, the operator container, the store and the broker."""
 
-    def __init__(self, workdir: Path, kafka: str) -> None:
+    def __init__(self, workdir: Path, broker: DurableBroker) -> None:
         self.workdir = workdir
-        self.kafka = kafka
+        self.broker = broker
+        self.kafka = kafka = broker.bootstrap
         self.run_id = f"susy-test-{secrets.token_hex(3)}"
         self.store_host = workdir / "store"
         self.store_host.mkdir(mode=0o777)
@@ -117,8 +121,23 @@ class DockerCluster:
 
 
 @pytest.fixture(scope="module")
-def docker_cluster(engine: None, kafka_broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerCluster]:
-    dc = DockerCluster(tmp_path_factory.mktemp("docker"), kafka_broker)
+def durable_broker(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DurableBroker]:
+    reason = moto_missing()
+    if reason:
+        pytest.skip(f"no S3 server for tansu's durable storage: {reason}")
+    workdir = tmp_path_factory.mktemp("broker")
+    moto = MotoServer(workdir)
+    broker = DurableBroker(moto, workdir).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        moto.stop()
+
+
+@pytest.fixture(scope="module")
+def docker_cluster(durable_broker: DurableBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerCluster]:
+    dc = DockerCluster(tmp_path_factory.mktemp("docker"), durable_broker)
     try:
         yield dc
     finally:
@@ -276,3 +295,38 @@ def test_a_pod_cannot_write_outside_tmp(docker_cluster: DockerCluster) -> None:
 def _spec_for_probe():
     from susy_operator.spec import parse_training_run
     return parse_training_run({"dataset": {"uri": IMAGE_SAMPLE, "limit": 10}})
+
+
+def test_broker_down_then_back_producer_retried_trainer_reads_recorded_offsets(docker_cluster: DockerCluster) -> None:
+    """The broker stops as the producer's pod starts: the producer exits 3 (unavailable) after its
+    bounded retries; the Job controller retries the pod after its back-off; the broker is back by
+    then (with every record it had: durable storage) and the retry succeeds. The trainer reads
+    exactly the offsets the successful attempt recorded: the model saw the run's rows, once."""
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if not dc.operator.running():
+        dc.operator.start().wait_healthy(dc.liveness_port)
+    rows = 3000
+    dc.runner.retry_delay_seconds = 2.0
+    try:
+        cluster.create(training_run(
+            "tr-outage", dataset={"uri": IMAGE_SAMPLE, "skip": 5000, "limit": rows},
+            kafka={"topic": f"outage-{dc.run_id}", "partitions": 2}, model={"recipe": "seed"}, epochs=1,
+            reader="kafka-python", runPolicy={"backoffLimit": 2}))
+        cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-outage-producer"), 60, "the producer Job")
+        dc.broker.stop()
+        first = cluster.wait_for(lambda: next((r for r in dc.runner.runs if r.job == "tr-outage-producer"
+                                               and r.exit_code is not None), None), 180, "the first producer pod")
+        assert first.exit_code == 3, Path(first.log).read_text()[-2000:]
+        assert "no Kafka broker answers" in Path(first.log).read_text()
+        dc.broker.start()
+        tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr-outage", {crd.SUCCEEDED, crd.FAILED}, 300)
+    finally:
+        dc.runner.retry_delay_seconds = 0.0
+    assert tr["status"]["phase"] == crd.SUCCEEDED, (tr["status"], dc.failed_logs())
+    producers = [(r.attempt, r.exit_code) for r in dc.runner.runs if r.job == "tr-outage-producer"]
+    assert producers == [(0, 3), (1, 0)]
+    st = tr["status"]
+    assert st["rowsProduced"] == rows
+    assert sum(o["end"] - o["start"] for o in st["kafka"]["offsets"]) == rows
+    model = dc.store().resolve_model(st["modelId"])
+    assert model["rows"] == rows  # the trainer checks it too: StreamMismatch otherwise

@@ -19,8 +19,9 @@ reports them), so the operator can read why a pod failed.
 
 Honoured: completions, parallelism, completionMode Indexed, backoffLimit, backoffLimitPerIndex,
 podFailurePolicy rules on exit codes (FailJob, FailIndex, Ignore, Count), activeDeadlineSeconds
-(pods killed, DeadlineExceeded). Not: suspend, ttlSecondsAfterFinished, pod-level
-activeDeadlineSeconds, retries' exponential back-off delay (retries start at once).
+(pods killed, DeadlineExceeded), the exponential back-off before a retry (`retry_delay_seconds`,
+10 s on a cluster; 0 by default here). Not: suspend, ttlSecondsAfterFinished, pod-level
+activeDeadlineSeconds.
 
 `executor` replaces running the command (the load test writes shard results without starting
 TensorFlow); `fail_first` makes the first attempt of chosen (job-name, index) pods exit 1.
@@ -114,7 +115,7 @@ class JobRunner:
     def __init__(self, url: str, workdir: Path, *, executor: Executor | None = None,
                  fail_first: set[tuple[str, int]] | None = None, python: str = sys.executable,
                  base_env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 runtime: ContainerRuntime | None = None) -> None:
+                 runtime: ContainerRuntime | None = None, retry_delay_seconds: float = 0.0) -> None:
         self.url = url.rstrip("/")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,9 @@ class JobRunner:
         self.python = python
         self.cwd = cwd
         self.runtime = runtime
+        # The Job controller waits 10 s, 20 s, 40 s ... (capped at 6 min) before recreating a failed
+        # pod; 0 (the default here) retries at once, which keeps the tests fast.
+        self.retry_delay_seconds = retry_delay_seconds
         self.base_env = dict(base_env if base_env is not None else {
             k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")})
         self.runs: list[PodRun] = []
@@ -224,6 +228,8 @@ class JobRunner:
         async def run_index(index: int) -> None:
             attempt = 0
             while not job_failure:
+                if attempt and self.retry_delay_seconds:
+                    await asyncio.sleep(min(self.retry_delay_seconds * 2 ** (attempt - 1), 360))
                 async with semaphore:
                     if job_failure:
                         return
