@@ -711,6 +711,34 @@ def test_operator_role_covers_every_call_and_nothing_else(helm: str) -> None:
     assert not unused, f"the Role grants calls the operator never makes: {sorted(unused)}"
 
 
+def _docs_rbac_table() -> list[tuple[list[str], list[str], list[str], str]]:
+    """The rows of the RBAC table in docs/deploy.md ("What the operator may do"):
+    (apiGroups, resources, verbs, the rest of the verbs cell)."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text.split("### What the operator may do", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| API group")]
+    table = []
+    for row in rows:
+        group, resources, verbs = (cell.strip() for cell in row.strip().strip("|").split("|"))
+        groups = ["" if g.strip() == "core" else g.strip().strip("`") for g in group.split(",")]
+        names = re.findall(r"`([^`]+)`", resources.split("(")[0])
+        listed = re.split(r"[;(]", verbs, maxsplit=1)[0]
+        table.append((groups, names, [v.strip() for v in listed.split(",")], verbs))
+    return table
+
+
+def test_docs_rbac_table_is_the_rendered_role(helm: str) -> None:
+    """docs/deploy.md's table lists the Role's rules, in order, exactly (issue 12, defect 5)."""
+    table = _docs_rbac_table()
+    assert table, "no RBAC table in docs/deploy.md"
+    always = [(g, r, v) for g, r, v, rest in table if "peering.enabled" not in rest]
+    peering = [(g, r, v) for g, r, v, rest in table if "peering.enabled" in rest]
+    (role,) = by_kind(render(helm, OPERATOR), "Role")
+    assert always == _rules(role)
+    (role,) = by_kind(render(helm, OPERATOR, None, "peering.enabled=true"), "Role")
+    assert _rules(role) == [*always, *peering]
+
+
 def test_operator_role_matches_the_crds() -> None:
     crds = [yaml.safe_load(p.read_text()) for p in sorted((OPERATOR / "crds").glob("*.yaml"))]
     assert crds, "charts/susy-operator/crds/ is empty: run `make sync-crds`"
