@@ -153,6 +153,27 @@ def _run_pipeline(dc: DockerCluster, *args: str) -> subprocess.CompletedProcess[
          PIPELINE_IMAGE, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize("image, module", [(PIPELINE_IMAGE, "susy_pipeline"), (OPERATOR_IMAGE, "susy_operator")])
+def test_images_run_unprivileged_with_their_entry_point(engine: None, image: str, module: str) -> None:
+    """What the Dockerfile promises, run: uid 10001 by default, `python -m <package>` as the entry
+    point, and (pipeline) the sample with its attribution baked in where relative paths resolve."""
+    probe = ("import os, pathlib, sys; print(os.getuid(), os.getgid(), os.getcwd()); "
+             "print(all(pathlib.Path(p).is_file() for p in sys.argv[1:]))")
+    files = ["data/susy-sample.csv.gz", "data/README.md"] if module == "susy_pipeline" else []
+    result = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", image,
+                             "-c", probe, *files], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    uid, gid, cwd = result.stdout.split()[:3]
+    assert (uid, gid) == ("10001", "10001")
+    assert result.stdout.split()[3] == "True", "the sample and its README in the image"
+    entry = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Entrypoint}}", image],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert entry == f'["python","-m","{module}"]'
+    helped = subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
+                             image, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "usage" in helped.stdout.lower(), helped.stderr[-2000:]
+
+
 def test_training_and_sharded_evaluation_in_containers(docker_cluster: DockerCluster, capsys) -> None:
     """`make docker-e2e`: TrainingRun (tfio reader) then a 3-shard EvaluationRun, every pod and the
     operator a container; the operator container is SIGKILLed between producer and trainer and
