@@ -336,7 +336,7 @@ def test_pure_modules_import_neither_kopf_nor_a_client() -> None:
     import pathlib
 
     root = pathlib.Path(builders.__file__).parent
-    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py"):
+    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py"):
         tree = ast.parse((root / name).read_text())
         imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

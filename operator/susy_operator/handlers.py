@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, config, crd, k8s, spec as spec_lib, status as st
+from susy_operator import builders, config, crd, finalizers, k8s, spec as spec_lib, status as st
 
 CONFIG = config.load()
 # How often a running CR looks at its Jobs. Each tick of a running CR is one GET of one Job.
@@ -41,6 +41,9 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # Keep kopf's bookkeeping in annotations under our group, so status holds only our fields
     # (the CRD's status schema is structural; see docs/walkthrough/updates.rst on pruning).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
+    # kopf's default, named here so that the uninstall hook (`release-finalizers`) removes the
+    # same one; the timers make kopf add it to every running CR (finalizers.py says when).
+    settings.persistence.finalizer = finalizers.KOPF_FINALIZER
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=crd.GROUP, key="last-handled-configuration")
     # Our handlers post one Event per transition; kopf's own INFO lines ("Handler ... succeeded")
@@ -174,8 +177,21 @@ def _parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec
         raise kopf.PermanentError(f"invalid spec: {error}") from error
 
 
-def _running(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") in (crd.PENDING, crd.PRODUCING, crd.TRAINING, crd.EVALUATING)
+def _running(status: Mapping[str, Any], annotations: Mapping[str, str], **_: Any) -> bool:
+    """The timers' filter; while it holds, kopf keeps its finalizer on the CR (finalizers.py)."""
+    return finalizers.is_followed(status, annotations)
+
+
+@kopf.on.resume(*TRAINING, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
+@kopf.on.resume(*EVALUATION, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
+def reclaim(annotations: kopf.Annotations, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Triggered on start for a CR an uninstall released (the chart's pre-delete hook, finalizers.py):
+    removes the annotation, so the reconciler timer follows the CR again. Writes no status."""
+    reclaim = finalizers.reclaim_patch(annotations)
+    if reclaim is not None:
+        for key, value in reclaim["metadata"]["annotations"].items():
+            patch.metadata.annotations[key] = value
+        logger.info("Following this run again: an earlier uninstall had released it.")
 
 
 # --- TrainingRun --------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ API calls made here (charts/susy-operator's Role must grant them; tests/test_ope
   create, get  batch/jobs
   get          susy.dev/trainingruns
   list         pods (a failed Job's, by the Job controller's job-name label)
+and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
+  list, patch  susy.dev/trainingruns, susy.dev/evaluationruns
 """
 from __future__ import annotations
 
@@ -107,6 +109,31 @@ def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
         if exc.status == 404:
             return None
         raise
+
+
+def list_custom_objects(plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    """Every TrainingRun or EvaluationRun in one namespace, or in all (namespace None)."""
+    api = CustomObjectsApi(_api())
+    if namespace is None:
+        listed = api.list_cluster_custom_object(crd.GROUP, crd.VERSION, plural, _preload_content=False)
+    else:
+        listed = api.list_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural,
+                                                   _preload_content=False)
+    return list(_json(listed).get("items") or [])
+
+
+def merge_patch_custom_object(plural: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+    """Apply a JSON merge patch. False when the object changed since it was read (409) or is gone (404)."""
+    api = CustomObjectsApi(_api())
+    try:
+        api.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name, patch,
+                                           _content_type="application/merge-patch+json",
+                                           _preload_content=False)
+    except ApiException as exc:
+        if exc.status in (404, 409):
+            return False
+        raise
+    return True
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
