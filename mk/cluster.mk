@@ -3,7 +3,10 @@
 # are environment variables documented at the top of that script and in docs/deploy.md.
 KIND_E2E := hack/kind-e2e.sh
 
-.PHONY: kind-up images kind-load deploy kind-e2e kind-down sync-crds
+.PHONY: kind-preflight kind-up images kind-load deploy kind-e2e kind-down sync-crds
+
+kind-preflight: tools ## Check kind, the server version and the nodes' allocatable CPU and memory.
+	$(KIND_E2E) preflight
 
 kind-up: ## Create the kind cluster (KIND_CLUSTER=susy).
 	$(KIND_E2E) up

@@ -10,7 +10,10 @@ pipeline with one decode step:
   raising, so every read runs in a worker thread (`streams.ReadAhead`) and the
   consumer side gives up after `timeout_s` without progress (`KafkaReadTimeout`).
 - `kafka_python_batches`: kafka-python with manual partition assignment, for
-  brokers that old librdkafka cannot talk to (KRaft-mode Kafka, tansu).
+  brokers that librdkafka 1.5.0 cannot talk to: Kafka 4 (which dropped the
+  Fetch and ListOffsets versions 1.5.0 falls back to, KIP-896), and tansu
+  without the two test-only settings below. Apache Kafka 2.x-3.9, in
+  ZooKeeper and KRaft mode, works with the tfio reader as it is.
 """
 from __future__ import annotations
 
@@ -258,8 +261,10 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
 
     `configuration` is librdkafka's `key=value` list. Production needs none;
     tests against tansu pass `api.version.request=false` and
-    `broker.version.fallback=0.9.0`, because librdkafka 1.5.0 misparses the
-    tagged fields in newer ApiVersions replies.
+    `broker.version.fallback=0.9.0`: librdkafka 1.5.0 skips one byte too few
+    per tagged field (`rd_kafka_buf_skip_tags`, src/rdkafka_buf.h; fixed in
+    2.2.0, #4278), and tansu writes default-valued tagged fields into its
+    ApiVersions reply, which Apache Kafka never does.
     """
     def read_partitions() -> Iterator[RawBatch]:
         import tensorflow_io as tfio
