@@ -3,8 +3,8 @@ rules parse and decide their listed cases, and the schema agrees with the operat
 
 No API server here, so the OpenAPI v3 schema is checked with a JSON-schema validator (after the
 OpenAPI -> JSON-schema translation in support/crdschema.py, which the API emulator uses too), and
-the `x-kubernetes-validations` rules with cel-python when it is installed; the cases of every rule are listed in CEL_CASES either way, and
-a test fails if a rule is added to a CRD without cases.
+the `x-kubernetes-validations` rules with cel-python when it is installed; the cases of every rule
+are listed in CEL_CASES either way, and a test fails if a rule is added to a CRD without cases.
 """
 from __future__ import annotations
 
@@ -341,7 +341,8 @@ def test_cross_field_rules_are_also_enforced_by_the_operator() -> None:
 
 # --- the API emulator's admission (support/crdschema.py) agrees -----------------------------------------
 
-ADMISSION = {doc["spec"]["names"]["kind"]: crdschema.CustomResourceSchema.from_crd(doc) for doc in crdschema.load_crds()}
+ADMISSION = {doc["spec"]["names"]["kind"]: crdschema.CustomResourceSchema.from_crd(doc)
+             for doc in crdschema.load_crds()}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BY_SCHEMA))
@@ -358,4 +359,5 @@ def test_the_emulator_admits_every_example_unchanged_but_for_defaults(path: Path
     assert found == []
     assert admitted["metadata"] == doc["metadata"]
     for key, value in doc["spec"].items():  # defaults only add
-        assert admitted["spec"][key] == value or isinstance(value, dict) and value.items() <= admitted["spec"][key].items()
+        assert admitted["spec"][key] == value or (
+            isinstance(value, dict) and value.items() <= admitted["spec"][key].items())

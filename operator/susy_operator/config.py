@@ -41,8 +41,8 @@ class OperatorConfig:
     @property
     def job_config(self) -> JobConfig:
         return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap, store_secret=self.store_secret,
-                         store_secret_key=self.store_secret_key, database=self.database, image_pull_policy=self.image_pull_policy,
-                         service_account=self.job_service_account)
+                         store_secret_key=self.store_secret_key, database=self.database,
+                         image_pull_policy=self.image_pull_policy, service_account=self.job_service_account)
 
 
 def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
