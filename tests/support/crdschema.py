@@ -371,12 +371,16 @@ class CustomResourceSchema:
         return _properties(self.schema).get("status") or {"type": "object",
                                                             "x-kubernetes-preserve-unknown-fields": True}
 
+    def read(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """An object as the API server decodes it, from a request or from storage: pruned, defaulted."""
+        return apply_defaults(prune(obj, self.schema, root=True), self.schema)
+
     def admit(self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None
               ) -> tuple[dict[str, Any], list[FieldError]]:
         """Create (`old` None) or update of the main resource: pruned, defaulted, and its errors."""
-        new = apply_defaults(prune(obj, self.schema, root=True), self.schema)
+        new = self.read(obj)
         if old is not None:  # defaults apply on reading from storage too: compare like with like
-            old = apply_defaults(prune(old, self.schema, root=True), self.schema)
+            old = self.read(old)
         errors = schema_errors(_without_metadata(new), _without_metadata_schema(self.schema))
         errors += cel_errors(new, old, self.schema)
         if old is not None:

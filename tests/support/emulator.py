@@ -527,8 +527,10 @@ class SusyEmulator(kmock.KubernetesEmulator):
                 return self._invalid(kind, key[1], errors)
         if new == old:
             return aiohttp.web.json_response(old)
+        # Stored objects are read with their defaults (one put() past admission may lack them).
+        before = kind.schema.read(old) if kind.schema is not None else old
         spec_changed = {k: v for k, v in new.items() if k not in ("metadata", "status")} != \
-                       {k: v for k, v in old.items() if k not in ("metadata", "status")}
+                       {k: v for k, v in before.items() if k not in ("metadata", "status")}
         if spec_changed:
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = str(self._next_rv())
