@@ -36,6 +36,8 @@ EXPECTED_CALLS = {
     # susy_operator.k8s: the Jobs, and the TrainingRun an EvaluationRun names.
     ("create", "batch", "jobs"), ("get", "batch", "jobs"),
     ("get", crd.GROUP, crd.TRAINING_PLURAL),
+    # A failed Job's pods, for why it failed (OOMKilled, exit codes, CreateContainerConfigError).
+    ("list", "", "pods"),
 }
 
 # Granted without being called: where the OwnerReferencesPermissionEnforcement admission plugin is
@@ -67,14 +69,18 @@ def granted_calls(helm: str) -> set[tuple[str, str, str]]:
 
 @pytest.fixture
 def recorded_calls(cluster: Cluster, operator) -> set[tuple[str, str, str]]:
-    cluster.start_runner(executor=fakes.executor)
+    cluster.start_runner(executor=fakes.executor, fail_first={("crash-producer", 0)})
     operator(args=("--standalone", "--namespace", NAMESPACE), SUSY_MISSING_RUN_GRACE_SECONDS="1")
     cluster.create(training_run("tr"))
     cluster.create(evaluation_run("er", {"trainingRun": "tr"}))  # reads the TrainingRun
     bad = training_run("bad")
     del bad["spec"]["dataset"]
-    cluster.create(bad)  # the failure path: a Warning Event, no Job
-    for plural, name in (("trainingruns", "tr"), ("evaluationruns", "er"), ("trainingruns", "bad")):
+    # The API server (and the emulator) refuse it by the CRD schema; one stored before the CRD had
+    # that rule reaches the operator all the same: the failure path, a Warning Event, no Job.
+    cluster.call(cluster.emulator.put, "trainingruns", bad)
+    cluster.create(training_run("crash", runPolicy={"backoffLimit": 0}))  # a failed Job: its pods are read
+    for plural, name in (("trainingruns", "tr"), ("evaluationruns", "er"), ("trainingruns", "bad"),
+                         ("trainingruns", "crash")):
         cluster.wait_phase(plural, NAMESPACE, name, {crd.SUCCEEDED, crd.FAILED}, 30)
     cluster.wait_for(lambda: cluster.events(NAMESPACE, "er"), 10, "Events")
     return cluster.call(lambda: operator_calls(cluster.emulator.calls))
