@@ -132,6 +132,7 @@ class JobRunner:
         self.runs: list[PodRun] = []
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.seen: set[str] = set()  # Job uids already taken
+        self.finish_times: dict[tuple[str, str], float] = {}  # (namespace, Job) -> loop time of its end
         self.session: aiohttp.ClientSession | None = None
 
     # --- watching -------------------------------------------------------------------------------
@@ -271,12 +272,15 @@ class JobRunner:
         await publish()
         deadline = spec.get("activeDeadlineSeconds")
         indexes = asyncio.gather(*(run_index(i) for i in range(completions)))
+        # A deleted Job cancels this task and so the gather: mark its outcome read, not "never retrieved".
+        indexes.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await asyncio.wait_for(indexes, timeout=float(deadline) if deadline is not None else None)
         except asyncio.TimeoutError:
             # The Job controller kills the Job's pods and fails it (reason DeadlineExceeded).
             job_failure.update(reason="DeadlineExceeded", message="Job was active longer than specified deadline")
         now = _now()
+        self.finish_times[(job["metadata"]["namespace"], job["metadata"]["name"])] = asyncio.get_running_loop().time()
         if failed_indexes and not job_failure:
             job_failure = {"reason": "FailedIndexes", "message": "Job has failed indexes"}
         if job_failure:
