@@ -12,36 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 from susy_pipeline.broker import free_port, tansu_binary, wait_for_port
 
-REPO = Path(__file__).resolve().parents[2]
-MOTO_SERVER = REPO / ".venv" / "opt" / "moto" / "bin" / "moto_server"
-
-
-def moto_missing() -> str | None:
-    return None if MOTO_SERVER.exists() else f"{MOTO_SERVER} is missing (run `make tools`)"
-
-
-class MotoServer:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "moto.log", "wb")
-        self.process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", self.port, 30)
-
-    def create_bucket(self, name: str) -> None:
-        with urllib.request.urlopen(urllib.request.Request(f"{self.url}/{name}", method="PUT"), timeout=10):
-            pass
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        self.log.close()
+from .moto import MotoServer, moto_missing  # noqa: F401 - tests import them from here too
 
 
 class DurableBroker:

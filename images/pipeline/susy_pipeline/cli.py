@@ -2,7 +2,8 @@
 
 Each command logs progress to stderr and, on success, prints one JSON
 document on stdout. Exit codes: 0 success, 2 bad input (data file, options,
-unknown model), 3 a dependency unreachable (Kafka, store, network), 1 other.
+unknown model, a missing object or refused credentials), 3 a dependency
+unreachable after bounded retries (Kafka, store, object storage, network), 1 other.
 """
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def exit_code(err: BaseException) -> int:
-    from .data import DataError
+    from .errors import DataError, StorageUnavailable
     from .kafka_io import KafkaUnavailable
     from .store import ModelNotFound, StoreUnavailable
 
-    if isinstance(err, (KafkaUnavailable, StoreUnavailable)):
+    if isinstance(err, (KafkaUnavailable, StoreUnavailable, StorageUnavailable)):
         return EXIT_UNAVAILABLE
     if type(err).__name__ == "DownloadError":
         return EXIT_UNAVAILABLE

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import data, options
+from . import data, files, options
 from .cpus import all_but_one, available_cpus, configure_threads
 from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
@@ -75,7 +75,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", default=os.environ.get("SUSY_MODEL"),
                    help="model id, ISO timestamp (newest at or before) or latest:RUN (env SUSY_MODEL)")
     p.add_argument("--data", nargs="+", default=os.environ.get("SUSY_DATA", "").split() or None,
-                   help="files or globs: .csv, .csv.gz, .parquet (env SUSY_DATA, space-separated)")
+                   help="files, URIs (s3://, gs://, https://) or globs: .csv, .csv.gz, .parquet "
+                        "(env SUSY_DATA, space-separated)")
     p.add_argument("--evaluation", default=os.environ.get("SUSY_EVALUATION"),
                    help="evaluation name the shard result is stored under (env SUSY_EVALUATION)")
     p.add_argument("--shard-index", type=int, default=options.env("JOB_COMPLETION_INDEX"),
@@ -283,6 +284,8 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
         raise ValueError("an evaluation name is required")
     started_at = utc_now()
     t0 = time.monotonic()
+    data.forget_remote_metadata()
+    fetched = files.remote_read_totals()  # planning reads Parquet footers too
     paths = shards_lib.resolve_inputs(inputs)
     pieces = shards_lib.plan_shard(paths, shard_index, shard_count, stripe_rows=stripe_rows)
     plan_id = shards_lib.plan_id(paths, shard_count, stripe_rows=stripe_rows)
@@ -314,8 +317,12 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
             progress_seconds, workers=scoring_threads)
     seconds = time.monotonic() - t1
     cpu_seconds = _cpu_seconds() - cpu1
+    fetched = {k: v - fetched[k] for k, v in files.remote_read_totals().items()}
     rows_per_second = tally.rows / seconds if seconds > 0 else 0.0
     log.info("%s: %d rows in %.2f s, %.0f rows/s", name, tally.rows, seconds, rows_per_second)
+    if fetched["reads"]:
+        log.info("%s: fetched %d bytes from object storage in %d ranged reads", name, fetched["bytes"],
+                 fetched["reads"])
 
     result = {
         "version": RESULT_VERSION,
@@ -336,6 +343,10 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
         "model_threads": model_threads,
         "scoring_threads": scoring_threads,
         "peak_rss_bytes": peak_rss_bytes(),
+        # What this shard fetched from object storage, planning included (0 for local files): about
+        # 1/N of the data when each shard reads its own files or row groups (docs/evaluation.md).
+        "remote_bytes_read": fetched["bytes"],
+        "remote_reads": fetched["reads"],
         "host": socket.gethostname(),
         "started_at": started_at,
         "finished_at": utc_now(),

@@ -347,6 +347,7 @@ def _shard_summary(r: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": r.get("seconds"),
         "rows_per_second": r.get("rows_per_second"),
         "peak_rss_bytes": r.get("peak_rss_bytes"),
+        "remote_bytes_read": r.get("remote_bytes_read"),
         "inputs": len(r.get("inputs") or ()),
     }
 

@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("produce", help="stream a SUSY file into Kafka", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=options.env("SUSY_DATA", "data/susy-sample.csv.gz"),
-                   help="SUSY file: .csv, .csv.gz or .parquet (env SUSY_DATA; default: %(default)s)")
+                   help="SUSY file: .csv, .csv.gz or .parquet, a path or an s3://, gs:// or https:// URI "
+                        "(env SUSY_DATA; default: %(default)s)")
     p.add_argument("--skip", type=options.non_negative, default=int(options.env("SUSY_SKIP", 0)),
                    help="rows to skip first (default: %(default)s)")
     p.add_argument("--limit", type=options.non_negative, default=options.env("SUSY_LIMIT"),

@@ -20,17 +20,19 @@ benchmarked on one machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import data
+from . import files as storage  # `files` is scale's option for the number of files
 from .schema import COLUMNS, SAMPLE_TRAIN_ROWS
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--times", type=int, default=15, help="how many times to repeat them (default %(default)s)")
     p.add_argument("--files", type=int, default=4, help="files per format (default %(default)s)")
     p.add_argument("--out", default=os.path.join(".susy", "scaled"),
-                   help="output directory (default %(default)s)")
+                   help="output directory, or s3://BUCKET/PREFIX or gs://BUCKET/PREFIX "
+                        "(default %(default)s)")
     p.add_argument("--formats", default=",".join(FORMATS),
                    help="comma-separated subset of %(default)s")
     p.add_argument("--row-group-rows", type=int, default=65_536,
@@ -83,25 +86,43 @@ def scale(source: str, out: str, *, times: int = 15, files: int = 4,
     total = n * times
     if files > total:
         raise ValueError(f"{files} files for {total} rows: some files would be empty")
-    os.makedirs(out, exist_ok=True)
+    storage.prepare_output_dir(out)
     written: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     for fmt in formats:
         written[fmt] = []
         for j in range(files):
             lo, hi = total * j // files, total * (j + 1) // files
-            path = os.path.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}")
-            tmp = f"{path}.partial"
-            if fmt == "csv.gz":
-                _write_csv_gz(tmp, lines, lo, hi, gzip_level)
-            else:
-                _write_parquet(tmp, table, lo, hi, row_group_rows)
-            os.replace(tmp, path)
+            path = storage.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}")
+            with _output(path) as sink:
+                if fmt == "csv.gz":
+                    _write_csv_gz(sink, lines, lo, hi, gzip_level)
+                else:
+                    _write_parquet(sink, table, lo, hi, row_group_rows)
             written[fmt].append(path)
             log.info("scale: wrote %s (%d rows)", path, hi - lo)
-        sizes[fmt] = sum(os.path.getsize(p) for p in written[fmt])
+        sizes[fmt] = sum(storage.size(p) for p in written[fmt])
     return {"source": source, "source_rows": n, "times": times, "rows": total, "files": written,
             "bytes": sizes, "seconds": round(time.monotonic() - started, 3)}
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[BinaryIO]:
+    """A file that appears under `path` only when complete.
+
+    Locally: written as `path.partial` and renamed. In a bucket: an S3
+    multipart upload (or GCS resumable upload), which creates the object only
+    when it completes, and is aborted on error.
+    """
+    if storage.is_remote(path):
+        with storage.open_output(path) as sink:
+            yield sink
+        return
+    local = storage.local_path(path)
+    tmp = f"{local}.partial"
+    with open(tmp, "wb") as sink:
+        yield sink
+    os.replace(tmp, local)
 
 
 def _read_source(path: str, skip: int, limit: int | None, need_table: bool):
@@ -109,11 +130,11 @@ def _read_source(path: str, skip: int, limit: int | None, need_table: bool):
     # Validate first, with file and line on any bad row, then take the text as is.
     batches = list(data.iter_batches(path, skip=skip, limit=limit))
     n = sum(len(b) for b in batches)
-    opener = gzip.open if data.file_format(path) == "csv.gz" else open
     if data.file_format(path) == "parquet":
         raise ValueError(f"{path}: scale reads a CSV or CSV.gz source")
     lines: list[bytes] = []
-    with opener(path, "rb") as f:
+    with storage.open_stream(path) as raw, (gzip.GzipFile(fileobj=raw, mode="rb")
+                                            if data.file_format(path) == "csv.gz" else raw) as f:
         for i, line in enumerate(f):
             if i < skip:
                 continue
@@ -136,14 +157,14 @@ def _cycle(n: int, lo: int, hi: int, block: int) -> Iterator[np.ndarray]:
         yield np.arange(a, min(hi, a + block)) % n
 
 
-def _write_csv_gz(path: str, lines: list[bytes], lo: int, hi: int, level: int) -> None:
+def _write_csv_gz(sink: BinaryIO, lines: list[bytes], lo: int, hi: int, level: int) -> None:
     n = len(lines)
-    with gzip.open(path, "wb", compresslevel=level) as f:
+    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level) as f:
         for idx in _cycle(n, lo, hi, 65_536):
             f.write(b"".join(lines[i] for i in idx.tolist()))
 
 
-def _write_parquet(path: str, table: pa.Table, lo: int, hi: int, row_group_rows: int) -> None:
-    with pq.ParquetWriter(path, table.schema) as writer:
+def _write_parquet(sink: BinaryIO, table: pa.Table, lo: int, hi: int, row_group_rows: int) -> None:
+    with pq.ParquetWriter(sink, table.schema) as writer:
         for idx in _cycle(table.num_rows, lo, hi, row_group_rows):
             writer.write_table(table.take(pa.array(idx)), row_group_size=row_group_rows)

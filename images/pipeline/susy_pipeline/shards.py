@@ -37,20 +37,17 @@ with a `DataError` naming the file and its 1-based line (Parquet: 0-based row).
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from . import data
+from . import data, files
 from .data import Batch, DataError
 from .schema import COLUMNS
 
@@ -93,27 +90,15 @@ class Piece:
 # --- planning ------------------------------------------------------------------
 
 def resolve_inputs(patterns: Sequence[str]) -> list[str]:
-    """The input files that paths and globs (or file:// URIs) name, sorted, each once.
+    """The input files that paths, URIs and globs name, sorted, each once (see `files.resolve`).
 
     Raises DataError for a pattern that matches no file.
     """
-    found: set[str] = set()
-    for pattern in patterns:
-        if pattern.startswith("file://"):
-            pattern = pattern[len("file://"):]
-        matches = glob.glob(pattern) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.isfile(m)]
-        if not matches:
-            raise DataError(pattern, None, "no such file (or the glob matches no file)")
-        found.update(os.path.normpath(m) for m in matches)
-    return sorted(found)
+    return files.resolve(list(patterns))
 
 
 def _parquet_row_groups(path: str) -> list[int]:
-    try:
-        meta = pq.ParquetFile(path).metadata
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(path, None, f"not a readable Parquet file: {err}") from err
+    meta = data.open_parquet(path).metadata
     return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
 
@@ -138,7 +123,7 @@ def _split_file(path: str, parts: int, stripe_rows: int) -> list[Piece]:
             pieces.append(Piece(path, fmt, ROW_GROUPS, lo, hi))
         return pieces
     if fmt == "csv":
-        size = os.path.getsize(path)
+        size = files.size(path)
         if size == 0:
             raise DataError(path, None, "no data rows (empty file)")
         return [Piece(path, fmt, BYTE_RANGE, size * m // parts, size * (m + 1) // parts)
@@ -181,7 +166,7 @@ def plan_shard(paths: Sequence[str], shard_index: int, shard_count: int, *,
 def plan_id(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS) -> str:
     """A fingerprint of what the plan depends on: paths, sizes, N, stripe size."""
     facts = {"shard_count": shard_count, "stripe_rows": stripe_rows,
-             "files": [[p, os.path.getsize(p)] for p in paths]}
+             "files": [[p, files.size(p)] for p in paths]}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,7 +182,7 @@ def iter_piece(piece: Piece, *, block_bytes: int = data.DEFAULT_BLOCK_BYTES) -> 
         yield from data.iter_batches(piece.path, block_bytes=block_bytes)
     elif piece.kind == ROW_GROUPS:
         if piece.stop > piece.start:
-            parquet = pq.ParquetFile(piece.path)
+            parquet = data.open_parquet(piece.path)
             yield from data.iter_parquet_row_groups(parquet, range(piece.start, piece.stop),
                                                     path=piece.path)
     elif piece.kind == ROW_STRIPES:
@@ -224,7 +209,7 @@ class _Window(io.RawIOBase):
     """Bytes `start..stop-1` of a file, as a read-only stream."""
 
     def __init__(self, path: str, start: int, stop: int):
-        self._f = open(path, "rb")
+        self._f = files.open_random(path)
         self._f.seek(start)
         self._left = stop - start
 
@@ -263,7 +248,7 @@ def _next_line_start(f, pos: int, size: int) -> int | None:
 
 def _count_lines_before(path: str, pos: int) -> int:
     lines = 0
-    with open(path, "rb") as f:
+    with files.open_random(path) as f:  # unbuffered remote reads: no byte past `pos`
         left = pos
         while left > 0:
             block = f.read(min(left, 1 << 24))
@@ -276,8 +261,8 @@ def _count_lines_before(path: str, pos: int) -> int:
 
 def byte_range_lines(path: str, start: int, stop: int) -> tuple[int, int]:
     """(first byte, end byte) of the lines that start in `[start, stop)`; equal if none."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = files.size(path)
+    with files.open_random(path) as f:
         first = _next_line_start(f, start, size)
         if first is None or first >= stop:
             return 0, 0
