@@ -174,6 +174,27 @@ def test_anonymous_http_url_reads_a_public_s3_protocol_object(world, s3_env):
     np.testing.assert_array_equal(got, want)
 
 
+def test_https_url_reads_a_public_object_over_tls_with_aws_ca_bundle(world, tmp_path, monkeypatch):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl (to make the test certificate) is not installed")
+    server = MotoServer(tmp_path, tls=True)
+    try:
+        server.create_bucket("public")
+        s3 = pafs.S3FileSystem(access_key="test", secret_key="test", region="us-east-1",
+                               endpoint_override=server.url, tls_ca_file_path=str(server.ca))
+        pafs.copy_files(str(world["local"] / "single"), "public/single", destination_filesystem=s3)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(server.ca))
+        files._filesystem.cache_clear()
+        [uri] = files.resolve([f"{server.url}/public/single/*.parquet"])
+        assert uri == f"{server.url}/public/single/susy-test-x3-00000-of-00001.parquet"
+        got = np.concatenate([b.features for b in data.iter_batches(uri)])
+    finally:
+        files._filesystem.cache_clear()
+        server.stop()
+    local = world["local"] / "single" / "susy-test-x3-00000-of-00001.parquet"
+    np.testing.assert_array_equal(got, np.concatenate([b.features for b in data.iter_batches(str(local))]))
+
+
 def _cli(args, env, timeout=120):
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "susy_pipeline", *args], env={**os.environ, **env},
