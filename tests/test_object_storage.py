@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from support.moto import CREDENTIALS, MotoServer, moto_missing
@@ -142,6 +143,13 @@ def test_three_shards_over_s3_equal_the_local_run_exactly(world, s3_env, fmt, la
     print(f"\n{fmt} {layout}: object bytes {total:,}; bytes fetched per shard {fetched} "
           f"({', '.join(f'{f / total:.3f}' for f in fetched)} of the total); "
           f"ranged reads {[s['remote_reads'] for s in shards]}")
+    if fmt == "parquet":
+        # One GET per footer and one per row group: a prefetched row group is never fetched twice.
+        groups = {f"s3://{BUCKET}/{layout}/{p.name}": pq.ParquetFile(p).num_row_groups
+                  for p in (world["local"] / layout).glob("*.parquet")}
+        for shard in shards:
+            read = [groups[i["path"]] if i["kind"] == "file" else i["stop"] - i["start"] for i in shard["inputs"]]
+            assert shard["remote_reads"] == len(read) + sum(read), shard["inputs"]
     if layout == "files" or fmt == "parquet":
         # Each shard reads only its own files or row groups: about a third each, and the
         # shards together fetch each byte about once (Parquet footers are read by every shard).

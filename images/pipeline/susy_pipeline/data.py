@@ -254,10 +254,32 @@ def open_parquet(path) -> pq.ParquetFile:
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(path, None, f"not a readable Parquet file: {err}") from err
     # A shard opens a file it splits twice (to plan, to read); the footer is fetched once.
+    source = files.open_random(path)
     try:
-        return pq.ParquetFile(files.open_random(path), metadata=_remote_parquet_metadata(path))
+        return _RemoteParquetFile(source, metadata=_remote_parquet_metadata(path))
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(path, None, f"not a readable Parquet file: {err}") from err
+
+
+class _RemoteParquetFile(pq.ParquetFile):
+    """A Parquet file in object storage that fetches the next row group while one is decoded.
+
+    Without it each row group's ranged GET waits for the one before to be
+    scored. Measured here against moto on loopback (bench/bench_object_storage.py,
+    1.5M rows in 2 files, 65,536-row groups, medians of 3 pairs): one shard ran
+    at 0.82 of its local rows/s without, 0.90 with; a store across a network,
+    with more latency per GET, gains more.
+    """
+
+    def __init__(self, source, **kwargs) -> None:
+        super().__init__(source, **kwargs)
+        self.source = source
+
+    def prefetch_row_group(self, group: int) -> None:
+        chunks = [self.metadata.row_group(group).column(c) for c in range(self.metadata.num_columns)]
+        starts = [c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset for c in chunks]
+        stop = max(s + c.total_compressed_size for s, c in zip(starts, chunks))
+        self.source.prefetch(min(starts), stop)
 
 
 def forget_remote_metadata() -> None:
@@ -288,11 +310,14 @@ def iter_parquet_row_groups(parquet: pq.ParquetFile, row_groups: Sequence[int], 
         raise DataError(path, None, f"expected {N_COLUMNS} columns, found {len(names)}: {names}")
     offsets = np.concatenate([[0], np.cumsum([parquet.metadata.row_group(i).num_rows
                                               for i in range(parquet.num_row_groups)])])
-    for group in row_groups:
+    prefetch = getattr(parquet, "prefetch_row_group", None)
+    wanted = [g for g in row_groups if offsets[g + 1] > skip]
+    for k, group in enumerate(wanted):
         row = int(offsets[group])
-        if offsets[group + 1] <= skip:
-            continue
-        for record_batch in parquet.iter_batches(row_groups=[group], use_threads=False):
+        for i, record_batch in enumerate(parquet.iter_batches(row_groups=[group], use_threads=False)):
+            if i == 0 and prefetch is not None and k + 1 < len(wanted):
+                # This group's bytes are in (pre-buffered before its first batch): fetch the next.
+                prefetch(wanted[k + 1])
             n = record_batch.num_rows
             if row + n <= skip:
                 row += n

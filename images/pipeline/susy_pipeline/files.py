@@ -296,6 +296,7 @@ class _CountingReader(io.RawIOBase):
         self._f = native
         self._size = native.size()
         self._pos = 0
+        self._ahead: tuple[int, int, threading.Thread, list] | None = None  # start, stop, fetcher, result
 
     def readable(self) -> bool:
         return True
@@ -318,17 +319,57 @@ class _CountingReader(io.RawIOBase):
         want = min(len(buffer), self._size - self._pos)
         if want <= 0:
             return 0
-        try:
-            data = self._f.read_at(want, self._pos)
-        except OSError as err:
-            raise _fail(self.uri, err, "reading it") from err
+        data = self._from_prefetch(self._pos, want)
+        if data is None:
+            data = self._read_at(self._pos, want)
         n = len(data)
         memoryview(buffer)[:n] = data
         self._pos += n
-        with _totals_lock:
-            _totals["bytes"] += n
-            _totals["reads"] += 1
         return n
+
+    def _read_at(self, start: int, length: int):
+        try:
+            data = self._f.read_at(length, start)
+        except OSError as err:
+            raise _fail(self.uri, err, "reading it") from err
+        with _totals_lock:
+            _totals["bytes"] += len(data)
+            _totals["reads"] += 1
+        return data
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Fetch bytes `start..stop-1` in the background; a read inside them is served from memory.
+
+        One range at a time (the next Parquet row group while this one is
+        decoded), so memory stays at about two row groups.
+        """
+        result: list = []
+
+        def fetch() -> None:
+            try:
+                result.append(self._read_at(start, stop - start))
+            except BaseException as err:  # re-raised by the read that needs these bytes
+                result.append(err)
+
+        thread = threading.Thread(target=fetch, name="prefetch", daemon=True)
+        thread.start()
+        self._ahead = (start, stop, thread, result)
+
+    def _from_prefetch(self, pos: int, length: int):
+        """The bytes from the range being prefetched (waiting for it), or None if it does not hold them."""
+        if self._ahead is None:
+            return None
+        start, stop, thread, result = self._ahead
+        if not start <= pos or pos + length > stop:
+            return None
+        thread.join()
+        data = result[0]
+        if isinstance(data, BaseException):
+            self._ahead = None
+            raise data
+        if pos + length == stop:
+            self._ahead = None  # all of it used
+        return memoryview(data)[pos - start:pos - start + length]
 
     def close(self) -> None:
         self._f.close()
