@@ -148,7 +148,8 @@ def test_three_shards_over_s3_equal_the_local_run_exactly(world, s3_env, fmt, la
         groups = {f"s3://{BUCKET}/{layout}/{p.name}": pq.ParquetFile(p).num_row_groups
                   for p in (world["local"] / layout).glob("*.parquet")}
         for shard in shards:
-            read = [groups[i["path"]] if i["kind"] == "file" else i["stop"] - i["start"] for i in shard["inputs"]]
+            read = [groups[i["path"]] if i["kind"] == "file" else i["stop"] - i["start"]
+                    for i in shard["inputs"]]
             assert shard["remote_reads"] == len(read) + sum(read), shard["inputs"]
     if layout == "files" or fmt == "parquet":
         # Each shard reads only its own files or row groups: about a third each, and the
