@@ -68,19 +68,21 @@ EXPECTED_RULES = [
     ([GROUP], ["trainingruns"], ["get"]),
     ([GROUP], ["trainingruns/status", "evaluationruns/status"], ["patch"]),
     ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers"], ["update"]),
-    (["batch"], ["jobs"], ["create", "get"]),
-    ([""], ["pods"], ["list"]),
+    (["batch"], ["jobs"], ["create", "get", "list", "watch"]),
+    ([""], ["pods"], ["list", "watch"]),
     ([""], ["events"], ["create"]),
 ]
 PEERING_RULE = (["kopf.dev"], ["kopfpeerings"], ["get", "list", "watch", "patch"])
 CLUSTER_PEERING_RULE = (["kopf.dev"], ["clusterkopfpeerings"], ["get", "list", "watch", "patch"])
 
-# What kopf itself calls for the handlers the operator registers (on.create/resume/timer on both
-# resources, kopf.event, annotation progress storage): list+watch to serve, patch for
-# finalizers/annotations, status patches for handler results, core Events.
+# What kopf itself calls for the handlers the operator registers (on.create/resume/field/timer on
+# both resources, on.event on its Jobs and pods, kopf.event, annotation progress storage):
+# list+watch to serve, patch for finalizers/annotations, status patches for handler results,
+# core Events.
 KOPF_CALLS = {
     *((GROUP, p, v) for p in PLURALS for v in ("list", "watch", "patch")),
     *((GROUP, f"{p}/status", "patch") for p in PLURALS),
+    ("batch", "jobs", "list"), ("batch", "jobs", "watch"), ("", "pods", "list"), ("", "pods", "watch"),
     ("", "events", "create"),
 }
 

@@ -36,8 +36,10 @@ EXPECTED_CALLS = {
     # susy_operator.k8s: the Jobs, and the TrainingRun an EvaluationRun names.
     ("create", "batch", "jobs"), ("get", "batch", "jobs"),
     ("get", crd.GROUP, crd.TRAINING_PLURAL),
-    # A failed Job's pods, for why it failed (OOMKilled, exit codes, CreateContainerConfigError).
-    ("list", "", "pods"),
+    # kopf: the operator's Jobs and their pods, whose changes wake their run (handlers.job_changed,
+    # pod_changed); k8s.list_job_pods: why a pod failed or cannot start.
+    ("list", "batch", "jobs"), ("watch", "batch", "jobs"),
+    ("list", "", "pods"), ("watch", "", "pods"),
 }
 
 # Granted without being called: where the OwnerReferencesPermissionEnforcement admission plugin is

@@ -247,7 +247,7 @@ def test_service_account_and_pull_policy_come_from_the_operator_config() -> None
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "susy-jobs"
     assert container(job)["imagePullPolicy"] == "Always"
     assert env_of(job)["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == "s"
-    assert cfg.store_uri is None and cfg.poll_seconds == 5.0
+    assert cfg.store_uri is None and cfg.poll_seconds == 30.0  # the safety net: Job events wake a run
 
 
 # --- spec validation ----------------------------------------------------------------------------------

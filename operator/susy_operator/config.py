@@ -23,7 +23,8 @@ class OperatorConfig:
     # store_uri: the operator's own store connection, to read model ids, production records and
     # shard results (MONGODB_URI, from the same Secret in the chart). None: the store is not readable.
     store_uri: str | None
-    # poll_seconds: how often a running CR looks at its Jobs (SUSY_POLL_SECONDS).
+    # poll_seconds: how often a running CR looks at its Jobs without being woken (SUSY_POLL_SECONDS).
+    # Job and pod events wake a run at once; this timer is the safety net for a missed event.
     poll_seconds: float
     # image_pull_policy: for every Job container (SUSY_IMAGE_PULL_POLICY); kind loads images, so IfNotPresent.
     image_pull_policy: str = "IfNotPresent"
@@ -32,6 +33,9 @@ class OperatorConfig:
     # missing_run_grace_seconds: how long an EvaluationRun waits for a TrainingRun it names to
     # appear before it fails with TrainingRunNotFound (SUSY_MISSING_RUN_GRACE_SECONDS).
     missing_run_grace_seconds: float = 300.0
+    # pod_start_grace_seconds: how long a pod may fail to start (CreateContainerConfigError,
+    # ImagePullBackOff, Unschedulable, ...) before its run fails (SUSY_POD_START_GRACE_SECONDS).
+    pod_start_grace_seconds: float = 300.0
     # max_workers: threads for the synchronous handlers (SUSY_MAX_WORKERS).
     max_workers: int = 16
     # store_secret_key: the key of the URI in store_secret (SUSY_STORE_URI_KEY; the chart's
@@ -54,9 +58,10 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         store_secret_key=env.get("SUSY_STORE_URI_KEY") or crd.STORE_SECRET_KEY,
         database=env.get("SUSY_DATABASE", DEFAULT_DATABASE),
         store_uri=env.get("MONGODB_URI") or None,
-        poll_seconds=float(env.get("SUSY_POLL_SECONDS", "5")),
+        poll_seconds=float(env.get("SUSY_POLL_SECONDS", "30")),
         image_pull_policy=env.get("SUSY_IMAGE_PULL_POLICY", "IfNotPresent"),
         job_service_account=env.get("SUSY_JOB_SERVICE_ACCOUNT") or None,
         missing_run_grace_seconds=float(env.get("SUSY_MISSING_RUN_GRACE_SECONDS", "300")),
+        pod_start_grace_seconds=float(env.get("SUSY_POD_START_GRACE_SECONDS", "300")),
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
     )

@@ -24,8 +24,6 @@ EVALUATING: Final = "Evaluating"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 TERMINAL_PHASES: Final = frozenset({SUCCEEDED, FAILED})
-TRAINING_PHASES: Final = (PENDING, PRODUCING, TRAINING, SUCCEEDED, FAILED)
-EVALUATION_PHASES: Final = (PENDING, EVALUATING, SUCCEEDED, FAILED)
 
 # Condition types (status.conditions[].type), one entry per type, Kubernetes metav1.Condition shape.
 #   Produced:      the producer Job wrote the row range into Kafka and its record is in the store.
@@ -48,7 +46,12 @@ REASON_JOB_CREATED: Final = "JobCreated"
 REASON_JOB_RUNNING: Final = "JobRunning"
 REASON_JOB_SUCCEEDED: Final = "JobSucceeded"
 REASON_JOB_FAILED: Final = "JobFailed"
-REASON_JOB_MISSING: Final = "JobMissing"
+# A step's Job vanished (kubectl delete, a TTL shorter than our look) before its outcome was seen
+# and without its output in the store: the step is failed, never silently run again.
+REASON_JOB_DELETED: Final = "JobDeleted"
+# While a pod cannot start, the step's condition carries the kubelet's reason (CreateContainerConfigError,
+# ErrImagePull, ImagePullBackOff, Unschedulable, ...); past the grace period the run fails with it.
+REASON_POD_NOT_STARTING: Final = "PodNotStarting"
 REASON_WAITING: Final = "WaitingForPreviousStep"
 REASON_RECORD_MISSING: Final = "StoreRecordMissing"
 REASON_MODEL_NOT_FOUND: Final = "ModelNotFound"
@@ -66,8 +69,15 @@ EVENT_JOB_CREATED: Final = "JobCreated"
 EVENT_STEP_SUCCEEDED: Final = "StepSucceeded"
 EVENT_SUCCEEDED: Final = "Succeeded"
 EVENT_FAILED: Final = "Failed"
-EVENT_INVALID: Final = "InvalidSpec"
+EVENT_POD_NOT_STARTING: Final = "PodNotStarting"
 EVENT_WAITING: Final = "Waiting"
+
+# What a Job or pod event writes on its owner to wake the owner's reconciler at once (instead of
+# at the next timer tick): "<job>:<state>" or "<pod>:<reason>". Not under "susy.dev/": kopf keeps
+# its own state in annotations with that prefix (handlers.configure) and leaves every annotation
+# under a storage prefix out of the object's essence (kopf/_cogs/configs/diffbase.py), so a
+# change there would trigger no field handler.
+ANNOTATION_OBSERVED: Final = f"events.{GROUP}/observed"
 
 # Components (the `app.kubernetes.io/component` label and the Job name suffix).
 PRODUCER: Final = "producer"

@@ -15,19 +15,25 @@ Shape (STYLE.md, kopf and dask-kubernetes anchors):
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
-from susy_operator import builders, config, crd, finalizers, k8s, spec as spec_lib, status as st
+from susy_operator import builders, config, crd, finalizers, k8s, spec as spec_lib, status as st, steps
 
 CONFIG = config.load()
 # How often a running CR looks at its Jobs. Each tick of a running CR is one GET of one Job.
 POLL_SECONDS = CONFIG.poll_seconds
+
+# The annotation a Job or pod event sets on its run (a tuple: the key itself has dots).
+OBSERVED_FIELD = ("metadata", "annotations", crd.ANNOTATION_OBSERVED)
 
 TRAINING = (crd.GROUP, crd.VERSION, crd.TRAINING_PLURAL)
 EVALUATION = (crd.GROUP, crd.VERSION, crd.EVALUATION_PLURAL)
@@ -89,8 +95,15 @@ def _store() -> Any:
     return store.open_store(CONFIG.store_uri, database=CONFIG.database)
 
 
+# The condition that says how the current step goes, by phase (TrainingRun and EvaluationRun).
+_STEP_CONDITION = {crd.PRODUCING: crd.PRODUCED, crd.TRAINING: crd.TRAINED, crd.EVALUATING: crd.EVALUATED,
+                   crd.PENDING: crd.MODEL_RESOLVED}
+
+
 def _store_errors_are_temporary(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A store that is down for a moment is a reason to retry soon, not kopf's default 60 s backoff."""
+    """A store that is down for a moment is a reason to retry soon, not kopf's default 60 s backoff;
+    meanwhile the current step's condition says StoreUnavailable (kopf applies a handler's patch
+    on a failed attempt too: kopf/_core/engines/daemons.py for timers, processing.py for the rest)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from susy_pipeline.store import ModelNotFound, StoreError
@@ -100,15 +113,14 @@ def _store_errors_are_temporary(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ModelNotFound:
             raise
         except StoreError as error:
-            raise kopf.TemporaryError(f"model store: {error}", delay=max(POLL_SECONDS, 10)) from error
+            status, patch = kwargs.get("status") or {}, kwargs.get("patch")
+            condition = _STEP_CONDITION.get(status.get("phase"))
+            if patch is not None and condition is not None:
+                patch.status["conditions"] = st.with_condition(
+                    status, condition, False, reason=crd.REASON_STORE_UNAVAILABLE, message=f"model store: {error}",
+                    now=st.now_rfc3339(), generation=(kwargs.get("meta") or {}).get("generation"))
+            raise kopf.TemporaryError(f"model store: {error}", delay=max(min(POLL_SECONDS, 30), 5)) from error
     return wrapper
-
-
-def _model_id(record: Mapping[str, Any]) -> str:
-    for key in ("model_id", "id", "_id"):
-        if record.get(key):
-            return str(record[key])
-    raise KeyError("model record without an id")
 
 
 def _owner(body: Mapping[str, Any]) -> builders.Owner:
@@ -141,30 +153,92 @@ def _fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reas
     kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
 
 
-def _pod_problems(job: Mapping[str, Any]) -> list[str]:
+def _job_pods(job: Mapping[str, Any]) -> list[dict[str, Any]]:
     meta = job.get("metadata") or {}
     try:
-        return st.pod_problems(k8s.list_job_pods(meta["namespace"], meta["name"]))
-    except Exception as err:  # noqa: BLE001 - the Job's own reason still fails the run
+        return k8s.list_job_pods(meta["namespace"], meta["name"])
+    except Exception as err:  # noqa: BLE001 - the Job's own state still drives the run
         logging.getLogger(__name__).warning("cannot list the pods of Job %s: %s", meta.get("name"), err)
         return []
 
 
-def _job_complete(body: kopf.Body, job: Mapping[str, Any], component: str, step: str,
-                  status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> bool:
-    """Copy the Job's counts into status.jobs; True once it has completed. A failed Job fails the
-    CR, with the Job controller's reason on the Failed condition and on the step's condition."""
-    summary = st.job_summary(job)
-    if (status.get("jobs") or {}).get(component) != summary:
-        patch.status["jobs"] = {component: summary}
-    state = st.job_state(job)
-    if state == "Failed":
-        reason, message = st.job_failure_message(job)
-        problems = _pod_problems(job)
-        if problems:  # the Job says only that it failed; its pods say why (OOMKilled, exit 1, ...)
-            message += "; " + "; ".join(problems)
-        _fail(body, status, patch, reason=reason, message=message, generation=generation, condition=step)
-    return state == "Complete"
+def _may_have_pods_not_starting(job: Mapping[str, Any] | None) -> bool:
+    """Only a Job with an active pod that is not ready can have one that cannot start: list pods then."""
+    job_status = (job or {}).get("status") or {}
+    return int(job_status.get("active") or 0) > int(job_status.get("ready") or 0)
+
+
+# Phase transitions this process wrote, by CR uid: (phase, monotonic time). The timer and the
+# wake-up handler can both look at a CR before kopf has applied the other one's patch; the one
+# that sees the older phase steps aside for a moment rather than doing the transition twice.
+_written_phases: dict[str, tuple[str, float]] = {}
+_STALE_SECONDS = 30.0
+
+
+_reconcile_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+
+
+def _stale(uid: str, status: Mapping[str, Any]) -> bool:
+    written = _written_phases.get(uid)
+    return (written is not None and written[0] != status.get("phase")
+            and time.monotonic() - written[1] < _STALE_SECONDS)
+
+
+def _wrote_phase(uid: str, phase: str) -> None:
+    now = time.monotonic()
+    for old in [u for u, (_, t) in _written_phases.items() if now - t > _STALE_SECONDS]:
+        del _written_phases[old]  # kopf has long applied those patches
+    _written_phases[uid] = (phase, now)
+
+
+def _follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callable[[], dict[str, Any]],
+                 status: Mapping[str, Any], patch: kopf.Patch, logger: kopf.Logger, generation: int | None,
+                 output_present: Callable[[], bool]) -> tuple[bool, dict[str, Any], dict[str, Any] | None]:
+    """Observe the step's Job and act on `steps.decide`: (done, its summary in status.jobs, the Job)."""
+    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    job = k8s.read_job(namespace, job_name)
+    if job is not None and not k8s.owned_by(job, uid):
+        raise kopf.TemporaryError(f"Job {job_name} belongs to an older {body['kind']} of the same name; "
+                                  "waiting for its garbage collection", delay=5)
+    recorded = (status.get("jobs") or {}).get(step.component)
+    now = st.now_rfc3339()
+    not_starting = st.pods_not_starting(_job_pods(job)) if _may_have_pods_not_starting(job) else []
+    decision = steps.decide(step, job, recorded, output_present=output_present, not_starting=not_starting,
+                            now=now, grace_seconds=CONFIG.pod_start_grace_seconds)
+    if decision.action == steps.CREATE:
+        job, _ = _ensure_job(body, build(), logger)
+    summary = st.job_summary(job) if job is not None else {**(recorded or {}), "state": "Complete"}
+    if decision.not_starting:
+        summary["notStarting"] = dict(decision.not_starting)
+    if recorded != summary:
+        patch.status["jobs"] = {step.component: summary}
+        if recorded and recorded.get("notStarting") and not decision.not_starting:
+            patch.status["jobs"] = {step.component: {**summary, "notStarting": None}}
+    if decision.action == steps.FAIL:
+        message = decision.message
+        if st.job_state(job) == "Failed":  # the Job says only that it failed; its pods say why
+            problems = st.describe_pods(st.pods_failed(_job_pods(job or {})))
+            if problems:
+                message += "; " + "; ".join(problems)
+        _fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
+              condition=step.condition)
+        return False, summary, job
+    current = st.get_condition(status, step.condition) or {}
+    if decision.action == steps.WAIT and not decision.not_starting and job is not None and current.get("reason") in (
+            crd.REASON_STORE_UNAVAILABLE, crd.REASON_POD_NOT_STARTING):
+        # The store is back, or the pod started: say so instead of the old trouble.
+        patch.status["conditions"] = st.with_condition(
+            status, step.condition, False, reason=crd.REASON_JOB_RUNNING,
+            message=f"Job {job['metadata']['name']} running", now=now, generation=generation)
+    if decision.not_starting and decision.not_starting != (recorded or {}).get("notStarting"):
+        if (recorded or {}).get("notStarting", {}).get("reason") != decision.reason:
+            kopf.event(body, type="Warning", reason=crd.EVENT_POD_NOT_STARTING,
+                       message=f"{decision.message}; the run fails if this lasts "
+                               f"{CONFIG.pod_start_grace_seconds:.0f} s")
+        patch.status["conditions"] = st.with_condition(
+            status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
+            now=now, generation=generation)
+    return decision.action == steps.DONE, summary, job
 
 
 def _parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
@@ -226,52 +300,53 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
                message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job['metadata']['name']}")
 
 
-@kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_running)
-@_store_errors_are_temporary
-def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
-                       namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Every POLL_SECONDS while running: follows the producer, then the trainer Job. Writes
+def _training_output(step: steps.Step, run: str) -> bool:
+    store = _store()
+    return (store.get_production(run) is not None) if step.component == crd.PRODUCER \
+        else bool(store.list_models(run=run))
+
+
+def _reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                        namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Follow the current step's Job (steps.TRAINING_STEPS); on success start the next step. Writes
     status.jobs, rowsProduced and kafka (offsets) after producing, modelId at the end."""
     generation = meta.get("generation")
     run = status.get("runName")
-    if not run:
+    step = steps.training_step(status.get("phase"))
+    if not run or step is None or _stale(uid, status):
         return
-    # Parsed again: the spec may have changed under a running CR (no CEL rules on this cluster).
     parsed = _parse_spec(spec_lib.parse_training_run, body, spec, status, patch, generation)
     owner = _owner(body)
-    phase = status.get("phase")
-    component = crd.PRODUCER if phase == crd.PRODUCING else crd.TRAINER
-    build = builders.producer_job if component == crd.PRODUCER else builders.trainer_job
-    job = k8s.read_job(namespace, builders.job_name(name, component))
-    if job is None or not k8s.owned_by(job, uid):
-        # Deleted by hand (or by the TTL controller before we looked): a fresh one of the same step.
-        job, _ = _ensure_job(body, build(owner, parsed, run, CONFIG.job_config), logger)
-    step = crd.PRODUCED if component == crd.PRODUCER else crd.TRAINED
-    if not _job_complete(body, job, component, step, status, patch, generation):
+    build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
+    done, summary, _ = _follow_step(body, step, builders.job_name(name, step.component),
+                                 lambda: build(owner, parsed, run, CONFIG.job_config), status, patch, logger,
+                                 generation, output_present=lambda: _training_output(step, run))
+    if not done:
         return
     now = st.now_rfc3339()
     store = _store()
-    if component == crd.PRODUCER:
+    job_name = summary.get("name", builders.job_name(name, step.component))
+    if step.component == crd.PRODUCER:
         production = store.get_production(run)
         if production is None:
-            _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation, condition=step,
-                  message=f"producer Job {job['metadata']['name']} succeeded but the store has no "
-                          f"production record for run {run}")
+            _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation,
+                  condition=step.condition,
+                  message=f"producer Job {job_name} succeeded but the store has no production record for run {run}")
             return
         trainer, _ = _ensure_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config), logger)
         rows = int(production.get("rows") or 0)
-        offsets = [{"partition": int(p), "start": int(r[0]), "end": int(r[1])}
-                   for p, r in sorted((production.get("partitions") or {}).items(), key=lambda kv: int(kv[0]))]
+        offsets = st.kafka_offsets(production)
         patch.status.update({
             "phase": crd.TRAINING,
             "rowsProduced": rows,
             "kafka": {"topic": production.get("topic", parsed.kafka.topic), "offsets": offsets},
-            "jobs": {crd.PRODUCER: st.job_summary(job), crd.TRAINER: st.job_summary(trainer)},
+            "jobs": {crd.PRODUCER: summary, crd.TRAINER: st.job_summary(trainer)},
             "conditions": st.with_conditions(status, [
                 (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {parsed.kafka.topic}"),
                 (crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {trainer['metadata']['name']} created"),
             ], now=now, generation=generation),
         })
+        _wrote_phase(uid, crd.TRAINING)
         kopf.event(body, type="Normal", reason=crd.EVENT_STEP_SUCCEEDED,
                    message=f"Phase {crd.TRAINING}: producer wrote {rows} rows; trainer Job "
                            f"{trainer['metadata']['name']}")
@@ -279,11 +354,10 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
 
     models = store.list_models(run=run)
     if not models:
-        _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation, condition=step,
-              message=f"trainer Job {job['metadata']['name']} succeeded but the store has no model "
-                      f"for run {run}")
+        _fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation, condition=step.condition,
+              message=f"trainer Job {job_name} succeeded but the store has no model for run {run}")
         return
-    model_id = _model_id(models[0])  # newest first
+    model_id = str(models[0]["model_id"])  # newest first
     patch.status.update({
         "phase": crd.SUCCEEDED,
         "modelId": model_id,
@@ -294,7 +368,26 @@ def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, me
             (crd.SUCCEEDED_CONDITION, True, crd.REASON_JOB_SUCCEEDED, f"model {model_id}"),
         ], now=now, generation=generation),
     })
+    _wrote_phase(uid, crd.SUCCEEDED)
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")
+
+
+@kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_running)
+@_store_errors_are_temporary
+def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                       namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Every POLL_SECONDS while running (the safety net): `_reconcile_training`."""
+    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
+        _reconcile_training(body, spec, status, meta, name, namespace, uid, patch, logger)
+
+
+@kopf.on.field(*TRAINING, field=OBSERVED_FIELD, when=_running)
+@_store_errors_are_temporary
+def wake_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                  namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Triggered when a Job or pod event marked this run (`job_changed`, `pod_changed`): `_reconcile_training` now."""
+    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
+        _reconcile_training(body, spec, status, meta, name, namespace, uid, patch, logger)
 
 
 # --- EvaluationRun ------------------------------------------------------------------------------
@@ -323,24 +416,17 @@ def _resolve_model(namespace: str, ref: spec_lib.ModelReference, created: str | 
 
     if ref.training_run is not None:
         tr = k8s.read_training_run(namespace, ref.training_run)
-        if tr is None:
-            # `kubectl apply -f manifests/examples/` creates evaluationrun.yaml first: give the
-            # TrainingRun a moment to appear before calling the reference wrong.
-            if _age_seconds(created) < CONFIG.missing_run_grace_seconds:
-                raise _Wait(f"TrainingRun {ref.training_run} does not exist yet")
-            raise _Unresolvable(crd.REASON_TRAINING_RUN_NOT_FOUND,
-                                f"TrainingRun {ref.training_run} does not exist in namespace {namespace}")
-        tr_status = tr.get("status") or {}
-        if tr_status.get("phase") == crd.FAILED:
-            raise _Unresolvable(crd.REASON_TRAINING_RUN_FAILED,
-                                f"TrainingRun {ref.training_run} failed: {tr_status.get('message', '')}")
-        if tr_status.get("phase") != crd.SUCCEEDED or not tr_status.get("runName"):
-            raise _Wait(f"TrainingRun {ref.training_run} is {tr_status.get('phase') or 'not started'}")
-        store_ref = f"latest:{tr_status['runName']}"
+        action, reason, detail = steps.training_run_reference(
+            ref.training_run, namespace, tr, _age_seconds(created), CONFIG.missing_run_grace_seconds)
+        if action == steps.WAIT:
+            raise _Wait(detail)
+        if action == steps.FAIL:
+            raise _Unresolvable(reason, detail)
+        store_ref = detail
     else:
         store_ref = ref.store_ref
     try:
-        return _model_id(_store().resolve_model(store_ref))
+        return str(_store().resolve_model(store_ref)["model_id"])
     except ModelNotFound as error:
         raise _Unresolvable(crd.REASON_MODEL_NOT_FOUND, f"no model for {ref.describe()}: {error}") from error
 
@@ -407,63 +493,32 @@ def start_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta
     _start_evaluator(body, parsed, status, evaluation, patch, logger, generation)
 
 
-def _shard_summary(results: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    summary = []
-    for r in sorted(results, key=lambda r: int(r["shard_index"])):
-        rows = int(r.get("rows") or 0)
-        summary.append({
-            "index": int(r["shard_index"]),
-            "rows": rows,
-            "accuracy": round(int(r.get("correct") or 0) / rows, 6) if rows else 0.0,
-            "seconds": round(float(r.get("seconds") or 0.0), 3),
-            "rowsPerSecond": round(float(r.get("rows_per_second") or 0.0), 1),
-        })
-    return summary[:100]  # status stays small; the store keeps every shard
-
-
-def _metrics(aggregated: Mapping[str, Any]) -> dict[str, Any]:
-    """status fields from `susy_pipeline.evaluation.aggregate` (contracts.md §3)."""
-    def pick(*keys: str) -> Any:
-        for key in keys:
-            if key in aggregated:
-                return aggregated[key]
-        return None
-
-    confusion = pick("confusion") or {}
-    return {
-        "accuracy": pick("accuracy"),
-        "auc": pick("auc", "roc_auc"),
-        "logLoss": pick("log_loss", "logLoss"),
-        "rows": pick("rows"),
-        "confusion": {k: int(confusion[k]) for k in ("tn", "fp", "fn", "tp") if k in confusion},
-    }
-
-
-@kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_running)
-@_store_errors_are_temporary
-def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
-                         namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Every POLL_SECONDS while running: retries model resolution while Pending; then follows the
-    evaluator Job into status.shards, and on completion aggregates the shard results from the
-    store into accuracy, auc, logLoss, rows, confusion and shardResults."""
+def _reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                          namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Retry model resolution while Pending; then follow the evaluator Job (steps.EVALUATION_STEP)
+    into status.shards, and on completion aggregate the shard results from the store into
+    accuracy, auc, logLoss, rows, confusion and shardResults."""
     from susy_pipeline.evaluation import IncompleteEvaluation, aggregate
 
     generation = meta.get("generation")
     evaluation = status.get("evaluation")
-    if not evaluation:
+    if not evaluation or _stale(uid, status):
         return
     parsed = _parse_spec(spec_lib.parse_evaluation_run, body, spec, status, patch, generation)
     if status.get("phase") == crd.PENDING or not status.get("modelId"):
         _start_evaluator(body, parsed, status, evaluation, patch, logger, generation)
         return
-    job = k8s.read_job(namespace, builders.job_name(name, crd.EVALUATOR, parsed.shards))
-    if job is None or not k8s.owned_by(job, uid):
-        job, _ = _ensure_job(body, builders.evaluator_job(_owner(body), parsed, evaluation, status["modelId"],
-                                                          CONFIG.job_config), logger)
-    shards = st.shard_counts(job, parsed.shards)
+    step = steps.EVALUATION_STEP
+    job_name = builders.job_name(name, crd.EVALUATOR, parsed.shards)
+    done, _, job = _follow_step(
+        body, step, job_name,
+        lambda: builders.evaluator_job(_owner(body), parsed, evaluation, status["modelId"], CONFIG.job_config),
+        status, patch, logger, generation,
+        output_present=lambda: len(_store().shard_results(evaluation)) >= parsed.shards)
+    shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
         patch.status["shards"] = shards
-    if not _job_complete(body, job, crd.EVALUATOR, crd.EVALUATED, status, patch, generation):
+    if not done:
         return
     now = st.now_rfc3339()
     results = _store().shard_results(evaluation)
@@ -472,23 +527,72 @@ def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, 
     except IncompleteEvaluation as error:
         _fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
               condition=crd.EVALUATED,
-              message=f"evaluator Job {job['metadata']['name']} completed but the shard results are "
-                      f"incomplete: {error}")
+              message=f"evaluator Job {job_name} completed but the shard results are incomplete: {error}")
         return
-    metrics = _metrics(aggregated)
+    metrics = st.evaluation_metrics(aggregated)
     patch.status.update({
         "phase": crd.SUCCEEDED,
         "completionTime": now,
         "observedGeneration": generation,
         **metrics,
-        "shardResults": _shard_summary(results),
+        "shardResults": st.shard_summaries(results),
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,
              f"{metrics['rows']} rows in {parsed.shards} shards, accuracy {metrics['accuracy']}"),
             (crd.SUCCEEDED_CONDITION, True, crd.REASON_AGGREGATED, f"accuracy {metrics['accuracy']}"),
         ], now=now, generation=generation),
     })
+    _wrote_phase(uid, crd.SUCCEEDED)
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED,
                message=f"Phase {crd.SUCCEEDED}: accuracy {metrics['accuracy']}, AUC {metrics['auc']}, "
                        f"{metrics['rows']} rows")
+
+
+@kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_running)
+@_store_errors_are_temporary
+def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                         namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Every POLL_SECONDS while running (the safety net): `_reconcile_evaluation`."""
+    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
+        _reconcile_evaluation(body, spec, status, meta, name, namespace, uid, patch, logger)
+
+
+@kopf.on.field(*EVALUATION, field=OBSERVED_FIELD, when=_running)
+@_store_errors_are_temporary
+def wake_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                    namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Triggered when a Job or pod event marked this run (`job_changed`, `pod_changed`): `_reconcile_evaluation` now."""
+    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
+        _reconcile_evaluation(body, spec, status, meta, name, namespace, uid, patch, logger)
+
+
+# --- waking a run when its Job or pods change ------------------------------------------------------
+
+_OWNER_PLURALS = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL}
+_OWNER_LABELS = {crd.LABEL_TRAINING_RUN: crd.TRAINING_PLURAL, crd.LABEL_EVALUATION_RUN: crd.EVALUATION_PLURAL}
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={crd.LABEL_MANAGED_BY: crd.MANAGED_BY})
+def job_changed(type: str, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    """Triggered by every change of a Job the operator made: when it has finished (or was deleted),
+    marks its owner (crd.ANNOTATION_OBSERVED), whose `wake_*` handler then takes the next step."""
+    state = "Deleted" if type == "DELETED" else st.job_state(body)
+    if state not in ("Complete", "Failed", "Deleted"):
+        return
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        plural = _OWNER_PLURALS.get(ref.get("kind"))
+        if plural is not None and ref.get("apiVersion") == crd.API_VERSION:
+            k8s.wake_owner(plural, namespace, ref["name"], f"{name}:{state}")
+
+
+@kopf.on.event("", "v1", "pods", labels={crd.LABEL_MANAGED_BY: crd.MANAGED_BY})
+def pod_changed(body: kopf.Body, namespace: str, name: str, labels: kopf.Labels, **_: Any) -> None:
+    """Triggered by every change of a pipeline pod: when it cannot start (st.pods_not_starting),
+    marks its run, so that the run's condition says so within seconds."""
+    problems = st.pods_not_starting([body])
+    if not problems:
+        return
+    for label, plural in _OWNER_LABELS.items():
+        if labels.get(label):
+            k8s.wake_owner(plural, namespace, labels[label], f"{name}:{problems[0][1]}")
 

@@ -7,7 +7,9 @@ the same shapes the builders produce and the tests compare.
 API calls made here (charts/susy-operator's Role must grant them; tests/test_operator_rbac.py):
   create, get  batch/jobs
   get          susy.dev/trainingruns
-  list         pods (a failed Job's, by the Job controller's job-name label)
+  list         pods (a Job's, by the Job controller's job-name label: why they fail or cannot start)
+  patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
+kopf watches (list, watch) the custom resources and the operator's own Jobs and pods.
 and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
   list, patch  susy.dev/trainingruns, susy.dev/evaluationruns
 """
@@ -98,6 +100,22 @@ def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     response = api.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}",
                                        _preload_content=False)
     return list(_json(response).get("items") or [])
+
+
+def wake_owner(plural: str, namespace: str, name: str, observed: str) -> None:
+    """Write what a Job or pod event saw on the owning custom resource (crd.ANNOTATION_OBSERVED).
+
+    The change reaches kopf as an event on the owner, whose field handler reconciles it at once.
+    An unchanged value changes nothing (no event). A missing owner is no error: it is being deleted.
+    """
+    api = CustomObjectsApi(_api())
+    body = {"metadata": {"annotations": {crd.ANNOTATION_OBSERVED: observed}}}
+    try:
+        api.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name, body,
+                                           _content_type="application/merge-patch+json")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:

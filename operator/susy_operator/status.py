@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from susy_operator import crd
 
@@ -119,33 +119,67 @@ def job_failure_message(job: Mapping[str, Any]) -> tuple[str, str]:
     return reason, f"Job {name}: {detail}"
 
 
-def pod_problems(pods: Sequence[Mapping[str, Any]], limit: int = 3) -> list[str]:
-    """Why a Job's pods failed or cannot start, from what the kubelet reports on each pod:
-    a container terminated with a non-zero exit (`OOMKilled`, `Error`, with its exit code), or
-    waiting for a reason other than the normal start-up (`CreateContainerConfigError`,
-    `ErrImagePull`, ...). One line per distinct cause, the first `limit` of them, oldest pod first."""
-    normal_waits = {"ContainerCreating", "PodInitializing"}
-    lines: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    ordered = sorted(pods, key=lambda p: (p.get("metadata", {}).get("creationTimestamp") or "",
-                                          p.get("metadata", {}).get("name") or ""))
-    for pod in ordered:
+# Waiting reasons of a container that is starting normally (the kubelet's own words).
+NORMAL_WAITS: Final = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+def _pods_oldest_first(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(pods, key=lambda p: (p.get("metadata", {}).get("creationTimestamp") or "",
+                                       p.get("metadata", {}).get("name") or ""))
+
+
+def pods_not_starting(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """(pod, reason, message) for each pod that cannot start, as the scheduler and kubelet report it:
+    a container waiting for a reason other than the normal start-up (CreateContainerConfigError,
+    ErrImagePull, ImagePullBackOff, InvalidImageName, ...), or PodScheduled False (Unschedulable).
+    Without a Job-level signal for these, a Job would sit until activeDeadlineSeconds."""
+    found = []
+    for pod in _pods_oldest_first(pods):
+        name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status") or {}
+        if status.get("phase") not in (None, "Pending"):
+            continue
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                found.append((name, condition.get("reason") or "Unschedulable", condition.get("message") or ""))
+                break
+        else:
+            for container in status.get("containerStatuses") or []:
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") and waiting["reason"] not in NORMAL_WAITS:
+                    found.append((name, waiting["reason"], waiting.get("message") or ""))
+                    break
+    return found
+
+
+def pods_failed(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """(pod, cause, message) for each container that ended with a non-zero exit: the kubelet's reason
+    (OOMKilled, Error, DeadlineExceeded) with the exit code. The Job says only that it failed."""
+    found = []
+    for pod in _pods_oldest_first(pods):
         name = pod.get("metadata", {}).get("name", "?")
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            state = container.get("state") or {}
-            terminated, waiting = state.get("terminated") or {}, state.get("waiting") or {}
+            terminated = (container.get("state") or {}).get("terminated") or {}
             if terminated and terminated.get("exitCode", 0) != 0:
-                cause = f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode')})"
-                detail = terminated.get("message") or ""
-            elif waiting.get("reason") and waiting["reason"] not in normal_waits:
-                cause, detail = waiting["reason"], waiting.get("message") or ""
-            else:
-                continue
-            if (cause, detail) in seen:
-                continue
-            seen.add((cause, detail))
-            lines.append(f"pod {name}: {cause}" + (f": {detail}" if detail else ""))
+                found.append((name, f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode')})",
+                              terminated.get("message") or ""))
+    return found
+
+
+def describe_pods(problems: Sequence[tuple[str, str, str]], limit: int = 3) -> list[str]:
+    """One line per distinct (cause, message), the first `limit` of them: "pod P: CAUSE: MESSAGE"."""
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for pod, cause, message in problems:
+        if (cause, message) not in seen:
+            seen.add((cause, message))
+            lines.append(f"pod {pod}: {cause}" + (f": {message}" if message else ""))
     return lines[:limit]
+
+
+def pod_problems(pods: Sequence[Mapping[str, Any]], limit: int = 3) -> list[str]:
+    """Why a Job's pods failed or cannot start (pods_failed, then pods_not_starting), as lines."""
+    return describe_pods([*pods_failed(pods), *pods_not_starting(pods)], limit)
 
 
 def job_summary(job: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -193,4 +227,37 @@ def shard_counts(job: Mapping[str, Any] | None, total: int) -> dict[str, Any]:
         "active": int(st.get("active") or 0),
         "failedPods": int(st.get("failed") or 0),
         "progress": f"{succeeded}/{total}",
+    }
+
+
+def kafka_offsets(production: Mapping[str, Any]) -> list[dict[str, int]]:
+    """status.kafka.offsets from a production record's {partition: [start, end)} (contracts.md §1)."""
+    return [{"partition": int(p), "start": int(r[0]), "end": int(r[1])}
+            for p, r in sorted((production.get("partitions") or {}).items(), key=lambda kv: int(kv[0]))]
+
+
+def shard_summaries(results: Sequence[Mapping[str, Any]], limit: int = 100) -> list[dict[str, Any]]:
+    """status.shardResults: one line per shard result, the first `limit` (the store keeps every one)."""
+    summary = []
+    for r in sorted(results, key=lambda r: int(r["shard_index"])):
+        rows = int(r.get("rows") or 0)
+        summary.append({
+            "index": int(r["shard_index"]),
+            "rows": rows,
+            "accuracy": round(int(r.get("correct") or 0) / rows, 6) if rows else 0.0,
+            "seconds": round(float(r.get("seconds") or 0.0), 3),
+            "rowsPerSecond": round(float(r.get("rows_per_second") or 0.0), 1),
+        })
+    return summary[:limit]
+
+
+def evaluation_metrics(aggregated: Mapping[str, Any]) -> dict[str, Any]:
+    """status fields from `susy_pipeline.evaluation.aggregate`, whose keys contracts.md §3 fixes."""
+    confusion = aggregated["confusion"]
+    return {
+        "accuracy": aggregated["accuracy"],
+        "auc": aggregated["auc"],
+        "logLoss": aggregated["log_loss"],
+        "rows": aggregated["rows"],
+        "confusion": {k: int(confusion[k]) for k in ("tn", "fp", "fn", "tp")},
     }

@@ -20,8 +20,8 @@ reports them), so the operator can read why a pod failed.
 Honoured: completions, parallelism, completionMode Indexed, backoffLimit, backoffLimitPerIndex,
 podFailurePolicy rules on exit codes (FailJob, FailIndex, Ignore, Count), activeDeadlineSeconds
 (pods killed, DeadlineExceeded), the exponential back-off before a retry (`retry_delay_seconds`,
-10 s on a cluster; 0 by default here). Not: suspend, ttlSecondsAfterFinished, pod-level
-activeDeadlineSeconds.
+10 s on a cluster; 0 by default here), ttlSecondsAfterFinished (the Job is deleted that long after
+it finished). Not: suspend, pod-level activeDeadlineSeconds.
 
 `executor` replaces running the command (the load test writes shard results without starting
 TensorFlow); `fail_first` makes the first attempt of chosen (job-name, index) pods exit 1.
@@ -132,6 +132,7 @@ class JobRunner:
         self.runs: list[PodRun] = []
         self.tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.seen: set[str] = set()  # Job uids already taken
+        self.ready: dict[tuple[str, str], int] = {}  # (namespace, Job) -> pods running (ready: no probes)
         self.finish_times: dict[tuple[str, str], float] = {}  # (namespace, Job) -> loop time of its end
         self.session: aiohttp.ClientSession | None = None
 
@@ -201,6 +202,7 @@ class JobRunner:
         backoff_limit = int(spec.get("backoffLimit", 6))
         rules = (spec.get("podFailurePolicy") or {}).get("rules") or []
         state = {"active": 0, "succeeded": 0, "failed": 0, "startTime": _now()}
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
         completed: set[int] = set()
         failed_indexes: set[int] = set()
         job_failure: dict[str, str] = {}
@@ -208,7 +210,7 @@ class JobRunner:
         semaphore = asyncio.Semaphore(parallelism)
 
         def current() -> dict[str, Any]:
-            status: dict[str, Any] = dict(state)
+            status: dict[str, Any] = {**state, "ready": self.ready.get(key, 0)}
             if indexed:
                 status["completedIndexes"] = format_indexes(completed)
                 if per_index is not None:
@@ -296,6 +298,16 @@ class JobRunner:
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now},
             ]
             await self._patch_status(job, {**current(), "active": 0, "completionTime": now, "conditions": conditions})
+        ttl = spec.get("ttlSecondsAfterFinished")
+        if ttl is not None:  # the TTL-after-finished controller: the Job (and its pods) go
+            await asyncio.sleep(float(ttl))
+            meta = job["metadata"]
+            assert self.session is not None
+            async with self.session.delete(
+                    f"{self.url}/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}",
+                    data=json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}),
+                    headers={"Content-Type": "application/json"}) as resp:
+                await resp.read()
 
     # --- one pod --------------------------------------------------------------------------------
 
@@ -352,13 +364,13 @@ class JobRunner:
         if self.runtime is None and command and command[0] == "python":
             command[0] = self.python
         pod_name = f"{meta['name']}-{index}-{attempt}" if index is not None else f"{meta['name']}-{attempt}"
-        env = await self.pod_env(job, index, pod_name)
-        run = PodRun(meta["name"], meta["namespace"], index, attempt, command, env, pod=pod_name)
+        run = PodRun(meta["name"], meta["namespace"], index, attempt, command, {}, pod=pod_name)
         self.runs.append(run)
         await self._pod_request("POST", meta["namespace"], None, self._pod_object(job, pod_name, index))
         loop = asyncio.get_running_loop()
         run.started = loop.time()
         try:
+            run.env = await self.pod_env(job, index, pod_name)  # a missing Secret: the pod stays Pending
             outcome = await self._pod_outcome(job, run, index, attempt)
         except PodStartError as err:
             # The kubelet keeps such a pod Pending, retrying: only the Job's deadline (or someone
@@ -383,10 +395,23 @@ class JobRunner:
         meta = job["metadata"]
         if (meta["name"], index if index is not None else 0) in self.fail_first and attempt == 0:
             return PodOutcome(1, "Error")  # the pod "crashed" before doing anything (a lost node)
+        pod_spec = job["spec"]["template"]["spec"]
+        if self.runtime is not None:
+            await asyncio.to_thread(self.runtime.check_image, pod_spec["containers"][0]["image"])
+        await self._pod_status(meta["namespace"], run.pod, pod_spec["containers"][0]["name"],
+                               phase="Running", state={"running": {"startedAt": _now()}})
+        key = (meta["namespace"], meta["name"])
+        self.ready[key] = self.ready.get(key, 0) + 1
+        await self._patch_status(job, {"ready": self.ready[key]})
+        try:
+            return await self._run_ready_pod(job, run, index)
+        finally:
+            self.ready[key] -= 1
+
+    async def _run_ready_pod(self, job: dict[str, Any], run: PodRun, index: int | None) -> PodOutcome:
+        meta = job["metadata"]
         if self.executor is not None:
             return PodOutcome(await self.executor(job, index if index is not None else 0, run.env), "Completed")
-        await self._pod_status(meta["namespace"], run.pod, job["spec"]["template"]["spec"]["containers"][0]["name"],
-                               phase="Running", state={"running": {"startedAt": _now()}})
         log = self.workdir / f"{run.pod}.{meta['namespace']}.log"
         run.log = str(log)
         if self.runtime is not None:

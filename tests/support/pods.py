@@ -190,6 +190,10 @@ class ContainerRuntime:
     def container_name(self, pod_name: str) -> str:
         return f"{self.run_id}-{pod_name}"
 
+    def check_image(self, image: str) -> None:
+        """As the kubelet with imagePullPolicy Never: a missing image never starts (ErrImageNeverPull)."""
+        self._image_user(image)
+
     def _image_user(self, image: str) -> str:
         result = subprocess.run([self.docker, "image", "inspect", "--format", "{{.Config.User}}", image],
                                 capture_output=True, text=True)
