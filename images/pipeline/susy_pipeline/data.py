@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import files
-from .errors import DataError
+from .errors import BadInput, DataError
 from .schema import COLUMNS, N_COLUMNS, N_FEATURES
 
 DEFAULT_BLOCK_BYTES = 1 << 20  # 1 MiB blocks kept RSS flat here; 16 MiB grew it by half
@@ -65,7 +65,7 @@ def iter_batches(path: str | os.PathLike, *, skip: int = 0, limit: int | None = 
                  block_bytes: int = DEFAULT_BLOCK_BYTES, keep_text: bool = False) -> Iterator[Batch]:
     """Yield validated batches of rows `skip` .. `skip + limit - 1` of one file."""
     if skip < 0 or (limit is not None and limit < 0):
-        raise ValueError(f"skip and limit must be >= 0, got skip={skip}, limit={limit}")
+        raise BadInput(f"skip and limit must be >= 0, got skip={skip}, limit={limit}")
     files.require(str(path))
     if file_format(path) == "parquet":
         batches = _iter_parquet(path, skip, keep_text)

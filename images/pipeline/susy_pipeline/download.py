@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from .errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ SUSY_ROWS = 5_000_000
 FIRST_1000_LINES_SHA256 = "5ce0b783a6e351ddd9235815554f1c68213c892528e7d319995df7180782eeea"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(Unavailable, RuntimeError):
     pass
 
 

@@ -55,6 +55,7 @@ from . import shards as shards_lib
 from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
 from .schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, N_FEATURES
 from .streams import ReadAhead
+from .errors import EXIT_BAD_INPUT, BadInput
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       ("--evaluation", args.evaluation), ("--shard-index", args.shard_index))
                if value in (None, [], "")]
     if missing:
-        raise ValueError(f"evaluate needs {', '.join(missing)} (or their environment variables)")
+        raise BadInput(f"evaluate needs {', '.join(missing)} (or their environment variables)")
     with options.store_from(args) as store:
         result = evaluate_shard(
             store, model_ref=args.model, inputs=args.data, evaluation=args.evaluation,
@@ -274,14 +275,14 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     from .store import utc_now
 
     if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(f"--shard-index {shard_index} must be in 0..{shard_count - 1} "
+        raise BadInput(f"--shard-index {shard_index} must be in 0..{shard_count - 1} "
                          f"(--shard-count {shard_count})")
     if chunk_rows < 1:
-        raise ValueError(f"--chunk-rows must be >= 1, got {chunk_rows}")
+        raise BadInput(f"--chunk-rows must be >= 1, got {chunk_rows}")
     if scoring_threads < 1:
-        raise ValueError(f"--scoring-threads must be >= 1, got {scoring_threads}")
+        raise BadInput(f"--scoring-threads must be >= 1, got {scoring_threads}")
     if not evaluation:
-        raise ValueError("an evaluation name is required")
+        raise BadInput("an evaluation name is required")
     started_at = utc_now()
     t0 = time.monotonic()
     data.forget_remote_metadata()
@@ -355,12 +356,6 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     return result
 
 
-def options_exit_bad_input() -> int:
-    from .cli import EXIT_BAD_INPUT
-
-    return EXIT_BAD_INPUT
-
-
 def run_parallel(*, model_ref: str, inputs: Sequence[str], evaluation: str, shard_count: int,
                  store_uri: str, database: str = DEFAULT_DATABASE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
@@ -399,6 +394,6 @@ def run_parallel(*, model_ref: str, inputs: Sequence[str], evaluation: str, shar
         summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
     if failures:
         message = f"evaluation {evaluation}: " + "; ".join(failures)
-        bad_input = all(f" exited {options_exit_bad_input()}:" in f for f in failures)
-        raise (ValueError if bad_input else RuntimeError)(message)
+        bad_input = all(f" exited {EXIT_BAD_INPUT}:" in f for f in failures)
+        raise (BadInput if bad_input else RuntimeError)(message)
     return summaries

@@ -35,6 +35,7 @@ from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from .errors import BadInput
 
 HISTOGRAM_BINS = 1 << 14
 LOSS_SCALE = 10 ** 12          # log-loss is summed in integer units of 1 / LOSS_SCALE nats
@@ -47,7 +48,7 @@ _SUM_BLOCK = 1 << 18
 RESULT_VERSION = 1
 
 
-class IncompleteEvaluation(ValueError):
+class IncompleteEvaluation(BadInput):
     """The shard results do not add up to one whole evaluation.
 
     `missing`, `duplicated` and `unexpected` list shard indices; `inconsistent`
@@ -195,10 +196,10 @@ class ShardTally:
                     negative=np.asarray(hist["negative"], dtype=np.int64))
         tally.rows = int(result["rows"])
         if tally.tn + tally.fp + tally.fn + tally.tp != tally.rows:
-            raise ValueError(f"shard {result.get('shard_index')}: confusion matrix does not add up "
+            raise BadInput(f"shard {result.get('shard_index')}: confusion matrix does not add up "
                              f"to {tally.rows} rows")
         if int(tally.positive.sum() + tally.negative.sum()) != tally.rows:
-            raise ValueError(f"shard {result.get('shard_index')}: histogram does not add up "
+            raise BadInput(f"shard {result.get('shard_index')}: histogram does not add up "
                              f"to {tally.rows} rows")
         return tally
 
@@ -277,7 +278,7 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
                 "no shard results" if not results else f"shards disagree on the shard count: {sorted(map(str, counts))}"])
         shard_count = int(counts.pop())
     if shard_count < 1:
-        raise ValueError(f"shard_count must be >= 1, got {shard_count}")
+        raise BadInput(f"shard_count must be >= 1, got {shard_count}")
 
     seen = Counter(int(r["shard_index"]) for r in results)
     missing = [i for i in range(shard_count) if i not in seen]

@@ -28,18 +28,21 @@ import pyarrow.compute as pc
 
 from .data import Batch
 from .streams import ReadAhead
+from .errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 RawBatch = tuple[np.ndarray, np.ndarray]  # (keys, values), dtype object (bytes)
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(Unavailable, RuntimeError):
     """The broker could not be reached or refused the work."""
 
 
 class KafkaReadTimeout(KafkaUnavailable):
     """A read made no progress for the allowed time."""
+    # A hung tensorflow-io read thread cannot be stopped: the command leaves without joining it.
+    abandons_threads = True
 
 
 @dataclass

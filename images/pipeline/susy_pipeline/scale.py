@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from . import data
 from . import files as storage  # `files` is scale's option for the number of files
 from .schema import COLUMNS, SAMPLE_TRAIN_ROWS
+from .errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        raise ValueError(f"--formats: unknown format(s) {unknown}, expected a subset of {list(FORMATS)}")
+        raise BadInput(f"--formats: unknown format(s) {unknown}, expected a subset of {list(FORMATS)}")
     return scale(args.data, args.out, times=args.times, files=args.files, formats=formats,
                  skip=args.skip, limit=args.limit, row_group_rows=args.row_group_rows,
                  gzip_level=args.gzip_level)
@@ -79,13 +80,13 @@ def scale(source: str, out: str, *, times: int = 15, files: int = 4,
           limit: int | None = None, row_group_rows: int = 65_536, gzip_level: int = 6) -> dict[str, Any]:
     """Write the scaled files; return what was written (paths, rows, bytes)."""
     if times < 1 or files < 1 or row_group_rows < 1:
-        raise ValueError("--times, --files and --row-group-rows must be >= 1")
+        raise BadInput("--times, --files and --row-group-rows must be >= 1")
     started = time.monotonic()
     lines, table = _read_source(source, skip, limit, need_table="parquet" in formats)
     n = len(lines)
     total = n * times
     if files > total:
-        raise ValueError(f"{files} files for {total} rows: some files would be empty")
+        raise BadInput(f"{files} files for {total} rows: some files would be empty")
     storage.prepare_output_dir(out)
     written: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
@@ -131,7 +132,7 @@ def _read_source(path: str, skip: int, limit: int | None, need_table: bool):
     batches = list(data.iter_batches(path, skip=skip, limit=limit))
     n = sum(len(b) for b in batches)
     if data.file_format(path) == "parquet":
-        raise ValueError(f"{path}: scale reads a CSV or CSV.gz source")
+        raise BadInput(f"{path}: scale reads a CSV or CSV.gz source")
     lines: list[bytes] = []
     with storage.open_stream(path) as raw, (gzip.GzipFile(fileobj=raw, mode="rb")
                                             if data.file_format(path) == "csv.gz" else raw) as f:

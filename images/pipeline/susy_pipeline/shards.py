@@ -50,6 +50,7 @@ import pyarrow.csv as pacsv
 from . import data, files
 from .data import Batch, DataError
 from .schema import COLUMNS
+from .errors import BadInput
 
 STRIPE_ROWS = 65_536
 _SCAN_BYTES = 1 << 16
@@ -135,12 +136,12 @@ def _split_file(path: str, parts: int, stripe_rows: int) -> list[Piece]:
 def plan(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS) -> list[list[Piece]]:
     """The pieces of every shard: `plan(...)[i]` is what shard `i` reads."""
     if shard_count < 1:
-        raise ValueError(f"shard count must be >= 1, got {shard_count}")
+        raise BadInput(f"shard count must be >= 1, got {shard_count}")
     if stripe_rows < 1:
-        raise ValueError(f"stripe_rows must be >= 1, got {stripe_rows}")
+        raise BadInput(f"stripe_rows must be >= 1, got {stripe_rows}")
     paths = list(paths)
     if not paths:
-        raise ValueError("no input files")
+        raise BadInput("no input files")
     shards: list[list[Piece]] = [[] for _ in range(shard_count)]
     if len(paths) >= shard_count:
         for j, path in enumerate(paths):
@@ -157,7 +158,7 @@ def plan_shard(paths: Sequence[str], shard_index: int, shard_count: int, *,
                stripe_rows: int = STRIPE_ROWS) -> list[Piece]:
     """The pieces shard `shard_index` of `shard_count` reads."""
     if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard index {shard_index} is outside 0..{shard_count - 1}")
+        raise BadInput(f"shard index {shard_index} is outside 0..{shard_count - 1}")
     if len(paths) >= shard_count:  # no need to open files that other shards read
         return [Piece(p, data.file_format(p)) for p in list(paths)[shard_index::shard_count]]
     return plan(paths, shard_count, stripe_rows=stripe_rows)[shard_index]

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .schema import DEFAULT_DATABASE, MODELS_COLLECTION
+from .errors import BadInput, Unavailable
 
 PRODUCTIONS_COLLECTION = "Productions"
 SHARD_RESULTS_COLLECTION = "ShardResults"
@@ -40,11 +41,11 @@ class StoreError(RuntimeError):
     """Base class for store problems."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, Unavailable):
     """The store could not be reached after bounded retries."""
 
 
-class ModelNotFound(StoreError, LookupError):
+class ModelNotFound(StoreError, BadInput, LookupError):
     """No stored model matches a reference."""
 
 
@@ -75,11 +76,11 @@ class ModelRef:
     def parse(cls, text: str) -> "ModelRef":
         text = text.strip()
         if not text:
-            raise ValueError("empty model reference")
+            raise BadInput("empty model reference")
         if text.startswith("latest:"):
             run = text[len("latest:"):]
             if not run:
-                raise ValueError("model reference 'latest:' needs a run name, e.g. latest:my-run")
+                raise BadInput("model reference 'latest:' needs a run name, e.g. latest:my-run")
             return cls(run=run)
         if re.fullmatch(r"[0-9a-f]{32}", text):
             return cls(model_id=text)
@@ -423,6 +424,6 @@ def open_store(uri: str | None = None, database: str = DEFAULT_DATABASE) -> Stor
         # As SQLAlchemy spells them: sqlite:///relative/path, sqlite:////absolute/path.
         path = uri[len("sqlite://"):]
         if not path.startswith("/") or len(path) < 2:
-            raise ValueError(f"store URI {uri!r}: expected sqlite:///PATH")
+            raise BadInput(f"store URI {uri!r}: expected sqlite:///PATH")
         return EmbeddedStore(path[1:], database)
-    raise ValueError(f"store URI {redact(uri)!r}: expected mongodb://, mongodb+srv:// or sqlite:///PATH")
+    raise BadInput(f"store URI {redact(uri)!r}: expected mongodb://, mongodb+srv:// or sqlite:///PATH")

@@ -16,6 +16,7 @@ import logging
 from . import options
 from .kafka_io import READERS, Production
 from .model import RECIPES, model_to_bytes, with_overrides
+from .errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     with options.store_from(args) as store:
         production = store.get_production(args.run_name)
         if production is None:
-            raise LookupError(f"no producer record for run {args.run_name!r}: run `produce --run-name "
+            raise BadInput(f"no producer record for run {args.run_name!r}: run `produce --run-name "
                               f"{args.run_name}` first")
         ranges = Production.ranges(production)
         reader = READERS[args.reader]
