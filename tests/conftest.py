@@ -6,7 +6,6 @@ wheel on a free loopback port for the whole session.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "susy-sample.csv.gz"
-sys.path.insert(0, str(Path(__file__).parent))  # tests/support as package `support`
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # librdkafka 1.5.0 (inside tensorflow-io 0.37.1) misparses the tagged fields of

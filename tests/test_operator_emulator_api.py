@@ -29,8 +29,10 @@ def job(name: str, **meta: Any) -> dict[str, Any]:
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, **meta}, "spec": {"x": 1}}
 
 
-def watch(api: Cluster, path: str, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
+def watch(api: Cluster, path: str, count: int, timeout: float = 5.0,
+          events: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The first `count` events of a watch; appended to `events` as they arrive, if given."""
+    events = [] if events is None else events
     with urllib.request.urlopen(api.url + path, timeout=timeout) as resp:
         for line in resp:
             if line.strip():
@@ -94,9 +96,10 @@ def test_watch_resumes_from_a_resource_version(api: Cluster) -> None:
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
     # No version: a snapshot of what exists, then the live events.
     received: list[dict[str, Any]] = []
-    thread = threading.Thread(target=lambda: received.extend(watch(api, f"{JOBS}?watch=true", 3)))
+    thread = threading.Thread(target=watch, args=(api, f"{JOBS}?watch=true", 3), kwargs={"events": received})
     thread.start()
-    time.sleep(0.3)
+    # The snapshot has been taken once its two ADDED events arrived: only then delete.
+    api.wait_for(lambda: len(received) >= 2, 5, "the watch's snapshot")
     api.request("DELETE", f"{JOBS}/a")
     thread.join(5)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in received] == [
