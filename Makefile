@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test test-fast docker-e2e bench clean
+.PHONY: help venv run test test-fast docker-e2e bench bench-full clean
 .DEFAULT_GOAL := help
 
 help: ## List the targets.
@@ -32,6 +32,9 @@ test-fast: venv ## The tests not marked integration or slow (about 2 minutes).
 
 bench: venv ## Benchmarks against the seed report's figures (not tests).
 	$(PY) -m bench
+
+bench-full: venv ## The evaluator at the seed's size: 52 million rows, CSV.gz and Parquet, 2 shards (~15 GB disk).
+	$(PY) bench/bench_evaluate.py --full
 
 clean: ## Remove the venv, the embedded store and build outputs.
 	rm -rf $(VENV) .susy build dist *.egg-info

@@ -107,6 +107,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is printed "
                                                           "(default %(default)s)")
     p.add_argument("--quick", action="store_true", help="--times 2, --repeats 1: check that the script works")
+    p.add_argument("--full", action="store_true",
+                   help="the seed's size (`make bench-full`): the sample's test rows x5,200 (52 million rows) "
+                        "in 8 files per format, 2 one-core shards once per format; wall time against the "
+                        "seed's 7,772.76 s and each shard's peak RSS (needs about 15 GB of disk)")
     args = p.parse_args()
     if args.quick:
         args.times, args.repeats = 2, 1
@@ -116,6 +120,9 @@ def main() -> None:
         t = time.monotonic()
         args.model = train_model(args.store)
         print(f"# trained model {args.model} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    if args.full:
+        full_size(args)
+        return
     big = scaled(args.work, args.times, args.files)
     small = scaled(args.work, 1, args.files)
     stamp = time.strftime("%Y%m%d%H%M%S")
@@ -171,6 +178,33 @@ def main() -> None:
           f"Exactness: 2 shards' totals equal 1 shard's: "
           f"{all(_same_totals(pair[f], pinned[f]) for f in pair)} "
           f"(one-core shards, as the totals are bit-identical for one --model-threads value).")
+
+
+SEED_SECONDS = 7772.76   # the seed's single-process evaluation of SUSY x15 (23.2 GB)
+FULL_TIMES, FULL_FILES = 5_200, 8
+
+
+def full_size(args) -> None:
+    """52 million rows, as the seed scored them: two one-core shards per format, wall time and RSS."""
+    paths = scaled(args.work, FULL_TIMES, FULL_FILES)
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    print(f"\n## Seed-size evaluation: sample test rows x{FULL_TIMES:,}, {FULL_FILES} files per format, "
+          f"2 shards on one core each ({_cpu_model()})\n")
+    print("| format | rows | wall time | vs the seed's 7,772.76 s | shard peak RSS |")
+    print("|---|---|---|---|---|")
+    for fmt in ("csv.gz", "parquet"):
+        started = time.monotonic()
+        shards = run_shards(args, paths[fmt], f"bench-full-{stamp}-{fmt}", 2, cpus=cpus if len(cpus) == 2 else None)
+        wall = time.monotonic() - started
+        rows = sum(s["rows"] for s in shards)
+        rss = ", ".join(f"{s['peak_rss_bytes'] / 2**20:,.0f} MiB" for s in shards)
+        print(f"| {fmt} | {rows:,} | {wall:,.0f} s | {SEED_SECONDS / wall:,.0f}x faster | {rss} |")
+
+
+def _cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
 
 
 def _same_totals(shards: list[dict], single: dict) -> bool:
