@@ -242,7 +242,7 @@ IMMUTABLE = "self == oldSelf"
 PARALLELISM = "!has(self.parallelism) || self.parallelism <= self.shards"
 ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x, x).size() == 1"
 RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
-                "'JOB_COMPLETION_INDEX']))")
+                "'JOB_COMPLETION_INDEX', 'SUSY_READER']))")
 
 # Every rule with its cases: (self, oldSelf or None for a create, expected).
 CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
@@ -277,6 +277,7 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ([{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}], None, True),
         ([{"name": "MONGODB_URI", "value": "mongodb://evil"}], None, False),
         ([{"name": "A", "value": "1"}, {"name": "KAFKA_BOOTSTRAP", "value": "x"}], None, False),
+        ([{"name": "SUSY_READER", "value": "kafka-python"}], None, False),
     ],
 }
 

@@ -361,3 +361,24 @@ def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin", "SUSY_POLL_SECONDS": "5"})
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+def test_the_operator_command_answers_help_with_or_without_run(argv, capsys) -> None:
+    from susy_operator.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "Usage: susy-operator run [OPTIONS]" in out and "--standalone" in out
+
+
+def test_the_operator_defaults_name_what_the_platform_chart_creates() -> None:
+    cfg = config.load({})
+    assert (cfg.kafka_bootstrap, cfg.store_secret) == ("susy-platform-kafka:9092", "susy-platform-mongodb")
+
+
+def test_susy_reader_in_a_training_runs_env_is_refused_for_spec_reader() -> None:
+    with pytest.raises(spec_lib.SpecError, match=r"env\[0\]\.name SUSY_READER is set by the operator"):
+        spec_lib.parse_training_run({"dataset": {"uri": "x.csv"}, "env": [{"name": "SUSY_READER", "value": "tfio"}]})

@@ -1,4 +1,4 @@
-"""`python -m susy_operator [kopf run options]`: kopf's `run` command with our handlers module.
+"""`python -m susy_operator [run] [kopf run options]`: kopf's `run` command with our handlers module.
 
 Every option of `kopf run` passes through, e.g. `--standalone -A --liveness=http://0.0.0.0:8080/healthz`
 or `--standalone --namespace team-a`. With neither `-n` nor `-A`, kopf serves all namespaces and warns.
@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == [RELEASE_COMMAND]:
         sys.exit(release_main(args[1:]))
+    if args[:1] == ["run"]:  # `susy-operator run ...`, as kopf's help spells it, means the same
+        args = args[1:]
+    if args[:1] in (["--help"], ["-h"]):
+        print(f"susy-operator: the SUSY operator.\n\n  susy-operator [run] [OPTIONS]          run it (kopf run's "
+              f"options, below)\n  susy-operator {RELEASE_COMMAND} --help   the uninstall hook's command\n")
     import kopf.cli
 
     kopf.cli.main(args=["run", "--module", HANDLERS_MODULE, *args], prog_name="susy-operator")

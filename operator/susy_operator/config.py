@@ -53,8 +53,9 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
     env = os.environ if environ is None else environ
     return OperatorConfig(
         image=env.get("SUSY_PIPELINE_IMAGE", "susy-pipeline:0.1.0"),
-        kafka_bootstrap=env.get("SUSY_KAFKA_BOOTSTRAP", "kafka:9092"),
-        store_secret=env.get("SUSY_STORE_SECRET", "susy-store"),
+        # The defaults are what `helm install susy-platform` creates (release name susy-platform).
+        kafka_bootstrap=env.get("SUSY_KAFKA_BOOTSTRAP", "susy-platform-kafka:9092"),
+        store_secret=env.get("SUSY_STORE_SECRET", "susy-platform-mongodb"),
         store_secret_key=env.get("SUSY_STORE_URI_KEY") or crd.STORE_SECRET_KEY,
         database=env.get("SUSY_DATABASE", DEFAULT_DATABASE),
         store_uri=env.get("MONGODB_URI") or None,

@@ -108,7 +108,10 @@ ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
 # replaces it for the operator and every Job (SUSY_STORE_URI_KEY).
 STORE_SECRET_KEY: Final = "uri"
 # Names the operator always sets; a user's spec.env cannot replace them.
-RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX})
+# SUSY_READER too: the trainer's reader is spec.reader (the operator passes --reader, which wins
+# over the variable), so setting it in spec.env would look like it works and change nothing.
+RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX,
+                                 "SUSY_READER"})
 
 # Exit code the pipeline uses for bad input (contracts.md §1): retrying cannot help.
 EXIT_BAD_INPUT: Final = 2

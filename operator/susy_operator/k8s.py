@@ -108,14 +108,7 @@ def wake_owner(plural: str, namespace: str, name: str, observed: str) -> None:
     The change reaches kopf as an event on the owner, whose field handler reconciles it at once.
     An unchanged value changes nothing (no event). A missing owner is no error: it is being deleted.
     """
-    api = CustomObjectsApi(_api())
-    body = {"metadata": {"annotations": {crd.ANNOTATION_OBSERVED: observed}}}
-    try:
-        api.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name, body,
-                                           _content_type="application/merge-patch+json")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    merge_patch_custom_object(plural, namespace, name, {"metadata": {"annotations": {crd.ANNOTATION_OBSERVED: observed}}})
 
 
 def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
