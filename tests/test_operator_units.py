@@ -255,7 +255,7 @@ def test_service_account_and_pull_policy_come_from_the_operator_config() -> None
 def test_training_defaults() -> None:
     spec = spec_lib.parse_training_run({"dataset": {"uri": "x"}})
     assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
-    assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=1)
+    assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=3)  # as the platform chart creates trainData
     assert spec.model == spec_lib.ModelParams(recipe="seed")
     assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "tfio")
     assert spec.run_policy == spec_lib.RunPolicy()

@@ -30,7 +30,7 @@ QUANTITY_PATTERN: Final = re.compile(
 # Schema defaults (kept equal to manifests/crds/*.yaml by tests/test_crds.py).
 DEFAULT_SKIP: Final = 0
 DEFAULT_LIMIT: Final = 10000
-DEFAULT_PARTITIONS: Final = 1
+DEFAULT_PARTITIONS: Final = 3  # what the platform chart creates trainData with (kafka.topics)
 DEFAULT_RECIPE: Final = "seed"
 DEFAULT_READER: Final = "tfio"
 DEFAULT_SHARDS: Final = 1
