@@ -373,19 +373,12 @@ def _reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, m
 
 
 @kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_running)
+@kopf.on.field(*TRAINING, field=OBSERVED_FIELD, when=_running)
 @_store_errors_are_temporary
 def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                        namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Every POLL_SECONDS while running (the safety net): `_reconcile_training`."""
-    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
-        _reconcile_training(body, spec, status, meta, name, namespace, uid, patch, logger)
-
-
-@kopf.on.field(*TRAINING, field=OBSERVED_FIELD, when=_running)
-@_store_errors_are_temporary
-def wake_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
-                  namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Triggered when a Job or pod event marked this run (`job_changed`, `pod_changed`): `_reconcile_training` now."""
+    """Triggered at once when a Job or pod event marked this run (`job_changed`, `pod_changed`), and
+    every POLL_SECONDS while it runs (the safety net for a missed event): `_reconcile_training`."""
     with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
         _reconcile_training(body, spec, status, meta, name, namespace, uid, patch, logger)
 
@@ -549,19 +542,12 @@ def _reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
 
 
 @kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_running)
+@kopf.on.field(*EVALUATION, field=OBSERVED_FIELD, when=_running)
 @_store_errors_are_temporary
 def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
                          namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Every POLL_SECONDS while running (the safety net): `_reconcile_evaluation`."""
-    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
-        _reconcile_evaluation(body, spec, status, meta, name, namespace, uid, patch, logger)
-
-
-@kopf.on.field(*EVALUATION, field=OBSERVED_FIELD, when=_running)
-@_store_errors_are_temporary
-def wake_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
-                    namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Triggered when a Job or pod event marked this run (`job_changed`, `pod_changed`): `_reconcile_evaluation` now."""
+    """Triggered at once when a Job or pod event marked this run (`job_changed`, `pod_changed`), and
+    every POLL_SECONDS while it runs (the safety net for a missed event): `_reconcile_evaluation`."""
     with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
         _reconcile_evaluation(body, spec, status, meta, name, namespace, uid, patch, logger)
 
