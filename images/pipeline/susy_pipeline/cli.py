@@ -8,7 +8,6 @@ unreachable after bounded retries (Kafka, store, object storage, network), 1 oth
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -16,10 +15,10 @@ import sys
 import traceback
 from typing import Sequence
 
-from . import errors
+from . import aggregate, download, errors, evaluate, local, models_cmd, produce, report, scale, train
 
-COMMANDS = ("download", "produce", "train", "evaluate", "aggregate", "scale", "report",
-            "models_cmd", "local")
+# Each command module has add_parser(subparsers) and run(args); none imports this module.
+COMMANDS = (download, produce, train, evaluate, aggregate, scale, report, models_cmd, local)
 
 EXIT_OK = 0  # the failure codes are in errors.py, on the errors themselves
 
@@ -29,13 +28,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"susy_pipeline.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"susy_pipeline.{name}":
-                raise
-            continue
+    for module in COMMANDS:
         module.add_parser(sub)
     return p
 

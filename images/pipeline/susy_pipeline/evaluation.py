@@ -352,3 +352,8 @@ def _shard_summary(r: Mapping[str, Any]) -> dict[str, Any]:
         "inputs": len(r.get("inputs") or ()),
     }
 
+
+
+def aggregate_stored(store, evaluation: str, shard_count: int | None) -> dict[str, Any]:
+    """`aggregate` over the shard results `store` holds for `evaluation` (raises if any is missing)."""
+    return aggregate(store.shard_results(evaluation), shard_count)

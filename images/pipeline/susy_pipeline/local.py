@@ -63,10 +63,14 @@ def kafka(bootstrap: str | None) -> Iterator[str]:
 
 
 def _stage(argv: list[str]) -> dict[str, Any]:
-    """Run one pipeline command in this process, exactly as the CLI would."""
-    from .cli import parser
+    """Run one pipeline command in this process: the command module's own options (with their
+    environment defaults) and its `run`, as the CLI would, without going through the CLI."""
+    from . import aggregate, produce, scale, train
 
-    args = parser().parse_args(argv)
+    commands = {"aggregate": aggregate, "produce": produce, "scale": scale, "train": train}
+    parser = argparse.ArgumentParser(prog="run-local")
+    commands[argv[0]].add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
     return args.run(args)
 
 

@@ -33,6 +33,15 @@ def add_run_name(p: argparse.ArgumentParser) -> None:
                         "(env SUSY_RUN_NAME)")
 
 
+def add_evaluation(p: argparse.ArgumentParser) -> None:
+    """--evaluation, --shard-count and the store: what names one evaluation's stored results."""
+    p.add_argument("--evaluation", default=env("SUSY_EVALUATION"), required=not env("SUSY_EVALUATION"),
+                   help="evaluation name (env SUSY_EVALUATION)")
+    p.add_argument("--shard-count", type=positive, default=None,
+                   help="expected shard count (default: as the shards recorded it)")
+    add_store(p)
+
+
 def store_from(args: argparse.Namespace) -> Store:
     return open_store(args.store, args.database)
 

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .aggregate import add_evaluation_args, aggregated
-from .evaluation import printable, roc_from_histograms
+from . import options
+from .evaluation import aggregate_stored, printable, roc_from_histograms
 
 ROC_POINTS = 257
 
@@ -26,14 +26,15 @@ ROC_POINTS = 257
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("report", help="write an evaluation's result as JSON and PNG",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_evaluation_args(p)
+    options.add_evaluation(p)
     p.add_argument("--out", default=os.path.join(".susy", "reports"), help="output directory (default %(default)s)")
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    return write_report(aggregated(args), args.out)
+    with options.store_from(args) as store:
+        return write_report(aggregate_stored(store, args.evaluation, args.shard_count), args.out)
 
 
 def roc_points(result: Mapping[str, Any], points: int = ROC_POINTS) -> dict[str, list[float]]:
