@@ -107,7 +107,7 @@ def test_watch_resumes_from_a_resource_version(api: Cluster) -> None:
 
 
 def test_watch_answers_410_for_a_version_older_than_its_log(api: Cluster) -> None:
-    api.emulator.log_limit = 2  # type: ignore[union-attr]
+    api.emulator.store.log_limit = 2  # type: ignore[union-attr]
     for name in "abcd":
         api.request("POST", JOBS, job(name))
     (event,) = watch(api, f"{JOBS}?watch=true&resourceVersion=1", 1)
@@ -194,7 +194,7 @@ def test_custom_resources_are_defaulted_and_pruned(api: Cluster) -> None:
     spec = created["spec"]
     assert "bogus" not in spec and spec["epochs"] == 3  # unknown fields pruned
     assert spec["dataset"] == {"uri": "/data/susy.csv.gz", "skip": 0, "limit": 10000}
-    assert spec["kafka"] == {"topic": "trainData", "partitions": 1}  # `default: {}`, then its own defaults
+    assert spec["kafka"] == {"topic": "trainData", "partitions": 3}  # `default: {}`, then its own defaults
     assert spec["model"] == {"recipe": "seed"} and spec["reader"] == "tfio"
     assert spec["runPolicy"] == {"backoffLimit": 2, "activeDeadlineSeconds": 21600, "ttlSecondsAfterFinished": 86400}
     assert "status" not in created  # the status subresource: creation drops it
