@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from .data import Batch
 from .streams import ReadAhead
 from .errors import Unavailable
+from .kafka_security import KafkaSecurity, check_tls
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,19 @@ PRODUCER_BATCH_BYTES = 8 << 20
 READ_AHEAD_BATCHES = 8
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 30) -> int:
+def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 30,
+                 security: KafkaSecurity | None = None) -> int:
     """Create the topic if absent; return its partition count."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+    security = security or KafkaSecurity.from_env()
+    check_tls(bootstrap, security)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
                                  bootstrap_timeout_ms=int(timeout_s * 1000),
-                                 client_id="susy-producer-admin")
+                                 client_id="susy-producer-admin", **security.kafka_python())
     except KafkaError as err:
         raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
     try:
@@ -135,7 +139,7 @@ def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator
 
 def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions: int = 1,
             rows_per_message: int = 1, progress_every_s: float = 2.0,
-            producer_options: Mapping[str, Any] | None = None) -> Production:
+            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None) -> Production:
     """Stream rows into `topic` and return exactly what was written."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
@@ -149,9 +153,11 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
                           name="produce-read")
     options = dict(acks="all", enable_idempotence=True, linger_ms=20, batch_size=PRODUCER_BATCH_BYTES,
                    max_request_size=16 << 20, retries=5, client_id="susy-producer")
+    security = security or KafkaSecurity.from_env()
+    options.update(security.kafka_python())
     options.update(producer_options or {})
     try:
-        partitions = ensure_topic(bootstrap, topic, partitions)
+        partitions = ensure_topic(bootstrap, topic, partitions, security=security)
         try:
             producer = KafkaProducer(bootstrap_servers=bootstrap, **options)
         except KafkaError as err:
@@ -215,15 +221,18 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
 # --- reading ---------------------------------------------------------------
 
 def kafka_python_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]], *,
-                         timeout_s: float = 60.0, max_records: int = 4096) -> Iterator[RawBatch]:
+                         timeout_s: float = 60.0, max_records: int = 4096,
+                         security: KafkaSecurity | None = None) -> Iterator[RawBatch]:
     """Read exactly the offset ranges with kafka-python; yield (keys, values) batches."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
+    security = security or KafkaSecurity.from_env()
+    check_tls(bootstrap, security)
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                  client_id="susy-trainer", fetch_max_bytes=64 << 20,
-                                 max_partition_fetch_bytes=16 << 20)
+                                 max_partition_fetch_bytes=16 << 20, **security.kafka_python())
     except KafkaError as err:
         raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
     try:
@@ -259,7 +268,7 @@ def kafka_python_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[
 
 def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]], *,
                  configuration: Sequence[str] = (), timeout_s: float = 60.0,
-                 read_batch: int = 4096) -> Iterator[RawBatch]:
+                 read_batch: int = 4096, security: KafkaSecurity | None = None) -> Iterator[RawBatch]:
     """Read exactly the offset ranges with tensorflow-io; yield (keys, values) batches.
 
     `configuration` is librdkafka's `key=value` list. Production needs none;
@@ -267,8 +276,13 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
     `broker.version.fallback=0.9.0`: librdkafka 1.5.0 skips one byte too few
     per tagged field (`rd_kafka_buf_skip_tags`, src/rdkafka_buf.h; fixed in
     2.2.0, #4278), and tansu writes default-valued tagged fields into its
-    ApiVersions reply, which Apache Kafka never does.
+    ApiVersions reply, which Apache Kafka never does. The connection's security
+    (kafka_security.py) comes first; `configuration` may add to it.
     """
+    security = security or KafkaSecurity.from_env()
+    check_tls(bootstrap, security)
+    configuration = [*security.librdkafka(), *configuration]
+
     def read_partitions() -> Iterator[RawBatch]:
         import tensorflow_io as tfio
 
