@@ -382,3 +382,18 @@ def test_the_operator_defaults_name_what_the_platform_chart_creates() -> None:
 def test_susy_reader_in_a_training_runs_env_is_refused_for_spec_reader() -> None:
     with pytest.raises(spec_lib.SpecError, match=r"env\[0\]\.name SUSY_READER is set by the operator"):
         spec_lib.parse_training_run({"dataset": {"uri": "x.csv"}, "env": [{"name": "SUSY_READER", "value": "tfio"}]})
+
+
+def test_connection_secrets_reach_every_job_as_env_and_read_only_files() -> None:
+    cfg = config.load({"SUSY_KAFKA_SECRET": "kafka-client", "SUSY_STORE_CA_SECRET": "mongo-ca"}).job_config
+    for job in (builders.producer_job(OWNER_TR, training_spec(), RUN, cfg),
+                builders.trainer_job(OWNER_TR, training_spec(), RUN, cfg)):
+        c = container(job)
+        assert c["envFrom"] == [{"secretRef": {"name": "kafka-client"}}]
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts[builders.KAFKA_SECRET_PATH]["readOnly"] and mounts[builders.STORE_CA_PATH]["readOnly"]
+        volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-client"]["secret"] == {"secretName": "kafka-client"}
+        assert volumes["store-ca"]["secret"] == {"secretName": "mongo-ca"}
+    plain = builders.producer_job(OWNER_TR, training_spec(), RUN, config.load({}).job_config)
+    assert "envFrom" not in container(plain) and len(plain["spec"]["template"]["spec"]["volumes"]) == 1

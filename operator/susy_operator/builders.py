@@ -55,6 +55,30 @@ class JobConfig:
     store_secret_key: str = crd.STORE_SECRET_KEY
     image_pull_policy: str = "IfNotPresent"
     service_account: str | None = None
+    # A Secret with the Kafka client's security settings (kafka_security.py in the pipeline): its
+    # keys that are variable names become env (envFrom), and it is mounted read-only at
+    # KAFKA_SECRET_PATH for its files (ca.crt, user.crt, user.key), e.g. a Strimzi KafkaUser's.
+    kafka_secret: str | None = None
+    # A Secret with the CA bundle of a TLS MongoDB (mounted at STORE_CA_PATH; the URI names the file,
+    # e.g. ...?tls=true&tlsCAFile=/etc/susy/store-ca/ca.crt).
+    store_ca_secret: str | None = None
+
+
+KAFKA_SECRET_PATH = "/etc/susy/kafka"
+STORE_CA_PATH = "/etc/susy/store-ca"
+
+
+def _secret_mounts(config: JobConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(envFrom, volumes, volumeMounts) for the connection Secrets the operator names."""
+    env_from, volumes, mounts = [], [], []
+    if config.kafka_secret:
+        env_from.append({"secretRef": {"name": config.kafka_secret}})
+        volumes.append({"name": "kafka-client", "secret": {"secretName": config.kafka_secret}})
+        mounts.append({"name": "kafka-client", "mountPath": KAFKA_SECRET_PATH, "readOnly": True})
+    if config.store_ca_secret:
+        volumes.append({"name": "store-ca", "secret": {"secretName": config.store_ca_secret}})
+        mounts.append({"name": "store-ca", "mountPath": STORE_CA_PATH, "readOnly": True})
+    return env_from, volumes, mounts
 
 
 def job_name(cr_name: str, component: str, completions: int | None = None) -> str:
@@ -164,6 +188,11 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
+    env_from, volumes, mounts = _secret_mounts(config)
+    if env_from:
+        pod_spec["containers"][0]["envFrom"] = env_from
+    pod_spec["containers"][0]["volumeMounts"] += mounts
+    pod_spec["volumes"] += volumes
     spec: dict[str, Any] = {
         "backoffLimit": policy.backoff_limit,
         "activeDeadlineSeconds": policy.active_deadline_seconds,

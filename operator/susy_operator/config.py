@@ -41,12 +41,19 @@ class OperatorConfig:
     # store_secret_key: the key of the URI in store_secret (SUSY_STORE_URI_KEY; the chart's
     # store.secretKey). The operator's own MONGODB_URI and every Job's must name the same key.
     store_secret_key: str = crd.STORE_SECRET_KEY
+    # kafka_secret: a Secret with the Kafka client's security settings and files, given to every
+    # Job (SUSY_KAFKA_SECRET; the chart's kafka.secretName). None: plaintext Kafka.
+    kafka_secret: str | None = None
+    # store_ca_secret: a Secret with a TLS MongoDB's CA bundle, mounted in every Job
+    # (SUSY_STORE_CA_SECRET; the chart's store.caSecretName).
+    store_ca_secret: str | None = None
 
     @property
     def job_config(self) -> JobConfig:
         return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap, store_secret=self.store_secret,
                          store_secret_key=self.store_secret_key, database=self.database,
-                         image_pull_policy=self.image_pull_policy, service_account=self.job_service_account)
+                         image_pull_policy=self.image_pull_policy, service_account=self.job_service_account,
+                         kafka_secret=self.kafka_secret, store_ca_secret=self.store_ca_secret)
 
 
 def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -64,5 +71,7 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         job_service_account=env.get("SUSY_JOB_SERVICE_ACCOUNT") or None,
         missing_run_grace_seconds=float(env.get("SUSY_MISSING_RUN_GRACE_SECONDS", "300")),
         pod_start_grace_seconds=float(env.get("SUSY_POD_START_GRACE_SECONDS", "300")),
+        kafka_secret=env.get("SUSY_KAFKA_SECRET") or None,
+        store_ca_secret=env.get("SUSY_STORE_CA_SECRET") or None,
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
     )
