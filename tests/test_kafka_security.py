@@ -165,3 +165,23 @@ def test_the_tfio_librdkafka_was_built_with_ssl_and_sasl() -> None:
         pytest.skip("tensorflow-io's shared library not found")
     text = lib.read_bytes()
     assert b"sasl_scram" in text and b"ssl" in text
+
+
+def test_a_mongodb_uri_with_tls_options_reaches_pymongo_intact(tmp_path: Path) -> None:
+    """mongomock cannot do TLS and no mongod runs here: what is shown is that the URI's TLS options
+    arrive in pymongo's client as written: TLS on, the CA file loaded (the client connects lazily,
+    so nothing dials)."""
+    from susy_pipeline import store as store_lib
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a CA")
+    ca, _ = make_ca(tmp_path, "mongo-ca")
+    uri = f"mongodb://susy:pw@db.example:27017/bigdata?tls=true&tlsCAFile={ca}&authSource=admin"
+    store = store_lib.open_store(uri)
+    try:
+        context = store._client.options.pool_options._ssl_context  # noqa: SLF001 - pymongo's parsed TLS
+        assert context is not None, "TLS is on"
+        subjects = [dict(x[0] for x in c["subject"]) for c in context.get_ca_certs()]
+        assert {"commonName": "mongo-ca"} in subjects, "the CA file named in the URI is the one loaded"
+    finally:
+        store.close()
