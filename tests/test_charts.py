@@ -885,3 +885,44 @@ def test_crd_validation_rejects_unknown_and_mistyped_fields() -> None:
     assert list(validator.iter_errors(typo)), "an unknown spec field must fail"
     wrong = {**doc, "spec": {**doc["spec"], "dataset": {**doc["spec"]["dataset"], "limit": "many"}}}
     assert list(validator.iter_errors(wrong)), "a string where an integer belongs must fail"
+
+
+def test_kafka_tls_listener_from_a_certificate_secret(helm: str, tmp_path: Path) -> None:
+    """kafka.tls (ci/secured-values.yaml): an SSL listener on 9093 beside the plaintext one, each broker
+    advertising both, a PEM keystore (KIP-651) made at start from the Secret's tls.key and tls.crt,
+    the port on the Service and open in the NetworkPolicy to the same clients as the plaintext one."""
+    objs = render(helm, PLATFORM, PLATFORM / "ci" / "secured-values.yaml")
+    sts, kafka = _kafka(objs)
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    (tls_dir / "tls.key").write_text("-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n")
+    (tls_dir / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\ncert\n-----END CERTIFICATE-----\n")
+    container = {**kafka, "command": [*kafka["command"][:2], kafka["command"][2].replace("/etc/kafka/tls/", f"{tls_dir}/")]}
+    name, svc = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    props, _, _ = _start_kafka(tmp_path, container, f"{name}-0", "0")
+    host = f"{name}-0.{svc}.{NAMESPACE}.svc.cluster.local"
+    assert props["listeners"] == "PLAINTEXT://0.0.0.0:9092,SSL://0.0.0.0:9093"
+    assert props["advertised.listeners"] == f"PLAINTEXT://{host}:9092,SSL://{host}:9093"
+    assert props["listener.security.protocol.map"] == "PLAINTEXT:PLAINTEXT,SSL:SSL"
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert (props["ssl.keystore.type"], props["ssl.keystore.location"]) == ("PEM", "/etc/kafka/broker/keystore.pem")
+    keystore = (tmp_path / "conf" / "keystore.pem").read_text()
+    assert keystore.index("PRIVATE KEY") < keystore.index("CERTIFICATE")
+    mounts = {m["name"]: m for m in kafka["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/kafka/tls" and mounts["tls"]["readOnly"] is True
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "susy-platform-kafka-tls"
+    service = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"] == svc)
+    assert {"name": "client-tls", "port": 9093, "targetPort": "client-tls"} in service["spec"]["ports"]
+    (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
+    assert {"protocol": "TCP", "port": "client-tls"} in policy["spec"]["ingress"][0]["ports"]
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("kafka.tls.enabled=true",), "kafka.tls.enabled needs kafka.tls.secretName"),
+    (("kafka.tls.enabled=true", "kafka.tls.secretName=x", "kafka.mode=kraft"), 'needs kafka.mode "zookeeper"'),
+])
+def test_kafka_tls_refuses_what_cannot_work(helm: str, sets: tuple[str, ...], message: str) -> None:
+    args = [helm, "template", "t", str(PLATFORM)] + [a for s in sets for a in ("--set", s)]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode != 0 and message in out.stderr, out.stderr
