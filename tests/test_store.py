@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
-import mongomock
+import bson
 import pytest
 
-from susy_pipeline.store import (EmbeddedStore, ModelNotFound, ModelRef, MongoStore, StoreUnavailable,
-                                 open_store, redact)
+from susy_pipeline.store import (CHUNK_BYTES, EmbeddedStore, ModelBytesDamaged, ModelInUse, ModelNotFound,
+                                 ModelRef, MongoStore, StoreUnavailable, open_store, redact)
+from support.mongo import MONGODB_DOCUMENT_CAP, mongomock_client
 
 
 @pytest.fixture(params=["embedded", "mongo"])
@@ -17,9 +19,97 @@ def store(request, tmp_path):
         s = open_store(f"sqlite:///{tmp_path}/store.sqlite3")
     else:
         # mongomock stands in for a MongoDB server in one process (none can run here).
-        s = MongoStore(client=mongomock.MongoClient(), database="bigdata")
+        s = MongoStore(client=mongomock_client(), database="bigdata")
     yield s
     s.close()
+
+
+def _stored_shape(store, model_id):
+    """(chunk sizes in order, the largest document's size) as the back end holds them."""
+    if isinstance(store, MongoStore):
+        db = store._db
+        chunks = [len(c["data"]) for c in db["MLModels.chunks"].find({"files_id": model_id}).sort("n", 1)]
+        largest = max(len(bson.encode(doc)) for name in db.list_collection_names()
+                      for doc in db[name].find())
+        return chunks, largest
+    rows = store._db.execute("SELECT length(data) FROM chunks WHERE files_id = ? ORDER BY n",
+                             (model_id,)).fetchall()
+    largest = store._db.execute("SELECT max(length(body) + coalesce(length(blob), 0)) FROM documents"
+                                ).fetchone()[0]
+    return [n for n, in rows], largest
+
+
+def test_a_model_over_16_mib_is_stored_in_chunks_and_round_trips(store):
+    data = os.urandom(17 * 1024 * 1024 + 12_345)
+    model_id = store.save_model({"run": "big"}, data)
+    meta, loaded = store.load_model(model_id)
+    assert loaded == data
+    assert meta["size_bytes"] == len(data) and "model" not in meta
+    assert store.list_models("big")[0]["size_bytes"] == len(data)
+    chunks, largest = _stored_shape(store, model_id)
+    assert chunks == [CHUNK_BYTES] * (len(data) // CHUNK_BYTES) + [len(data) % CHUNK_BYTES]
+    assert largest < MONGODB_DOCUMENT_CAP  # no single document near the server's cap
+
+
+def _save_the_old_way(store, model_id, data):
+    """A model as the store saved it before chunking: the bytes inside the document."""
+    meta = {"model_id": model_id, "created_at": "2026-01-01T00:00:00.000000Z", "run": "old",
+            "format": "keras"}
+    if isinstance(store, MongoStore):
+        store._models.insert_one({"_id": model_id, **meta, "model": bson.Binary(data)})
+    else:
+        store._upsert("MLModels", model_id, "old", meta["created_at"], meta, data)
+
+
+def test_models_saved_with_their_bytes_in_the_document_still_load_and_delete(store):
+    _save_the_old_way(store, "0" * 32, b"old bytes")
+    new = store.save_model({"run": "old"}, b"new bytes")
+    assert store.load_model("0" * 32) == (store.resolve_model("0" * 32), b"old bytes")
+    assert store.load_model("latest:old")[1] == b"new bytes"
+    store.delete_model("0" * 32)
+    with pytest.raises(ModelNotFound):
+        store.load_model("0" * 32)
+    assert [m["model_id"] for m in store.list_models()] == [new]
+
+
+def test_missing_or_damaged_chunks_fail_the_load_clearly(store):
+    model_id = store.save_model({"run": "r"}, os.urandom(3 * CHUNK_BYTES))
+    if isinstance(store, MongoStore):
+        store._db["MLModels.chunks"].delete_one({"files_id": model_id, "n": 1})
+    else:
+        store._db.execute("DELETE FROM chunks WHERE files_id = ? AND n = 1", (model_id,))
+    with pytest.raises(ModelBytesDamaged, match=model_id):
+        store.load_model(model_id)
+
+
+def test_delete_refuses_while_an_evaluation_of_the_model_is_unfinished(store):
+    model_id = store.save_model({"run": "r"}, os.urandom(2 * CHUNK_BYTES))
+    other = store.save_model({"run": "r"}, b"other")
+    store.claim_model("eval-a", model_id, 2)
+    store.claim_model("eval-a", model_id, 2)  # every shard claims; one record
+    store.put_shard_result("eval-a", 0, {"model_id": model_id, "rows": 1})
+    store.put_shard_result("eval-a", 1, {"model_id": other, "rows": 1})  # another model's: not this one's
+    with pytest.raises(ModelInUse, match=r"'eval-a' \(1 of 2 shards done") as refused:
+        store.delete_model(model_id)
+    assert refused.value.exit_code == 2 and refused.value.evaluations[0]["missing"] == [1]
+    assert store.load_model(model_id)[0]["model_id"] == model_id  # nothing was removed
+    assert store.delete_model(other)["deleted"]  # no evaluation names it
+
+    store.put_shard_result("eval-a", 1, {"model_id": model_id, "rows": 1})  # the last shard is in
+    assert store.unfinished_evaluations(model_id) == []
+    assert store.delete_model(model_id)["deleted"]
+    with pytest.raises(ModelNotFound):
+        store.delete_model(model_id)
+    assert _stored_shape(store, model_id)[0] == []  # its chunks are gone too
+    assert store.model_claims(model_id) == []
+
+
+def test_delete_with_force_removes_a_model_whose_evaluation_never_finishes(store):
+    model_id = store.save_model({"run": "r"}, b"x")
+    store.claim_model("abandoned", model_id, 3)
+    result = store.delete_model(model_id, force=True)
+    assert result["unfinished_evaluations"] == ["abandoned"]
+    assert store.list_models() == []
 
 
 def test_model_refs_by_id_timestamp_and_latest_of_run(store):

@@ -299,7 +299,11 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     if model is None:
         from .model import model_from_bytes
 
-        model_record, keras_bytes = store.load_model(model_ref)
+        # Claim the model before loading it: `models delete` refuses while this evaluation has
+        # fewer shard results for it than shards (store.claim_model).
+        model_id = store.resolve_model(model_ref)["model_id"]
+        store.claim_model(evaluation, model_id, shard_count)
+        model_record, keras_bytes = store.load_model(model_id)
         model = model_from_bytes(keras_bytes)
     model_record = model_record or {}
     score = make_scorer(model, chunk_rows)

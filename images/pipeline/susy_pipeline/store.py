@@ -10,12 +10,23 @@ Two back ends behind one small interface:
   and write at once.
 
 This module imports neither TensorFlow nor Kafka: the operator uses it too.
-Models are stored whole, as the bytes of a Keras `.keras` archive
-(architecture, weights and the normalization statistics).
+A model is a metadata document plus the bytes of a Keras `.keras` archive
+(architecture, weights and the normalization statistics). The bytes are kept
+apart from the document, in chunks of `CHUNK_BYTES`: in MongoDB through GridFS
+(bucket `MLModels`: collections `MLModels.files` and `MLModels.chunks`), since
+one document is capped at 16 MiB and a [1024, 1024, 1024] model is 25 MB; in
+the embedded store in the same shape (tables `files` and `chunks`). Models
+saved before GridFS, with the bytes inside the document, still load.
+
+`models delete` must not remove a model that an evaluation is still scoring:
+each evaluator shard claims the model (`claim_model`) before loading it, and
+an evaluation is unfinished while fewer of its shards than it has have stored
+a result for that model. `delete_model` refuses while any is (`ModelInUse`).
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -32,6 +43,11 @@ from .errors import BadInput, Unavailable
 
 PRODUCTIONS_COLLECTION = "Productions"
 SHARD_RESULTS_COLLECTION = "ShardResults"
+# Which evaluation scores which model (one record per evaluation and model): see claim_model.
+EVALUATIONS_COLLECTION = "Evaluations"
+# GridFS's default chunk size (255 KiB): below 256 KiB, so a chunk with its document fits in
+# one 256 KiB power-of-two allocation in MongoDB's storage.
+CHUNK_BYTES = 255 * 1024
 DEFAULT_EMBEDDED_URI = "sqlite:///.susy/store.sqlite3"
 
 T = TypeVar("T")
@@ -47,6 +63,18 @@ class StoreUnavailable(StoreError, Unavailable):
 
 class ModelNotFound(StoreError, BadInput, LookupError):
     """No stored model matches a reference."""
+
+
+class ModelInUse(StoreError, BadInput):
+    """A model that an unfinished evaluation names cannot be deleted."""
+
+    def __init__(self, message: str, evaluations: list[dict[str, Any]]):
+        super().__init__(message)
+        self.evaluations = evaluations
+
+
+class ModelBytesDamaged(StoreError):
+    """A model's stored bytes are missing or do not match its record (exit 1: not the user's input)."""
 
 
 def utc_now() -> str:
@@ -128,6 +156,57 @@ class Store:
         """Model metadata, newest first, optionally of one run."""
         raise NotImplementedError
 
+    def claim_model(self, evaluation: str, model_id: str, shard_count: int) -> None:
+        """Record (upsert) that `evaluation`, of `shard_count` shards, scores model `model_id`.
+
+        Each evaluator shard calls it before it loads the model; `delete_model` refuses while
+        the evaluation is unfinished (fewer than `shard_count` shard results for this model).
+        """
+        raise NotImplementedError
+
+    def model_claims(self, model_id: str) -> list[dict[str, Any]]:
+        """Every evaluation record that names a model: {evaluation, model_id, shard_count, claimed_at}."""
+        raise NotImplementedError
+
+    def _remove_model(self, model_id: str) -> None:
+        """Delete a model's bytes, its document and its evaluation records."""
+        raise NotImplementedError
+
+    def unfinished_evaluations(self, model_id: str) -> list[dict[str, Any]]:
+        """The evaluations that name a model and still miss shard results for it.
+
+        Each is its claim plus `shards_done` and `missing` (shard indexes without a result).
+        """
+        unfinished = []
+        for claim in self.model_claims(model_id):
+            done = {r["shard_index"] for r in self.shard_results(claim["evaluation"])
+                    if r.get("model_id") == model_id}
+            missing = [i for i in range(int(claim["shard_count"])) if i not in done]
+            if missing:
+                unfinished.append({**claim, "shards_done": len(done), "missing": missing})
+        return sorted(unfinished, key=lambda c: c["evaluation"])
+
+    def delete_model(self, model_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Delete a model by id (its bytes and its record); return what was deleted.
+
+        Raises `ModelNotFound` for an unknown id and `ModelInUse` while an unfinished
+        evaluation names it, unless `force` (for an evaluation that will never finish: its
+        EvaluationRun deleted or failed for good).
+        """
+        meta = self.resolve_model(ModelRef(model_id=model_id))
+        busy = self.unfinished_evaluations(model_id)
+        if busy and not force:
+            names = ", ".join(f"{c['evaluation']!r} ({c['shards_done']} of {c['shard_count']} shards "
+                              f"done, last claimed {c['claimed_at']})" for c in busy)
+            raise ModelInUse(
+                f"model {model_id} is in use by unfinished evaluation(s) {names}: wait until every "
+                f"shard has stored its result, or pass --force if the evaluation will never finish "
+                f"(its EvaluationRun deleted or failed)", busy)
+        self._remove_model(model_id)
+        return {"model_id": model_id, "run": meta.get("run"), "created_at": meta.get("created_at"),
+                "size_bytes": meta.get("size_bytes"), "deleted": True,
+                "unfinished_evaluations": [c["evaluation"] for c in busy]}
+
     def put_production(self, run: str, record: dict[str, Any]) -> None:
         """Record (upsert) what a producer wrote for a run."""
         raise NotImplementedError
@@ -162,6 +241,25 @@ class Store:
         return meta
 
     @staticmethod
+    def _describe_bytes(meta: dict[str, Any], data: bytes, storage: str) -> None:
+        """Record how the bytes are stored and what they are, so a load can check them."""
+        meta["storage"] = storage
+        meta["size_bytes"] = len(data)
+        meta["sha256"] = hashlib.sha256(data).hexdigest()
+        meta["chunk_bytes"] = CHUNK_BYTES
+
+    @staticmethod
+    def _checked(meta: dict[str, Any], data: bytes) -> bytes:
+        size, digest = meta.get("size_bytes"), meta.get("sha256")
+        if size is not None and len(data) != size:
+            raise ModelBytesDamaged(f"model {meta.get('model_id')}: {len(data)} bytes stored, "
+                                    f"its record says {size}")
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise ModelBytesDamaged(f"model {meta.get('model_id')}: the stored bytes do not match "
+                                    f"their SHA-256 {digest}")
+        return data
+
+    @staticmethod
     def _not_found(ref: ModelRef) -> ModelNotFound:
         if ref.run is not None:
             return ModelNotFound(f"no model of run {ref.run!r} in the store")
@@ -184,6 +282,24 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE INDEX IF NOT EXISTS documents_by_run ON documents (collection, run, created_at);
 CREATE INDEX IF NOT EXISTS documents_by_time ON documents (collection, created_at);
+-- Model bytes in GridFS's shape: one row per file, the bytes in CHUNK_BYTES chunks numbered from 0.
+-- `bucket` is DATABASE.MLModels, as GridFS's bucket MLModels is in database DATABASE.
+CREATE TABLE IF NOT EXISTS files (
+    bucket      TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    length      INTEGER NOT NULL,
+    chunk_size  INTEGER NOT NULL,
+    upload_date TEXT NOT NULL,
+    PRIMARY KEY (bucket, id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    bucket   TEXT NOT NULL,
+    files_id TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    data     BLOB NOT NULL,
+    PRIMARY KEY (bucket, files_id, n)
+);
 """
 
 
@@ -249,10 +365,46 @@ class EmbeddedStore(Store):
         return [(json.loads(body), blob) for body, blob in rows]
 
     def save_model(self, record, model_bytes):
+        data = bytes(model_bytes)
         meta = self._new_model_record(record)
-        self._upsert(MODELS_COLLECTION, meta["model_id"], meta["run"], meta["created_at"], meta,
-                     bytes(model_bytes))
-        return meta["model_id"]
+        self._describe_bytes(meta, data, "chunks")
+        model_id, bucket = meta["model_id"], self._collection(MODELS_COLLECTION)
+        # One transaction: the chunks, the file and the document appear together or not at all.
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT INTO chunks (bucket, files_id, n, data) VALUES (?, ?, ?, ?)",
+                ((bucket, model_id, n, data[start:start + CHUNK_BYTES])
+                 for n, start in enumerate(range(0, len(data), CHUNK_BYTES))))
+            self._db.execute(
+                "INSERT INTO files (bucket, id, filename, length, chunk_size, upload_date) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (bucket, model_id, f"{model_id}.keras", len(data), CHUNK_BYTES, meta["created_at"]))
+            self._db.execute(
+                "INSERT INTO documents (collection, id, run, created_at, body, blob) "
+                "VALUES (?, ?, ?, ?, ?, NULL)",
+                (bucket, model_id, meta["run"], meta["created_at"], json.dumps(meta)))
+        return model_id
+
+    def _read_file(self, meta: dict[str, Any]) -> bytes:
+        model_id, bucket = meta["model_id"], self._collection(MODELS_COLLECTION)
+        with self._lock:
+            # One read transaction, so a delete cannot land between the two SELECTs.
+            self._db.execute("BEGIN")
+            try:
+                file = self._db.execute("SELECT length, chunk_size FROM files WHERE bucket = ? AND id = ?",
+                                        (bucket, model_id)).fetchone()
+                chunks = self._db.execute(
+                    "SELECT n, data FROM chunks WHERE bucket = ? AND files_id = ? ORDER BY n",
+                    (bucket, model_id)).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        if file is None:
+            raise ModelBytesDamaged(f"model {model_id}: its bytes are missing (no row in table files)")
+        length, chunk_size = file
+        expected = -(-length // chunk_size)
+        if [n for n, _ in chunks] != list(range(expected)):
+            raise ModelBytesDamaged(f"model {model_id}: {len(chunks)} of its {expected} chunks are stored")
+        return self._checked(meta, b"".join(data for _, data in chunks))
 
     def _find_model(self, ref: ModelRef | str, with_blob: bool):
         ref = _coerce_ref(ref)
@@ -269,7 +421,9 @@ class EmbeddedStore(Store):
 
     def load_model(self, ref):
         meta, blob = self._find_model(ref, with_blob=True)
-        return meta, blob
+        if blob is not None:  # saved before chunked storage: the bytes are in the document
+            return meta, bytes(blob)
+        return meta, self._read_file(meta)
 
     def resolve_model(self, ref):
         return self._find_model(ref, with_blob=False)[0]
@@ -295,6 +449,25 @@ class EmbeddedStore(Store):
     def shard_results(self, evaluation):
         rows = self._select(SHARD_RESULTS_COLLECTION, "run = ?", (evaluation,), order="id")
         return sorted((body for body, _ in rows), key=lambda r: r["shard_index"])
+
+    def claim_model(self, evaluation, model_id, shard_count):
+        body = {"evaluation": evaluation, "model_id": model_id, "shard_count": int(shard_count),
+                "claimed_at": utc_now()}
+        # Column `run` holds the model id here, so the records of one model are found by index.
+        self._upsert(EVALUATIONS_COLLECTION, f"{evaluation}/{model_id}", model_id, body["claimed_at"],
+                     body)
+
+    def model_claims(self, model_id):
+        return [body for body, _ in self._select(EVALUATIONS_COLLECTION, "run = ?", (model_id,))]
+
+    def _remove_model(self, model_id):
+        bucket = self._collection(MODELS_COLLECTION)
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM chunks WHERE bucket = ? AND files_id = ?", (bucket, model_id))
+            self._db.execute("DELETE FROM files WHERE bucket = ? AND id = ?", (bucket, model_id))
+            self._db.execute("DELETE FROM documents WHERE collection = ? AND id = ?", (bucket, model_id))
+            self._db.execute("DELETE FROM documents WHERE collection = ? AND run = ?",
+                             (self._collection(EVALUATIONS_COLLECTION), model_id))
 
     def close(self):
         self._db.close()
@@ -323,7 +496,23 @@ class MongoStore(Store):
         self._models = db.get_collection(MODELS_COLLECTION, write_concern=majority)
         self._productions = db.get_collection(PRODUCTIONS_COLLECTION, write_concern=majority)
         self._shards = db.get_collection(SHARD_RESULTS_COLLECTION, write_concern=majority)
+        self._evaluations = db.get_collection(EVALUATIONS_COLLECTION, write_concern=majority)
+        # GridFS bucket MLModels: MLModels.files (one document per model, _id = the model id) and
+        # MLModels.chunks (CHUNK_BYTES each); made on first use, so constructing needs no server.
+        self._db, self._majority = db, majority
+        self._files = db.get_collection(f"{MODELS_COLLECTION}.files", write_concern=majority)
+        self._chunks = db.get_collection(f"{MODELS_COLLECTION}.chunks", write_concern=majority)
+        self._gridfs = None
         self._indexed = False
+
+    @property
+    def _bucket(self):
+        if self._gridfs is None:
+            import gridfs
+
+            self._gridfs = gridfs.GridFSBucket(self._db, bucket_name=MODELS_COLLECTION,
+                                               chunk_size_bytes=CHUNK_BYTES, write_concern=self._majority)
+        return self._gridfs
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self.attempts + 1):
@@ -332,6 +521,7 @@ class MongoStore(Store):
                     self._models.create_index([("run", 1), ("created_at", -1)])
                     self._models.create_index([("created_at", -1)])
                     self._shards.create_index([("evaluation", 1), ("shard_index", 1)])
+                    self._evaluations.create_index([("model_id", 1)])
                     self._indexed = True
                 return fn()
             except self._errors as err:
@@ -350,12 +540,23 @@ class MongoStore(Store):
         return {k: v for k, v in doc.items() if k not in ("_id", "model")}
 
     def save_model(self, record, model_bytes):
-        from bson.binary import Binary
-
+        data = bytes(model_bytes)
         meta = self._new_model_record(record)
-        doc = {"_id": meta["model_id"], **meta, "model": Binary(bytes(model_bytes))}
-        self._call("saving a model", lambda: self._models.insert_one(doc))
-        return meta["model_id"]
+        self._describe_bytes(meta, data, "gridfs")
+        model_id = meta["model_id"]
+
+        def upload():
+            # Idempotent: a retry first removes what a failed attempt may have left.
+            self._chunks.delete_many({"files_id": model_id})
+            self._files.delete_one({"_id": model_id})
+            self._bucket.upload_from_stream_with_id(
+                model_id, f"{model_id}.keras", data, metadata={"model_id": model_id, "run": meta["run"]})
+
+        # The bytes first, then the document: a listed model always has its bytes.
+        self._call("saving a model's bytes", upload)
+        self._call("saving a model", lambda: self._models.replace_one(
+            {"_id": model_id}, {"_id": model_id, **meta}, upsert=True))
+        return model_id
 
     def _find_model(self, ref, with_blob: bool):
         ref = _coerce_ref(ref)
@@ -380,7 +581,24 @@ class MongoStore(Store):
 
     def load_model(self, ref):
         doc = self._find_model(ref, with_blob=True)
-        return self._strip(doc), bytes(doc["model"])
+        meta = self._strip(doc)
+        if "model" in doc:  # saved before GridFS: the bytes are in the document
+            return meta, bytes(doc["model"])
+        import gridfs
+
+        def download():
+            try:
+                return self._bucket.open_download_stream(meta["model_id"]).read()
+            except gridfs.errors.NoFile:
+                return None
+            except gridfs.errors.CorruptGridFile as err:
+                raise ModelBytesDamaged(f"model {meta['model_id']}: GridFS file damaged ({err})") from err
+
+        data = self._call("reading a model's bytes", download)
+        if data is None:
+            raise ModelBytesDamaged(f"model {meta['model_id']}: its bytes are missing "
+                                    f"(no file {meta['model_id']} in {MODELS_COLLECTION}.files)")
+        return meta, self._checked(meta, data)
 
     def resolve_model(self, ref):
         return self._strip(self._find_model(ref, with_blob=False))
@@ -410,6 +628,25 @@ class MongoStore(Store):
         docs = self._call("reading shard results", lambda: list(
             self._shards.find({"evaluation": evaluation}).sort([("shard_index", 1)])))
         return [self._strip(d) for d in docs]
+
+    def claim_model(self, evaluation, model_id, shard_count):
+        doc = {"evaluation": evaluation, "model_id": model_id, "shard_count": int(shard_count),
+               "claimed_at": utc_now()}
+        self._call("recording an evaluation", lambda: self._evaluations.replace_one(
+            {"_id": f"{evaluation}/{model_id}"}, doc, upsert=True))
+
+    def model_claims(self, model_id):
+        docs = self._call("reading evaluations", lambda: list(
+            self._evaluations.find({"model_id": model_id}).sort([("evaluation", 1)])))
+        return [self._strip(d) for d in docs]
+
+    def _remove_model(self, model_id):
+        # The bytes first, the document last: a delete that fails half way can be run again.
+        self._call("deleting a model's bytes", lambda: (
+            self._chunks.delete_many({"files_id": model_id}), self._files.delete_one({"_id": model_id})))
+        self._call("deleting a model", lambda: self._models.delete_one({"_id": model_id}))
+        self._call("deleting a model's evaluations",
+                   lambda: self._evaluations.delete_many({"model_id": model_id}))
 
     def close(self):
         self._client.close()
