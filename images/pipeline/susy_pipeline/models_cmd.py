@@ -1,23 +1,127 @@
-"""`models`: list the stored models, newest first."""
+"""`models`: list, export and delete stored models.
+
+  models [list] [--run-name RUN] [--table]   the models, newest first (one JSON document; --table: a table)
+  models export REF --out FILE.keras        write a model's .keras bytes to a file
+  models delete ID [--force]                delete a model: its record and its bytes
+
+`models` alone lists. REF is a model id, an ISO-8601 timestamp (the newest model
+created at or before it) or latest:RUN; `delete` takes an id only. `delete`
+refuses (exit 2, naming the evaluations) while an evaluation that scores the
+model is unfinished: every evaluator shard records the model it scores before
+loading it, and an evaluation is finished once each of its shards has stored
+its result. --force deletes anyway, for an evaluation that will never finish
+(its EvaluationRun deleted, or failed for good).
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+from typing import Any
 
 from . import options
+from .errors import BadInput
+from .store import ModelRef
+
+# Shown by `models list --table` (the JSON has every field of each record).
+_COLUMNS = ("model_id", "created_at", "run", "rows", "val_auc", "size")
+
+
+def _add_list_options(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--run-name", default=default, help="only the models of this run")
+    p.add_argument("--table", action="store_true", default=default,
+                   help="print a table for people instead of the JSON document")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    """The store options on a subcommand, defaulting to what `models` itself was given."""
+    p.add_argument("--store", default=argparse.SUPPRESS,
+                   help="model store: mongodb://... or sqlite:///PATH (env MONGODB_URI)")
+    p.add_argument("--database", default=argparse.SUPPRESS, help="database name (env SUSY_DATABASE)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list stored models", description=__doc__)
-    p.add_argument("--run-name", default=None, help="only the models of this run")
+    p = sub.add_parser("models", help="list, export or delete stored models", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    # On `models` itself too, so that `models --run-name R` (no subcommand) lists as it always did.
+    _add_list_options(p, None)
     options.add_store(p)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run_list, table=False)
+    actions = p.add_subparsers(dest="models_command", metavar="ACTION")
+
+    # Defaults SUPPRESSed: an option given before the action (`models --store X list`) stays.
+    listing = actions.add_parser("list", help="list stored models, newest first (JSON; --table)")
+    _add_list_options(listing, argparse.SUPPRESS)
+    _add_store(listing)
+    listing.set_defaults(run=run_list)
+
+    export = actions.add_parser("export", help="write a model's .keras bytes to a file")
+    export.add_argument("ref", metavar="REF", help="model id, ISO-8601 timestamp or latest:RUN")
+    export.add_argument("--out", required=True, metavar="FILE.keras",
+                        help="file to write (Keras loads only names ending .keras)")
+    _add_store(export)
+    export.set_defaults(run=run_export)
+
+    delete = actions.add_parser("delete", help="delete a model (refused while an evaluation uses it)")
+    delete.add_argument("model_id", metavar="ID", help="model id (32 hex characters)")
+    delete.add_argument("--force", action="store_true",
+                        help="delete even while an unfinished evaluation names the model")
+    _add_store(delete)
+    delete.set_defaults(run=run_delete)
 
 
-def run(args: argparse.Namespace) -> dict:
+def _row(m: dict[str, Any]) -> dict[str, str]:
+    auc = (m.get("metrics") or {}).get("val_auc")
+    size = m.get("size_bytes")
+    return {"model_id": m["model_id"], "created_at": m["created_at"], "run": str(m.get("run")),
+            "rows": "-" if m.get("rows") is None else str(m["rows"]),
+            "val_auc": "-" if auc is None else f"{auc:.4f}",
+            "size": "-" if size is None else f"{size / 1e6:.1f} MB"}
+
+
+def run_list(args: argparse.Namespace) -> dict | None:
     with options.store_from(args) as store:
         models = store.list_models(args.run_name)
-    for m in models:
-        auc = m.get("metrics", {}).get("val_auc")
-        print(f"{m['model_id']}  {m['created_at']}  run={m.get('run')}  rows={m.get('rows')}  "
-              f"val_auc={'-' if auc is None else f'{auc:.4f}'}")
-    return {"models": len(models)}
+    if not args.table:
+        return {"count": len(models), "models": models}
+    rows = [_row(m) for m in models]
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in _COLUMNS}
+    print("  ".join(c.ljust(widths[c]) for c in _COLUMNS).rstrip())
+    for r in rows:
+        print("  ".join(r[c].ljust(widths[c]) for c in _COLUMNS).rstrip())
+    return None
+
+
+def run_export(args: argparse.Namespace) -> dict:
+    if not args.out.endswith(".keras"):
+        raise BadInput(f"--out {args.out!r}: the file name must end .keras (keras.models.load_model "
+                       "reads no other)")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise BadInput(f"--out {args.out!r}: directory {parent} does not exist")
+    with options.store_from(args) as store:
+        meta, data = store.load_model(args.ref)
+    # Written beside the target and renamed: the file appears whole or not at all.
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".export-", suffix=".keras")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
+        os.replace(tmp, args.out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    print(f"model {meta['model_id']} written to {args.out} ({len(data):,} bytes)", file=sys.stderr)
+    return {"model_id": meta["model_id"], "run": meta.get("run"), "out": args.out, "bytes": len(data)}
+
+
+def run_delete(args: argparse.Namespace) -> dict:
+    ref = ModelRef.parse(args.model_id)
+    if ref.model_id is None:
+        raise BadInput(f"models delete takes a model id, not {args.model_id!r} "
+                       "(`models list` shows the ids)")
+    with options.store_from(args) as store:
+        return store.delete_model(ref.model_id, force=args.force)
