@@ -10,8 +10,10 @@ STAMP  := $(VENV)/.installed-stamp
 help: ## List the targets.
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# hack/python-venv.sh first checks $(PYTHON) against pyproject's requires-python (and says what
+# to run), and makes the venv again if another Python made it.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	MAKECMDGOALS='$(MAKECMDGOALS)' hack/python-venv.sh '$(PYTHON)' '$(VENV)' '$(origin PYTHON)'
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[pipeline,operator,test]'
 	touch $@
