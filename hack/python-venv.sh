@@ -4,7 +4,8 @@
 #
 #   hack/python-venv.sh PYTHON VENV [ORIGIN]
 #
-# ORIGIN is make's $(origin PYTHON): "default" when the user did not choose PYTHON.
+# ORIGIN is make's $(origin PYTHON): "command line" or "environment" when the user chose PYTHON,
+# "file" when it is the Makefile's own default (python3).
 # - VENV exists, its Python is allowed, and PYTHON was not chosen (or is the same version):
 #   kept, so a half-finished install resumes in it.
 # - Otherwise PYTHON must be allowed; if it is not, this says which Python to name and stops
@@ -14,7 +15,10 @@ set -euo pipefail
 
 python=${1:?usage: hack/python-venv.sh PYTHON VENV [ORIGIN]}
 venv=${2:?usage: hack/python-venv.sh PYTHON VENV [ORIGIN]}
-origin=${3:-default}
+case ${3:-file} in
+  "command line"|environment*|override) chosen=true ;;
+  *) chosen=false ;;
+esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 pyproject=${SUSY_PYPROJECT:-$here/pyproject.toml}
 
@@ -75,7 +79,7 @@ if [[ -e $venv ]]; then
 fi
 
 if [[ -n $venv_version ]] && allowed "$venv_version"; then
-  if [[ $origin == default ]]; then
+  if ! $chosen; then
     exit 0  # PYTHON not chosen: keep the venv there is (an install resumes in it)
   fi
   wanted=$(version_of "$python")

@@ -77,10 +77,16 @@ def test_a_good_venv_is_kept_when_python_was_not_chosen(tmp_path):
     venv = fake_venv(tmp_path / "venv", "3.11")
     (venv / "half-installed").write_text("")
     python312 = fake_python(tmp_path / "bin" / "python3", "3.12")  # the default python3 is too new
-    done = subprocess.run([str(SCRIPT), str(python312), str(venv), "default"],
+    # "file": make's $(origin PYTHON) for the Makefile's own `PYTHON ?= python3`
+    done = subprocess.run([str(SCRIPT), str(python312), str(venv), "file"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (venv / "half-installed").exists()  # the install resumes in it
+    for chosen in ("command line", "environment"):  # PYTHON=python3.12 named by the user: refused
+        done = subprocess.run([str(SCRIPT), str(python312), str(venv), chosen],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "is Python 3.12" in done.stderr
+        assert (venv / "half-installed").exists()
 
 
 def test_a_directory_that_is_no_venv_is_never_removed(tmp_path):
