@@ -73,12 +73,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate", help="score one shard of a test set with a stored model; upsert the shard result",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.environ.get("SUSY_MODEL"),
+    p.add_argument("--model", default=options.env("SUSY_MODEL"),
                    help="model id, ISO timestamp (newest at or before) or latest:RUN (env SUSY_MODEL)")
-    p.add_argument("--data", nargs="+", default=os.environ.get("SUSY_DATA", "").split() or None,
+    p.add_argument("--data", nargs="+", default=options.env("SUSY_DATA", "").split() or None,
                    help="files, URIs (s3://, gs://, https://) or globs: .csv, .csv.gz, .parquet "
                         "(env SUSY_DATA, space-separated)")
-    p.add_argument("--evaluation", default=os.environ.get("SUSY_EVALUATION"),
+    p.add_argument("--evaluation", default=options.env("SUSY_EVALUATION"),
                    help="evaluation name the shard result is stored under (env SUSY_EVALUATION)")
     p.add_argument("--shard-index", type=int, default=options.env("JOB_COMPLETION_INDEX"),
                    help="this shard, 0..N-1 (env JOB_COMPLETION_INDEX, as Indexed Jobs set it)")

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", type=options.positive, default=2, help="evaluator shards (default: %(default)s)")
     p.add_argument("--reader", default=options.env("SUSY_READER", "kafka-python"),
                    choices=["kafka-python", "tfio"],
-                   help="trainer's Kafka reader (default: %(default)s; tfio needs a broker its bundled "
+                   help="trainer's Kafka reader (env SUSY_READER; default: %(default)s; tfio needs a broker its bundled "
                         "librdkafka 1.5.0 can talk to, see README)")
     p.add_argument("--recipe", default="tuned", choices=["tuned", "seed"], help="training recipe")
     p.add_argument("--rows-per-message", type=options.positive, default=1,
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=".susy", help="where test files and reports go (default: %(default)s)")
     p.add_argument("--bootstrap", default=options.env("KAFKA_BOOTSTRAP"),
                    help="Kafka bootstrap (env KAFKA_BOOTSTRAP; default: start an embedded broker)")
-    p.add_argument("--topic", default=options.env("KAFKA_TOPIC", DEFAULT_TOPIC), help="topic (default: %(default)s)")
+    p.add_argument("--topic", default=options.env("KAFKA_TOPIC", DEFAULT_TOPIC), help="topic (env KAFKA_TOPIC; default: %(default)s)")
     options.add_store(p)
     p.set_defaults(run=run)
 

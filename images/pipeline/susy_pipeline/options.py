@@ -1,4 +1,6 @@
-"""Options shared by the commands, each with an environment default (Kubernetes Jobs set env)."""
+"""Options shared by the commands, and `env`, the one way an option takes an environment default
+(Kubernetes Jobs set env). Every name `env` is asked for is recorded in ENV_NAMES, so a test can
+hold each command's --help to naming the variables its options read."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +10,12 @@ from .schema import DEFAULT_DATABASE, DEFAULT_TOPIC
 from .store import DEFAULT_EMBEDDED_URI, Store, open_store
 
 
+ENV_NAMES: list[str] = []
+
+
 def env(name: str, default=None):
+    """The variable's value if set and not empty, else `default`."""
+    ENV_NAMES.append(name)
     return os.environ.get(name) or default
 
 

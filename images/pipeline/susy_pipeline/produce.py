@@ -25,14 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="SUSY file: .csv, .csv.gz or .parquet, a path or an s3://, gs:// or https:// URI "
                         "(env SUSY_DATA; default: %(default)s)")
     p.add_argument("--skip", type=options.non_negative, default=int(options.env("SUSY_SKIP", 0)),
-                   help="rows to skip first (default: %(default)s)")
+                   help="rows to skip first (env SUSY_SKIP; default: %(default)s)")
     p.add_argument("--limit", type=options.non_negative, default=options.env("SUSY_LIMIT"),
-                   help="rows to send at most (default: all)")
+                   help="rows to send at most (env SUSY_LIMIT; default: all)")
     p.add_argument("--partitions", type=options.positive, default=int(options.env("KAFKA_PARTITIONS", 1)),
-                   help="partitions when creating the topic (default: %(default)s)")
+                   help="partitions when creating the topic (env KAFKA_PARTITIONS; default: %(default)s)")
     p.add_argument("--rows-per-message", type=options.positive,
                    default=int(options.env("SUSY_ROWS_PER_MESSAGE", 1)),
-                   help="rows per Kafka message (default: %(default)s, the seed's format)")
+                   help="rows per Kafka message (env SUSY_ROWS_PER_MESSAGE; default: %(default)s, the seed's format)")
     options.add_kafka(p)
     options.add_run_name(p)
     options.add_store(p)

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import data
+from . import data, options
 from . import files as storage  # `files` is scale's option for the number of files
 from .schema import COLUMNS, SAMPLE_TRAIN_ROWS
 from .errors import BadInput
@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "scale", help="write the sample's test rows repeated k times, as CSV.gz and Parquet",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("SUSY_SAMPLE", DEFAULT_SOURCE),
+    p.add_argument("--data", default=options.env("SUSY_SAMPLE", DEFAULT_SOURCE),
                    help="source file in UCI layout (env SUSY_SAMPLE; default %(default)s)")
     p.add_argument("--skip", type=int, default=SAMPLE_TRAIN_ROWS,
                    help="source rows to skip (default %(default)s: the sample's test rows follow)")

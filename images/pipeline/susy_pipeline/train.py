@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default: the CPUs this process may use, CPU limit included, less one for "
                         "reading and decoding the stream)")
     p.add_argument("--read-timeout", type=float, default=float(options.env("SUSY_READ_TIMEOUT", 120)),
-                   help="seconds without Kafka progress before giving up (default: %(default)s)")
+                   help="seconds without Kafka progress before giving up (env SUSY_READ_TIMEOUT; default: %(default)s)")
     p.add_argument("--librdkafka", action="append", default=[], metavar="KEY=VALUE",
                    help="extra librdkafka setting for the tfio reader (repeatable; env "
                         "SUSY_LIBRDKAFKA, comma-separated)")

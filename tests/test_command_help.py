@@ -1,0 +1,21 @@
+"""Every environment variable a command's options read (options.env) is named in that command's
+--help, so what docs/contracts.md promises a Job ("every option it sets has a variable") can be
+checked by reading the help."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from susy_pipeline import cli, options
+
+
+@pytest.mark.parametrize("module", cli.COMMANDS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_help_names_every_variable_the_options_read(module) -> None:
+    before = len(options.ENV_NAMES)
+    sub = argparse.ArgumentParser().add_subparsers()
+    module.add_parser(sub)
+    names = set(options.ENV_NAMES[before:])
+    text = " ".join(" ".join(p.format_help() for p in sub.choices.values()).split())  # argparse wraps lines
+    missing = sorted(n for n in names if n not in text)
+    assert not missing, f"{module.__name__} reads {missing} but its --help does not say so"
