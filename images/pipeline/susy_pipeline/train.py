@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="Kafka reader: tfio for Kafka 2.x-3.9, kafka-python for 0.8-4.3 "
                         "(env SUSY_READER; default: %(default)s)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE", "tuned"),
-                   help="training recipe (env SUSY_RECIPE; default: %(default)s)")
+                   help="training recipe (env SUSY_RECIPE; default: %(default)s, the better model; a "
+                        "TrainingRun defaults to seed, one pass over the topic as the seed's job did)")
     p.add_argument("--epochs", type=options.positive, help="maximum epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=options.positive, help="default: the recipe's")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: the recipe's)")
