@@ -1,0 +1,54 @@
+"""The evaluator's limit: the forward pass alone over the same chunks, the data already in memory.
+
+    python bench/forward_pass.py --store URI --model REF --chunk-rows N --data FILES...
+
+A fresh process, set up as one evaluator shard is (the same thread settings, scorer, chunking,
+tally and scoring threads), that first reads every chunk of the data into memory, then times only
+the scoring and tallying. Prints one JSON line: rows, seconds, rows_per_second. bench_evaluate.py
+divides a shard's rows/s by this.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--chunk-rows", type=int, required=True)
+    p.add_argument("--data", nargs="+", required=True)
+    args = p.parse_args()
+
+    from susy_pipeline import evaluate, shards
+    from susy_pipeline.cpus import configure_threads
+    from susy_pipeline.evaluation import HISTOGRAM_BINS
+    from susy_pipeline.model import model_from_bytes
+    from susy_pipeline.store import open_store
+
+    paths = shards.resolve_inputs(args.data)
+    configure_threads(evaluate.default_model_threads(paths))
+    with open_store(args.store) as store:
+        _, blob = store.load_model(args.model)
+    score = evaluate.make_scorer(model_from_bytes(blob), args.chunk_rows)
+    chunks = list(evaluate.iter_chunks(shards.plan_shard(paths, 0, 1), args.chunk_rows))
+    evaluate._score_chunks(iter(chunks[:4]), score, HISTOGRAM_BINS, lambda rows: None, math.inf,  # warm-up
+                           workers=evaluate.SCORING_THREADS)
+    started = time.monotonic()
+    tally = evaluate._score_chunks(iter(chunks), score, HISTOGRAM_BINS, lambda rows: None, math.inf,
+                                   workers=evaluate.SCORING_THREADS)
+    seconds = time.monotonic() - started
+    print(json.dumps({"rows": tally.rows, "seconds": seconds, "rows_per_second": tally.rows / seconds}))
+
+
+if __name__ == "__main__":
+    main()
