@@ -25,7 +25,6 @@ from susy_pipeline import data  # noqa: E402
 from susy_pipeline.evaluate import evaluate_shard  # noqa: E402
 from susy_pipeline.evaluation import IncompleteEvaluation, aggregate  # noqa: E402
 from susy_pipeline.scale import scale  # noqa: E402
-from susy_pipeline.schema import SAMPLE_TRAIN_ROWS  # noqa: E402
 from susy_pipeline.store import open_store  # noqa: E402
 
 SAMPLE = "data/susy-sample.csv.gz"
@@ -35,19 +34,11 @@ STRIPES = 1_000  # not a multiple of CHUNK: stripes leave gaps in chunks
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from susy_pipeline.cpus import configure_threads
-    from susy_pipeline.model import ModelConfig, build_model, model_to_bytes
+    from support.models import small_model_in_store
 
-    configure_threads(2)  # as a shard does, before TensorFlow starts (if it has not yet)
     root = tmp_path_factory.mktemp("evaluate")
-    batches = list(data.iter_batches(SAMPLE, limit=SAMPLE_TRAIN_ROWS))
-    x = np.concatenate([b.features for b in batches])
-    y = np.concatenate([b.labels for b in batches])
-    model = build_model(ModelConfig(hidden=(32, 16)), mean=x.mean(0), variance=x.var(0))
-    model.fit(x, y, epochs=1, batch_size=512, verbose=0)
     uri = f"sqlite:///{root}/store.sqlite3"
-    with open_store(uri) as store:
-        model_id = store.save_model({"run": "test-eval"}, model_to_bytes(model))
+    model_id, model = small_model_in_store(uri, "test-eval")
     many = scale(SAMPLE, str(root / "many"), times=3, files=3, row_group_rows=2_500)["files"]
     one = scale(SAMPLE, str(root / "one"), times=2, files=1, row_group_rows=3_000)["files"]
     inputs = {}

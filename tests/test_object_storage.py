@@ -70,22 +70,12 @@ def _s3(moto) -> pafs.S3FileSystem:
 def world(moto, tmp_path_factory):
     """A small trained model in a SQLite store, and the same inputs on disk and in the bucket."""
     pytest.importorskip("tensorflow")
-    from susy_pipeline.cpus import configure_threads
-    from susy_pipeline.model import ModelConfig, build_model, model_to_bytes
     from susy_pipeline.scale import scale
-    from susy_pipeline.schema import SAMPLE_TRAIN_ROWS
-    from susy_pipeline.store import open_store
+    from support.models import small_model_in_store
 
-    configure_threads(2)
     root = tmp_path_factory.mktemp("object-storage")
-    batches = list(data.iter_batches(SAMPLE, limit=SAMPLE_TRAIN_ROWS))
-    x = np.concatenate([b.features for b in batches])
-    y = np.concatenate([b.labels for b in batches])
-    model = build_model(ModelConfig(hidden=(32, 16)), mean=x.mean(0), variance=x.var(0))
-    model.fit(x, y, epochs=1, batch_size=512, verbose=0)
     store = f"sqlite:///{root}/store.sqlite3"
-    with open_store(store) as s:
-        model_id = s.save_model({"run": "test-s3"}, model_to_bytes(model))
+    model_id, model = small_model_in_store(store, "test-s3")
 
     local = root / "local"
     scale(SAMPLE, str(local / "files"), times=3, files=3, row_group_rows=2_500)

@@ -55,8 +55,8 @@ import attrs
 import kmock
 from kmock._internal import enums, rendering
 
-from support.apistore import (CORE_KINDS, ApiError, ApiStore, Call, Kind, ResKey,  # noqa: F401 - re-exported
-                              label_selector_matches, merge_patch, operator_calls)
+from support.apistore import CORE_KINDS, ApiError, ApiStore, Call, Kind
+from support.apistore import operator_calls  # noqa: F401 - re-exported for the RBAC tests
 
 NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces/?(?P<name>[^/]+)?/?$")
 
