@@ -1,9 +1,11 @@
 """The API server's object handling (support/apistore.py), tested without HTTP or an event loop."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from support.apistore import CORE_KINDS, ApiError, ApiStore
+from support.apistore import CORE_KINDS, ApiError, ApiStore, Kind
 from support.harness import SUSY_KINDS
 
 MERGE = "application/merge-patch+json"
@@ -15,15 +17,15 @@ def store() -> ApiStore:
     return ApiStore((*CORE_KINDS, *SUSY_KINDS), clock=lambda: 0.0)
 
 
-def kind(store: ApiStore, plural: str):
+def kind(store: ApiStore, plural: str) -> Kind:
     return store.kind_for(plural)
 
 
-def job(name: str, **meta):
+def job(name: str, **meta: Any) -> dict[str, Any]:
     return {"metadata": {"name": name, **meta}, "spec": {"template": {}}}
 
 
-def training_run(name: str, **spec):
+def training_run(name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "susy.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name},
             "spec": {"dataset": {"uri": "data.csv"}, **spec}}
 
@@ -34,7 +36,7 @@ def test_create_sets_server_metadata_and_logs_an_event_in_order(store: ApiStore)
     b = store.create(jobs, "ns", job("b"))
     assert a["metadata"]["namespace"] == "ns" and a["metadata"]["generation"] == 1 and a["metadata"]["uid"]
     assert int(a["metadata"]["resourceVersion"]) < int(b["metadata"]["resourceVersion"])
-    events, position = store.events_from(0, jobs, "ns", None, {})
+    events, _ = store.events_from(0, jobs, "ns", None, {})
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "a"), ("ADDED", "b")]
     with pytest.raises(ApiError) as refused:
         store.create(jobs, "ns", job("a"))

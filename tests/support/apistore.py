@@ -170,7 +170,6 @@ def field_selector_matches(selector: str | None, obj: Mapping[str, Any]) -> bool
     return True
 
 
-
 class ApiError(Exception):
     """A refusal, as the Kubernetes Status body the API server would answer."""
 
@@ -276,7 +275,8 @@ class ApiStore:
         return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
                 "metadata": {"resourceVersion": str(self.rv)}, "items": items}
 
-    def get(self, kind: Kind, namespace: str | None, name: str | None, subresource: str | None = None) -> dict[str, Any]:
+    def get(self, kind: Kind, namespace: str | None, name: str | None, subresource: str | None = None
+            ) -> dict[str, Any]:
         obj = self.bucket(kind).get(self.key(kind, namespace, name))
         if obj is None:
             raise _not_found(kind, name)

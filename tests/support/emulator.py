@@ -55,8 +55,9 @@ import attrs
 import kmock
 from kmock._internal import enums, rendering
 
-from support.apistore import CORE_KINDS, ApiError, ApiStore, Call, Kind
-from support.apistore import operator_calls  # noqa: F401 - re-exported for the RBAC tests
+from support.apistore import CORE_KINDS, ApiError, ApiStore, Call, Kind, operator_calls
+
+__all__ = ["Kind", "SusyEmulator", "operator_calls"]  # harness.py and the RBAC tests import these here
 
 NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces/?(?P<name>[^/]+)?/?$")
 
@@ -68,14 +69,13 @@ class SusyEmulator(kmock.KubernetesEmulator):
 
     kinds: tuple[Kind, ...] = ()
     history_limit: int = 50
-    log_limit: int = 200_000
     heartbeat_seconds: float = 5.0
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.calls: list[Call] = []
         self._changed: asyncio.Condition | None = None
-        self.store = ApiStore((*CORE_KINDS, *self.kinds), log_limit=self.log_limit,
+        self.store = ApiStore((*CORE_KINDS, *self.kinds),
                               clock=lambda: asyncio.get_running_loop().time(), on_change=self._wake_watches)
         for kind in self.store.kind_by_key.values():
             verbs = {"get", "list", "watch", "create", "patch", "delete"} | ({"update"} if kind.schema else set())
@@ -84,9 +84,11 @@ class SusyEmulator(kmock.KubernetesEmulator):
                 kind=kind.kind, singular=kind.kind.lower(), namespaced=kind.namespaced, verbs=verbs,
                 shortnames=set(kind.shortnames), subresources={"status"} if kind.status_subresource else set())
 
-    # The store's records, as the tests read them.
+    # The store's records and its log's length, as the tests read and set them.
     created = property(lambda self: self.store.created)
     create_times = property(lambda self: self.store.create_times)
+    log_limit = property(lambda self: self.store.log_limit,
+                         lambda self, limit: setattr(self.store, "log_limit", limit))
 
     def put(self, plural: str, obj: Mapping[str, Any], *, group: str | None = None) -> dict[str, Any]:
         return self.store.put(plural, obj, group=group)
