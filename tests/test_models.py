@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import bson
 import numpy as np
 import pytest
 
@@ -22,6 +23,17 @@ from support.mongo import MONGODB_DOCUMENT_CAP, mongomock_client
 @pytest.fixture
 def uri(tmp_path):
     return f"sqlite:///{tmp_path}/store.sqlite3"
+
+
+def _largest_record(store) -> int:
+    """The size of the largest document (MongoDB: BSON) or row (the embedded store) stored."""
+    if isinstance(store, MongoStore):
+        db = store._models.database
+        return max(len(bson.encode(doc)) for name in db.list_collection_names() for doc in db[name].find())
+    tables = {name for name, in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return max(size for table, column in (("documents", "length(body) + coalesce(length(blob), 0)"),
+                                          ("chunks", "length(data)")) if table in tables
+               for size, in store._db.execute(f"SELECT max({column}) FROM {table}"))
 
 
 def _cli(capsys, *argv):
@@ -50,6 +62,8 @@ def test_a_25_mb_keras_model_round_trips_with_equal_predictions(backend, tmp_pat
     with store:
         model_id = store.save_model({"run": "wide", "hyperparameters": {"hidden": [1024] * 3}}, data)
         meta, loaded = store.load_model("latest:wide")
+        # mongomock takes a document of any size; a MongoDB server refuses one over 16 MiB.
+        assert _largest_record(store) < MONGODB_DOCUMENT_CAP
     assert meta["model_id"] == model_id and loaded == data
     again = model_from_bytes(loaded)
     np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
@@ -141,3 +155,45 @@ def test_an_evaluator_shard_claims_its_model_until_every_shard_is_in(uri, tmp_pa
         evaluate_shard(store, model_ref=model_id, inputs=[str(data)], evaluation="ev", shard_index=1,
                        shard_count=2, chunk_rows=16, warmup_calls=1)
         assert store.delete_model(model_id)["deleted"]
+
+
+def test_models_lineage_names_the_production_and_the_evaluations(uri, capsys):
+    partitions = {"0": [0, 600], "1": [0, 400]}
+    with open_store(uri) as store:
+        store.put_production("r", {"topic": "trainData", "partitions": partitions, "rows": 1000,
+                                   "source": {"data": "data/susy-sample.csv.gz", "skip": 0, "limit": 1000}})
+        model_id = store.save_model({"run": "r", "recipe": "seed", "lineage": {
+            "topic": "trainData", "partitions": partitions, "bootstrap": "kafka:9092",
+            "source": {"data": "data/susy-sample.csv.gz", "skip": 0, "limit": 1000}}}, b"m" * 10)
+        store.claim_model("ev-done", model_id, 1)
+        store.put_shard_result("ev-done", 0, {"model_id": model_id, "rows": 5})
+        store.claim_model("ev-running", model_id, 3)
+        store.put_shard_result("ev-running", 2, {"model_id": model_id, "rows": 5})
+    code, out, _ = _cli(capsys, "models", "lineage", "latest:r", "--store", uri)
+    shown = json.loads(out)
+    assert code == 0 and shown["model_id"] == model_id and shown["recipe"] == "seed"
+    assert shown["lineage"]["partitions"] == partitions and shown["lineage"]["source"]["limit"] == 1000
+    assert shown["production"]["rows"] == 1000 and shown["production_matches"] is True
+    assert [(e["evaluation"], e["shards_done"], e["missing"], e["finished"]) for e in shown["evaluations"]] \
+        == [("ev-done", 1, [], True), ("ev-running", 1, [0, 1], False)]
+
+    with open_store(uri) as store:  # the run name used again: its production record replaced
+        store.put_production("r", {"topic": "trainData", "partitions": {"0": [600, 700]}, "rows": 100})
+    code, out, _ = _cli(capsys, "models", "lineage", model_id, "--store", uri)
+    assert code == 0 and json.loads(out)["production_matches"] is False
+    code, _, err = _cli(capsys, "models", "lineage", "latest:nobody", "--store", uri)
+    assert code == 2 and "no model of run 'nobody'" in err
+
+
+def test_a_released_evaluation_no_longer_holds_its_model(uri, capsys):
+    """What the operator does for an EvaluationRun that failed for good or was deleted."""
+    with open_store(uri) as store:
+        model_id = store.save_model({"run": "r"}, b"x")
+        store.claim_model("failed-eval", model_id, 2)
+    code, _, err = _cli(capsys, "models", "delete", model_id, "--store", uri)
+    assert code == 2 and "'failed-eval' (0 of 2 shards done" in err
+    with open_store(uri) as store:
+        assert store.release_evaluation("failed-eval") == [model_id]
+        assert store.release_evaluation("failed-eval") == []  # again: nothing left, no error
+    code, out, _ = _cli(capsys, "models", "delete", model_id, "--store", uri)
+    assert code == 0 and json.loads(out)["unfinished_evaluations"] == []

@@ -104,6 +104,22 @@ def test_delete_refuses_while_an_evaluation_of_the_model_is_unfinished(store):
     assert store.model_claims(model_id) == []
 
 
+def test_releasing_an_evaluation_drops_its_claims_only(store):
+    first = store.save_model({"run": "r"}, b"1")
+    second = store.save_model({"run": "r"}, b"2")
+    store.claim_model("ev/a", first, 2)  # a name with a slash: claims are keyed "evaluation/model"
+    store.claim_model("ev/a", second, 2)
+    store.claim_model("ev", first, 1)
+    store.put_shard_result("ev/a", 0, {"model_id": first, "rows": 1})
+    assert store.release_evaluation("ev/a") == sorted([first, second])
+    assert [c["evaluation"] for c in store.model_claims(first)] == ["ev"]
+    assert store.model_claims(second) == [] and store.release_evaluation("ev/a") == []
+    assert len(store.shard_results("ev/a")) == 1  # the results stay
+    with pytest.raises(ModelInUse, match="'ev' "):
+        store.delete_model(first)
+    assert store.delete_model(second)["deleted"]
+
+
 def test_delete_with_force_removes_a_model_whose_evaluation_never_finishes(store):
     model_id = store.save_model({"run": "r"}, b"x")
     store.claim_model("abandoned", model_id, 3)

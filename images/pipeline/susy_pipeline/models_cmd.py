@@ -3,6 +3,7 @@
   models [list] [--run-name RUN] [--table]   the models, newest first (one JSON document; --table: a table)
   models export REF --out FILE.keras        write a model's .keras bytes to a file
   models delete ID [--force]                delete a model: its record and its bytes
+  models lineage REF                        where a model came from and what scored it
 
 `models` alone lists. REF is a model id, an ISO-8601 timestamp (the newest model
 created at or before it) or latest:RUN; `delete` takes an id only. `delete`
@@ -11,6 +12,13 @@ model is unfinished: every evaluator shard records the model it scores before
 loading it, and an evaluation is finished once each of its shards has stored
 its result. --force deletes anyway, for an evaluation that will never finish
 (its EvaluationRun deleted, or failed for good).
+
+`lineage` prints the model's record without its bytes (recipe, hyper-parameters,
+metrics, and `lineage`: the topic, the partitions' offsets and the source rows
+it was trained on), the production record of its run (`production`; null when
+none is stored, and `production_matches` false when a later production of the
+same run name has replaced the one the model was trained on) and the
+evaluations that scored it, with how many of their shards are done.
 """
 from __future__ import annotations
 
@@ -70,6 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_store(delete)
     delete.set_defaults(run=run_delete)
 
+    lineage = actions.add_parser("lineage", help="a model's record, the production it was trained "
+                                                 "on and the evaluations that scored it")
+    lineage.add_argument("ref", metavar="REF", help="model id, ISO-8601 timestamp or latest:RUN")
+    _add_store(lineage)
+    lineage.set_defaults(run=run_lineage)
+
 
 def _row(m: dict[str, Any]) -> dict[str, str]:
     auc = (m.get("metrics") or {}).get("val_auc")
@@ -125,3 +139,19 @@ def run_delete(args: argparse.Namespace) -> dict:
                        "(`models list` shows the ids)")
     with options.store_from(args) as store:
         return store.delete_model(ref.model_id, force=args.force)
+
+
+def run_lineage(args: argparse.Namespace) -> dict:
+    with options.store_from(args) as store:
+        meta = store.resolve_model(args.ref)
+        run = meta.get("run")
+        production = store.get_production(run) if run is not None else None
+        evaluations = store.model_evaluations(meta["model_id"])
+    lineage = meta.get("lineage") or {}
+    # Productions are keyed by run name, so a run name used again replaces the record; the
+    # model's own lineage (topic and offsets) says whether this record is the one it read.
+    matches = None if production is None else (
+        production.get("topic") == lineage.get("topic")
+        and production.get("partitions") == lineage.get("partitions"))
+    return {**meta, "production": production, "production_matches": matches,
+            "evaluations": evaluations}

@@ -22,6 +22,7 @@ saved before GridFS, with the bytes inside the document, still load.
 each evaluator shard claims the model (`claim_model`) before loading it, and
 an evaluation is unfinished while fewer of its shards than it has have stored
 a result for that model. `delete_model` refuses while any is (`ModelInUse`).
+An evaluation that will never finish is let go with `release_evaluation`.
 """
 from __future__ import annotations
 
@@ -172,19 +173,34 @@ class Store:
         """Delete a model's bytes, its document and its evaluation records."""
         raise NotImplementedError
 
-    def unfinished_evaluations(self, model_id: str) -> list[dict[str, Any]]:
-        """The evaluations that name a model and still miss shard results for it.
+    def _drop_claims(self, evaluation: str) -> list[str]:
+        """Delete an evaluation's records in `Evaluations`; return the model ids they named."""
+        raise NotImplementedError
 
-        Each is its claim plus `shards_done` and `missing` (shard indexes without a result).
+    def release_evaluation(self, evaluation: str) -> list[str]:
+        """Forget that `evaluation` scores a model, so the model can be deleted without --force.
+
+        For an evaluation that will never finish (its EvaluationRun deleted, or failed for
+        good): the operator calls it then. Its shard results stay. Returns the model ids it had
+        claimed (none if it had claimed nothing: safe to call again).
         """
-        unfinished = []
+        return self._drop_claims(evaluation)
+
+    def model_evaluations(self, model_id: str) -> list[dict[str, Any]]:
+        """The evaluations that claimed a model, by name: each claim plus `shards_done`,
+        `missing` (shard indexes without a result for this model) and `finished`."""
+        evaluations = []
         for claim in self.model_claims(model_id):
             done = {r["shard_index"] for r in self.shard_results(claim["evaluation"])
                     if r.get("model_id") == model_id}
             missing = [i for i in range(int(claim["shard_count"])) if i not in done]
-            if missing:
-                unfinished.append({**claim, "shards_done": len(done), "missing": missing})
-        return sorted(unfinished, key=lambda c: c["evaluation"])
+            evaluations.append({**claim, "shards_done": len(done), "missing": missing,
+                                "finished": not missing})
+        return sorted(evaluations, key=lambda c: c["evaluation"])
+
+    def unfinished_evaluations(self, model_id: str) -> list[dict[str, Any]]:
+        """The evaluations that name a model and still miss shard results for it."""
+        return [e for e in self.model_evaluations(model_id) if not e["finished"]]
 
     def delete_model(self, model_id: str, *, force: bool = False) -> dict[str, Any]:
         """Delete a model by id (its bytes and its record); return what was deleted.
@@ -460,6 +476,18 @@ class EmbeddedStore(Store):
     def model_claims(self, model_id):
         return [body for body, _ in self._select(EVALUATIONS_COLLECTION, "run = ?", (model_id,))]
 
+    def _drop_claims(self, evaluation):
+        collection = self._collection(EVALUATIONS_COLLECTION)
+        with self._lock, self._transaction():
+            # Few records (one per evaluation and model): filtered here, so no JSON1 is needed.
+            rows = self._db.execute("SELECT id, body FROM documents WHERE collection = ?",
+                                    (collection,)).fetchall()
+            mine = [(key, json.loads(body)["model_id"]) for key, body in rows
+                    if json.loads(body).get("evaluation") == evaluation]
+            self._db.executemany("DELETE FROM documents WHERE collection = ? AND id = ?",
+                                 ((collection, key) for key, _ in mine))
+        return sorted(model_id for _, model_id in mine)
+
     def _remove_model(self, model_id):
         bucket = self._collection(MODELS_COLLECTION)
         with self._lock, self._transaction():
@@ -639,6 +667,14 @@ class MongoStore(Store):
         docs = self._call("reading evaluations", lambda: list(
             self._evaluations.find({"model_id": model_id}).sort([("evaluation", 1)])))
         return [self._strip(d) for d in docs]
+
+    def _drop_claims(self, evaluation):
+        def drop():
+            model_ids = sorted(d["model_id"] for d in self._evaluations.find({"evaluation": evaluation}))
+            self._evaluations.delete_many({"evaluation": evaluation})
+            return model_ids
+
+        return self._call("releasing an evaluation's models", drop)
 
     def _remove_model(self, model_id):
         # The bytes first, the document last: a delete that fails half way can be run again.
