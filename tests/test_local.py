@@ -24,9 +24,12 @@ def test_run_local_produces_trains_evaluates_and_reports(tmp_path):
          "--workdir", str(tmp_path / "work"), "--store", f"sqlite:///{tmp_path}/store.sqlite3"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout)  # stdout is one JSON document, as for every command
     assert result["test_rows"] == 10_000
     assert 0.7 < result["test_accuracy"] < 1 and 0.8 < result["test_auc"] < 1
-    assert "evaluate (3 shards)" in done.stdout and "produce" in done.stdout
+    # The table for people (what `make run` shows) is on stderr, after the log.
+    table = done.stderr[done.stderr.index("stage "):]
+    assert "evaluate (3 shards)" in table and "produce" in table
+    assert f"model id {result['model_id']}" in table
     assert os.path.exists(result["report"]["png"]) and os.path.exists(result["report"]["json"])
     assert len(os.listdir(tmp_path / "work" / "test-rows-from-10979-in-3-files")) == 3

@@ -9,7 +9,9 @@
 6. evaluate: the sample's UCI-test rows (10979-20978) in N parallel shard
    processes, then aggregate their results exactly.
 
-Prints a table of rows, seconds and rows/s per stage, and the test metrics.
+Prints a table of rows, seconds and rows/s per stage, and the test metrics, on
+stderr (with the log, so `make run` shows it), and on stdout one JSON document
+like every command: run, model id, evaluation, test metrics, report files.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Any, Iterator
 
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_table(timings, result, model_id: str, trained: dict) -> None:
+    """The stage table and the metrics, for people: on stderr, so stdout stays one JSON document."""
     lines = ["", f"{'stage':<28}{'rows':>10}{'seconds':>10}{'rows/s':>12}", "-" * 60]
     for stage, rows, seconds in timings:
         rate = f"{rows / seconds:,.0f}" if rows > 1 else ""
@@ -142,4 +146,4 @@ def print_table(timings, result, model_id: str, trained: dict) -> None:
               f"test rows {result['rows']:,}   accuracy {result['accuracy']:.4f}   AUC {result['auc']:.4f}   "
               f"log-loss {result['log_loss']:.4f}",
               f"model id {model_id}", ""]
-    print("\n".join(lines), flush=True)
+    print("\n".join(lines), file=sys.stderr, flush=True)
