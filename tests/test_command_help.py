@@ -19,3 +19,11 @@ def test_help_names_every_variable_the_options_read(module) -> None:
     text = " ".join(" ".join(p.format_help() for p in sub.choices.values()).split())  # argparse wraps lines
     missing = sorted(n for n in names if n not in text)
     assert not missing, f"{module.__name__} reads {missing} but its --help does not say so"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "aggregate", "report"])
+def test_every_shard_count_option_reads_the_same_variable(command, monkeypatch) -> None:
+    monkeypatch.setenv("SUSY_SHARD_COUNT", "4")
+    monkeypatch.setenv("SUSY_EVALUATION", "e")
+    args = cli.parser().parse_args([command])  # defaults are read when the parser is built
+    assert args.shard_count == 4

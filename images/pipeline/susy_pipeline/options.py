@@ -44,8 +44,9 @@ def add_evaluation(p: argparse.ArgumentParser) -> None:
     """--evaluation, --shard-count and the store: what names one evaluation's stored results."""
     p.add_argument("--evaluation", default=env("SUSY_EVALUATION"), required=not env("SUSY_EVALUATION"),
                    help="evaluation name (env SUSY_EVALUATION)")
-    p.add_argument("--shard-count", type=positive, default=None,
-                   help="expected shard count (default: as the shards recorded it)")
+    # The same variable as evaluate's --shard-count, so one Job env serves both commands.
+    p.add_argument("--shard-count", type=positive, default=env("SUSY_SHARD_COUNT"),
+                   help="expected shard count (env SUSY_SHARD_COUNT; default: as the shards recorded it)")
     add_store(p)
 
 
