@@ -123,6 +123,12 @@ def test_schema_defaults_match_the_operator() -> None:
     assert er["chunkRows"]["default"] == spec_lib.DEFAULT_CHUNK_ROWS
     assert er["backoffLimitPerIndex"]["default"] == spec_lib.DEFAULT_BACKOFF_LIMIT_PER_INDEX
     assert er["dataset"]["properties"]["uris"]["maxItems"] == spec_lib.MAX_URIS
+    assert er["dataset"]["properties"]["skip"]["default"] == spec_lib.DEFAULT_SKIP
+    assert "default" not in er["dataset"]["properties"]["limit"]  # every row to the end
+    for schema in (tr, er):
+        assert schema["volumes"]["maxItems"] == schema["volumeMounts"]["maxItems"] == spec_lib.MAX_VOLUMES
+        sources = set(schema["volumes"]["items"]["properties"]) - {"name"}
+        assert sources == set(spec_lib.VOLUME_TYPES)
 
 
 # --- examples ---------------------------------------------------------------------------------------
@@ -203,8 +209,30 @@ BAD_BY_SCHEMA = {
     "er: zero chunk rows": er(chunkRows=0),
     "er: zero stripe rows": er(stripeRows=0),
     "er: backoffLimitPerIndex 11": er(backoffLimitPerIndex=11),
+    "er: negative skip": er(dataset={"uris": ["/d.csv"], "skip": -1}),
+    "er: zero limit": er(dataset={"uris": ["/d.csv"], "limit": 0}),
+    "er: secret name with a slash": er(dataset={"uris": ["/d.csv"], "secretName": "a/b"}),
+    "tr: secret name upper case": tr(dataset={"uri": "x", "secretName": "Creds"}),
+    "tr: relative mount path": tr(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
+                                  volumeMounts=[{"name": "data", "mountPath": "data"}]),
 }
-for _case in BAD_BY_SCHEMA.values():
+# Refused by a CEL rule (x-kubernetes-validations) after pruning, which a plain JSON-schema
+# validator does not run: the emulator's admission and the operator refuse them.
+BAD_BY_CEL = {
+    "er: volume without a source": er(volumes=[{"name": "data"}]),
+    "er: emptyDir volume": er(volumes=[{"name": "data", "emptyDir": {}}]),
+    "er: volume with two sources": er(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"},
+                                                "hostPath": {"path": "/srv"}}]),
+    "er: volume named scratch": er(volumes=[{"name": "scratch", "persistentVolumeClaim": {"claimName": "c"}}]),
+    "er: mount of no volume": er(volumeMounts=[{"name": "data", "mountPath": "/data"}]),
+    "er: mount at /tmp": er(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
+                            volumeMounts=[{"name": "data", "mountPath": "/tmp"}]),
+    "tr: mount under /tmp": tr(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
+                               volumeMounts=[{"name": "data", "mountPath": "/tmp/data"}]),
+    "tr: mount path with ..": tr(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
+                                 volumeMounts=[{"name": "data", "mountPath": "/data/../tmp"}]),
+}
+for _case in [*BAD_BY_SCHEMA.values(), *BAD_BY_CEL.values()]:
     for _key in [k for k, v in (_case.get("spec") or {}).items() if v is None]:
         del _case["spec"][_key]
 
@@ -244,6 +272,15 @@ ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x
 RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
                 "'JOB_COMPLETION_INDEX', 'SUSY_READER']))")
 
+ONE_SOURCE = "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)].filter(x, x).size() == 1"
+OWN_VOLUMES = "!(self.name in ['scratch', 'kafka-client', 'store-ca'])"
+NOT_TMP = ("self.mountPath != '/tmp' && !self.mountPath.startsWith('/tmp/') && self.mountPath != '/etc/susy' "
+           "&& !self.mountPath.startsWith('/etc/susy/')")
+NO_DOTS = "!self.mountPath.matches('(^|/)[.][.]?(/|$)')"
+NO_DOTDOT = "!self.matches('(^|/)[.][.](/|$)')"
+MOUNTS_NAME_VOLUMES = ("!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+                       "self.volumes.exists(v, v.name == m.name))")
+
 # Every rule with its cases: (self, oldSelf or None for a create, expected).
 CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
     NAME_RULE: [
@@ -279,6 +316,43 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ([{"name": "A", "value": "1"}, {"name": "KAFKA_BOOTSTRAP", "value": "x"}], None, False),
         ([{"name": "SUSY_READER", "value": "kafka-python"}], None, False),
     ],
+    ONE_SOURCE: [
+        ({"name": "d", "persistentVolumeClaim": {"claimName": "c"}}, None, True),
+        ({"name": "d", "hostPath": {"path": "/srv"}}, None, True),
+        ({"name": "d"}, None, False),
+        ({"name": "d", "configMap": {"name": "c"}, "hostPath": {"path": "/srv"}}, None, False),
+    ],
+    OWN_VOLUMES: [
+        ({"name": "data"}, None, True),
+        ({"name": "scratch"}, None, False),
+        ({"name": "kafka-client"}, None, False),
+    ],
+    NOT_TMP: [
+        ({"mountPath": "/data"}, None, True),
+        ({"mountPath": "/tmpdata"}, None, True),
+        ({"mountPath": "/tmp"}, None, False),
+        ({"mountPath": "/tmp/"}, None, False),
+        ({"mountPath": "/tmp/x"}, None, False),
+        ({"mountPath": "/etc/susy/kafka"}, None, False),
+    ],
+    NO_DOTS: [
+        ({"mountPath": "/data/.cache"}, None, True),
+        ({"mountPath": "/data/../tmp"}, None, False),
+        ({"mountPath": "/./tmp"}, None, False),
+        ({"mountPath": "/data/.."}, None, False),
+    ],
+    NO_DOTDOT: [
+        ("sub/dir", None, True),
+        ("..x", None, True),
+        ("../etc", None, False),
+        ("a/../../b", None, False),
+    ],
+    MOUNTS_NAME_VOLUMES: [
+        ({}, None, True),
+        ({"volumes": [{"name": "d"}], "volumeMounts": [{"name": "d", "mountPath": "/d"}]}, None, True),
+        ({"volumeMounts": [{"name": "d", "mountPath": "/d"}]}, None, False),
+        ({"volumes": [{"name": "e"}], "volumeMounts": [{"name": "d", "mountPath": "/d"}]}, None, False),
+    ],
 }
 
 # The same rules in Python, for when cel-python is not installed (and as a cross-check when it is).
@@ -289,6 +363,14 @@ PYTHON_EQUIVALENTS = {
     PARALLELISM: lambda s, o: "parallelism" not in s or s["parallelism"] <= s["shards"],
     ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun")) == 1,
     RESERVED_ENV: lambda s, o: all(e["name"] not in crd.RESERVED_ENV for e in s),
+    ONE_SOURCE: lambda s, o: sum(k in s for k in spec_lib.VOLUME_TYPES) == 1,
+    OWN_VOLUMES: lambda s, o: s["name"] not in spec_lib.RESERVED_VOLUME_NAMES,
+    NOT_TMP: lambda s, o: not any(s["mountPath"] == r or s["mountPath"].startswith(r + "/")
+                                  for r in spec_lib.RESERVED_MOUNT_PATHS),
+    NO_DOTS: lambda s, o: not any(p in (".", "..") for p in s["mountPath"].split("/")),
+    NO_DOTDOT: lambda s, o: ".." not in s.split("/"),
+    MOUNTS_NAME_VOLUMES: lambda s, o: all(m["name"] in {v["name"] for v in s.get("volumes", [])}
+                                          for m in s.get("volumeMounts", [])),
 }
 
 
@@ -326,6 +408,14 @@ def test_cel_rule_cases(rule: str) -> None:
         assert bool(PYTHON_EQUIVALENTS[rule](self_value, old_value)) is expected, (rule, self_value)
 
 
+@pytest.mark.parametrize("case", sorted(BAD_BY_CEL))
+def test_volume_rules_are_also_enforced_by_the_operator(case: str) -> None:
+    doc = BAD_BY_CEL[case]
+    parse = spec_lib.parse_training_run if doc["kind"] == crd.TRAINING_KIND else spec_lib.parse_evaluation_run
+    with pytest.raises(spec_lib.SpecError):
+        parse(doc["spec"])
+
+
 def test_cross_field_rules_are_also_enforced_by_the_operator() -> None:
     """Objects stored before a rule existed (Helm never upgrades CRDs) rely on spec.py for the same rules."""
     with pytest.raises(spec_lib.SpecError, match="parallelism"):
@@ -346,9 +436,9 @@ ADMISSION = {doc["spec"]["names"]["kind"]: crdschema.CustomResourceSchema.from_c
              for doc in crdschema.load_crds()}
 
 
-@pytest.mark.parametrize("case", sorted(BAD_BY_SCHEMA))
+@pytest.mark.parametrize("case", sorted(BAD_BY_SCHEMA) + sorted(BAD_BY_CEL))
 def test_the_emulator_refuses_every_bad_resource(case: str) -> None:
-    doc = BAD_BY_SCHEMA[case]
+    doc = BAD_BY_SCHEMA.get(case) or BAD_BY_CEL[case]
     _, found = ADMISSION[doc["kind"]].admit(doc)
     assert found, f"the emulator admits {case}"
 

@@ -397,3 +397,124 @@ def test_connection_secrets_reach_every_job_as_env_and_read_only_files() -> None
         assert volumes["store-ca"]["secret"] == {"secretName": "mongo-ca"}
     plain = builders.producer_job(OWNER_TR, training_spec(), RUN, config.load({}).job_config)
     assert "envFrom" not in container(plain) and len(plain["spec"]["template"]["spec"]["volumes"]) == 1
+
+
+# --- volumes, dataset credentials, EvaluationRun row range -------------------------------------------
+
+PVC_VOLUMES = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "susy-data"}}],
+               "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+
+
+def pod_spec(job):
+    return job["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_a_pvc_reaches_every_job_and_the_evaluator_mounts_it_read_only(component: str) -> None:
+    if component == "evaluator":
+        job = builders.evaluator_job(OWNER_ER, evaluation_spec(**PVC_VOLUMES), "e", "ab" * 16, CONFIG)
+    else:
+        job = getattr(builders, f"{component}_job")(OWNER_TR, training_spec(**PVC_VOLUMES), RUN, CONFIG)
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "susy-data"}} in pod_spec(job)["volumes"]
+    mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "data")
+    assert mount["mountPath"] == "/data"
+    # Forced for the evaluator (a shard only reads); as the CR says for the others.
+    assert mount.get("readOnly", False) is (component == "evaluator")
+    # The operator's own scratch volume stays.
+    assert {"name": "scratch", "mountPath": "/tmp"} in container(job)["volumeMounts"]
+
+
+def test_an_evaluator_mount_the_cr_marks_writable_is_read_only_anyway() -> None:
+    raw = copy.deepcopy(PVC_VOLUMES)
+    raw["volumeMounts"][0]["readOnly"] = False
+    job = builders.evaluator_job(OWNER_ER, evaluation_spec(**raw), "e", "ab" * 16, CONFIG)
+    assert container(job)["volumeMounts"][-1] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert raw["volumeMounts"][0]["readOnly"] is False  # the CR's fragment is copied, not changed
+
+
+@pytest.mark.parametrize("kind", ["configMap", "hostPath"])
+def test_configmap_and_hostpath_are_refused_unless_the_operator_allows_them(kind: str) -> None:
+    source = {"configMap": {"name": "cm"}, "hostPath": {"path": "/srv/susy"}}[kind]
+    raw = {"volumes": [{"name": "data", kind: source}], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    with pytest.raises(spec_lib.SpecError) as err:
+        evaluation_spec(**raw)
+    assert f"spec.volumes[0].{kind}: volume type {kind} is not allowed" in str(err.value)
+    assert "SUSY_ALLOWED_VOLUME_TYPES" in str(err.value)
+    with pytest.raises(spec_lib.SpecError):
+        spec_lib.parse_training_run({"dataset": {"uri": "/data/x.csv"}, **raw})
+    allowed = config.allowed_volume_types(kind)
+    parsed = spec_lib.parse_evaluation_run({"model": {"id": "ab" * 16}, "dataset": {"uris": ["/data/x"]}, **raw},
+                                           allowed_volume_types=allowed)
+    assert parsed.volumes.volumes[0][kind] == source
+
+
+@pytest.mark.parametrize("mounts, problem", [
+    ([{"name": "data", "mountPath": "/tmp"}], "is under /tmp"),
+    ([{"name": "data", "mountPath": "/tmp/data"}], "is under /tmp"),
+    ([{"name": "data", "mountPath": "/etc/susy/kafka"}], "is under /etc/susy"),
+    ([{"name": "data", "mountPath": "/data/../tmp"}], "without . or .."),
+    ([{"name": "data", "mountPath": "data"}], "must be an absolute path"),
+    ([{"name": "other", "mountPath": "/data"}], "names no volume"),
+    ([{"name": "data", "mountPath": "/data"}, {"name": "data", "mountPath": "/data/"}], "mounted twice"),
+])
+def test_mount_paths_and_names_are_checked(mounts, problem: str) -> None:
+    with pytest.raises(spec_lib.SpecError) as err:
+        evaluation_spec(volumes=PVC_VOLUMES["volumes"], volumeMounts=mounts)
+    assert problem in str(err.value)
+
+
+@pytest.mark.parametrize("volume, problem", [
+    ({"name": "scratch", "persistentVolumeClaim": {"claimName": "c"}}, "operator's own"),
+    ({"name": "data", "emptyDir": {}}, "exactly one source"),
+    ({"name": "data", "persistentVolumeClaim": {"claimName": "c"}, "hostPath": {"path": "/x"}}, "exactly one source"),
+    ({"name": "Data", "persistentVolumeClaim": {"claimName": "c"}}, "DNS label"),
+])
+def test_volumes_are_checked(volume, problem: str) -> None:
+    with pytest.raises(spec_lib.SpecError) as err:
+        training_spec(volumes=[volume])
+    assert problem in str(err.value)
+
+
+def test_an_unknown_allowed_volume_type_stops_the_operator_at_start() -> None:
+    assert config.load({}).allowed_volume_types == {"persistentVolumeClaim"}
+    assert config.load({"SUSY_ALLOWED_VOLUME_TYPES": "configMap, hostPath"}).allowed_volume_types == {
+        "persistentVolumeClaim", "configMap", "hostPath"}
+    with pytest.raises(ValueError, match="emptyDir"):
+        config.load({"SUSY_ALLOWED_VOLUME_TYPES": "emptyDir"})
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_the_dataset_secret_becomes_env_from_and_is_named_in_susy_data_secret(component: str) -> None:
+    if component == "evaluator":
+        raw = {"uris": ["s3://bucket/test/*.parquet"], "secretName": "susy-data-s3"}
+        job = builders.evaluator_job(OWNER_ER, evaluation_spec(dataset=raw), "e", "ab" * 16, CONFIG)
+    else:
+        raw = {"uri": "s3://bucket/train.csv.gz", "secretName": "susy-data-s3"}
+        job = getattr(builders, f"{component}_job")(OWNER_TR, training_spec(dataset=raw), RUN, CONFIG)
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "susy-data-s3"}}]
+    assert env_of(job)["SUSY_DATA_SECRET"] == {"name": "SUSY_DATA_SECRET", "value": "susy-data-s3"}
+    # No credential value in the Job: only the Secret's name.
+    assert "AWS_SECRET_ACCESS_KEY" not in env_of(job)
+
+
+def test_no_dataset_secret_no_env_from() -> None:
+    job = ALL_JOBS["evaluator"]()
+    assert "envFrom" not in container(job) and "SUSY_DATA_SECRET" not in env_of(job)
+
+
+def test_both_kafka_and_dataset_secrets_are_env_from() -> None:
+    cfg = builders.JobConfig(**{**CONFIG.__dict__, "kafka_secret": "kafka-client"})
+    job = builders.producer_job(OWNER_TR, training_spec(dataset={"uri": "/d.csv", "secretName": "creds"}), RUN, cfg)
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "kafka-client"}},
+                                         {"secretRef": {"name": "creds"}}]
+
+
+def test_evaluator_row_range_only_when_set() -> None:
+    command = container(ALL_JOBS["evaluator"]())["command"]
+    assert "--skip" not in command and "--limit" not in command
+    ranged = evaluation_spec(dataset={"uris": ["/d.csv.gz"], "skip": 10979, "limit": 10000})
+    command = container(builders.evaluator_job(OWNER_ER, ranged, "e", "ab" * 16, CONFIG))["command"]
+    assert command[command.index("--skip") + 1] == "10979"
+    assert command[command.index("--limit") + 1] == "10000"
+    with pytest.raises(spec_lib.SpecError, match="spec.dataset.limit must be >= 1"):
+        evaluation_spec(dataset={"uris": ["/d.csv.gz"], "limit": 0})

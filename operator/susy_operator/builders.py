@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from susy_operator import crd
-from susy_operator.spec import EvaluationRunSpec, RunPolicy, TrainingRunSpec
+from susy_operator.spec import EvaluationRunSpec, RunPolicy, TrainingRunSpec, Volumes
 
 PIPELINE_MODULE = ("python", "-m", "susy_pipeline")
 SCRATCH_VOLUME = "scratch"
@@ -81,6 +81,30 @@ def _secret_mounts(config: JobConfig) -> tuple[list[dict[str, Any]], list[dict[s
     return env_from, volumes, mounts
 
 
+def user_volumes(volumes: Volumes, *, read_only: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of a CR, deep-copied; `read_only` forces every mount read-only.
+
+    The evaluator only reads its data, so its mounts are read-only whatever the CR says: a shard
+    retried or run twice cannot change what the next one scores.
+    """
+    pod_volumes = [copy.deepcopy(dict(v)) for v in volumes.volumes]
+    mounts = [copy.deepcopy(dict(m)) for m in volumes.mounts]
+    if read_only:
+        for mount in mounts:
+            mount["readOnly"] = True
+    return pod_volumes, mounts
+
+
+def data_secret(secret_name: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(envFrom, env) for the dataset's credentials Secret: its keys become the environment
+    (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...), and SUSY_DATA_SECRET names it so
+    the pipeline's errors say which Secret to fix. Nothing secret goes into the Job itself."""
+    if not secret_name:
+        return [], []
+    return ([{"secretRef": {"name": secret_name}}],
+            [{"name": crd.ENV_DATA_SECRET, "value": secret_name}])
+
+
 def job_name(cr_name: str, component: str, completions: int | None = None) -> str:
     """`<cr>-<suffix>`, or a hash-shortened form when that would not fit.
 
@@ -134,7 +158,8 @@ def merge_env(base: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str, str]
     return result
 
 
-def pipeline_env(config: JobConfig, run_name: str | None = None) -> list[dict[str, Any]]:
+def pipeline_env(config: JobConfig, run_name: str | None = None,
+                 data_secret_name: str | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": crd.ENV_KAFKA_BOOTSTRAP, "value": config.kafka_bootstrap},
         # The store URI holds credentials: only a reference to the Secret goes into the Job.
@@ -148,6 +173,7 @@ def pipeline_env(config: JobConfig, run_name: str | None = None) -> list[dict[st
     ]
     if run_name is not None:
         env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
+    env += data_secret(data_secret_name)[1]
     return env
 
 
@@ -157,7 +183,8 @@ def _resources(component: str, override: Mapping[str, Any] | None) -> dict[str, 
 
 def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, command: list[str],
          env: list[dict[str, Any]], resources: Mapping[str, Any] | None, policy: RunPolicy,
-         job_spec: Mapping[str, Any]) -> dict[str, Any]:
+         job_spec: Mapping[str, Any], volumes: Volumes = Volumes(), read_only_volumes: bool = False,
+         secret_name: str | None = None) -> dict[str, Any]:
     job_labels = labels(owner, component)
     indexed_completions = job_spec["completions"] if job_spec.get("completionMode") == "Indexed" else None
     pod_spec: dict[str, Any] = {
@@ -188,11 +215,14 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
-    env_from, volumes, mounts = _secret_mounts(config)
+    env_from, secret_volumes, mounts = _secret_mounts(config)
+    env_from += data_secret(secret_name)[0]
+    container = pod_spec["containers"][0]
     if env_from:
-        pod_spec["containers"][0]["envFrom"] = env_from
-    pod_spec["containers"][0]["volumeMounts"] += mounts
-    pod_spec["volumes"] += volumes
+        container["envFrom"] = env_from
+    extra_volumes, extra_mounts = user_volumes(volumes, read_only=read_only_volumes)
+    container["volumeMounts"] += mounts + extra_mounts
+    pod_spec["volumes"] += secret_volumes + extra_volumes
     spec: dict[str, Any] = {
         "backoffLimit": policy.backoff_limit,
         "activeDeadlineSeconds": policy.active_deadline_seconds,
@@ -230,9 +260,11 @@ def producer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: Job
     if spec.kafka.rows_per_message is not None:
         command += ["--rows-per-message", str(spec.kafka.rows_per_message)]
     return _job(owner=owner, component=crd.PRODUCER, config=config, image=spec.producer_image,
-                command=command, env=merge_env(pipeline_env(config, run_name), spec.env),
+                command=command,
+                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
                 resources=spec.producer_resources, policy=spec.run_policy,
-                job_spec={"completions": 1, "parallelism": 1})
+                job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
+                secret_name=spec.dataset.secret_name)
 
 
 def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig) -> dict[str, Any]:
@@ -249,10 +281,14 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
         command += ["--dropout", repr(spec.model.dropout)]
     if spec.model.hidden is not None:
         command += ["--hidden", ",".join(str(h) for h in spec.model.hidden)]
+    # The trainer reads Kafka, not the dataset, but gets the same volumes and Secret: a pod of
+    # the run sees what the run's spec names, as a TFJob's replicas share their pod template.
     return _job(owner=owner, component=crd.TRAINER, config=config, image=spec.trainer_image,
-                command=command, env=merge_env(pipeline_env(config, run_name), spec.env),
+                command=command,
+                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
                 resources=spec.trainer_resources, policy=spec.run_policy,
-                job_spec={"completions": 1, "parallelism": 1})
+                job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
+                secret_name=spec.dataset.secret_name)
 
 
 def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_id: str,
@@ -261,6 +297,10 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     command = [*PIPELINE_MODULE, "evaluate", "--model", model_id, "--data", *spec.uris,
                "--evaluation", evaluation, "--shard-count", str(spec.shards),
                "--chunk-rows", str(spec.chunk_rows)]
+    if spec.skip:
+        command += ["--skip", str(spec.skip)]
+    if spec.limit is not None:
+        command += ["--limit", str(spec.limit)]
     if spec.stripe_rows is not None:
         command += ["--stripe-rows", str(spec.stripe_rows)]
     job_spec = {
@@ -273,5 +313,6 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     policy = dataclasses.replace(spec.run_policy,
                                  backoff_limit=spec.shards * (spec.backoff_limit_per_index + 1))
     return _job(owner=owner, component=crd.EVALUATOR, config=config, image=spec.image, command=command,
-                env=merge_env(pipeline_env(config), spec.env), resources=spec.resources, policy=policy,
-                job_spec=job_spec)
+                env=merge_env(pipeline_env(config, data_secret_name=spec.secret_name), spec.env),
+                resources=spec.resources, policy=policy, job_spec=job_spec, volumes=spec.volumes,
+                read_only_volumes=True, secret_name=spec.secret_name)

@@ -5,7 +5,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from susy_operator import crd
+from susy_operator import crd, spec
 from susy_operator.builders import JobConfig
 from susy_pipeline.schema import DEFAULT_DATABASE
 
@@ -47,6 +47,11 @@ class OperatorConfig:
     # store_ca_secret: a Secret with a TLS MongoDB's CA bundle, mounted in every Job
     # (SUSY_STORE_CA_SECRET; the chart's store.caSecretName).
     store_ca_secret: str | None = None
+    # allowed_volume_types: volume sources a CR's spec.volumes may use besides persistentVolumeClaim
+    # (SUSY_ALLOWED_VOLUME_TYPES, comma-separated: configMap, hostPath; the chart's
+    # allowedVolumeTypes). Empty by default: hostPath reads the node's files, and a configMap
+    # is cluster configuration, so a cluster administrator opts in.
+    allowed_volume_types: frozenset[str] = spec.ALWAYS_ALLOWED_VOLUME_TYPES
 
     @property
     def job_config(self) -> JobConfig:
@@ -74,4 +79,16 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         kafka_secret=env.get("SUSY_KAFKA_SECRET") or None,
         store_ca_secret=env.get("SUSY_STORE_CA_SECRET") or None,
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
+        allowed_volume_types=allowed_volume_types(env.get("SUSY_ALLOWED_VOLUME_TYPES", "")),
     )
+
+
+def allowed_volume_types(value: str) -> frozenset[str]:
+    """SUSY_ALLOWED_VOLUME_TYPES ("configMap,hostPath") as a set; an unknown type stops the operator
+    at start rather than being ignored."""
+    names = {part.strip() for part in value.split(",") if part.strip()}
+    unknown = names - set(spec.VOLUME_TYPES)
+    if unknown:
+        raise ValueError(f"SUSY_ALLOWED_VOLUME_TYPES: unknown volume type(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(spec.VOLUME_TYPES)}")
+    return spec.ALWAYS_ALLOWED_VOLUME_TYPES | names

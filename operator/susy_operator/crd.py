@@ -104,6 +104,9 @@ ENV_STORE_URI: Final = "MONGODB_URI"
 ENV_DATABASE: Final = "SUSY_DATABASE"
 ENV_RUN_NAME: Final = "SUSY_RUN_NAME"
 ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
+# The name of the dataset's credentials Secret (spec.dataset.secretName), so the pipeline's
+# errors name the Secret to fix (susy_pipeline/files.py SECRET_ENV).
+ENV_DATA_SECRET: Final = "SUSY_DATA_SECRET"
 # The default key of the store URI in its Secret (contracts.md §4); the chart's store.secretKey
 # replaces it for the operator and every Job (SUSY_STORE_URI_KEY).
 STORE_SECRET_KEY: Final = "uri"

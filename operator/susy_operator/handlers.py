@@ -241,6 +241,14 @@ def _follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callab
     return decision.action == steps.DONE, summary, job
 
 
+def _parse_training_run(spec: Mapping[str, Any]) -> spec_lib.TrainingRunSpec:
+    return spec_lib.parse_training_run(spec, allowed_volume_types=CONFIG.allowed_volume_types)
+
+
+def _parse_evaluation_run(spec: Mapping[str, Any]) -> spec_lib.EvaluationRunSpec:
+    return spec_lib.parse_evaluation_run(spec, allowed_volume_types=CONFIG.allowed_volume_types)
+
+
 def _parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
                 status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> Any:
     """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler."""
@@ -280,7 +288,7 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: the timer `reconcile_training` follows it from here
     generation = meta.get("generation")
-    parsed = _parse_spec(spec_lib.parse_training_run, body, spec, status, patch, generation)
+    parsed = _parse_spec(_parse_training_run, body, spec, status, patch, generation)
     run = spec_lib.run_name(namespace, name, uid)
     job, _ = _ensure_job(body, builders.producer_job(_owner(body), parsed, run, CONFIG.job_config), logger)
     now = st.now_rfc3339()
@@ -315,7 +323,7 @@ def _reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, m
     step = steps.training_step(status.get("phase"))
     if not run or step is None or _stale(uid, status):
         return
-    parsed = _parse_spec(spec_lib.parse_training_run, body, spec, status, patch, generation)
+    parsed = _parse_spec(_parse_training_run, body, spec, status, patch, generation)
     owner = _owner(body)
     build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
     done, summary, _ = _follow_step(body, step, builders.job_name(name, step.component),
@@ -474,7 +482,7 @@ def start_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: the timer `reconcile_evaluation` follows it from here
     generation = meta.get("generation")
-    parsed = _parse_spec(spec_lib.parse_evaluation_run, body, spec, status, patch, generation)
+    parsed = _parse_spec(_parse_evaluation_run, body, spec, status, patch, generation)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,
@@ -497,7 +505,7 @@ def _reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
     evaluation = status.get("evaluation")
     if not evaluation or _stale(uid, status):
         return
-    parsed = _parse_spec(spec_lib.parse_evaluation_run, body, spec, status, patch, generation)
+    parsed = _parse_spec(_parse_evaluation_run, body, spec, status, patch, generation)
     if status.get("phase") == crd.PENDING or not status.get("modelId"):
         _start_evaluator(body, parsed, status, evaluation, patch, logger, generation)
         return

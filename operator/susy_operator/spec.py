@@ -24,6 +24,7 @@ MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
 TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+K8S_SUBDOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 QUANTITY_PATTERN: Final = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
@@ -43,6 +44,18 @@ MAX_PARTITIONS: Final = 64
 MAX_SHARDS: Final = 1000
 MAX_URIS: Final = 64
 MAX_HIDDEN_LAYERS: Final = 8
+MAX_VOLUMES: Final = 16
+
+# Volume sources a CR may name (Kubernetes pod-spec shape). A PersistentVolumeClaim is always
+# allowed; the others reach into the node (hostPath) or into cluster configuration (configMap),
+# so the operator refuses them unless its SUSY_ALLOWED_VOLUME_TYPES names them.
+VOLUME_TYPES: Final = ("persistentVolumeClaim", "configMap", "hostPath")
+ALWAYS_ALLOWED_VOLUME_TYPES: Final = frozenset({"persistentVolumeClaim"})
+# Volume names and mount paths the operator's own volumes use (builders.py).
+RESERVED_VOLUME_NAMES: Final = frozenset({"scratch", "kafka-client", "store-ca"})
+# /tmp is the pods' scratch emptyDir (HOME, caches); /etc/susy holds the operator's Secret mounts.
+RESERVED_MOUNT_PATHS: Final = ("/tmp", "/etc/susy")
+MOUNT_PATH_PATTERN: Final = re.compile(r"^(/[^/\x00]+)+/?$")
 
 
 class SpecError(ValueError):
@@ -66,6 +79,15 @@ class Dataset:
     uri: str
     skip: int = DEFAULT_SKIP
     limit: int = DEFAULT_LIMIT
+    # secret_name: a Secret whose keys become the pods' environment (object-storage credentials).
+    secret_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Volumes:
+    """User volumes (pod-spec `volumes`) and their mounts (container `volumeMounts`), as given."""
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    mounts: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +120,7 @@ class TrainingRunSpec:
     trainer_resources: Mapping[str, Any] | None = None
     env: tuple[tuple[str, str], ...] = ()
     run_policy: RunPolicy = RunPolicy()
+    volumes: Volumes = Volumes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +151,10 @@ class ModelReference:
 class EvaluationRunSpec:
     model: ModelReference
     uris: tuple[str, ...]
+    skip: int = DEFAULT_SKIP
+    # limit: rows scored after `skip`; None scores every row to the end of the inputs.
+    limit: int | None = None
+    secret_name: str | None = None
     shards: int = DEFAULT_SHARDS
     parallelism: int | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -137,6 +164,7 @@ class EvaluationRunSpec:
     resources: Mapping[str, Any] | None = None
     env: tuple[tuple[str, str], ...] = ()
     run_policy: RunPolicy = RunPolicy()
+    volumes: Volumes = Volumes()
 
     @property
     def effective_parallelism(self) -> int:
@@ -239,6 +267,72 @@ class _Reader:
                 result[name] = value
         return tuple(result.items())
 
+    def volumes(self, data: Mapping[str, Any], allowed_types: frozenset[str]) -> Volumes:
+        """spec.volumes and spec.volumeMounts: one source each, known names, no reserved path."""
+        volumes_raw = data.get("volumes") or []
+        mounts_raw = data.get("volumeMounts") or []
+        volumes: list[Mapping[str, Any]] = []
+        names: set[str] = set()
+        if not isinstance(volumes_raw, list) or len(volumes_raw) > MAX_VOLUMES:
+            self.problems.append(f"{self.root}.volumes must be a list of at most {MAX_VOLUMES} volumes")
+            volumes_raw = []
+        allowed = ALWAYS_ALLOWED_VOLUME_TYPES | allowed_types
+        for i, volume in enumerate(volumes_raw):
+            path = f"{self.root}.volumes[{i}]"
+            name = volume.get("name") if isinstance(volume, Mapping) else None
+            if not isinstance(name, str) or not K8S_NAME_PATTERN.match(name) or len(name) > 63:
+                self.problems.append(f"{path}.name must be a DNS label")
+                continue
+            if name in RESERVED_VOLUME_NAMES:
+                self.problems.append(f"{path}.name {name} is a volume of the operator's own")
+                continue
+            if name in names:
+                self.problems.append(f"{path}.name {name} is used twice")
+                continue
+            sources = [key for key in volume if key != "name"]
+            if len(sources) != 1 or sources[0] not in VOLUME_TYPES or not isinstance(volume[sources[0]], Mapping):
+                self.problems.append(f"{path} must have exactly one source: {', '.join(VOLUME_TYPES)}")
+                continue
+            kind = sources[0]
+            if kind not in allowed:
+                self.problems.append(
+                    f"{path}.{kind}: volume type {kind} is not allowed by this operator (allowed: "
+                    f"{', '.join(t for t in VOLUME_TYPES if t in allowed)}; its setting SUSY_ALLOWED_VOLUME_TYPES)")
+                continue
+            names.add(name)
+            volumes.append(volume)
+        mounts: list[Mapping[str, Any]] = []
+        if not isinstance(mounts_raw, list) or len(mounts_raw) > MAX_VOLUMES:
+            self.problems.append(f"{self.root}.volumeMounts must be a list of at most {MAX_VOLUMES} mounts")
+            mounts_raw = []
+        declared = {v.get("name") for v in volumes_raw if isinstance(v, Mapping)}
+        paths: set[str] = set()
+        for i, mount in enumerate(mounts_raw):
+            path = f"{self.root}.volumeMounts[{i}]"
+            if not isinstance(mount, Mapping):
+                self.problems.append(f"{path} must be an object")
+                continue
+            if mount.get("name") not in declared:
+                self.problems.append(f"{path}.name {mount.get('name')!r} names no volume in {self.root}.volumes")
+                continue
+            mount_path = mount.get("mountPath")
+            if not isinstance(mount_path, str) or not MOUNT_PATH_PATTERN.match(mount_path) or any(
+                    part in (".", "..") for part in mount_path.split("/")):
+                self.problems.append(f"{path}.mountPath must be an absolute path without . or .., got {mount_path!r}")
+                continue
+            normal = mount_path.rstrip("/")
+            reserved = [r for r in RESERVED_MOUNT_PATHS if normal == r or normal.startswith(r + "/")]
+            if reserved:
+                self.problems.append(f"{path}.mountPath {mount_path} is under {reserved[0]}, which the operator mounts")
+                continue
+            if normal in paths:
+                self.problems.append(f"{path}.mountPath {mount_path} is mounted twice")
+                continue
+            paths.add(normal)
+            if mount.get("name") in names:
+                mounts.append(mount)
+        return Volumes(volumes=tuple(volumes), mounts=tuple(mounts))
+
     def run_policy(self, data: Mapping[str, Any]) -> RunPolicy:
         section = self.section(data, "runPolicy")
         path = f"{self.root}.runPolicy"
@@ -256,8 +350,12 @@ class _Reader:
             raise SpecError(self.problems)
 
 
-def parse_training_run(spec: Mapping[str, Any]) -> TrainingRunSpec:
-    """Validate a TrainingRun spec; raise SpecError naming every problem."""
+def parse_training_run(spec: Mapping[str, Any], *,
+                       allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES) -> TrainingRunSpec:
+    """Validate a TrainingRun spec; raise SpecError naming every problem.
+
+    `allowed_volume_types`: the volume sources the operator accepts besides persistentVolumeClaim.
+    """
     r = _Reader("spec")
     ds = r.section(spec, "dataset", required=True)
     kafka = r.section(spec, "kafka")
@@ -270,6 +368,7 @@ def parse_training_run(spec: Mapping[str, Any]) -> TrainingRunSpec:
         uri=uri or "",
         skip=r.integer(ds, "spec.dataset", "skip", DEFAULT_SKIP, minimum=0) or 0,
         limit=r.integer(ds, "spec.dataset", "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT,
+        secret_name=r.string(ds, "spec.dataset", "secretName", pattern=K8S_SUBDOMAIN_PATTERN),
     )
     hidden_raw = model.get("hidden")
     hidden: tuple[int, ...] | None = None
@@ -302,12 +401,14 @@ def parse_training_run(spec: Mapping[str, Any]) -> TrainingRunSpec:
         trainer_resources=r.resources(resources, "spec.resources", "trainer"),
         env=r.env(spec),
         run_policy=r.run_policy(spec),
+        volumes=r.volumes(spec, allowed_volume_types),
     )
     r.done()
     return parsed
 
 
-def parse_evaluation_run(spec: Mapping[str, Any]) -> EvaluationRunSpec:
+def parse_evaluation_run(spec: Mapping[str, Any], *,
+                         allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES) -> EvaluationRunSpec:
     """Validate an EvaluationRun spec; raise SpecError naming every problem."""
     r = _Reader("spec")
     model = r.section(spec, "model", required=True)
@@ -343,6 +444,9 @@ def parse_evaluation_run(spec: Mapping[str, Any]) -> EvaluationRunSpec:
     parsed = EvaluationRunSpec(
         model=ModelReference(id=model_id, timestamp=timestamp, training_run=training_run),
         uris=uris,
+        skip=r.integer(ds, "spec.dataset", "skip", DEFAULT_SKIP, minimum=0) or 0,
+        limit=r.integer(ds, "spec.dataset", "limit", None, minimum=1),
+        secret_name=r.string(ds, "spec.dataset", "secretName", pattern=K8S_SUBDOMAIN_PATTERN),
         shards=shards,
         parallelism=parallelism,
         chunk_rows=r.integer(spec, "spec", "chunkRows", DEFAULT_CHUNK_ROWS, minimum=1, maximum=10_000_000)
@@ -354,6 +458,7 @@ def parse_evaluation_run(spec: Mapping[str, Any]) -> EvaluationRunSpec:
         resources=resources,
         env=r.env(spec),
         run_policy=r.run_policy(spec),
+        volumes=r.volumes(spec, allowed_volume_types),
     )
     r.done()
     return parsed

@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -65,25 +66,42 @@ def format_indexes(indexes: set[int]) -> str:
     return ",".join(parts)
 
 
+async def _secret_data(session: aiohttp.ClientSession, url: str, namespace: str,
+                       name: str) -> dict[str, str] | None:
+    async with session.get(f"{url}/api/v1/namespaces/{namespace}/secrets/{name}") as resp:
+        secret = await resp.json() if resp.status == 200 else None
+    if secret is None:
+        return None
+    return {**{k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()},
+            **(secret.get("stringData") or {})}
+
+
 async def resolve_env(session: aiohttp.ClientSession | None, url: str, namespace: str, pod_name: str,
-                      items: list[dict[str, Any]]) -> dict[str, str]:
-    """A container's env list as the kubelet resolves it: values, secretKeyRef, fieldRef.
+                      items: list[dict[str, Any]], env_from: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """A container's env as the kubelet resolves it: envFrom secretRef first (every key that is a
+    valid variable name), then the env list (values, secretKeyRef, fieldRef), which wins.
 
     A missing Secret or key raises PodStartError(CreateContainerConfigError), as on a node.
     """
     assert session is not None
     env: dict[str, str] = {}
+    for source in env_from or []:
+        if "secretRef" in source:
+            name = source["secretRef"]["name"]
+            data = await _secret_data(session, url, namespace, name)
+            if data is None:
+                if source["secretRef"].get("optional"):
+                    continue
+                raise PodStartError("CreateContainerConfigError", f'secret "{name}" not found')
+            env.update({k: v for k, v in data.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)})
     for item in items:
         source = item.get("valueFrom") or {}
         if "value" in item:
             env[item["name"]] = item["value"]
         elif "secretKeyRef" in source:
             ref = source["secretKeyRef"]
-            async with session.get(f"{url}/api/v1/namespaces/{namespace}/secrets/{ref['name']}") as resp:
-                secret = await resp.json() if resp.status == 200 else None
-            data = {**{k: base64.b64decode(v).decode() for k, v in ((secret or {}).get("data") or {}).items()},
-                    **((secret or {}).get("stringData") or {})}
-            if secret is None:
+            data = await _secret_data(session, url, namespace, ref["name"])
+            if data is None:
                 raise PodStartError("CreateContainerConfigError", f'secret "{ref["name"]}" not found')
             if ref["key"] not in data:
                 raise PodStartError("CreateContainerConfigError",
@@ -317,7 +335,8 @@ class JobRunner:
         # A process inherits a few host variables (PATH, ...); a container only what its image and
         # pod spec say.
         env = dict(self.base_env) if self.runtime is None else {}
-        env.update(await resolve_env(self.session, self.url, namespace, pod_name, container.get("env") or []))
+        env.update(await resolve_env(self.session, self.url, namespace, pod_name, container.get("env") or [],
+                                     container.get("envFrom")))
         if index is not None:
             env["JOB_COMPLETION_INDEX"] = str(index)
         if self.runtime is None:
