@@ -161,3 +161,45 @@ def test_command_line_exit_2_on_bad_data_and_index_from_job_completion_index(env
                             capture_output=True, text=True)
     assert failed.returncode == 2, failed.stderr[-2000:]
     assert "bad.csv, line 58: expected 19 columns, found 20" in failed.stderr
+
+
+def _labels(paths):
+    return np.concatenate([b.labels for p in paths for b in data.iter_batches(p)])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet"])
+@pytest.mark.parametrize("layout", ["files", "single"])
+def test_a_row_range_scores_exactly_its_rows_and_n_shards_equal_one(env, fmt, layout):
+    """--skip/--limit: rows [skip, skip+limit) of the inputs taken together, here across file edges
+    (files of 10,000 rows) and, in one file, not on a stripe, row-group or chunk edge."""
+    paths = env["inputs"][(fmt, layout)]
+    skip, limit = 7_777, 11_001
+    labels = _labels(paths)[skip:skip + limit]
+    with open_store(env["uri"]) as store:
+        single = _run(env, store, f"range-{fmt}-{layout}-1", paths, 1, skip=skip, limit=limit)
+        assert single["rows"] == limit
+        confusion = single["confusion"]
+        assert confusion["tp"] + confusion["fn"] == int(labels.sum())
+        for n in (2, 3, 7):
+            sharded = _run(env, store, f"range-{fmt}-{layout}-{n}", paths, n, skip=skip, limit=limit)
+            assert _exact(sharded) == _exact(single), f"{n} shards"
+
+
+def test_the_samples_held_out_rows_in_three_shards(env):
+    """The examples' EvaluationRun: rows 10,979 on of the sample (one .csv.gz), stripes of 4,096
+    counted from the range's start, so every shard gets a part."""
+    with open_store(env["uri"]) as store:
+        single = _run(env, store, "held-out-1", [SAMPLE], 1, skip=10_979)
+        sharded = _run(env, store, "held-out-3", [SAMPLE], 3, skip=10_979)
+        ranged = _run(env, store, "held-out-limit", [SAMPLE], 3, skip=10_979, limit=10_000)
+    assert single["rows"] == 10_000
+    assert _exact(sharded) == _exact(single) == _exact(ranged)
+    assert all(s["rows"] > 0 for s in sharded["shards"])
+    assert int(_labels([SAMPLE])[10_979:].sum()) == single["confusion"]["tp"] + single["confusion"]["fn"]
+
+
+def test_a_range_past_the_end_is_bad_input(env):
+    from susy_pipeline.errors import BadInput
+
+    with open_store(env["uri"]) as store, pytest.raises(BadInput, match="none in the range"):
+        _run(env, store, "past-end", [SAMPLE], 1, skip=20_979)

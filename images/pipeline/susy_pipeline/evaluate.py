@@ -1,7 +1,11 @@
 """`evaluate`: score one shard of a (large) test set with a stored model.
 
     evaluate --model REF --data FILES_OR_GLOBS... --evaluation NAME \
-             --shard-index I --shard-count N [--chunk-rows 16384]
+             --shard-index I --shard-count N [--skip S] [--limit L] [--chunk-rows 16384]
+
+With `--skip`/`--limit` the shards score exactly rows `[S, S+L)` of the inputs
+taken together in sorted path order (e.g. `--skip 10979` on the sample: its
+held-out test rows), split among the shards as the rows would be.
 
 Shard `I` of `N` reads the rows `shards.plan_shard` gives it (whole files
 round-robin; with fewer files than shards: Parquet row groups, CSV byte
@@ -84,6 +88,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="this shard, 0..N-1 (env JOB_COMPLETION_INDEX, as Indexed Jobs set it)")
     p.add_argument("--shard-count", type=options.positive, default=options.env("SUSY_SHARD_COUNT", 1),
                    help="number of shards N (env SUSY_SHARD_COUNT; default 1)")
+    p.add_argument("--skip", type=options.non_negative, default=options.env("SUSY_SKIP", 0),
+                   help="rows of the inputs, taken together in sorted order, skipped before the "
+                        "scored ones (env SUSY_SKIP; default 0)")
+    p.add_argument("--limit", type=options.positive, default=options.env("SUSY_LIMIT"),
+                   help="rows scored after --skip (env SUSY_LIMIT; default: every row to the end)")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
                    help="rows per forward pass (default %(default)s)")
     p.add_argument("--stripe-rows", type=int, default=shards_lib.STRIPE_ROWS,
@@ -112,7 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with options.store_from(args) as store:
         result = evaluate_shard(
             store, model_ref=args.model, inputs=args.data, evaluation=args.evaluation,
-            shard_index=args.shard_index, shard_count=args.shard_count, chunk_rows=args.chunk_rows,
+            shard_index=args.shard_index, shard_count=args.shard_count, skip=args.skip, limit=args.limit,
+            chunk_rows=args.chunk_rows,
             stripe_rows=args.stripe_rows, model_threads=args.model_threads,
             scoring_threads=args.scoring_threads, progress_seconds=args.progress_seconds)
     return summary(result)
@@ -262,7 +272,7 @@ def peak_rss_bytes() -> int:
 
 
 def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: str, shard_index: int,
-                   shard_count: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                   shard_count: int, skip: int = 0, limit: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                    stripe_rows: int = shards_lib.STRIPE_ROWS, model_threads: int | None = None,
                    scoring_threads: int = SCORING_THREADS, progress_seconds: float = 10.0,
                    bins: int = HISTOGRAM_BINS, model=None, model_record: dict | None = None,
@@ -288,8 +298,9 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     data.forget_remote_metadata()
     fetched = files.remote_read_totals()  # planning reads Parquet footers too
     paths = shards_lib.resolve_inputs(inputs)
-    pieces = shards_lib.plan_shard(paths, shard_index, shard_count, stripe_rows=stripe_rows)
-    plan_id = shards_lib.plan_id(paths, shard_count, stripe_rows=stripe_rows)
+    ranges = shards_lib.row_ranges(paths, skip, limit) if skip or limit is not None else None
+    pieces = shards_lib.plan_shard(paths, shard_index, shard_count, stripe_rows=stripe_rows, ranges=ranges)
+    plan_id = shards_lib.plan_id(paths, shard_count, stripe_rows=stripe_rows, skip=skip, limit=limit)
     name = f"evaluate {evaluation} shard {shard_index}/{shard_count}"
     log.info("%s: %d of %d input files, %d pieces", name, len({p.path for p in pieces}), len(paths),
              len(pieces))
@@ -338,6 +349,8 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
         "model_ref": str(model_ref),
         "plan_id": plan_id,
         "inputs": [piece.describe() for piece in pieces],
+        "skip": skip,
+        "limit": limit,
         **tally.counts(),
         "seconds": seconds,
         "rows_per_second": rows_per_second,

@@ -27,8 +27,17 @@ The rule, for shard `i` of `N` over the input files sorted by path:
      rather than contiguous row ranges because ranges need the row count,
      which costs another full pass. For speed, give at least N files.
 
+**A row range** (`evaluate --skip S --limit L`) selects rows `[S, S+L)` of the
+inputs taken together, in sorted path order. `row_ranges` maps it to a range of
+file rows per file (counting the rows of the files before its end: Parquet from
+its footer, CSV and CSV.gz by counting lines), files outside it drop out, and the
+rule above splits what is left: whole files round-robin, Parquet row groups that
+overlap the range by their share of its rows, plain CSV by the bytes of its range's
+lines, CSV.gz stripes counted from the range's first row. Every piece then keeps
+only its file's range, so N shards still score each selected row exactly once.
+
 The plan is a pure function of the sorted paths, their sizes (and Parquet row
-group sizes), N and `stripe_rows`. `plan_id` fingerprints those inputs; every
+group sizes), the row range, N and `stripe_rows`. `plan_id` fingerprints those inputs; every
 shard records it, and aggregation refuses shards that planned from different
 inputs.
 
@@ -78,9 +87,14 @@ class Piece:
     part: int = 0
     parts: int = 1
     stripe_rows: int = STRIPE_ROWS
+    # The file's rows this piece may yield: [first_row, end_row); end_row None is the file's end.
+    first_row: int = 0
+    end_row: int | None = None
 
     def describe(self) -> dict:
         out = {"path": self.path, "format": self.format, "kind": self.kind}
+        if self.first_row or self.end_row is not None:
+            out.update(first_row=self.first_row, end_row=self.end_row)
         if self.kind in (ROW_GROUPS, BYTE_RANGE):
             out.update(start=self.start, stop=self.stop)
         if self.kind == ROW_STRIPES:
@@ -98,76 +112,164 @@ def resolve_inputs(patterns: Sequence[str]) -> list[str]:
     return files.resolve(list(patterns))
 
 
+def row_count(path: str) -> int:
+    """Rows of one file: Parquet from its footer; CSV and CSV.gz by counting lines (one pass over
+    the bytes, without parsing them; a blank line still fails when its piece is read)."""
+    if data.file_format(path) == "parquet":
+        return data.open_parquet(path).metadata.num_rows
+    source, closers = data._open_binary(path)
+    f = open(source, "rb") if isinstance(source, str) else source
+    try:
+        lines, last = 0, b"\n"
+        while block := f.read(1 << 24):
+            lines += block.count(b"\n")
+            last = block[-1:]
+        return lines + (last != b"\n")
+    finally:
+        if isinstance(source, str):
+            f.close()
+        for c in closers:
+            c.close()
+
+
+Range = tuple[int, "int | None"]
+
+
+def row_ranges(paths: Sequence[str], skip: int = 0, limit: int | None = None) -> dict[str, Range]:
+    """{path: (first row, end row or None)} of the files that hold rows `[skip, skip+limit)` of the
+    inputs taken together in this order; a file past the range is left out.
+
+    Counts the rows of each file up to the one holding the range's end (none when there is no
+    range). Raises BadInput when the range selects no row.
+    """
+    if skip < 0 or (limit is not None and limit < 1):
+        raise BadInput(f"--skip must be >= 0 and --limit >= 1, got {skip} and {limit}")
+    if skip == 0 and limit is None:
+        return {p: (0, None) for p in paths}
+    end = None if limit is None else skip + limit
+    ranges: dict[str, Range] = {}
+    base = 0
+    for path in paths:
+        if end is not None and base >= end:
+            break
+        n = row_count(path)
+        first, stop = max(0, skip - base), n if end is None else min(n, end - base)
+        if first < stop:
+            ranges[path] = (first, None if stop == n else stop)
+        base += n
+    if not ranges:
+        raise BadInput(f"--skip {skip}: the inputs have {base} rows, none in the range "
+                       f"[{skip}, {'end' if end is None else end})")
+    return ranges
+
+
+def _line_start(path: str, row: int) -> int:
+    """The byte offset where line `row` (0-based) of a plain CSV file starts."""
+    if row == 0:
+        return 0
+    seen = 0
+    with files.open_random(path) as f:
+        offset = 0
+        while block := f.read(1 << 24):
+            count = block.count(b"\n")
+            if seen + count >= row:
+                i = -1
+                for _ in range(row - seen):
+                    i = block.index(b"\n", i + 1)
+                return offset + i + 1
+            seen += count
+            offset += len(block)
+    return offset
+
+
 def _parquet_row_groups(path: str) -> list[int]:
     meta = data.open_parquet(path).metadata
     return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
 
-def _split_file(path: str, parts: int, stripe_rows: int) -> list[Piece]:
-    """`parts` pieces that together cover every row of one file exactly once."""
+def _split_file(path: str, parts: int, stripe_rows: int, rows: Range = (0, None)) -> list[Piece]:
+    """`parts` pieces that together cover every row of one file's range `rows` exactly once."""
     fmt = data.file_format(path)
+    first, end = rows
     if parts == 1:
-        return [Piece(path, fmt)]
+        return [Piece(path, fmt, first_row=first, end_row=end)]
     if fmt == "parquet":
         sizes = _parquet_row_groups(path)
         total = sum(sizes)
         if total == 0:
             raise DataError(path, None, "no data rows (empty file)")
-        owner, first = [], 0
+        stop = total if end is None else end
+        # A row group belongs to the part in whose share of the range its first row in the
+        # range falls; groups outside the range belong to none.
+        owner, start = [], 0
         for n in sizes:
-            owner.append(first * parts // total if total else 0)
-            first += n
+            lo, hi = max(start, first), min(start + n, stop)
+            owner.append((lo - first) * parts // (stop - first) if lo < hi else -1)
+            start += n
         pieces = []
         for m in range(parts):
             groups = [g for g, o in enumerate(owner) if o == m]
             lo, hi = (groups[0], groups[-1] + 1) if groups else (0, 0)
-            pieces.append(Piece(path, fmt, ROW_GROUPS, lo, hi))
+            pieces.append(Piece(path, fmt, ROW_GROUPS, lo, hi, first_row=first, end_row=end))
         return pieces
     if fmt == "csv":
         size = files.size(path)
         if size == 0:
             raise DataError(path, None, "no data rows (empty file)")
-        return [Piece(path, fmt, BYTE_RANGE, size * m // parts, size * (m + 1) // parts)
-                for m in range(parts)]
-    return [Piece(path, fmt, ROW_STRIPES, part=m, parts=parts, stripe_rows=stripe_rows)
-            for m in range(parts)]
+        lo = _line_start(path, first) if first else 0
+        hi = size if end is None else _line_start(path, end)
+        return [Piece(path, fmt, BYTE_RANGE, lo + (hi - lo) * m // parts, lo + (hi - lo) * (m + 1) // parts,
+                      first_row=first, end_row=end) for m in range(parts)]
+    return [Piece(path, fmt, ROW_STRIPES, part=m, parts=parts, stripe_rows=stripe_rows,
+                  first_row=first, end_row=end) for m in range(parts)]
 
 
-def plan(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS) -> list[list[Piece]]:
-    """The pieces of every shard: `plan(...)[i]` is what shard `i` reads."""
+def plan(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS,
+         ranges: dict[str, Range] | None = None) -> list[list[Piece]]:
+    """The pieces of every shard: `plan(...)[i]` is what shard `i` reads.
+
+    `ranges` (from `row_ranges`) keeps only those files, and of each only its rows.
+    """
     if shard_count < 1:
         raise BadInput(f"shard count must be >= 1, got {shard_count}")
     if stripe_rows < 1:
         raise BadInput(f"stripe_rows must be >= 1, got {stripe_rows}")
-    paths = list(paths)
+    paths = [p for p in paths if ranges is None or p in ranges]
     if not paths:
         raise BadInput("no input files")
+    rows = ranges or {}
     shards: list[list[Piece]] = [[] for _ in range(shard_count)]
     if len(paths) >= shard_count:
         for j, path in enumerate(paths):
-            shards[j % shard_count].append(Piece(path, data.file_format(path)))
+            first, end = rows.get(path, (0, None))
+            shards[j % shard_count].append(Piece(path, data.file_format(path), first_row=first, end_row=end))
         return shards
     for f, path in enumerate(paths):
         mine = list(range(f, shard_count, len(paths)))
-        for shard, piece in zip(mine, _split_file(path, len(mine), stripe_rows)):
+        for shard, piece in zip(mine, _split_file(path, len(mine), stripe_rows, rows.get(path, (0, None)))):
             shards[shard].append(piece)
     return shards
 
 
 def plan_shard(paths: Sequence[str], shard_index: int, shard_count: int, *,
-               stripe_rows: int = STRIPE_ROWS) -> list[Piece]:
+               stripe_rows: int = STRIPE_ROWS, ranges: dict[str, Range] | None = None) -> list[Piece]:
     """The pieces shard `shard_index` of `shard_count` reads."""
     if not 0 <= shard_index < shard_count:
         raise BadInput(f"shard index {shard_index} is outside 0..{shard_count - 1}")
-    if len(paths) >= shard_count:  # no need to open files that other shards read
-        return [Piece(p, data.file_format(p)) for p in list(paths)[shard_index::shard_count]]
-    return plan(paths, shard_count, stripe_rows=stripe_rows)[shard_index]
+    kept = [p for p in paths if ranges is None or p in ranges]
+    if len(kept) >= shard_count:  # no need to open files that other shards read
+        return [Piece(p, data.file_format(p), first_row=(ranges or {}).get(p, (0, None))[0],
+                      end_row=(ranges or {}).get(p, (0, None))[1]) for p in kept[shard_index::shard_count]]
+    return plan(kept, shard_count, stripe_rows=stripe_rows, ranges=ranges)[shard_index]
 
 
-def plan_id(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS) -> str:
-    """A fingerprint of what the plan depends on: paths, sizes, N, stripe size."""
+def plan_id(paths: Sequence[str], shard_count: int, *, stripe_rows: int = STRIPE_ROWS,
+            skip: int = 0, limit: int | None = None) -> str:
+    """A fingerprint of what the plan depends on: paths, sizes, row range, N, stripe size."""
     facts = {"shard_count": shard_count, "stripe_rows": stripe_rows,
              "files": [[p, files.size(p)] for p in paths]}
+    if skip or limit is not None:  # unchanged for no range, so older shard results still match
+        facts.update(skip=skip, limit=limit)
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -179,6 +281,20 @@ def iter_piece(piece: Piece, *, block_bytes: int = data.DEFAULT_BLOCK_BYTES) -> 
     For a `byte_range` piece that index costs a pass over the bytes before the
     range, counting newlines (memory or disk speed, about 1/20 of parsing them).
     """
+    if piece.first_row == 0 and piece.end_row is None:
+        yield from _iter_piece(piece, block_bytes)
+        return
+    lo_row, hi_row = piece.first_row, piece.end_row
+    for batch in _iter_piece(piece, block_bytes):
+        lo, hi = batch.first_row, batch.first_row + len(batch)
+        if hi_row is not None and lo >= hi_row:
+            break  # rows come in file order: nothing of the range follows
+        a, b = max(lo, lo_row) - lo, (hi if hi_row is None else min(hi, hi_row)) - lo
+        if a < b:
+            yield batch if (a, b) == (0, len(batch)) else Batch(batch.labels[a:b], batch.features[a:b], lo + a)
+
+
+def _iter_piece(piece: Piece, block_bytes: int) -> Iterator[Batch]:
     if piece.kind == WHOLE_FILE:
         yield from data.iter_batches(piece.path, block_bytes=block_bytes)
     elif piece.kind == ROW_GROUPS:
@@ -195,13 +311,19 @@ def iter_piece(piece: Piece, *, block_bytes: int = data.DEFAULT_BLOCK_BYTES) -> 
 
 
 def _iter_stripes(piece: Piece, block_bytes: int) -> Iterator[Batch]:
-    size = piece.stripe_rows
+    # Stripes are counted from the piece's first row, so a row range is spread over the parts too.
+    size, origin = piece.stripe_rows, piece.first_row
     for batch in data.iter_batches(piece.path, block_bytes=block_bytes):
         lo, hi = batch.first_row, batch.first_row + len(batch)
-        stripe = lo // size
-        while stripe * size < hi:
+        if piece.end_row is not None and lo >= piece.end_row:
+            break
+        if hi <= origin:
+            continue
+        stripe = (max(lo, origin) - origin) // size
+        while origin + stripe * size < hi:
             if stripe % piece.parts == piece.part:
-                a, b = max(lo, stripe * size) - lo, min(hi, (stripe + 1) * size) - lo
+                a = max(lo, origin + stripe * size) - lo
+                b = min(hi, origin + (stripe + 1) * size) - lo
                 yield Batch(batch.labels[a:b], batch.features[a:b], lo + a)
             stripe += 1
 
