@@ -133,7 +133,9 @@ def test_schema_defaults_match_the_operator() -> None:
 
 # --- examples ---------------------------------------------------------------------------------------
 
-EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+# The CRs of manifests/examples/ and of its dataset walk-throughs (pvc/, s3/: those folders also
+# hold the PVC, Secret and Job that prepare the data, which are no CRs).
+EXAMPLE_FILES = sorted([*EXAMPLES.glob("*.yaml"), *EXAMPLES.glob("*/evaluationrun.yaml")])
 
 
 def test_examples_exist() -> None:
@@ -141,7 +143,21 @@ def test_examples_exist() -> None:
     assert {"trainingrun.yaml", "evaluationrun.yaml", "trainingrun-full.yaml", "evaluationrun-full.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_every_example_evaluationrun_scores_only_held_out_rows() -> None:
+    """The sample's rows 0-10978 are its training rows (issue 18 item 3): an example that scores
+    the sample skips them, and no example TrainingRun trains past them."""
+    for path in [*EXAMPLE_FILES, *sorted((ROOT / "hack" / "e2e").glob("*.yaml"))]:
+        doc = load(path)
+        ds = doc["spec"]["dataset"]
+        if doc["kind"] == crd.TRAINING_KIND:
+            assert ds.get("skip", 0) + ds.get("limit", spec_lib.DEFAULT_LIMIT) <= 10_979, path
+        elif any(u.endswith("susy-sample.csv.gz") for u in ds["uris"]):
+            assert ds["uris"] == ["/opt/susy/data/susy-sample.csv.gz"] and ds.get("skip", 0) >= 10_979, path
+        else:  # `scale` output: the sample's held-out rows only
+            assert all("/data/" in u or u.startswith("s3://") for u in ds["uris"]), path
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_example_validates_against_its_crd_and_the_operator(path: Path) -> None:
     doc = load(path)
     assert doc["apiVersion"] == crd.API_VERSION
@@ -443,7 +459,7 @@ def test_the_emulator_refuses_every_bad_resource(case: str) -> None:
     assert found, f"the emulator admits {case}"
 
 
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_the_emulator_admits_every_example_unchanged_but_for_defaults(path: Path) -> None:
     doc = load(path)
     admitted, found = ADMISSION[doc["kind"]].admit(doc)
