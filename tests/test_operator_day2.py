@@ -16,7 +16,9 @@ import pytest
 
 from susy_operator import crd
 from support import fakes
-from support.fixtures import NAMESPACE, cluster, condition, operator, store_uri, training_run  # noqa: F401
+from susy_pipeline import store as store_lib
+from support.fixtures import (NAMESPACE, cluster, condition, evaluation_run, operator, store_uri,  # noqa: F401
+                              training_run)
 from support.harness import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -105,3 +107,27 @@ def test_a_finished_job_wakes_its_run_at_once(cluster: Cluster, operator) -> Non
     ended = cluster.call(lambda: dict(runner.finish_times))
     latency = created[("jobs", NAMESPACE, "quick-trainer")] - ended[(NAMESPACE, "quick-producer")]
     assert latency < 2.0, f"producer end -> trainer Job took {latency:.2f} s"
+
+
+def test_an_evaluation_claims_its_model_from_the_start_and_releases_it_when_it_fails(
+        cluster: Cluster, operator, store_uri: str) -> None:
+    """`models delete` refuses while an evaluation may still load the model: the operator claims it
+    before any shard starts, and releases it when the evaluation fails for good."""
+    async def never_ends(job: dict[str, Any], index: int, env: dict[str, str]) -> int:
+        await asyncio.Event().wait()
+        return 0
+
+    cluster.start_runner(executor=never_ends)
+    operator()
+    store = store_lib.open_store(store_uri)
+    model_id = store.save_model({"run": "r"}, b"weights")
+    cluster.create(evaluation_run("held", {"id": model_id}, shards=2))
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "held", {crd.EVALUATING}, 30)
+    (claim,) = store.unfinished_evaluations(model_id)
+    assert claim["evaluation"] == er["status"]["evaluation"] and claim["missing"] == [0, 1]
+    with pytest.raises(store_lib.ModelInUse):
+        store.delete_model(model_id)
+    cluster.delete("jobs", NAMESPACE, "held-eval", policy="Background")  # the step fails: JobDeleted
+    cluster.wait_phase("evaluationruns", NAMESPACE, "held", {crd.FAILED}, 30)
+    cluster.wait_for(lambda: not store.unfinished_evaluations(model_id), 10, "the claim to be released")
+    store.delete_model(model_id)

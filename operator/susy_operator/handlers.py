@@ -151,6 +151,14 @@ def _fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reas
             {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
             now=now, generation=generation)
     kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
+    evaluation = status.get("evaluation") if body.get("kind") == crd.EVALUATION_KIND else None
+    if evaluation:
+        # An evaluation that failed for good will never finish: its model may be deleted again
+        # without --force (store.release_evaluation keeps the shard results).
+        try:
+            _store().release_evaluation(evaluation)
+        except Exception as error:  # noqa: BLE001 - the failure is recorded either way
+            logging.getLogger(__name__).warning("cannot release evaluation %s in the store: %s", evaluation, error)
 
 
 def _job_pods(job: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -452,6 +460,9 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
         _fail(body, status, patch, reason=error.reason, message=error.message, generation=generation,
               condition=crd.MODEL_RESOLVED)
         return
+    # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
+    # shard pod has started (the shards claim it again; an upsert).
+    _store().claim_model(evaluation, model_id, parsed.shards)
     job, _ = _ensure_job(body, builders.evaluator_job(_owner(body), parsed, evaluation, model_id,
                                                       CONFIG.job_config), logger)
     patch.status.update({
