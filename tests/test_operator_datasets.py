@@ -1,0 +1,119 @@
+"""Datasets on volumes and behind credentials (issue 14): the real operator against the API
+emulator, with the test Job runner's pods.
+
+- a PVC-backed EvaluationRun: its Job carries the claim, every shard mounts it read-only;
+- a Secret-backed one: the Secret's keys reach the pods through envFrom (resolved as the kubelet
+  does), SUSY_DATA_SECRET names it, and no credential is in the Job;
+- a volume type the operator does not allow: Failed (InvalidSpec) naming the field, no Job; the
+  same spec runs once SUSY_ALLOWED_VOLUME_TYPES allows it.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from susy_operator import crd
+from support import fakes
+from support.fixtures import NAMESPACE, cluster, condition, evaluation_run, operator, store_uri  # noqa: F401
+from support.harness import Cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+MODEL = {"id": "ab" * 16}
+PVC = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "susy-data"}}],
+       "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": False}]}
+
+
+def _model(store_uri: str) -> str:
+    from susy_pipeline import store as store_lib
+
+    return store_lib.open_store(store_uri).save_model({"run": "datasets"}, b"not-a-real-model")
+
+
+def test_a_pvc_backed_evaluation_run_mounts_the_claim_read_only_in_every_shard(
+        cluster: Cluster, operator, store_uri: str) -> None:
+    runner = cluster.start_runner(executor=fakes.executor)
+    operator()
+    cluster.create(evaluation_run("er-pvc", {"trainingRun": "tr"}, dataset={"uris": ["/data/susy/*.parquet"]},
+                                  shards=3, **PVC))
+    cluster.create(fakes_training_run())
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-pvc", {crd.SUCCEEDED, crd.FAILED}, 60)
+    assert er["status"]["phase"] == crd.SUCCEEDED, json.dumps(er["status"], indent=1)
+    (job,) = [j for j in cluster.list("jobs", NAMESPACE) if j["metadata"]["name"] == "er-pvc-eval"]
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "susy-data"}} in pod["volumes"]
+    (container,) = pod["containers"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
+    shards = [run for run in runner.runs if run.job == "er-pvc-eval"]
+    assert sorted(run.index for run in shards) == [0, 1, 2]
+    # The Job runner publishes each pod from the Job's template: the claim reached every pod.
+    pods = [p for p in cluster.list("pods", NAMESPACE) if p["metadata"]["name"].startswith("er-pvc-eval")]
+    assert pods and all({"name": "data", "mountPath": "/data", "readOnly": True}
+                        in p["spec"]["containers"][0]["volumeMounts"] for p in pods)
+
+
+def fakes_training_run() -> dict:
+    from support.fixtures import training_run
+
+    return training_run("tr")
+
+
+def test_the_datasets_secret_reaches_the_pods_through_env_from(cluster: Cluster, operator, store_uri: str) -> None:
+    runner = cluster.start_runner(executor=fakes.executor)
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE},
+                    "stringData": {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+                                   "not a variable": "skipped"}})
+    operator()
+    cluster.create(fakes_training_run())
+    cluster.create(evaluation_run("er-s3", {"trainingRun": "tr"}, shards=2,
+                                  dataset={"uris": ["s3://susy-data/scaled/*.parquet"], "secretName": "susy-data-s3"}))
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-s3", {crd.SUCCEEDED, crd.FAILED}, 60)
+    assert er["status"]["phase"] == crd.SUCCEEDED, json.dumps(er["status"], indent=1)
+    job = cluster.get("jobs", NAMESPACE, "er-s3-eval")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "susy-data-s3"}}]
+    assert "s3cr3t" not in json.dumps(job)
+    shards = [run for run in runner.runs if run.job == "er-s3-eval"]
+    assert len(shards) == 2
+    for run in shards:
+        assert (run.env["AWS_ACCESS_KEY_ID"], run.env["AWS_SECRET_ACCESS_KEY"]) == ("AKIDTEST", "s3cr3t")
+        assert run.env["SUSY_DATA_SECRET"] == "susy-data-s3"
+        assert "not a variable" not in run.env
+
+
+def test_a_missing_dataset_secret_keeps_the_pods_from_starting(cluster: Cluster, operator, store_uri: str) -> None:
+    cluster.start_runner(executor=fakes.executor)
+    operator()
+    cluster.create(evaluation_run("er-nosecret", {"id": _model(store_uri)}, shards=1,
+                                  dataset={"uris": ["s3://b/x.parquet"], "secretName": "absent"}))
+    def not_starting():
+        er = cluster.get("evaluationruns", NAMESPACE, "er-nosecret") or {}
+        cond = condition(er, crd.EVALUATED) if er.get("status") else None
+        return cond if cond and cond["reason"] == crd.REASON_POD_NOT_STARTING else None
+    cond = cluster.wait_for(not_starting, 30, "PodNotStarting")
+    assert "CreateContainerConfigError" in cond["message"] and "absent" in cond["message"]
+
+
+@pytest.mark.parametrize("kind, source", [("hostPath", {"path": "/srv/susy"}), ("configMap", {"name": "cm"})])
+def test_a_volume_type_the_operator_does_not_allow_fails_the_run_with_no_job(
+        cluster: Cluster, operator, store_uri: str, kind: str, source: dict) -> None:
+    cluster.start_runner(executor=fakes.executor)
+    volumes = {"volumes": [{"name": "data", kind: source}],
+               "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    first = operator()
+    cluster.create(evaluation_run("er-refused", {"id": _model(store_uri)}, **volumes))
+    er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-refused", {crd.FAILED, crd.SUCCEEDED}, 30)
+    failed = condition(er, crd.FAILED_CONDITION)
+    assert (er["status"]["phase"], failed["reason"]) == (crd.FAILED, crd.REASON_INVALID_SPEC)
+    assert f"spec.volumes[0].{kind}: volume type {kind} is not allowed" in failed["message"]
+    assert cluster.list("jobs", NAMESPACE) == []
+
+    # Allowed by the operator's setting, the same spec gets its Job.
+    first.stop()
+    operator(SUSY_ALLOWED_VOLUME_TYPES=kind)
+    cluster.create(evaluation_run("er-allowed", {"id": _model(store_uri)}, **volumes))
+    cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "er-allowed-eval"), 30, "the allowed run's Job")
+    pod = cluster.get("jobs", NAMESPACE, "er-allowed-eval")["spec"]["template"]["spec"]
+    assert {"name": "data", kind: source} in pod["volumes"]
