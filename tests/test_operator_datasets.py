@@ -117,3 +117,45 @@ def test_a_volume_type_the_operator_does_not_allow_fails_the_run_with_no_job(
     cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "er-allowed-eval"), 30, "the allowed run's Job")
     pod = cluster.get("jobs", NAMESPACE, "er-allowed-eval")["spec"]["template"]["spec"]
     assert {"name": "data", kind: source} in pod["volumes"]
+
+
+@pytest.mark.timeout(300)
+def test_a_secret_backed_s3_evaluation_run_end_to_end_against_moto(
+        cluster: Cluster, operator, store_uri: str, tmp_path, monkeypatch) -> None:
+    """Real `python -m susy_pipeline evaluate` pods (no executor) read s3:// Parquet from moto's
+    server with the credentials and endpoint that only the named Secret gives them."""
+    from support.moto import MotoServer, moto_missing
+
+    if moto_missing():
+        pytest.skip(moto_missing())
+    pytest.importorskip("tensorflow")
+    from support.harness import SAMPLE
+    from support.models import small_model_in_store
+    from susy_pipeline import store as store_lib
+    from susy_pipeline.evaluation import aggregate
+    from susy_pipeline.scale import scale
+
+    server = MotoServer(tmp_path)
+    try:
+        server.create_bucket("susy-data")
+        with monkeypatch.context() as m:  # only for writing the data; the pods get it from the Secret
+            for key, value in server.env().items():
+                m.setenv(key, value)
+            scale(str(SAMPLE), "s3://susy-data/scaled", times=1, files=2, formats=["parquet"])
+        model_id, _ = small_model_in_store(store_uri, "s3-e2e")
+        cluster.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE}, "stringData": server.env()})
+        runner = cluster.start_runner()
+        operator()
+        cluster.create(evaluation_run("er-s3", {"id": model_id}, shards=2, chunkRows=4096, dataset={
+            "uris": ["s3://susy-data/scaled/*.parquet"], "secretName": "susy-data-s3"}))
+        er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-s3", {crd.SUCCEEDED, crd.FAILED}, 240)
+        logs = {run.log: open(run.log).read()[-2000:] for run in runner.runs if run.log and run.exit_code}
+        assert er["status"]["phase"] == crd.SUCCEEDED, (er["status"], logs)
+        assert er["status"]["rows"] == 10_000  # the sample's held-out rows, once
+        results = store_lib.open_store(store_uri).shard_results(er["status"]["evaluation"])
+        assert aggregate(results, 2)["rows"] == 10_000
+        assert all(r["rows"] > 0 and r["remote_bytes_read"] > 0 for r in results)
+        assert all(run.env["SUSY_DATA_SECRET"] == "susy-data-s3" for run in runner.runs)
+    finally:
+        server.stop()
