@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -350,3 +351,31 @@ def test_broker_down_then_back_producer_retried_trainer_reads_recorded_offsets(d
     assert sum(o["end"] - o["start"] for o in st["kafka"]["offsets"]) == rows
     model = dc.store().resolve_model(st["modelId"])
     assert model["rows"] == rows  # the trainer checks it too: StreamMismatch otherwise
+
+
+def test_a_pvc_backed_evaluation_reads_through_the_mounted_claim(docker_cluster: DockerCluster) -> None:
+    """A PersistentVolumeClaim in an EvaluationRun: the shards' containers mount it (read-only, as the
+    operator forces for shards) and score the files on it; the same rows from the image give the
+    same totals. The claim is a host folder here (the runner's claims map), as a bound PV would be."""
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if (cluster.get("trainingruns", NAMESPACE, "tr") or {}).get("status", {}).get("phase") != crd.SUCCEEDED:
+        pytest.skip("needs the model of the end-to-end test")
+    claim = dc.workdir / "claim-susy-data"
+    (claim / "susy").mkdir(parents=True)
+    shutil.copy(REPO / "data" / "susy-sample.csv.gz", claim / "susy" / "part-0.csv.gz")
+    claim.chmod(0o755)
+    dc.runtime.claims["susy-data"] = claim
+    held_out = {"skip": 10979}
+    _evaluation(dc, "er-pvc", dataset={"uris": ["/data/susy/*.csv.gz"], **held_out},
+                volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "susy-data"}}],
+                volumeMounts=[{"name": "data", "mountPath": "/data"}])
+    _evaluation(dc, "er-image", dataset={"uris": [IMAGE_SAMPLE], **held_out})
+    pvc = cluster.wait_phase("evaluationruns", NAMESPACE, "er-pvc", {crd.SUCCEEDED, crd.FAILED}, 300)
+    image = cluster.wait_phase("evaluationruns", NAMESPACE, "er-image", {crd.SUCCEEDED, crd.FAILED}, 300)
+    assert pvc["status"]["phase"] == image["status"]["phase"] == crd.SUCCEEDED, (pvc["status"], dc.failed_logs())
+    job = cluster.get("jobs", NAMESPACE, "er-pvc-eval")
+    (mount,) = [m for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "data"]
+    assert mount["readOnly"] is True
+    assert pvc["status"]["rows"] == 10_000
+    for key in ("rows", "accuracy", "auc", "logLoss", "confusion"):
+        assert pvc["status"][key] == image["status"][key], key
