@@ -114,7 +114,7 @@ STORE_SECRET_KEY: Final = "uri"
 # SUSY_READER too: the trainer's reader is spec.reader (the operator passes --reader, which wins
 # over the variable), so setting it in spec.env would look like it works and change nothing.
 RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX,
-                                 "SUSY_READER"})
+                                 "SUSY_READER", "SUSY_DATA_SECRET"})
 
 # Exit code the pipeline uses for bad input (contracts.md §1): retrying cannot help.
 EXIT_BAD_INPUT: Final = 2
