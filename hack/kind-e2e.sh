@@ -42,6 +42,11 @@ PLATFORM_VALUES=${PLATFORM_VALUES:-charts/susy-platform/ci/kind-values.yaml}  # 
 # The example CRs (manifests/examples/) with requests that fit the node (MIN_* above).
 TRAINING_RUN=${TRAINING_RUN:-hack/e2e/trainingrun.yaml}
 EVALUATION_RUN=${EVALUATION_RUN:-hack/e2e/evaluationrun.yaml}
+# Then the test set on a PersistentVolumeClaim (kind's default StorageClass): a Job writes the
+# sample's held-out rows x15 to the claim, and an EvaluationRun mounts it ("" skips this part).
+DATASET=${DATASET:-manifests/examples/pvc/dataset.yaml}
+DATASET_JOB=${DATASET_JOB:-susy-data-scale}
+PVC_EVALUATION_RUN=${PVC_EVALUATION_RUN:-hack/e2e/evaluationrun-pvc.yaml}
 TIMEOUT=${TIMEOUT:-45m}                        # per custom resource
 EXPECT_READER=${EXPECT_READER:-tfio}           # the reader the trainer Job must use
 
@@ -219,6 +224,18 @@ run() {
   [[ -n $accuracy ]] || { echo "kind-e2e: the EvaluationRun has no status.accuracy" >&2; diagnose; exit 1; }
   log "Succeeded: accuracy $accuracy"
   echo "accuracy=$accuracy"
+  [[ -n $DATASET ]] || return 0
+  log "kubectl apply -f $DATASET (a claim, and a Job that writes the test set to it)"
+  K -n "$NAMESPACE" apply -f "$DATASET"
+  K -n "$NAMESPACE" wait --for=condition=complete "job/$DATASET_JOB" --timeout=15m \
+    || { K -n "$NAMESPACE" logs "job/$DATASET_JOB" --tail=50 >&2 || true; diagnose; exit 1; }
+  log "kubectl apply -f $PVC_EVALUATION_RUN"
+  K -n "$NAMESPACE" apply -f "$PVC_EVALUATION_RUN"
+  wait_phase "$PVC_EVALUATION_RUN" || { diagnose; exit 1; }
+  local rows
+  rows=$(K -n "$NAMESPACE" get -f "$PVC_EVALUATION_RUN" -o jsonpath='{.status.rows} rows, accuracy {.status.accuracy}')
+  log "Succeeded from the claim: $rows"
+  echo "pvc=$rows"
 }
 
 diagnose() {

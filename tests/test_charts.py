@@ -872,6 +872,13 @@ def test_kind_e2e_resources_are_the_examples_with_smaller_requests() -> None:
         assert e2e["metadata"] == example["metadata"]
     shards = yaml.safe_load((ROOT / "hack" / "e2e" / "evaluationrun.yaml").read_text())["spec"]
     assert shards["resources"]["requests"] == {"cpu": "250m", "memory": "1Gi"} and shards["shards"] == 3
+    # The PVC-backed run (issue 14): the example over the claim, 2 shards at a time on the node.
+    e2e = yaml.safe_load((ROOT / "hack" / "e2e" / "evaluationrun-pvc.yaml").read_text())
+    example = yaml.safe_load((EXAMPLES / "pvc" / "evaluationrun.yaml").read_text())
+    group, _, version = e2e["apiVersion"].rpartition("/")
+    assert not list(jsonschema.Draft4Validator(schemas[(group, version, e2e["kind"])]).iter_errors(e2e))
+    assert {k: v for k, v in e2e["spec"].items() if k not in ("resources", "parallelism")} == example["spec"]
+    assert e2e["spec"]["parallelism"] == 2 and e2e["spec"]["resources"]["requests"]["memory"] == "1Gi"
 
 
 def test_crd_validation_rejects_unknown_and_mistyped_fields() -> None:
