@@ -1,6 +1,7 @@
 """`models`: list, export and delete stored models.
 
   models [list] [--run-name RUN] [--table]   the models, newest first (one JSON document; --table: a table)
+  models [list] --lineage REF [--table]       the model and its warm-start parents, back to the first
   models export REF --out FILE.keras        write a model's .keras bytes to a file
   models delete ID [--force]                delete a model: its record and its bytes
   models lineage REF                        where a model came from and what scored it
@@ -29,6 +30,7 @@ import tempfile
 from typing import Any
 
 from . import options
+from .continual import ancestry
 from .errors import BadInput
 from .store import ModelRef
 
@@ -40,6 +42,9 @@ def _add_list_options(p: argparse.ArgumentParser, default: Any) -> None:
     p.add_argument("--run-name", default=default, help="only the models of this run")
     p.add_argument("--table", action="store_true", default=default,
                    help="print a table for people instead of the JSON document")
+    p.add_argument("--lineage", default=default, metavar="REF",
+                   help="only this model (id, ISO-8601 timestamp or latest:RUN) and the chain of "
+                        "models it was warm-started from, newest first")
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -95,10 +100,14 @@ def _row(m: dict[str, Any]) -> dict[str, str]:
 
 
 def run_list(args: argparse.Namespace) -> dict | None:
+    if args.lineage and args.run_name:
+        raise BadInput("--lineage and --run-name select differently: give one of them")
     with options.store_from(args) as store:
-        models = store.list_models(args.run_name)
+        models = ancestry(store, args.lineage) if args.lineage else store.list_models(args.run_name)
     if not args.table:
         return {"count": len(models), "models": models}
+    if args.lineage:
+        models = [{"run": "(deleted)", "created_at": "-", **m} if m.get("deleted") else m for m in models]
     rows = [_row(m) for m in models]
     widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in _COLUMNS}
     print("  ".join(c.ljust(widths[c]) for c in _COLUMNS).rstrip())

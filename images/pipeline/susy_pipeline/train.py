@@ -7,6 +7,13 @@ Kafka 0.8 to 4.3). Only tansu, the test broker, needs the tfio settings
 api.version.request=false and broker.version.fallback=0.9.0. Recipes: `tuned` (default:
 standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
+
+Continual learning: `--warm-start REF` (a model id, an ISO-8601 timestamp or
+latest:RUN) continues a stored model, its weights and standardization, on this
+run's rows. The parent's recorded settings are the defaults; an option that
+would change its network (--hidden, --dropout, a --recipe of another shape) is
+refused. The new model's record names the parent (`parent_model_id`);
+`models --lineage ID` prints the chain.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import logging
 
 from . import options
 from .kafka_io import READERS, Production
-from .model import RECIPES, model_to_bytes, with_overrides
+from .continual import warm_start_config
+from .model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
 from .errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -38,9 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "tfio"),
                    help="Kafka reader: tfio for Kafka 2.x-3.9, kafka-python for 0.8-4.3 "
                         "(env SUSY_READER; default: %(default)s)")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE", "tuned"),
-                   help="training recipe (env SUSY_RECIPE; default: %(default)s, the better model; a "
-                        "TrainingRun defaults to seed, one pass over the topic as the seed's job did)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE"),
+                   help="training recipe (env SUSY_RECIPE; default: tuned, the better model, or with "
+                        "--warm-start the parent's; a TrainingRun defaults to seed, one pass over "
+                        "the topic as the seed's job did)")
+    p.add_argument("--warm-start", metavar="REF", default=options.env("SUSY_WARM_START"),
+                   help="continue training this stored model (id, ISO-8601 timestamp or latest:RUN) "
+                        "on this run's rows: its weights and standardization, its settings as the "
+                        "defaults (env SUSY_WARM_START)")
     p.add_argument("--epochs", type=options.positive, help="maximum epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=options.positive, help="default: the recipe's")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: the recipe's)")
@@ -74,12 +87,21 @@ def run(args: argparse.Namespace) -> dict:
 
     use_training_threads(args.model_threads)
 
-    config = with_overrides(RECIPES[args.recipe], epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
-                            patience=args.patience, validation_every=args.validation_every,
-                            monitor=args.monitor,
-                            seed=args.seed)
+    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                     dropout=args.dropout, hidden=args.hidden, patience=args.patience,
+                     validation_every=args.validation_every, monitor=args.monitor, seed=args.seed)
     with options.store_from(args) as store:
+        parent_meta = parent = None
+        if args.warm_start:
+            # Refused before Kafka is read: an unknown parent or a contradicting option is exit 2.
+            parent_meta, parent_bytes = store.load_model(args.warm_start)
+            config = warm_start_config(parent_meta, recipe=args.recipe, **overrides)
+            recipe = args.recipe or parent_meta.get("recipe") or "tuned"
+            parent = model_from_bytes(parent_bytes)
+            log.info("warm start from model %s (run %s)", parent_meta["model_id"], parent_meta.get("run"))
+        else:
+            recipe = args.recipe or "tuned"
+            config = with_overrides(RECIPES[recipe], **overrides)
         production = store.get_production(args.run_name)
         if production is None:
             raise BadInput(f"no producer record for run {args.run_name!r}: run `produce --run-name "
@@ -91,15 +113,16 @@ def run(args: argparse.Namespace) -> dict:
             settings = [s for s in options.env("SUSY_LIBRDKAFKA", "").split(",") if s] + args.librdkafka
             extra["configuration"] = settings
         log.info("training run %s from %s %s via %s, recipe %s", args.run_name, production["topic"],
-                 ranges, args.reader, args.recipe)
+                 ranges, args.reader, recipe)
 
         def source():
             return reader(args.bootstrap, production["topic"], ranges, timeout_s=args.read_timeout, **extra)
 
-        model, facts = train(source, config, expected_rows=int(production["rows"]))
+        model, facts = train(source, config, expected_rows=int(production["rows"]), parent=parent)
         record = {
             "run": args.run_name,
-            "recipe": args.recipe,
+            "recipe": recipe,
+            "parent_model_id": parent_meta["model_id"] if parent_meta else None,
             "hyperparameters": config.to_dict(),
             "reader": args.reader,
             "lineage": {"topic": production["topic"], "partitions": production["partitions"],

@@ -23,7 +23,7 @@ import tensorflow as tf
 from .cpus import all_but_one, configure_threads
 from .decode import decode_batch
 from .kafka_io import RawBatch
-from .model import TrainConfig, build_model, trainable_params
+from .model import TrainConfig, build_model, compile_model, trainable_params
 from .schema import N_FEATURES
 
 log = logging.getLogger(__name__)
@@ -216,19 +216,29 @@ class _ProgressLog(keras.callbacks.Callback):
                  self.train_rows / max(seconds, 1e-9), metrics)
 
 
-def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None = None):
-    """Train a model on the stream; return (model, facts for the model record)."""
+def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None = None, parent=None):
+    """Train a model on the stream; return (model, facts for the model record).
+
+    With `parent` (a loaded Keras model of the same architecture), training continues from its
+    weights and keeps its Normalization statistics (the weights were learned on inputs
+    standardized by them); the stream's own statistics are not computed, and the optimizer
+    starts afresh at `config`'s learning rate.
+    """
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     source = CountingSource(source)
-    needs_pass = config.model.normalize or config.validation_every
+    needs_pass = (config.model.normalize and parent is None) or config.validation_every
     summary = summarize_stream(source, config, expected_rows) if needs_pass else None
     if summary:
         log.info("stream: %d rows (%d train, %d validation), statistics pass %.2f s",
                  summary.rows, summary.train_rows, summary.validation_rows, summary.seconds)
-    model = build_model(config.model,
-                        mean=summary.mean if summary else None,
-                        variance=summary.variance if summary else None)
+    if parent is not None:
+        model = compile_model(parent, config.model.learning_rate)
+        log.info("warm start: continuing from the parent model's weights and standardization")
+    else:
+        model = build_model(config.model,
+                            mean=summary.mean if summary else None,
+                            variance=summary.variance if summary else None)
     log.info("model: %d trainable parameters, hidden %s, dropout %.2f",
              trainable_params(model), list(config.model.hidden), config.model.dropout)
     mode = "max" if config.monitor.endswith("auc") else "min"
@@ -267,6 +277,7 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
         "validation_rows": summary.validation_rows if summary else 0,
         "epochs_run": epochs_run,
         "epoch_seconds": progress.seconds,  # each epoch reads the topic again
+        "epoch_losses": [round(float(v), 6) for v in history.history.get("loss", [])],
         "seconds": round(time.perf_counter() - started, 3),
         "metrics": {k: round(v, 6) for k, v in final.items()},
         "trainable_params": trainable_params(model),
