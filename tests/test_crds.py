@@ -109,7 +109,10 @@ def test_schema_defaults_match_the_operator() -> None:
     assert tr["kafka"]["properties"]["topic"]["default"] == spec_lib.DEFAULT_TOPIC
     assert tr["kafka"]["properties"]["partitions"]["default"] == spec_lib.DEFAULT_PARTITIONS
     assert tr["kafka"]["properties"]["partitions"]["maximum"] == spec_lib.MAX_PARTITIONS
-    assert tr["model"]["properties"]["recipe"]["default"] == spec_lib.DEFAULT_RECIPE
+    # No schema default: a warm start must see an unset recipe (it then takes the parent's); the
+    # operator applies DEFAULT_RECIPE otherwise.
+    assert "default" not in tr["model"]["properties"]["recipe"]
+    assert spec_lib.parse_training_run({"dataset": {"uri": "x.csv"}}).model.recipe == spec_lib.DEFAULT_RECIPE
     assert tr["model"]["properties"]["recipe"]["enum"] == list(spec_lib.RECIPES)
     assert tr["reader"]["default"] == spec_lib.DEFAULT_READER
     assert tr["reader"]["enum"] == list(spec_lib.READERS)

@@ -267,10 +267,15 @@ def producer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: Job
                 secret_name=spec.dataset.secret_name)
 
 
-def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig) -> dict[str, Any]:
-    """The Job that consumes exactly what the producer recorded, trains, and saves the model."""
-    command = [*PIPELINE_MODULE, "train", "--run-name", run_name, "--reader", spec.reader,
-               "--recipe", spec.model.recipe]
+def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig,
+                parent_model_id: str | None = None) -> dict[str, Any]:
+    """The Job that consumes exactly what the producer recorded, trains, and saves the model;
+    with `parent_model_id` (spec.model.warmStart, resolved), it continues that model."""
+    command = [*PIPELINE_MODULE, "train", "--run-name", run_name, "--reader", spec.reader]
+    if spec.model.recipe is not None:  # None only with a warm start: the parent's recipe
+        command += ["--recipe", spec.model.recipe]
+    if parent_model_id is not None:
+        command += ["--warm-start", parent_model_id]
     if spec.epochs is not None:
         command += ["--epochs", str(spec.epochs)]
     if spec.batch_size is not None:

@@ -297,6 +297,14 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
         return  # already started: the timer `reconcile_training` follows it from here
     generation = meta.get("generation")
     parsed = _parse_spec(_parse_training_run, body, spec, status, patch, generation)
+    parent: list[tuple[str, bool, str, str]] = []
+    if parsed.model.warm_start is not None:
+        parent_id = _resolve_parent(body, parsed, status, patch, generation)
+        if parent_id is None:
+            return  # failed
+        patch.status["parentModelId"] = parent_id
+        parent = [(crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED,
+                   f"warm start: {parsed.model.warm_start.describe()} is {parent_id}")]
     run = spec_lib.run_name(namespace, name, uid)
     job, _ = _ensure_job(body, builders.producer_job(_owner(body), parsed, run, CONFIG.job_config), logger)
     now = st.now_rfc3339()
@@ -307,6 +315,7 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
         "observedGeneration": generation,
         "jobs": {crd.PRODUCER: st.job_summary(job)},
         "conditions": st.with_conditions(status, [
+            *parent,
             (crd.PRODUCED, False, crd.REASON_JOB_CREATED, f"producer Job {job['metadata']['name']} created"),
             (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer"),
             (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, "producing"),
@@ -314,6 +323,44 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
                message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job['metadata']['name']}")
+
+
+def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: Mapping[str, Any],
+                    patch: kopf.Patch, generation: int | None) -> str | None:
+    """spec.model.warmStart as a model id whose network the spec does not contradict; None once the
+    run has failed (unknown parent, or a contradicting field, named). A trainingRun reference not
+    yet succeeded: phase Pending, condition ModelResolved False, and kopf retries (TemporaryError)."""
+    from susy_pipeline.continual import contradictions
+    from susy_pipeline.errors import BadInput
+
+    ref = parsed.model.warm_start
+    assert ref is not None
+    now = st.now_rfc3339()
+    try:
+        parent_id = _resolve_model(body["metadata"]["namespace"], ref, body["metadata"].get("creationTimestamp"))
+    except _Wait as wait:
+        conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
+                                       message=f"warm start: {wait}", now=now, generation=generation)
+        if status.get("phase") != crd.PENDING or conditions != st.conditions(status):
+            kopf.event(body, type="Normal", reason=crd.EVENT_WAITING, message=f"warm start: {wait}")
+            patch.status["phase"] = crd.PENDING
+            patch.status["conditions"] = conditions
+        raise kopf.TemporaryError(f"warm start: {wait}", delay=POLL_SECONDS)
+    except _Unresolvable as error:
+        _fail(body, status, patch, reason=error.reason, message=f"warm start: {error.message}",
+              generation=generation, condition=crd.MODEL_RESOLVED)
+        return None
+    try:
+        problems = contradictions(_store().resolve_model(parent_id), recipe=parsed.model.recipe,
+                                  hidden=parsed.model.hidden, dropout=parsed.model.dropout)
+    except BadInput as error:  # a parent whose record has no hyper-parameters
+        problems = [("warmStart", str(error))]
+    if problems:
+        _fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, generation=generation,
+              message="; ".join(f"spec.model.{field} contradicts the warm-start parent, model {parent_id}: {why}"
+                                for field, why in problems))
+        return None
+    return parent_id
 
 
 def _training_output(step: steps.Step, run: str) -> bool:
@@ -334,8 +381,10 @@ def _reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, m
     parsed = _parse_spec(_parse_training_run, body, spec, status, patch, generation)
     owner = _owner(body)
     build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
+    parent_id = () if step.component == crd.PRODUCER else (status.get("parentModelId"),)
     done, summary, _ = _follow_step(body, step, builders.job_name(name, step.component),
-                                 lambda: build(owner, parsed, run, CONFIG.job_config), status, patch, logger,
+                                 lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
+                                 patch, logger,
                                  generation, output_present=lambda: _training_output(step, run))
     if not done:
         return
@@ -349,7 +398,8 @@ def _reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, m
                   condition=step.condition,
                   message=f"producer Job {job_name} succeeded but the store has no production record for run {run}")
             return
-        trainer, _ = _ensure_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config), logger)
+        trainer, _ = _ensure_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config,
+                                                            status.get("parentModelId")), logger)
         rows = int(production.get("rows") or 0)
         offsets = st.kafka_offsets(production)
         patch.status.update({

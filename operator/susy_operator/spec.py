@@ -98,32 +98,6 @@ class Kafka:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelParams:
-    """Hyper-parameters; None means "the recipe's value" (the seed model by default)."""
-    recipe: str = DEFAULT_RECIPE
-    hidden: tuple[int, ...] | None = None
-    learning_rate: float | None = None
-    dropout: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingRunSpec:
-    dataset: Dataset
-    kafka: Kafka = Kafka()
-    model: ModelParams = ModelParams()
-    epochs: int | None = None
-    batch_size: int | None = None
-    reader: str = DEFAULT_READER
-    producer_image: str | None = None
-    trainer_image: str | None = None
-    producer_resources: Mapping[str, Any] | None = None
-    trainer_resources: Mapping[str, Any] | None = None
-    env: tuple[tuple[str, str], ...] = ()
-    run_policy: RunPolicy = RunPolicy()
-    volumes: Volumes = Volumes()
-
-
-@dataclasses.dataclass(frozen=True)
 class ModelReference:
     """Exactly one of the three is set."""
     id: str | None = None
@@ -145,6 +119,34 @@ class ModelReference:
         if self.timestamp is not None:
             return f"the newest model at or before {self.timestamp}"
         return f"the latest model of TrainingRun {self.training_run}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """Hyper-parameters; None means "the recipe's value" (the seed model by default). With
+    `warm_start` (the parent model), recipe None means the parent's settings."""
+    recipe: str | None = DEFAULT_RECIPE
+    hidden: tuple[int, ...] | None = None
+    learning_rate: float | None = None
+    dropout: float | None = None
+    warm_start: ModelReference | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRunSpec:
+    dataset: Dataset
+    kafka: Kafka = Kafka()
+    model: ModelParams = ModelParams()
+    epochs: int | None = None
+    batch_size: int | None = None
+    reader: str = DEFAULT_READER
+    producer_image: str | None = None
+    trainer_image: str | None = None
+    producer_resources: Mapping[str, Any] | None = None
+    trainer_resources: Mapping[str, Any] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    run_policy: RunPolicy = RunPolicy()
+    volumes: Volumes = Volumes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +347,23 @@ class _Reader:
                                                     DEFAULT_TTL_SECONDS_AFTER_FINISHED, minimum=0) or 0,
         )
 
+    def model_reference(self, data: Mapping[str, Any], path: str, *, present: bool) -> ModelReference:
+        """A model named exactly one way: id, timestamp or trainingRun (`present`: the section was
+        given as an object, so naming none is a problem too)."""
+        named = [key for key in ("id", "timestamp", "trainingRun") if data.get(key) not in (None, "")]
+        if present and len(named) != 1:
+            self.problems.append(f"{path} must name the model exactly one way (id, timestamp or trainingRun), "
+                                 f"got {', '.join(named) if named else 'none'}")
+        model_id = self.string(data, path, "id", pattern=MODEL_ID_PATTERN)
+        timestamp = self.string(data, path, "timestamp")
+        if timestamp is not None:
+            try:
+                datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+            except ValueError:
+                self.problems.append(f"{path}.timestamp {timestamp!r} is not an RFC 3339 date-time")
+        training_run = self.string(data, path, "trainingRun", pattern=K8S_NAME_PATTERN)
+        return ModelReference(id=model_id, timestamp=timestamp, training_run=training_run)
+
     def done(self) -> None:
         if self.problems:
             raise SpecError(self.problems)
@@ -378,6 +397,15 @@ def parse_training_run(spec: Mapping[str, Any], *,
             r.problems.append(f"spec.model.hidden must be 1-{MAX_HIDDEN_LAYERS} layer widths in 1..4096")
         else:
             hidden = tuple(hidden_raw)
+    warm = model.get("warmStart")
+    warm_start = None
+    if warm is not None and not isinstance(warm, Mapping):
+        r.problems.append("spec.model.warmStart must be an object")
+    elif warm is not None:
+        warm_start = r.model_reference(warm, "spec.model.warmStart", present=True)
+    # A warm start takes the parent's recipe unless one is named (the CRD gives recipe no default,
+    # so that an unset one reaches here as unset).
+    recipe = r.string(model, "spec.model", "recipe", None, choices=RECIPES)
     parsed = TrainingRunSpec(
         dataset=dataset,
         kafka=Kafka(
@@ -387,10 +415,11 @@ def parse_training_run(spec: Mapping[str, Any], *,
             rows_per_message=r.integer(kafka, "spec.kafka", "rowsPerMessage", None, minimum=1, maximum=10000),
         ),
         model=ModelParams(
-            recipe=r.string(model, "spec.model", "recipe", DEFAULT_RECIPE, choices=RECIPES) or DEFAULT_RECIPE,
+            recipe=recipe or (None if warm_start else DEFAULT_RECIPE),
             hidden=hidden,
             learning_rate=r.number(model, "spec.model", "learningRate", exclusive_min=0.0, maximum=1.0),
             dropout=r.number(model, "spec.model", "dropout", exclusive_min=-1e-12, maximum=0.9),
+            warm_start=warm_start,
         ),
         epochs=r.integer(spec, "spec", "epochs", None, minimum=1, maximum=1000),
         batch_size=r.integer(spec, "spec", "batchSize", None, minimum=1, maximum=65536),
@@ -414,18 +443,7 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
     model = r.section(spec, "model", required=True)
     ds = r.section(spec, "dataset", required=True)
 
-    named = [key for key in ("id", "timestamp", "trainingRun") if model.get(key) not in (None, "")]
-    if isinstance(spec.get("model"), Mapping) and len(named) != 1:
-        r.problems.append("spec.model must name the model exactly one way (id, timestamp or trainingRun), "
-                          f"got {', '.join(named) if named else 'none'}")
-    model_id = r.string(model, "spec.model", "id", pattern=MODEL_ID_PATTERN)
-    timestamp = r.string(model, "spec.model", "timestamp")
-    if timestamp is not None:
-        try:
-            datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-        except ValueError:
-            r.problems.append(f"spec.model.timestamp {timestamp!r} is not an RFC 3339 date-time")
-    training_run = r.string(model, "spec.model", "trainingRun", pattern=K8S_NAME_PATTERN)
+    reference = r.model_reference(model, "spec.model", present=isinstance(spec.get("model"), Mapping))
 
     uris_raw = ds.get("uris") if ds else None
     uris: tuple[str, ...] = ()
@@ -442,7 +460,7 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
         r.problems.append(f"spec.parallelism ({parallelism}) must not exceed spec.shards ({shards})")
     resources = r.resources(spec, "spec", "resources")
     parsed = EvaluationRunSpec(
-        model=ModelReference(id=model_id, timestamp=timestamp, training_run=training_run),
+        model=reference,
         uris=uris,
         skip=r.integer(ds, "spec.dataset", "skip", DEFAULT_SKIP, minimum=0) or 0,
         limit=r.integer(ds, "spec.dataset", "limit", None, minimum=1),

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from susy_pipeline import evaluation, store as store_lib
+from susy_pipeline.model import RECIPES
 
 ROWS_PER_SHARD = 1000
 
@@ -63,7 +64,12 @@ def _run(job: dict[str, Any], index: int, env: dict[str, str]) -> int:
                                for p in range(partitions)},
                 "feature_mean": [0.0] * 18, "feature_std": [1.0] * 18})
         elif args["command"] == "train":
-            store.save_model({"run": args["run-name"], "recipe": args.get("recipe")}, b"not a real model")
+            # As the trainer: a warm start takes the parent's recipe and records the parent.
+            parent = store.resolve_model(args["warm-start"]) if args.get("warm-start") else None
+            recipe = args.get("recipe") or (parent or {}).get("recipe") or "tuned"
+            store.save_model({"run": args["run-name"], "recipe": recipe,
+                              "hyperparameters": RECIPES[recipe].to_dict(),
+                              "parent_model_id": parent["model_id"] if parent else None}, b"not a real model")
         elif args["command"] == "evaluate":
             model = store.resolve_model(args["model"])
             store.put_shard_result(args["evaluation"], index, shard_result(
