@@ -8,6 +8,12 @@ log-loss, confusion matrix, AUC from the merged histograms, and a line per
 shard. A missing, duplicated or inconsistent shard is an error (exit 2) that
 names the shards; no partial total is printed. `--report DIR` also writes the
 JSON and PNG report (see `report`).
+
+`models` lists every model the shards scored, in the order `evaluate --model`
+gave them, the ensemble last (named `ensemble`): reference, model id, rows,
+accuracy, AUC, log-loss, confusion matrix; `best` names the one with the
+highest AUC. The top-level totals are the first model's, as a one-model
+evaluation has always printed them.
 """
 from __future__ import annotations
 

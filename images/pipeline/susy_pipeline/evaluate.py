@@ -1,7 +1,16 @@
-"""`evaluate`: score one shard of a (large) test set with a stored model.
+"""`evaluate`: score one shard of a (large) test set with one or more stored models.
 
-    evaluate --model REF --data FILES_OR_GLOBS... --evaluation NAME \
-             --shard-index I --shard-count N [--skip S] [--limit L] [--chunk-rows 16384]
+    evaluate --model REF [--model REF2 ... [--ensemble mean]] --data FILES_OR_GLOBS... \
+             --evaluation NAME --shard-index I --shard-count N [--skip S] [--limit L]
+             [--chunk-rows 16384]
+
+Several `--model`s (up to 8) are scored in one pass: the shard reads and
+decodes its rows once and runs every model on every chunk, keeping exact
+tallies per model; `--ensemble mean` adds the mean of their probabilities as
+one more model, named `ensemble`. Two references that resolve to one model
+are scored once and reported under both; an unknown one fails the shard
+(exit 2) before anything is stored. `aggregate` then prints every model's
+totals in the order given and the best by AUC.
 
 With `--skip`/`--limit` the shards score exactly rows `[S, S+L)` of the inputs
 taken together in sorted path order (e.g. `--skip 10979` on the sample: its
@@ -56,7 +65,8 @@ import numpy as np
 from . import data, files, options
 from .cpus import all_but_one, available_cpus, configure_threads
 from . import shards as shards_lib
-from .evaluation import HISTOGRAM_BINS, RESULT_VERSION, ShardTally
+from .evaluation import (ENSEMBLE, ENSEMBLE_METHODS, HISTOGRAM_BINS, MAX_MODELS, RESULT_VERSION,
+                         ModelTallies, ShardTally)
 from .schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, N_FEATURES
 from .streams import ReadAhead
 from .errors import EXIT_BAD_INPUT, BadInput
@@ -77,8 +87,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate", help="score one shard of a test set with a stored model; upsert the shard result",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=options.env("SUSY_MODEL"),
-                   help="model id, ISO timestamp (newest at or before) or latest:RUN (env SUSY_MODEL)")
+    p.add_argument("--model", action="append", default=None,
+                   help="model id, ISO timestamp (newest at or before) or latest:RUN; give it up to "
+                        f"{MAX_MODELS} times to score several models in one pass (env SUSY_MODEL, "
+                        "space-separated)")
+    p.add_argument("--ensemble", choices=ENSEMBLE_METHODS, default=options.env("SUSY_ENSEMBLE") or None,
+                   help="also score the models' ensemble: mean, the mean of their probabilities "
+                        "(env SUSY_ENSEMBLE)")
     p.add_argument("--data", nargs="+", default=options.env("SUSY_DATA", "").split() or None,
                    help="files, URIs (s3://, gs://, https://) or globs: .csv, .csv.gz, .parquet "
                         "(env SUSY_DATA, space-separated)")
@@ -113,6 +128,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # `append` with a default list would add to it: the environment is the fallback instead.
+    args.model = args.model or options.env("SUSY_MODEL", "").split() or None
     missing = [opt for opt, value in (("--model", args.model), ("--data", args.data),
                                       ("--evaluation", args.evaluation), ("--shard-index", args.shard_index))
                if value in (None, [], "")]
@@ -120,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BadInput(f"evaluate needs {', '.join(missing)} (or their environment variables)")
     with options.store_from(args) as store:
         result = evaluate_shard(
-            store, model_ref=args.model, inputs=args.data, evaluation=args.evaluation,
+            store, model_ref=args.model, ensemble=args.ensemble, inputs=args.data, evaluation=args.evaluation,
             shard_index=args.shard_index, shard_count=args.shard_count, skip=args.skip, limit=args.limit,
             chunk_rows=args.chunk_rows,
             stripe_rows=args.stripe_rows, model_threads=args.model_threads,
@@ -132,6 +149,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     """The shard result without its histograms (what `run` prints)."""
     rows = result["rows"]
     out = {k: v for k, v in result.items() if k not in ("histogram", "inputs")}
+    if "models" in result:
+        out["models"] = [{k: v for k, v in m.items() if k != "histogram"} for m in result["models"]]
     out["accuracy"] = result["correct"] / rows if rows else None
     out["log_loss"] = result["log_loss_sum"] / rows if rows else None
     out["inputs"] = len(result["inputs"])
@@ -165,6 +184,39 @@ def make_scorer(model, chunk_rows: int) -> Callable[[np.ndarray], np.ndarray]:
         return forward(features).numpy()
 
     return score
+
+
+def make_multi_scorer(models: Sequence[Any], chunk_rows: int) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """features -> one score array per model, each from its own traced function.
+
+    One function per model, not one graph of all of them: each model's scores are then computed
+    by exactly the instructions a one-model evaluation runs, so a model scores bit-identically
+    alone and beside others (tests/test_multi_model.py holds that).
+    """
+    scorers = [make_scorer(m, chunk_rows) for m in models]
+
+    def score(features: np.ndarray) -> list[np.ndarray]:
+        return [s(features) for s in scorers]
+
+    return score
+
+
+class _Timed:
+    """An iterator that adds the seconds spent producing each item to `seconds` (read + decode)."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items = items
+        self.seconds = 0.0
+
+    def __iter__(self) -> "_Timed":
+        return self
+
+    def __next__(self) -> Any:
+        t = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.seconds += time.perf_counter() - t
 
 
 def iter_chunks(pieces: Sequence[shards_lib.Piece], chunk_rows: int
@@ -211,7 +263,8 @@ def _emit(labels, features, spans):
 
 def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, bins: int,
                   progress: Callable[[int], None], progress_seconds: float,
-                  workers: int = 1) -> ShardTally:
+                  workers: int = 1, new_tally: Callable[[], Any] | None = None,
+                  timing: dict[str, float] | None = None) -> Any:
     """Score and tally every chunk in `workers` threads; call `progress(rows)` every `progress_seconds`.
 
     Each thread takes the next chunk, scores it and adds it to its own tally;
@@ -220,10 +273,16 @@ def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, b
     of one call (its Python, its copy out, the tally): measured here, 16,384-row
     calls of the tuned model on 2 cores ran at about 800k rows/s one at a time
     and 850k-1M rows/s two at a time, every score bit-identical.
+
+    `score` returns one array, or a list of them (several models) for `new_tally`'s tallies
+    (a `ModelTallies`); `timing["score_seconds"]` gets the seconds spent in `score`, summed
+    over the threads.
     """
+    new_tally = new_tally or (lambda: ShardTally(bins=bins))
     lock = threading.Lock()  # taking a chunk (may wait for the reader)
     progress_lock = threading.Lock()  # the shared row count, so counting never waits for the reader
-    tallies = [ShardTally(bins=bins) for _ in range(max(1, workers))]
+    tallies = [new_tally() for _ in range(max(1, workers))]
+    score_seconds = [0.0] * len(tallies)
     errors: list[BaseException] = []
     done, last = 0, time.monotonic()
 
@@ -233,12 +292,16 @@ def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, b
                 return None
             return next(chunks, None)
 
-    def work(tally: ShardTally) -> None:
+    def work(slot: int) -> None:
         nonlocal done, last
+        tally = tallies[slot]
         try:
             while (chunk := take()) is not None:
                 labels, features, where = chunk
-                tally.add(labels, score(features)[where])
+                t = time.perf_counter()
+                out = score(features)
+                score_seconds[slot] += time.perf_counter() - t
+                tally.add(labels, out[where] if isinstance(out, np.ndarray) else [s[where] for s in out])
                 with progress_lock:
                     done += len(labels)
                     if time.monotonic() - last >= progress_seconds:
@@ -247,16 +310,18 @@ def _score_chunks(chunks: Iterator[tuple[np.ndarray, np.ndarray, Any]], score, b
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)  # list.append is atomic; `take` stops every thread at its next chunk
 
-    threads = [threading.Thread(target=work, args=(t,), name=f"scorer-{i}", daemon=True)
-               for i, t in enumerate(tallies[1:], 1)]
+    threads = [threading.Thread(target=work, args=(i,), name=f"scorer-{i}", daemon=True)
+               for i in range(1, len(tallies))]
     for thread in threads:
         thread.start()
-    work(tallies[0])
+    work(0)
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
-    total = ShardTally(bins=bins)
+    if timing is not None:
+        timing["score_seconds"] = timing.get("score_seconds", 0.0) + sum(score_seconds)
+    total = new_tally()
     for tally in tallies:
         total.merge(tally)
     return total
@@ -271,16 +336,51 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: str, shard_index: int,
+def _references(model_ref: str | Sequence[str], ensemble: str | None) -> list[str]:
+    refs = [model_ref] if isinstance(model_ref, str) else [str(r) for r in model_ref]
+    if not refs or any(not r for r in refs):
+        raise BadInput("--model is required (a model id, an ISO-8601 timestamp or latest:RUN)")
+    if len(refs) > MAX_MODELS:
+        raise BadInput(f"--model is given {len(refs)} times; one evaluation scores at most {MAX_MODELS} models")
+    twice = sorted({r for r in refs if refs.count(r) > 1})
+    if twice:
+        raise BadInput(f"--model {twice[0]} is given twice")
+    if ENSEMBLE in refs:
+        raise BadInput(f"--model {ENSEMBLE}: that name is the ensemble's")
+    if ensemble is not None and ensemble not in ENSEMBLE_METHODS:
+        raise BadInput(f"--ensemble {ensemble!r}: known: {', '.join(ENSEMBLE_METHODS)}")
+    if ensemble is not None and len(refs) < 2:
+        raise BadInput("--ensemble needs at least two --model")
+    return refs
+
+
+def _resolve(store, refs: Sequence[str]) -> list[str]:
+    """The model id of every reference, in order; an unknown one fails naming it (nothing stored)."""
+    from .store import ModelNotFound
+
+    ids = []
+    for ref in refs:
+        try:
+            ids.append(str(store.resolve_model(ref)["model_id"]))
+        except ModelNotFound as err:
+            raise ModelNotFound(f"--model {ref}: {err}" if len(refs) > 1 else str(err)) from None
+    return ids
+
+
+def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str,
+                   shard_index: int,
                    shard_count: int, skip: int = 0, limit: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                    stripe_rows: int = shards_lib.STRIPE_ROWS, model_threads: int | None = None,
                    scoring_threads: int = SCORING_THREADS, progress_seconds: float = 10.0,
                    bins: int = HISTOGRAM_BINS, model=None, model_record: dict | None = None,
+                   models: Sequence[tuple[Any, dict]] | None = None, ensemble: str | None = None,
                    warmup_calls: int = WARMUP_CALLS) -> dict[str, Any]:
-    """Score one shard, upsert its result into `store`, and return the result.
+    """Score one shard with every model `model_ref` names, upsert its result into `store`, and
+    return the result.
 
-    `model`/`model_record` skip loading from the store (tests, benchmarks).
-    Raises `data.DataError` on bad input (file and line), before anything is stored.
+    `model`/`model_record` (one model) or `models` (a (Keras model, record) per reference) skip
+    loading from the store (tests, benchmarks). Raises `data.DataError` on bad input (file and
+    line) and `ModelNotFound` naming an unknown reference, before anything is stored.
     """
     from .store import utc_now
 
@@ -305,33 +405,68 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     log.info("%s: %d of %d input files, %d pieces", name, len({p.path for p in pieces}), len(paths),
              len(pieces))
 
+    refs = _references(model_ref, ensemble)
     model_threads = model_threads or default_model_threads(paths)
     configure_threads(model_threads)
-    if model is None:
+    if models is None and model is not None:
+        models = [(model, model_record or {})]
+    if models is None:
         from .model import model_from_bytes
 
-        # Claim the model before loading it: `models delete` refuses while this evaluation has
+        ids = _resolve(store, refs)
+        distinct = list(dict.fromkeys(ids))  # references to one model: scored once
+        # Claim every model before loading it: `models delete` refuses while this evaluation has
         # fewer shard results for it than shards (store.claim_model).
-        model_id = store.resolve_model(model_ref)["model_id"]
-        store.claim_model(evaluation, model_id, shard_count)
-        model_record, keras_bytes = store.load_model(model_id)
-        model = model_from_bytes(keras_bytes)
-    model_record = model_record or {}
-    score = make_scorer(model, chunk_rows)
+        for model_id in distinct:
+            store.claim_model(evaluation, model_id, shard_count)
+        loaded = {}
+        for model_id in distinct:
+            record, keras_bytes = store.load_model(model_id)
+            loaded[model_id] = (model_from_bytes(keras_bytes), record)
+    else:
+        if len(models) != len(refs):
+            raise BadInput(f"{len(models)} models given for {len(refs)} references")
+        ids = [str((record or {}).get("model_id") or ref) for ref, (_, record) in zip(refs, models)]
+        distinct = list(dict.fromkeys(ids))
+        loaded = {i: m for i, m in zip(ids, models)}
+    column = {model_id: k for k, model_id in enumerate(distinct)}
+
+    def stored_id(key: str) -> str | None:
+        return (loaded[key][1] or {}).get("model_id")
+
+    single = len(refs) == 1 and ensemble is None
+    score = (make_scorer(loaded[distinct[0]][0], chunk_rows) if single
+             else make_multi_scorer([loaded[i][0] for i in distinct], chunk_rows))
+
+    def new_tally():
+        return ShardTally(bins=bins) if single else ModelTallies(len(distinct), ensemble, bins)
+
     # Trace, and let the allocator settle in every scoring thread, outside the timed part.
     warmup = (np.zeros(0, np.float32), np.zeros((chunk_rows, N_FEATURES), np.float32), slice(0, 0))
     _score_chunks(iter([warmup] * max(1, warmup_calls)), score, bins, lambda rows: None, math.inf,
-                  workers=scoring_threads)
+                  workers=scoring_threads, new_tally=new_tally)
     startup = time.monotonic() - t0
-    log.info("%s: model %s loaded in %.1f s", name, model_record.get("model_id"), startup)
+    log.info("%s: model%s %s loaded in %.1f s", name, "" if len(distinct) == 1 else "s",
+             ", ".join(distinct), startup)
 
     t1 = time.monotonic()
     cpu1 = _cpu_seconds()
-    with ReadAhead(iter_chunks(pieces, chunk_rows), depth=scoring_threads + 1, name="shard-reader") as chunks:
-        tally = _score_chunks(chunks, score, bins, lambda rows: log.info(
+    timing: dict[str, float] = {}
+    reading = _Timed(iter_chunks(pieces, chunk_rows))
+    with ReadAhead(reading, depth=scoring_threads + 1, name="shard-reader") as chunks:
+        tallies = _score_chunks(chunks, score, bins, lambda rows: log.info(
             "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)),
-            progress_seconds, workers=scoring_threads)
+            progress_seconds, workers=scoring_threads, new_tally=new_tally, timing=timing)
     seconds = time.monotonic() - t1
+    if single:
+        tally, entries = tallies, None
+    else:
+        tally = tallies.tallies[column[ids[0]]]
+        entries = [{"name": ref, "model_ref": ref, "model_id": stored_id(model_id),
+                    **tallies.tallies[column[model_id]].counts()} for ref, model_id in zip(refs, ids)]
+        if ensemble:
+            entries.append({"name": ENSEMBLE, "model_ref": ENSEMBLE, "model_id": None, "ensemble": ensemble,
+                            "members": [stored_id(i) for i in distinct], **tallies.tallies[-1].counts()})
     cpu_seconds = _cpu_seconds() - cpu1
     fetched = {k: v - fetched[k] for k, v in files.remote_read_totals().items()}
     rows_per_second = tally.rows / seconds if seconds > 0 else 0.0
@@ -345,14 +480,20 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
         "evaluation": evaluation,
         "shard_index": shard_index,
         "shard_count": shard_count,
-        "model_id": model_record.get("model_id"),
-        "model_ref": str(model_ref),
+        "model_id": stored_id(ids[0]),
+        "model_ref": refs[0],
         "plan_id": plan_id,
         "inputs": [piece.describe() for piece in pieces],
         "skip": skip,
         "limit": limit,
         **tally.counts(),
+        **({"models": entries, "ensemble": ensemble} if entries is not None else {}),
         "seconds": seconds,
+        # Where the time went: reading + decoding the rows (once, whatever the number of models)
+        # on the reader thread, and the model calls, summed over the scoring threads.
+        "read_seconds": reading.seconds,
+        "score_seconds": timing.get("score_seconds", 0.0),
+        "models_scored": len(distinct),
         "rows_per_second": rows_per_second,
         "startup_seconds": startup,
         # CPU time while streaming: rows / cpu_seconds is a per-core rate that a busy machine skews less.
@@ -373,10 +514,10 @@ def evaluate_shard(store, *, model_ref: str, inputs: Sequence[str], evaluation: 
     return result
 
 
-def run_parallel(*, model_ref: str, inputs: Sequence[str], evaluation: str, shard_count: int,
+def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_count: int,
                  store_uri: str, database: str = DEFAULT_DATABASE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
-                 timeout_s: float | None = None) -> list[dict[str, Any]]:
+                 timeout_s: float | None = None, ensemble: str | None = None) -> list[dict[str, Any]]:
     """Run all N shards as parallel processes on this machine (what `make run` does).
 
     Each shard is `python -m susy_pipeline evaluate ... --shard-index i`; with
@@ -390,8 +531,12 @@ def run_parallel(*, model_ref: str, inputs: Sequence[str], evaluation: str, shar
     import tempfile
 
     procs = []
+    refs = [model_ref] if isinstance(model_ref, str) else list(model_ref)
+    model_args = [arg for ref in refs for arg in ("--model", str(ref))]
+    if ensemble:
+        model_args += ["--ensemble", ensemble]
     for i in range(shard_count):
-        cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", str(model_ref),
+        cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", *model_args,
                "--data", *inputs, "--evaluation", evaluation, "--shard-index", str(i),
                "--shard-count", str(shard_count), "--chunk-rows", str(chunk_rows),
                "--store", store_uri, "--database", database, *extra_args]

@@ -26,6 +26,14 @@ and chunks:
 
 Prediction rule: a row is predicted signal when its score is > 0.5, as
 `keras.metrics.BinaryAccuracy` decides.
+
+Several models in one pass (`ModelTallies`): a shard scores every model on every chunk it reads
+and keeps one `ShardTally` per distinct model, plus one for their ensemble (`ensemble_mean`:
+the mean of the models' probabilities, summed in float64 in the models' order). A row's
+ensemble score is computed from the same bit-identical member scores by the same instructions
+in every split, so the ensemble's totals are exact in the same sense as a model's. The shard
+result keeps the first model's counts at the top (as a one-model result has them) and lists
+every model, then the ensemble, under `models`; `aggregate` merges each entry across shards.
 """
 from __future__ import annotations
 
@@ -46,6 +54,10 @@ THRESHOLD = 0.5                # predicted signal when score > THRESHOLD
 _SUM_BLOCK = 1 << 18
 
 RESULT_VERSION = 1
+# Models one evaluation may score in one pass (each shard holds them all in memory).
+MAX_MODELS = 8
+ENSEMBLE = "ensemble"             # the ensemble's entry name in `models`
+ENSEMBLE_METHODS = ("mean",)
 
 
 class IncompleteEvaluation(BadInput):
@@ -222,6 +234,53 @@ class ShardTally:
         }
 
 
+def ensemble_mean(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of several models' scores per row, summed in float64 in the order given.
+
+    Elementwise, in a fixed order: a row's ensemble score depends only on its own member scores,
+    never on the chunk or shard it was read in.
+    """
+    total = np.array(scores[0], dtype=np.float64)
+    for s in scores[1:]:
+        total += np.asarray(s, dtype=np.float64)
+    return total / len(scores)
+
+
+class ModelTallies:
+    """One shard's tallies for `count` models scored on the same chunks, and their ensemble.
+
+    `add(labels, scores)` takes one score array per model (in the models' order); with
+    `ensemble` ("mean") one more tally counts `ensemble_mean` of them. `tallies` lists the
+    models' tallies, then the ensemble's.
+    """
+
+    def __init__(self, count: int, ensemble: str | None = None, bins: int = HISTOGRAM_BINS) -> None:
+        if ensemble is not None and ensemble not in ENSEMBLE_METHODS:
+            raise BadInput(f"unknown ensemble {ensemble!r} (known: {', '.join(ENSEMBLE_METHODS)})")
+        self.count = count
+        self.ensemble = ensemble
+        self.bins = bins
+        self.tallies = [ShardTally(bins=bins) for _ in range(count + (1 if ensemble else 0))]
+
+    @property
+    def rows(self) -> int:
+        return self.tallies[0].rows
+
+    def add(self, labels: np.ndarray, scores: Sequence[np.ndarray] | np.ndarray) -> None:
+        if isinstance(scores, np.ndarray) and scores.ndim == 1:
+            scores = [scores]
+        if len(scores) != self.count:
+            raise ValueError(f"{len(scores)} score arrays for {self.count} models")
+        for tally, s in zip(self.tallies, scores):
+            tally.add(labels, s)
+        if self.ensemble:
+            self.tallies[-1].add(labels, ensemble_mean(scores))
+
+    def merge(self, other: "ModelTallies") -> None:
+        for mine, theirs in zip(self.tallies, other.tallies, strict=True):
+            mine.merge(theirs)
+
+
 # --- AUC and ROC from histograms --------------------------------------------
 
 def auc_from_histograms(positive: Sequence[int], negative: Sequence[int]) -> tuple[float | None, float | None]:
@@ -300,6 +359,14 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
         raise IncompleteEvaluation(evaluation, shard_count, missing=missing, duplicated=duplicated,
                                    unexpected=unexpected, inconsistent=inconsistent)
 
+    signatures: dict[str, list[int]] = {}
+    for r in results:
+        signatures.setdefault(repr(_model_signature(r)), []).append(int(r["shard_index"]))
+    if len(signatures) > 1:
+        detail = "; ".join(f"{v} in shard(s) {_ranges(ix)}" for v, ix in sorted(signatures.items()))
+        raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+            f"shards disagree on the models scored: {detail}"])
+
     ordered = sorted(results, key=lambda r: int(r["shard_index"]))
     total: ShardTally | None = None
     for r in ordered:
@@ -313,6 +380,8 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
                 raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
                     f"shard {r['shard_index']}: {err}"]) from None
     assert total is not None
+    models = [_merged_entry(evaluation, shard_count, [(r, model_entries(r)[j]) for r in ordered])
+              for j in range(len(model_entries(ordered[0])))]
     seconds = [float(r.get("seconds") or 0.0) for r in ordered]
     wall = max(seconds) if seconds else 0.0
     out: dict[str, Any] = {
@@ -326,6 +395,10 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
         "slowest_shard_seconds": wall,
         "rows_per_second": total.rows / wall if wall > 0 else None,
         "shards": [_shard_summary(r) for r in ordered],
+        # Every model in the order given, the ensemble last (one entry for a one-model evaluation).
+        "models": models,
+        "ensemble": ordered[0].get("ensemble"),
+        "best": best_model(models),
         # The merged histograms (for ROC curves); `printable` leaves them out.
         "histogram": {"bins": total.bins, "positive": total.positive.tolist(),
                       "negative": total.negative.tolist()},
@@ -333,9 +406,55 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
     return out
 
 
+def model_entries(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The per-model entries of a shard result: its `models`, or (one model, as results without
+    `models` are) the result itself under its reference."""
+    entries = result.get("models")
+    if entries:
+        return list(entries)
+    ref = result.get("model_ref") or result.get("model_id")
+    return [{**result, "name": ref, "model_ref": ref}]
+
+
+def _model_signature(result: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    return [(e.get("name"), e.get("model_id")) for e in model_entries(result)]
+
+
+def _merged_entry(evaluation: str | None, shard_count: int,
+                  parts: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:
+    total = ShardTally(bins=int(parts[0][1]["histogram"]["bins"]))
+    for result, entry in parts:
+        try:
+            total.merge(ShardTally.from_result({**entry, "shard_index": result.get("shard_index")}))
+        except ValueError as err:
+            raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+                f"shard {result.get('shard_index')}, model {entry.get('name')}: {err}"]) from None
+    first = parts[0][1]
+    out: dict[str, Any] = {"name": first.get("name"), "model_ref": first.get("model_ref"),
+                           "model_id": first.get("model_id")}
+    if first.get("members") is not None:
+        out.update(ensemble=first.get("ensemble"), members=list(first["members"]))
+    out.update(total.metrics())
+    out["histogram"] = {"bins": total.bins, "positive": total.positive.tolist(),
+                        "negative": total.negative.tolist()}
+    return out
+
+
+def best_model(models: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The entry with the highest AUC (the first of equals, so a model before the ensemble)."""
+    scored = [m for m in models if m.get("auc") is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda m: m["auc"])  # max keeps the first of equal keys
+    return {"name": best.get("name"), "model_id": best.get("model_id"), "auc": best["auc"]}
+
+
 def printable(result: Mapping[str, Any]) -> dict[str, Any]:
     """An aggregated result without its (long) histograms."""
-    return {k: v for k, v in result.items() if k != "histogram"}
+    out = {k: v for k, v in result.items() if k != "histogram"}
+    if isinstance(out.get("models"), list):
+        out["models"] = [{k: v for k, v in m.items() if k != "histogram"} for m in out["models"]]
+    return out
 
 
 def _shard_summary(r: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,10 @@
     report --evaluation NAME [--shard-count N] [--out DIR]
 
 writes `DIR/NAME.json` (the aggregated result, with the ROC curve sampled at
-up to 257 points instead of the full histograms) and `DIR/NAME.png`: the ROC
-curve with its AUC, and rows and accuracy per shard, for people who would
-rather look than read. Imports matplotlib (Agg backend) only when drawing.
+up to 257 points instead of the full histograms; with several models, one
+curve per model under `models[].roc`) and `DIR/NAME.png`: the ROC curve of
+every model (the ensemble's dashed) with its AUC, and rows and accuracy per
+shard, for people who would rather look than read. Imports matplotlib (Agg backend) only when drawing.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def roc_points(result: Mapping[str, Any], points: int = ROC_POINTS) -> dict[str, list[float]]:
-    """The ROC curve from the merged histograms, thinned to about `points` points."""
+    """The ROC curve from the merged histograms (of the result, or of one `models` entry),
+    thinned to about `points` points."""
     hist = result["histogram"]
     fpr, tpr = roc_from_histograms(hist["positive"], hist["negative"])
     keep = np.unique(np.linspace(0, len(fpr) - 1, points).round().astype(int))
@@ -56,13 +58,16 @@ def write_report(result: Mapping[str, Any], out_dir: str, stem: str | None = Non
     json_path = os.path.join(out_dir, f"{stem}.json")
     png_path = os.path.join(out_dir, f"{stem}.png")
     document = {**printable(result), "roc": roc_points(result)}
+    if len(result.get("models") or ()) > 1:
+        document["models"] = [{**{k: v for k, v in m.items() if k != "histogram"}, "roc": roc_points(m)}
+                              for m in result["models"]]
     with open(json_path + ".partial", "w") as f:
         json.dump(document, f, indent=2, default=str)
     os.replace(json_path + ".partial", json_path)
     plot(document, png_path)
     return {"evaluation": result.get("evaluation"), "json": json_path, "png": png_path,
             "rows": result["rows"], "accuracy": result["accuracy"], "log_loss": result["log_loss"],
-            "auc": result["auc"]}
+            "auc": result["auc"], **({"best": result.get("best")} if len(result.get("models") or ()) > 1 else {})}
 
 
 def plot(document: Mapping[str, Any], path: str) -> None:
@@ -73,14 +78,20 @@ def plot(document: Mapping[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (roc_ax, shard_ax) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
-    roc = document["roc"]
-    auc = document.get("auc")
-    roc_ax.plot(roc["fpr"], roc["tpr"], color="tab:blue",
-                label=f"AUC {auc:.4f}" if auc is not None else "AUC n/a")
+    curves = document["models"] if len(document.get("models") or ()) > 1 else [
+        {"name": None, "roc": document["roc"], "auc": document.get("auc")}]
+    for i, curve in enumerate(curves):
+        roc, auc = curve["roc"], curve.get("auc")
+        label = f"AUC {auc:.4f}" if auc is not None else "AUC n/a"
+        if curve.get("name"):
+            name = str(curve["name"])
+            label = f"{name[:12] if len(name) == 32 else name[:24]}  {label}"
+        roc_ax.plot(roc["fpr"], roc["tpr"], color=f"C{i % 10}", linewidth=1.2,
+                    linestyle="--" if curve.get("members") is not None else "-", label=label)
     roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
                title="ROC (signal vs background)")
-    roc_ax.legend(loc="lower right")
+    roc_ax.legend(loc="lower right", fontsize="small" if len(curves) > 1 else None)
 
     shards = document.get("shards") or []
     index = [s["shard_index"] for s in shards]
@@ -101,8 +112,8 @@ def plot(document: Mapping[str, Any], path: str) -> None:
         pad = max(0.01, (hi - lo) * 0.5)
         acc_ax.set_ylim(lo - pad, hi + pad)
     acc_ax.legend(loc="lower right", fontsize="small")
-    fig.suptitle(f"evaluation {document.get('evaluation')}  model {str(document.get('model_id'))[:12]}",
-                 fontsize="medium")
+    models = f"{len(curves)} models" if len(curves) > 1 else f"model {str(document.get('model_id'))[:12]}"
+    fig.suptitle(f"evaluation {document.get('evaluation')}  {models}", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path + ".partial.png")
     plt.close(fig)
