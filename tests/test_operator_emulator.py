@@ -117,11 +117,14 @@ def test_operator_killed_between_steps_resumes_without_duplicate_jobs(cluster: C
 
     assert cluster.job_creations() == {(NAMESPACE, "tr-producer"): 1, (NAMESPACE, "tr-trainer"): 1,
                                        (NAMESPACE, "er-eval"): 1}
-    # The operator adopted the producer Job it found (409), and the restarted operators did not
-    # even try to create a Job again.
+    # The operator adopted the producer Job it found (409). A SIGKILL can land between creating
+    # the trainer Job and recording it in status (a finished producer wakes its run at once, so
+    # the two are close): the restarted operator then finds the trainer Job and adopts it (409)
+    # too. Never a second Job: the 201s above are one per Job.
     creates = cluster.call(lambda: [c for c in cluster.emulator.calls if c.verb == "create"
                                     and c.resource == "jobs" and c.agent.startswith("OpenAPI-Generator")])
-    assert [(c.name, c.code) for c in creates] == [(None, 409), (None, 201), (None, 201)]
+    codes = [c.code for c in creates]
+    assert codes[0] == 409 and codes.count(201) == 2 and set(codes) <= {201, 409} and len(codes) <= 4, codes
 
 
 def test_one_shard_fails_once_and_its_retry_counts_once(cluster: Cluster, operator, store_uri: str) -> None:
