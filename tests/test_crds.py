@@ -74,7 +74,7 @@ def test_crd_shape(kind: str) -> None:
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     expected = {"TrainingRun": ["Phase", "Model", "Rows", "Age"],
-                "EvaluationRun": ["Phase", "Shards", "Accuracy", "AUC", "Age"]}[kind]
+                "EvaluationRun": ["Phase", "Shards", "Accuracy", "AUC", "Best", "Age"]}[kind]
     assert columns == expected
     # kopf's status writes survive pruning (STYLE.md, kopf anchor: docs/walkthrough/updates.rst).
     assert version["schema"]["openAPIV3Schema"]["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]
@@ -172,12 +172,20 @@ def test_example_validates_against_its_crd_and_the_operator(path: Path) -> None:
             assert evaluate_rule(rule["rule"], value_at(doc, rule_path), None), f"{path.name}: {rule['rule']}"
 
 
+def test_the_leaderboard_example_names_several_models_and_their_ensemble() -> None:
+    spec = load(EXAMPLES / "evaluationrun-leaderboard.yaml")["spec"]
+    assert "model" not in spec and len(spec["models"]) >= 2 and spec["ensemble"] == "mean"
+
+
 def test_full_examples_set_every_spec_field() -> None:
     for name, kind in (("trainingrun-full.yaml", crd.TRAINING_KIND), ("evaluationrun-full.yaml", crd.EVALUATION_KIND)):
         spec = load(EXAMPLES / name)["spec"]
         schema = openapi_schema(kind)["properties"]["spec"]
         for key, node in schema["properties"].items():
-            assert key in spec or (kind == crd.EVALUATION_KIND and key == "model"), f"{name} lacks spec.{key}"
+            # An EvaluationRun names its model(s) one way: the full example by `model`, the
+            # leaderboard example by `models` and `ensemble`.
+            assert key in spec or (kind == crd.EVALUATION_KIND and key in ("model", "models", "ensemble")), \
+                f"{name} lacks spec.{key}"
             if node.get("type") == "object" and "properties" in node and key in spec and key not in ("model",):
                 missing = set(node["properties"]) - set(spec[key])
                 assert not missing, f"{name} lacks spec.{key}.{sorted(missing)}"
@@ -217,7 +225,10 @@ BAD_BY_SCHEMA = {
     "tr: env without name": tr(env=[{"value": "x"}]),
     "tr: env bad name": tr(env=[{"name": "1X", "value": "x"}]),
     "tr: deadline below a minute": tr(runPolicy={"activeDeadlineSeconds": 10}),
-    "er: no model": er(model=None),
+    "er: empty models": er(model=None, models=[]),
+    "er: nine models": er(model=None, models=[{"trainingRun": "t"}] * 9),
+    "er: unknown ensemble": er(model=None, models=[{"trainingRun": "t"}, {"trainingRun": "u"}], ensemble="vote"),
+    "er: bad id in models": er(model=None, models=[{"id": "not-hex"}]),
     "er: no dataset": er(dataset=None),
     "er: no uris": er(dataset={"uris": []}),
     "er: zero shards": er(shards=0),
@@ -238,6 +249,11 @@ BAD_BY_SCHEMA = {
 # Refused by a CEL rule (x-kubernetes-validations) after pruning, which a plain JSON-schema
 # validator does not run: the emulator's admission and the operator refuse them.
 BAD_BY_CEL = {
+    "er: no model": er(model=None),
+    "er: model and models": er(models=[{"trainingRun": "t"}]),
+    "er: ensemble of one": er(model=None, models=[{"trainingRun": "t"}], ensemble="mean"),
+    "er: ensemble with model": er(ensemble="mean"),
+    "er: models entry named two ways": er(model=None, models=[{"trainingRun": "t", "id": "0" * 32}]),
     "er: volume without a source": er(volumes=[{"name": "data"}]),
     "er: emptyDir volume": er(volumes=[{"name": "data", "emptyDir": {}}]),
     "er: volume with two sources": er(volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"},
@@ -300,8 +316,23 @@ NO_DOTDOT = "!self.matches('(^|/)[.][.](/|$)')"
 MOUNTS_NAME_VOLUMES = ("!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
                        "self.volumes.exists(v, v.name == m.name))")
 
+MODEL_OR_MODELS = "has(self.model) != has(self.models)"
+ENSEMBLE_RULE = "!has(self.ensemble) || (has(self.models) && size(self.models) >= 2)"
+
 # Every rule with its cases: (self, oldSelf or None for a create, expected).
 CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
+    MODEL_OR_MODELS: [
+        ({"model": {"trainingRun": "t"}}, None, True),
+        ({"models": [{"trainingRun": "t"}]}, None, True),
+        ({"model": {"trainingRun": "t"}, "models": [{"trainingRun": "t"}]}, None, False),
+        ({"dataset": {"uris": ["/d.csv"]}}, None, False),
+    ],
+    ENSEMBLE_RULE: [
+        ({"models": [{"id": "0" * 32}]}, None, True),
+        ({"models": [{"id": "0" * 32}, {"trainingRun": "t"}], "ensemble": "mean"}, None, True),
+        ({"models": [{"id": "0" * 32}], "ensemble": "mean"}, None, False),
+        ({"model": {"id": "0" * 32}, "ensemble": "mean"}, None, False),
+    ],
     NAME_RULE: [
         ({"metadata": {"name": "susy-train"}}, None, True),
         ({"metadata": {"name": "a" * 63}}, None, True),
@@ -380,6 +411,8 @@ PYTHON_EQUIVALENTS = {
     NAME_RULE: lambda s, o: len(s["metadata"]["name"]) <= 63
     and spec_lib.re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", s["metadata"]["name"]) is not None,
     IMMUTABLE: lambda s, o: o is None or s == o,
+    MODEL_OR_MODELS: lambda s, o: ("model" in s) != ("models" in s),
+    ENSEMBLE_RULE: lambda s, o: "ensemble" not in s or len(s.get("models") or ()) >= 2,
     PARALLELISM: lambda s, o: "parallelism" not in s or s["parallelism"] <= s["shards"],
     ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun")) == 1,
     RESERVED_ENV: lambda s, o: all(e["name"] not in crd.RESERVED_ENV for e in s),

@@ -296,10 +296,17 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
                 secret_name=spec.dataset.secret_name)
 
 
-def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_id: str,
+def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_id: str | Sequence[str],
                   config: JobConfig) -> dict[str, Any]:
-    """One Indexed Job: pod i scores shard i (JOB_COMPLETION_INDEX) and upserts its result."""
-    command = [*PIPELINE_MODULE, "evaluate", "--model", model_id, "--data", *spec.uris,
+    """One Indexed Job: pod i scores shard i (JOB_COMPLETION_INDEX) and upserts its result.
+
+    `model_id`: the resolved id, or the ids of spec.models (each distinct id is passed once, in
+    the order first named: every shard scores them all in one pass, plus spec.ensemble)."""
+    ids = [model_id] if isinstance(model_id, str) else list(dict.fromkeys(model_id))
+    models = [arg for i in ids for arg in ("--model", i)]
+    if spec.ensemble is not None and len(ids) > 1:  # of one distinct model: that model, not scored twice
+        models += ["--ensemble", spec.ensemble]
+    command = [*PIPELINE_MODULE, "evaluate", *models, "--data", *spec.uris,
                "--evaluation", evaluation, "--shard-count", str(spec.shards),
                "--chunk-rows", str(spec.chunk_rows)]
     if spec.skip:

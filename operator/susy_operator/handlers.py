@@ -490,13 +490,32 @@ def _resolve_model(namespace: str, ref: spec_lib.ModelReference, created: str | 
         raise _Unresolvable(crd.REASON_MODEL_NOT_FOUND, f"no model for {ref.describe()}: {error}") from error
 
 
+def _model_ids(status: Mapping[str, Any]) -> list[str]:
+    """The resolved ids status recorded (status.models; before it existed, status.modelId alone)."""
+    return [m["modelId"] for m in status.get("models") or []] or [status["modelId"]]
+
+
 def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status: Mapping[str, Any],
                      evaluation: str, patch: kopf.Patch, logger: kopf.Logger, generation: int | None) -> None:
-    """Resolve the model and create the Indexed Job, or record why not (wait, or fail)."""
+    """Resolve the model (every one of spec.models) and create the Indexed Job, or record why not
+    (wait, or fail: a reference that names no model fails the run, naming it, even while another
+    one still waits for its TrainingRun)."""
     namespace = body["metadata"]["namespace"]
     now = st.now_rfc3339()
     try:
-        model_id = _resolve_model(namespace, parsed.model, body["metadata"].get("creationTimestamp"))
+        ids, waiting = [], None
+        for i, ref in enumerate(parsed.references):
+            try:
+                ids.append(_resolve_model(namespace, ref, body["metadata"].get("creationTimestamp")))
+            except _Wait as wait:
+                waiting = waiting or wait
+            except _Unresolvable as error:
+                if parsed.models:
+                    raise _Unresolvable(error.reason, f"spec.models[{i}]: {error.message}") from error
+                raise
+        if waiting is not None:
+            raise waiting
+        model_id = ids[0]
     except _Wait as wait:
         conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
                                        message=str(wait), now=now, generation=generation)
@@ -512,23 +531,27 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
         return
     # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
     # shard pod has started (the shards claim it again; an upsert).
-    _store().claim_model(evaluation, model_id, parsed.shards)
-    job, _ = _ensure_job(body, builders.evaluator_job(_owner(body), parsed, evaluation, model_id,
+    for distinct in dict.fromkeys(ids):
+        _store().claim_model(evaluation, distinct, parsed.shards)
+    job, _ = _ensure_job(body, builders.evaluator_job(_owner(body), parsed, evaluation, ids,
                                                       CONFIG.job_config), logger)
+    resolved = "; ".join(f"{ref.describe()} is {i}" for ref, i in zip(parsed.references, ids))
     patch.status.update({
         "phase": crd.EVALUATING,
         "modelId": model_id,
+        "models": [{"reference": ref.text, "modelId": i} for ref, i in zip(parsed.references, ids)],
         "shards": st.shard_counts(job, parsed.shards),
         "jobs": {crd.EVALUATOR: st.job_summary(job)},
         "conditions": st.with_conditions(status, [
-            (crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED, f"{parsed.model.describe()} is {model_id}"),
+            (crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED, resolved),
             (crd.EVALUATED, False, crd.REASON_JOB_CREATED,
              f"evaluator Job {job['metadata']['name']}: {parsed.shards} shards, "
              f"parallelism {parsed.effective_parallelism}"),
         ], now=now, generation=generation),
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
-               message=f"Phase {crd.EVALUATING}: model {model_id}, {parsed.shards} shards, "
+               message=f"Phase {crd.EVALUATING}: model{'s' if len(ids) > 1 else ''} {', '.join(ids)}, "
+                       f"{parsed.shards} shards, "
                        f"Job {job['metadata']['name']}")
 
 
@@ -574,7 +597,7 @@ def _reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
     job_name = builders.job_name(name, crd.EVALUATOR, parsed.shards)
     done, _, job = _follow_step(
         body, step, job_name,
-        lambda: builders.evaluator_job(_owner(body), parsed, evaluation, status["modelId"], CONFIG.job_config),
+        lambda: builders.evaluator_job(_owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
         output_present=lambda: len(_store().shard_results(evaluation)) >= parsed.shards)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
@@ -592,6 +615,16 @@ def _reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
               message=f"evaluator Job {job_name} completed but the shard results are incomplete: {error}")
         return
     metrics = st.evaluation_metrics(aggregated)
+    references = status.get("models") or [{"reference": parsed.model.text, "modelId": status["modelId"]}]
+    try:
+        board, best = st.leaderboard(aggregated, references)
+    except KeyError as error:
+        _fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
+              condition=crd.EVALUATED, message=f"evaluator Job {job_name} completed but {error.args[0]}")
+        return
+    metrics["leaderboard"] = board
+    if best is not None:  # no AUC without both classes: no best either
+        metrics["best"] = best
     patch.status.update({
         "phase": crd.SUCCEEDED,
         "completionTime": now,

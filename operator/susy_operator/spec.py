@@ -45,6 +45,8 @@ MAX_SHARDS: Final = 1000
 MAX_URIS: Final = 64
 MAX_HIDDEN_LAYERS: Final = 8
 MAX_VOLUMES: Final = 16
+MAX_MODELS: Final = 8  # spec.models; the evaluator's own limit (susy_pipeline.evaluation.MAX_MODELS)
+ENSEMBLES: Final = ("mean",)
 
 # Volume sources a CR may name (Kubernetes pod-spec shape). A PersistentVolumeClaim is always
 # allowed; the others reach into the node (hostPath) or into cluster configuration (configMap),
@@ -113,6 +115,15 @@ class ModelReference:
             return self.timestamp
         raise ValueError("a TrainingRun reference resolves through the TrainingRun's status")
 
+    @property
+    def text(self) -> str:
+        """The reference as status shows it: the id, the timestamp, or `trainingRun:NAME`."""
+        if self.id is not None:
+            return self.id
+        if self.timestamp is not None:
+            return self.timestamp
+        return f"trainingRun:{self.training_run}"
+
     def describe(self) -> str:
         if self.id is not None:
             return f"model id {self.id}"
@@ -151,7 +162,7 @@ class TrainingRunSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationRunSpec:
-    model: ModelReference
+    model: ModelReference  # spec.model, or the first of spec.models
     uris: tuple[str, ...]
     skip: int = DEFAULT_SKIP
     # limit: rows scored after `skip`; None scores every row to the end of the inputs.
@@ -167,6 +178,13 @@ class EvaluationRunSpec:
     env: tuple[tuple[str, str], ...] = ()
     run_policy: RunPolicy = RunPolicy()
     volumes: Volumes = Volumes()
+    # spec.models (1 to 8) when given; empty with spec.model. `references` is either, as a list.
+    models: tuple[ModelReference, ...] = ()
+    ensemble: str | None = None
+
+    @property
+    def references(self) -> tuple[ModelReference, ...]:
+        return self.models or (self.model,)
 
     @property
     def effective_parallelism(self) -> int:
@@ -440,10 +458,26 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
                          allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES) -> EvaluationRunSpec:
     """Validate an EvaluationRun spec; raise SpecError naming every problem."""
     r = _Reader("spec")
-    model = r.section(spec, "model", required=True)
+    models_raw = spec.get("models")
+    if models_raw is not None and spec.get("model") is not None:
+        r.problems.append("spec.model and spec.models are both given: name the models one way")
+    model = r.section(spec, "model", required=models_raw is None)
     ds = r.section(spec, "dataset", required=True)
 
     reference = r.model_reference(model, "spec.model", present=isinstance(spec.get("model"), Mapping))
+    models: list[ModelReference] = []
+    if models_raw is not None:
+        if not isinstance(models_raw, list) or not 1 <= len(models_raw) <= MAX_MODELS:
+            r.problems.append(f"spec.models must list 1 to {MAX_MODELS} models")
+        else:
+            for i, item in enumerate(models_raw):
+                if not isinstance(item, Mapping):
+                    r.problems.append(f"spec.models[{i}] must be an object")
+                    continue
+                models.append(r.model_reference(item, f"spec.models[{i}]", present=True))
+    ensemble = r.string(spec, "spec", "ensemble", choices=ENSEMBLES)
+    if ensemble is not None and len(models) < 2:
+        r.problems.append("spec.ensemble needs at least two models in spec.models")
 
     uris_raw = ds.get("uris") if ds else None
     uris: tuple[str, ...] = ()
@@ -460,7 +494,9 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
         r.problems.append(f"spec.parallelism ({parallelism}) must not exceed spec.shards ({shards})")
     resources = r.resources(spec, "spec", "resources")
     parsed = EvaluationRunSpec(
-        model=reference,
+        model=models[0] if models else reference,
+        models=tuple(models),
+        ensemble=ensemble,
         uris=uris,
         skip=r.integer(ds, "spec.dataset", "skip", DEFAULT_SKIP, minimum=0) or 0,
         limit=r.integer(ds, "spec.dataset", "limit", None, minimum=1),

@@ -261,3 +261,48 @@ def evaluation_metrics(aggregated: Mapping[str, Any]) -> dict[str, Any]:
         "rows": aggregated["rows"],
         "confusion": {k: int(confusion[k]) for k in ("tn", "fp", "fn", "tp")},
     }
+
+
+def _board_entry(reference: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    confusion = entry["confusion"]
+    out: dict[str, Any] = {"reference": reference}
+    if entry.get("model_id"):
+        out["modelId"] = str(entry["model_id"])
+    if entry.get("members") is not None:
+        out["members"] = [str(m) for m in entry["members"]]
+    out.update({
+        "rows": int(entry["rows"]),
+        "accuracy": entry["accuracy"],
+        "auc": entry["auc"],
+        "logLoss": entry["log_loss"],
+        "confusion": {k: int(confusion[k]) for k in ("tn", "fp", "fn", "tp")},
+    })
+    return out
+
+
+def leaderboard(aggregated: Mapping[str, Any],
+                references: Sequence[Mapping[str, str]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(status.leaderboard, status.best) from `susy_pipeline.evaluation.aggregate`.
+
+    `references` is status.models: {reference, modelId} per model the spec names, in its order.
+    The evaluator was given each distinct id once, so a reference takes the aggregated entry of
+    its id (two references to one model show the same totals); the ensemble's entry comes last.
+    `best` is the entry with the highest AUC, the first of equals.
+    """
+    entries = aggregated.get("models") or [{**aggregated, "name": aggregated.get("model_id")}]
+    by_id = {str(e.get("model_id")): e for e in entries if e.get("members") is None}
+    board = []
+    for ref in references:
+        entry = by_id.get(str(ref["modelId"]))
+        if entry is None:
+            raise KeyError(f"the shard results hold no totals for model {ref['modelId']} ({ref['reference']})")
+        board.append(_board_entry(ref["reference"], entry))
+    board += [_board_entry("ensemble", e) for e in entries if e.get("members") is not None]
+    scored = [e for e in board if e["auc"] is not None]
+    if not scored:
+        return board, None
+    top = max(scored, key=lambda e: e["auc"])  # max keeps the first of equal keys
+    best = {"reference": top["reference"], "auc": top["auc"]}
+    if "modelId" in top:
+        best["modelId"] = top["modelId"]
+    return board, best
