@@ -163,6 +163,14 @@ def test_command_line_exit_2_on_bad_data_and_index_from_job_completion_index(env
     assert "bad.csv, line 58: expected 19 columns, found 20" in failed.stderr
 
 
+def _lines(paths):
+    lines = []
+    for path in paths:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            lines += f.readlines()
+    return lines
+
+
 def _labels(paths):
     return np.concatenate([b.labels for p in paths for b in data.iter_batches(p)])
 
@@ -183,6 +191,11 @@ def test_a_row_range_scores_exactly_its_rows_and_n_shards_equal_one(env, fmt, la
         for n in (2, 3, 7):
             sharded = _run(env, store, f"range-{fmt}-{layout}-{n}", paths, n, skip=skip, limit=limit)
             assert _exact(sharded) == _exact(single), f"{n} shards"
+        # Exactly those rows: the same totals (histogram and log-loss units included) as a file
+        # holding only them, cut from the plain-CSV copy of the same rows.
+        cut = env["root"] / f"cut-{fmt}-{layout}.csv"
+        cut.write_bytes(b"".join(_lines(env["inputs"][("csv", layout)])[skip:skip + limit]))
+        assert _exact(_run(env, store, f"range-{fmt}-{layout}-cut", [str(cut)], 1)) == _exact(single)
 
 
 def test_the_samples_held_out_rows_in_three_shards(env):
@@ -192,8 +205,11 @@ def test_the_samples_held_out_rows_in_three_shards(env):
         single = _run(env, store, "held-out-1", [SAMPLE], 1, skip=10_979)
         sharded = _run(env, store, "held-out-3", [SAMPLE], 3, skip=10_979)
         ranged = _run(env, store, "held-out-limit", [SAMPLE], 3, skip=10_979, limit=10_000)
+        cut = env["root"] / "held-out.csv"
+        cut.write_bytes(b"".join(_lines([SAMPLE])[10_979:]))
+        alone = _run(env, store, "held-out-alone", [str(cut)], 1)
     assert single["rows"] == 10_000
-    assert _exact(sharded) == _exact(single) == _exact(ranged)
+    assert _exact(sharded) == _exact(single) == _exact(ranged) == _exact(alone)
     assert all(s["rows"] > 0 for s in sharded["shards"])
     assert int(_labels([SAMPLE])[10_979:].sum()) == single["confusion"]["tp"] + single["confusion"]["fn"]
 
