@@ -1,4 +1,4 @@
-"""Kafka over TLS for real, and the client security settings (susy_pipeline/kafka_security.py).
+"""Kafka over TLS and SASL for real, and the client security settings (susy_pipeline/kafka_security.py).
 
 TLS: Debian's stunnel terminates TLS in front of a tansu broker (tansu 0.6.0's own TLS listener
 did not serve TLS here), tansu advertising the stunnel port, with a CA and a server certificate
@@ -6,11 +6,19 @@ made in the test (the openssl command line). The producer, the topic admin and b
 connect through it with KAFKA_SECURITY_PROTOCOL=SSL and the test CA; a CA that does not match
 ends the command at once with exit 2 naming the broker and the cause.
 
-SASL: no server here offers PLAIN or SCRAM (tansu's --authentication is not one of them), so the
-SASL settings are shown reaching both clients' configurations, not a handshake.
+SASL: tansu 0.6.0 with `--authentication` is a real SCRAM server (rsasl, built with SCRAM and
+OAUTHBEARER: tansu-auth/src/lib.rs, Cargo.toml `rsasl ... features = [..., "scram-sha-2"]`) that
+admits nobody: its storage engines in this build (memory, S3) keep no SCRAM credentials
+(tansu-storage/src/dynostore.rs: `upsert_user_scram_credential` does nothing,
+`user_scram_credential` answers None), so every login ends in the RFC 5802 server-error
+`e=unknown-user`. That is a refused login for real, which is what the tests need: a refused
+password and a mechanism the broker does not offer (PLAIN: tansu closes the connection) end the
+command at once with exit 2, the broker and the cause, and the password in no output. A login
+that succeeds cannot be shown here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +35,7 @@ from susy_pipeline import kafka_io
 from susy_pipeline.broker import free_port, tansu_binary, wait_for_port
 from susy_pipeline.data import iter_batches
 from susy_pipeline.errors import BadInput
-from susy_pipeline.kafka_security import KafkaSecurity
+from susy_pipeline.kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "susy-sample.csv.gz"
@@ -58,32 +66,59 @@ def make_server_cert(folder: Path, ca: tuple[Path, Path]) -> Path:
     return bundle
 
 
-@pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def _stunnel() -> str:
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
     if stunnel is None or shutil.which("openssl") is None:
         pytest.skip("needs Debian's stunnel4 and openssl (.ci/run installs stunnel4)")
-    folder = tmp_path_factory.mktemp("kafka-tls")
-    ca = make_ca(folder, "test-ca")
-    other_ca, _ = make_ca(folder, "other-ca")
-    bundle = make_server_cert(folder, ca)
-    plain, tls = free_port(), free_port()
-    broker = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{plain}",
-                               "--advertised-listener-url", f"tcp://127.0.0.1:{tls}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    config = folder / "stunnel.conf"
-    config.write_text(f"foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\n"
-                      f"connect = 127.0.0.1:{plain}\ncert = {bundle}\n")
-    tunnel = subprocess.Popen([stunnel, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return stunnel
+
+
+@contextlib.contextmanager
+def tansu_behind_stunnel(folder: Path, bundle: Path | None, *tansu_args: str) -> Iterator[str]:
+    """tansu on one loopback port; with a certificate `bundle`, stunnel terminating TLS on a second
+    port that tansu advertises. Yields the bootstrap address clients use."""
+    plain = free_port()
+    tls = free_port() if bundle else plain
+    processes = [subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{plain}",
+                                   "--advertised-listener-url", f"tcp://127.0.0.1:{tls}", *tansu_args],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    if bundle:
+        config = folder / f"stunnel-{tls}.conf"
+        config.write_text(f"foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{tls}\n"
+                          f"connect = 127.0.0.1:{plain}\ncert = {bundle}\n")
+        processes.append(subprocess.Popen([_stunnel(), str(config)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT))
     try:
         wait_for_port("127.0.0.1", plain, 30)
         wait_for_port("127.0.0.1", tls, 30)
-        yield {"bootstrap": f"127.0.0.1:{tls}", "ca": str(ca[0]), "other_ca": str(other_ca)}
+        yield f"127.0.0.1:{tls}"
     finally:
-        tunnel.terminate()
-        broker.terminate()
-        tunnel.wait(10)
-        broker.wait(10)
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    _stunnel()
+    folder = tmp_path_factory.mktemp("kafka-tls")
+    ca = make_ca(folder, "test-ca")
+    other_ca, _ = make_ca(folder, "other-ca")
+    return {"folder": folder, "ca": ca[0], "other_ca": other_ca, "bundle": make_server_cert(folder, ca)}
+
+
+@pytest.fixture(scope="module")
+def tls_broker(certificates: dict[str, Path]) -> Iterator[dict[str, str]]:
+    with tansu_behind_stunnel(certificates["folder"], certificates["bundle"]) as bootstrap:
+        yield {"bootstrap": bootstrap, "ca": str(certificates["ca"]), "other_ca": str(certificates["other_ca"])}
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(certificates: dict[str, Path]) -> Iterator[dict[str, str]]:
+    """tansu --authentication twice: plaintext (SASL_PLAINTEXT) and behind stunnel (SASL_SSL)."""
+    with tansu_behind_stunnel(certificates["folder"], None, "--authentication") as plain, \
+            tansu_behind_stunnel(certificates["folder"], certificates["bundle"], "--authentication") as tls:
+        yield {"plain": plain, "tls": tls, "ca": str(certificates["ca"])}
 
 
 def test_producer_and_both_readers_over_tls(tls_broker: dict[str, str]) -> None:
@@ -98,7 +133,6 @@ def test_producer_and_both_readers_over_tls(tls_broker: dict[str, str]) -> None:
                                                                     security=security) for v in values]
     assert sorted(v.decode() if isinstance(v, bytes) else v for v in by_python) == expected
     assert sorted(_tfio_values(tls_broker, topic, ranges)) == expected
-
 
 def _tfio_values(tls_broker: dict[str, str], topic: str, ranges: dict) -> list[str]:
     """The tensorflow-io reader over TLS, in a process of its own: librdkafka's TLS (OpenSSL inside
@@ -202,3 +236,103 @@ def test_a_mongodb_uri_with_tls_options_reaches_pymongo_intact(tmp_path: Path) -
         assert {"commonName": "mongo-ca"} in subjects, "the CA file named in the URI is the one loaded"
     finally:
         store.close()
+
+
+PASSWORD = "Pa55-never-printed"
+
+
+def _sasl(protocol: str, mechanism: str, ca: str | None = None) -> dict[str, str]:
+    env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SASL_MECHANISM": mechanism,
+           "KAFKA_SASL_USERNAME": "susy", "KAFKA_SASL_PASSWORD": PASSWORD}
+    return {**env, "KAFKA_SSL_CA_FILE": ca} if ca else env
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+@pytest.mark.parametrize("over", ["plain", "tls"])
+def test_a_refused_login_is_exit_2_at_once_naming_the_broker_and_the_cause(sasl_broker, mechanism, over) -> None:
+    """The topic admin (the producer's first client) and both readers check the login first."""
+    protocol = "SASL_SSL" if over == "tls" else "SASL_PLAINTEXT"
+    security = KafkaSecurity.from_env(_sasl(protocol, mechanism, sasl_broker["ca"] if over == "tls" else None))
+    bootstrap = sasl_broker[over]
+    expected = (rf"Kafka broker {bootstrap}: refused SASL {mechanism} login of user 'susy' "
+                r"\(KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD\): unknown-user")
+    started = time.monotonic()
+    with pytest.raises(BadInput, match=expected):
+        kafka_io.ensure_topic(bootstrap, "never", 1, security=security)
+    with pytest.raises(BadInput, match=expected):
+        next(kafka_io.kafka_python_batches(bootstrap, "never", {0: (0, 1)}, security=security))
+    assert time.monotonic() - started < 5, "at once, not after the clients' retries"
+
+
+def test_the_tfio_reader_refuses_a_log_level_that_prints_the_password() -> None:
+    """Checked on a mapping: setting os.environ while TensorFlow's threads read it can crash the
+    process (setenv is not thread-safe), so no test here changes the environment in process. The
+    tfio reader's login check runs in the train command test below."""
+    security = KafkaSecurity.from_env(_sasl("SASL_PLAINTEXT", "SCRAM-SHA-512"))
+    for level in ("", "0"):
+        with pytest.raises(BadInput, match="TF_CPP_MIN_LOG_LEVEL must be 1 or more"):
+            check_tfio_logging(security, {"TF_CPP_MIN_LOG_LEVEL": level})
+    check_tfio_logging(security, {"TF_CPP_MIN_LOG_LEVEL": "1"})
+    check_tfio_logging(KafkaSecurity.from_env({}), {})  # no password: nothing to hide
+
+
+def test_a_mechanism_the_broker_does_not_offer_is_exit_2(sasl_broker, kafka_broker) -> None:
+    # tansu --authentication closes the connection on PLAIN (its rsasl has no PLAIN server).
+    security = KafkaSecurity.from_env(_sasl("SASL_PLAINTEXT", "PLAIN"))
+    with pytest.raises(BadInput, match=rf"Kafka broker {sasl_broker['plain']}: closed the connection during "
+                                       r"the SASL PLAIN login, as a broker does when it does not offer PLAIN"):
+        kafka_io.ensure_topic(sasl_broker["plain"], "never", 1, security=security)
+    # tansu without --authentication answers UNSUPPORTED_SASL_MECHANISM, as Apache Kafka does.
+    with pytest.raises(BadInput, match=rf"Kafka broker {kafka_broker}: does not offer SASL mechanism "
+                                       r"SCRAM-SHA-256 \(KAFKA_SASL_MECHANISM\)"):
+        kafka_io.ensure_topic(kafka_broker, "never", 1,
+                              security=KafkaSecurity.from_env(_sasl("SASL_PLAINTEXT", "SCRAM-SHA-256")))
+
+
+def test_a_tls_client_against_a_plaintext_listener_is_exit_3_naming_it(kafka_broker) -> None:
+    """tansu waits for the rest of the 'frame' a TLS ClientHello announces, so this is a timeout
+    (Apache Kafka closes the connection instead: a TLS handshake failure, exit 2)."""
+    security = KafkaSecurity.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL"})
+    with pytest.raises(KafkaUnavailable, match=rf"Kafka broker {kafka_broker}: no answer to a TLS handshake "
+                                               r"in 2 s \(is it a TLS listener\?\)"):
+        check_broker(kafka_broker, security, timeout_s=2)
+
+
+def test_produce_and_train_commands_end_with_exit_2_and_never_print_the_password(sasl_broker, tmp_path) -> None:
+    """The commands as a Job runs them: the password is in the environment, and in no output."""
+    store_uri = f"sqlite:///{tmp_path}/s.sqlite3"
+    from susy_pipeline.store import open_store
+    with open_store(store_uri) as store:  # a production record for train to read
+        store.put_production("r", {"topic": "never", "partitions": {"0": [0, 10]}, "rows": 10})
+    env = {**os.environ, **_sasl("SASL_SSL", "SCRAM-SHA-512", sasl_broker["ca"]), "HOME": str(tmp_path)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command's own default applies
+    commands = {
+        "produce": ["produce", "--data", str(SAMPLE), "--limit", "10", "--topic", "never"],
+        "train tfio": ["train", "--reader", "tfio", "--librdkafka", "api.version.request=false",
+                       "--librdkafka", "broker.version.fallback=0.9.0"],
+        "train kafka-python": ["train", "--reader", "kafka-python"],
+    }
+    for what, args in commands.items():
+        out = subprocess.run([sys.executable, "-m", "susy_pipeline", *args, "--bootstrap", sasl_broker["tls"],
+                              "--run-name", "r", "--store", store_uri],
+                             env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
+        assert out.returncode == 2, (what, out.stderr[-2000:])
+        assert f"Kafka broker {sasl_broker['tls']}: refused SASL SCRAM-SHA-512 login" in out.stderr, what
+        assert PASSWORD not in out.stderr + out.stdout, what
+
+
+def test_a_model_trained_over_tls_records_the_connection_without_secrets(tls_broker, tmp_path) -> None:
+    """lineage.security: protocol, mechanism, user, CA file; never the password."""
+    store_uri = f"sqlite:///{tmp_path}/s.sqlite3"
+    env = {**os.environ, "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": tls_broker["ca"],
+           "HOME": str(tmp_path)}
+    common = ["--bootstrap", tls_broker["bootstrap"], "--run-name", "tls", "--store", store_uri,
+              "--topic", f"tls-train-{time.monotonic_ns()}"]
+    for args in (["produce", "--data", str(SAMPLE), "--limit", "300"],
+                 ["train", "--reader", "kafka-python", "--recipe", "seed", "--epochs", "1"]):
+        out = subprocess.run([sys.executable, "-m", "susy_pipeline", *args, *common], env=env,
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+    lineage = json.loads(out.stdout.strip().splitlines()[-1])["lineage"]
+    assert lineage["security"] == {"protocol": "SSL", "mechanism": None, "username": None,
+                                   "ca_file": tls_broker["ca"], "client_certificate": False}

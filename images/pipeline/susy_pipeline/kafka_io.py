@@ -28,16 +28,11 @@ import pyarrow.compute as pc
 
 from .data import Batch
 from .streams import ReadAhead
-from .errors import Unavailable
-from .kafka_security import KafkaSecurity, check_tls
+from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging
 
 log = logging.getLogger(__name__)
 
 RawBatch = tuple[np.ndarray, np.ndarray]  # (keys, values), dtype object (bytes)
-
-
-class KafkaUnavailable(Unavailable, RuntimeError):
-    """The broker could not be reached or refused the work."""
 
 
 class KafkaReadTimeout(KafkaUnavailable):
@@ -93,7 +88,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: floa
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     security = security or KafkaSecurity.from_env()
-    check_tls(bootstrap, security)
+    check_broker(bootstrap, security)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
                                  bootstrap_timeout_ms=int(timeout_s * 1000),
@@ -228,7 +223,7 @@ def kafka_python_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[
     from kafka.errors import KafkaError
 
     security = security or KafkaSecurity.from_env()
-    check_tls(bootstrap, security)
+    check_broker(bootstrap, security)
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                                  client_id="susy-trainer", fetch_max_bytes=64 << 20,
@@ -280,7 +275,8 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
     (kafka_security.py) comes first; `configuration` may add to it.
     """
     security = security or KafkaSecurity.from_env()
-    check_tls(bootstrap, security)
+    check_tfio_logging(security)
+    check_broker(bootstrap, security)
     configuration = [*security.librdkafka(), *configuration]
 
     def read_partitions() -> Iterator[RawBatch]:

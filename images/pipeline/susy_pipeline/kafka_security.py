@@ -24,7 +24,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, Unavailable
+
+class KafkaUnavailable(Unavailable, RuntimeError):
+    """The broker could not be reached or refused the work (exit 3); kafka_io raises it too."""
+
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -107,30 +111,174 @@ class KafkaSecurity:
                 "ca_file": self.ca_file, "client_certificate": bool(self.cert_file)}
 
 
-def check_tls(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.0) -> None:
-    """A TLS handshake with the first bootstrap broker that answers, before any Kafka client starts,
-    so that a certificate that does not verify ends the command at once with the broker and the
-    cause (BadInput, exit 2: retrying cannot fix it) instead of the clients' silent retries and a
-    timeout. Brokers that do not answer are left to the clients' own bounded retries (exit 3)."""
+def check_tfio_logging(security: KafkaSecurity, env: Mapping[str, str] | None = None) -> None:
+    """tensorflow-io logs every librdkafka setting at INFO, the password too (seen here:
+    "I tensorflow_io/core/kernels/kafka_kernels.cc:107] Kafka configuration: sasl.password=...").
+    The commands set TF_CPP_MIN_LOG_LEVEL=2 before TensorFlow loads (cli.py), the image 1; a
+    debugging 0 with a password set is refused rather than printed."""
+    env = os.environ if env is None else env
+    if security.password and int(env.get("TF_CPP_MIN_LOG_LEVEL") or 0) < 1:
+        raise BadInput("TF_CPP_MIN_LOG_LEVEL must be 1 or more with KAFKA_SASL_PASSWORD set: at 0 "
+                       "tensorflow-io logs every librdkafka setting, the password included")
+
+
+# SASL exchanges checked by `check_broker`: (bootstrap, settings) pairs that logged in once in this
+# process, so a trainer's epochs (each one opens its reader again) check once.
+_LOGGED_IN: set[tuple[str, KafkaSecurity]] = set()
+
+# Kafka protocol error codes the SASL check names (clients/src/main/java/org/apache/kafka/common/
+# protocol/Errors.java): UNSUPPORTED_SASL_MECHANISM 33, ILLEGAL_SASL_STATE 34,
+# SASL_AUTHENTICATION_FAILED 58.
+_UNSUPPORTED_SASL_MECHANISM, _ILLEGAL_SASL_STATE, _SASL_AUTHENTICATION_FAILED = 33, 34, 58
+
+
+def check_broker(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.0) -> None:
+    """A TLS handshake and a SASL login with the first bootstrap broker that answers, before any
+    Kafka client starts. Neither client says why it cannot connect: kafka-python retries a failed
+    login until its bootstrap timeout (3.0.12 even fails on a SCRAM server-error, `KeyError 'v'`,
+    net/sasl/scram.py process_server_final_message), and librdkafka 1.5.0 inside tensorflow-io
+    only logs it while the read hangs. So a certificate that does not verify, a mechanism the
+    broker does not offer, or credentials it refuses end the command at once with the broker and
+    the cause (BadInput, exit 2: retrying cannot fix them). A broker that does not answer is left
+    to the clients' own bounded retries (exit 3)."""
     import socket
     import ssl
 
-    if not security.tls:
+    if not (security.tls or security.mechanism) or (bootstrap, security) in _LOGGED_IN:
         return
-    context = ssl.create_default_context(cafile=security.ca_file)
-    if security.cert_file:
-        context.load_cert_chain(security.cert_file, security.key_file)
+    context = None
+    if security.tls:
+        context = ssl.create_default_context(cafile=security.ca_file)
+        if security.cert_file:
+            context.load_cert_chain(security.cert_file, security.key_file)
     for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
+        server = server.strip()
+        host, _, port = server.rpartition(":")
         host = host.strip("[]")
         try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
-                    context.wrap_socket(raw, server_hostname=host):
-                return
-        except ssl.SSLCertVerificationError as err:
-            raise BadInput(f"Kafka broker {server}: its TLS certificate does not verify against "
-                           f"{security.ca_file or 'the system CA bundle'}: {err.verify_message}") from None
-        except ssl.SSLError as err:
-            raise BadInput(f"Kafka broker {server}: TLS handshake failed: {err.reason or err}") from None
+            raw = socket.create_connection((host, int(port)), timeout=timeout_s)
         except OSError:
             continue  # not answering: the next one, or the clients' retries
+        with raw:
+            sock = raw
+            if context is not None:
+                try:
+                    sock = context.wrap_socket(raw, server_hostname=host)
+                except ssl.SSLCertVerificationError as err:
+                    raise BadInput(f"Kafka broker {server}: its TLS certificate does not verify against "
+                                   f"{security.ca_file or 'the system CA bundle'}: {err.verify_message}") from None
+                except ssl.SSLError as err:
+                    raise BadInput(f"Kafka broker {server}: TLS handshake failed: {err.reason or err} "
+                                   f"(is it a TLS listener?)") from None
+                except socket.timeout:
+                    # Apache Kafka closes a plaintext connection whose first "frame" (a TLS
+                    # ClientHello) is too large, which is the SSLError above; a server that
+                    # just waits is not told apart from a hung one.
+                    raise KafkaUnavailable(f"Kafka broker {server}: no answer to a TLS handshake in "
+                                           f"{timeout_s:.0f} s (is it a TLS listener?)") from None
+                except OSError:
+                    continue
+            if security.mechanism:
+                _sasl_login(sock, server, security)
+        _LOGGED_IN.add((bootstrap, security))
+        return
+
+
+def _sasl_login(sock: Any, server: str, security: KafkaSecurity) -> None:
+    """SaslHandshake v1, then SaslAuthenticate v0 until the mechanism is done, on an open socket.
+    The frames are Kafka's non-flexible request header v1 and response header v0 (the protocol
+    guide's "SASL Authentication Sequence", https://kafka.apache.org/protocol#sasl_handshake);
+    SaslHandshake v1 is the one Kafka 1.0 to 4.x all take (KIP-896 removed v0 in 4.0)."""
+    import socket
+    import struct
+
+    from kafka.net.sasl.scram import ScramClient
+
+    mechanism = security.mechanism
+    correlation = 0
+
+    def call(api_key: int, body: bytes) -> bytes:
+        nonlocal correlation
+        correlation += 1
+        client = b"susy-preflight"
+        header = struct.pack(">hhih", api_key, 1 if api_key == 17 else 0, correlation, len(client)) + client
+        frame = header + body
+        try:
+            sock.sendall(struct.pack(">i", len(frame)) + frame)
+            size = struct.unpack(">i", _read(sock, 4))[0]
+            reply = _read(sock, size)
+        except socket.timeout:
+            raise KafkaUnavailable(f"Kafka broker {server}: no answer to the SASL {mechanism} login") from None
+        except (ConnectionError, EOFError):
+            raise BadInput(f"Kafka broker {server}: closed the connection during the SASL {mechanism} "
+                           f"login, as a broker does when it does not offer {mechanism} on this "
+                           f"listener (KAFKA_SASL_MECHANISM) or the listener is not SASL "
+                           f"(KAFKA_SECURITY_PROTOCOL={security.protocol})") from None
+        return reply[4:]  # the correlation id
+
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return struct.pack(">h", len(data)) + data
+
+    reply = call(17, string(mechanism))
+    error, count = struct.unpack(">hi", reply[:6])
+    offered, rest = [], reply[6:]
+    for _ in range(max(count, 0)):
+        (n,), rest = struct.unpack(">h", rest[:2]), rest[2:]
+        offered.append(rest[:n].decode(errors="replace"))
+        rest = rest[n:]
+    if error == _UNSUPPORTED_SASL_MECHANISM or (error == 0 and mechanism not in offered):
+        # Kafka lists the mechanisms it does offer; tansu echoes the one asked for.
+        others = [m for m in offered if m != mechanism]
+        raise BadInput(f"Kafka broker {server}: does not offer SASL mechanism {mechanism} (KAFKA_SASL_MECHANISM)"
+                       + (f"; it offers {', '.join(others)}" if others else ""))
+    if error == _ILLEGAL_SASL_STATE:
+        raise BadInput(f"Kafka broker {server}: this listener does not take SASL "
+                       f"(KAFKA_SECURITY_PROTOCOL={security.protocol})")
+    if error:
+        raise BadInput(f"Kafka broker {server}: SASL handshake for {mechanism} failed with Kafka error {error}")
+
+    def authenticate(token: bytes) -> bytes:
+        reply = call(36, struct.pack(">i", len(token)) + token)
+        (error, n), rest = struct.unpack(">hh", reply[:4]), reply[4:]
+        message = rest[:n].decode(errors="replace") if n >= 0 else ""
+        rest = rest[max(n, 0):]
+        (size,), rest = struct.unpack(">i", rest[:4]), rest[4:]
+        if error:
+            raise _refused(server, security, message or f"Kafka error {error}")
+        return rest[:max(size, 0)]
+
+    if mechanism == "PLAIN":
+        authenticate(f"\0{security.username}\0{security.password}".encode())
+        return
+    scram = ScramClient(security.username, security.password, mechanism)
+    first = authenticate(scram.first_message())
+    if first.startswith(b"e="):
+        raise _refused(server, security, first[2:].decode(errors="replace"))
+    scram.process_server_first_message(first)
+    final = authenticate(scram.final_message())
+    # RFC 5802 section 7: a server-final-message is either "e=<error>" or "v=<signature>". tansu
+    # answers a failed login so, with Kafka error code 0.
+    if final.startswith(b"e="):
+        raise _refused(server, security, final[2:].decode(errors="replace"))
+    try:
+        scram.process_server_final_message(final)
+    except (KeyError, ValueError):
+        raise BadInput(f"Kafka broker {server}: its SCRAM signature does not match: it does not hold "
+                       f"this user's credentials (or something between rewrote the exchange)") from None
+
+
+def _refused(server: str, security: KafkaSecurity, cause: str) -> BadInput:
+    # The cause is the broker's own text; it never holds the password, and nor does this.
+    return BadInput(f"Kafka broker {server}: refused SASL {security.mechanism} login of user "
+                    f"{security.username!r} (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD): {cause}")
+
+
+def _read(sock: Any, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data

@@ -22,6 +22,7 @@ import logging
 
 from . import options
 from .kafka_io import READERS, Production
+from .kafka_security import KafkaSecurity
 from .continual import warm_start_config
 from .model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
 from .errors import BadInput
@@ -86,6 +87,10 @@ def run(args: argparse.Namespace) -> dict:
     from .training import train, use_training_threads  # TensorFlow loads only for this command
 
     use_training_threads(args.model_threads)
+    # The connection's security (KAFKA_* variables), read once: a setting that cannot work is exit 2
+    # before the store or Kafka is touched. Its description, without the password, goes into the
+    # model's lineage.
+    security = KafkaSecurity.from_env()
 
     overrides = dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                      dropout=args.dropout, hidden=args.hidden, patience=args.patience,
@@ -116,7 +121,8 @@ def run(args: argparse.Namespace) -> dict:
                  ranges, args.reader, recipe)
 
         def source():
-            return reader(args.bootstrap, production["topic"], ranges, timeout_s=args.read_timeout, **extra)
+            return reader(args.bootstrap, production["topic"], ranges, timeout_s=args.read_timeout,
+                          security=security, **extra)
 
         model, facts = train(source, config, expected_rows=int(production["rows"]), parent=parent)
         record = {
@@ -126,7 +132,8 @@ def run(args: argparse.Namespace) -> dict:
             "hyperparameters": config.to_dict(),
             "reader": args.reader,
             "lineage": {"topic": production["topic"], "partitions": production["partitions"],
-                        "bootstrap": args.bootstrap, "source": production.get("source")},
+                        "bootstrap": args.bootstrap, "source": production.get("source"),
+                        "security": security.describe()},
             **facts,
         }
         model_id = store.save_model(record, model_to_bytes(model))
