@@ -897,8 +897,9 @@ def test_crd_validation_rejects_unknown_and_mistyped_fields() -> None:
 def test_kafka_tls_listener_from_a_certificate_secret(helm: str, tmp_path: Path) -> None:
     """kafka.tls (ci/secured-values.yaml): an SSL listener on 9093 beside the plaintext one, each broker
     advertising both, a PEM keystore (KIP-651) made at start from the Secret's tls.key and tls.crt,
-    the port on the Service and open in the NetworkPolicy to the same clients as the plaintext one."""
-    objs = render(helm, PLATFORM, PLATFORM / "ci" / "secured-values.yaml")
+    the port on the Service and open in the NetworkPolicy to the same clients as the plaintext one.
+    (The file's SASL listener is off here: the next test runs it.)"""
+    objs = render(helm, PLATFORM, PLATFORM / "ci" / "secured-values.yaml", "kafka.sasl.enabled=false")
     sts, kafka = _kafka(objs)
     tls_dir = tmp_path / "tls"
     tls_dir.mkdir()
@@ -933,3 +934,66 @@ def test_kafka_tls_refuses_what_cannot_work(helm: str, sets: tuple[str, ...], me
     args = [helm, "template", "t", str(PLATFORM)] + [a for s in sets for a in ("--set", s)]
     out = subprocess.run(args, capture_output=True, text=True)
     assert out.returncode != 0 and message in out.stderr, out.stderr
+
+
+def test_kafka_sasl_scram_listener_and_its_user(helm: str, tmp_path: Path) -> None:
+    """kafka.sasl (ci/secured-values.yaml, with kafka.tls): a SASL_SSL listener on 9094, SCRAM-SHA-512
+    with the broker's JAAS line for that listener, the client user set in ZooKeeper by kafka-configs.sh
+    before the broker starts (a stub here records its arguments), the user and password from the
+    Secret by secretKeyRef only, the port on the Service and in the NetworkPolicy."""
+    objs = render(helm, PLATFORM, PLATFORM / "ci" / "secured-values.yaml")
+    sts, kafka = _kafka(objs)
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    (tls_dir / "tls.key").write_text("-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n")
+    (tls_dir / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\ncert\n-----END CERTIFICATE-----\n")
+    configs = tmp_path / "kafka-configs.sh"
+    configs.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$STUB_OUT/configs-args"\n')
+    configs.chmod(0o755)
+    script = kafka["command"][2].replace("/etc/kafka/tls/", f"{tls_dir}/")
+    assert script.count("configs=/opt/kafka/bin/kafka-configs.sh\n") == 1
+    script = script.replace("configs=/opt/kafka/bin/kafka-configs.sh\n", f"configs={configs}\n")
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in kafka["env"] if "valueFrom" in e
+                  and "secretKeyRef" in e["valueFrom"]}
+    assert secret_env == {"SASL_USERNAME": {"name": "susy-platform-kafka-scram", "key": "username"},
+                          "SASL_PASSWORD": {"name": "susy-platform-kafka-scram", "key": "password"}}
+    env = [*kafka["env"], {"name": "SASL_USERNAME", "value": "susy"}, {"name": "SASL_PASSWORD", "value": "pw42"}]
+    container = {**kafka, "command": [*kafka["command"][:2], script], "env": env}
+    name, svc = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    props, _, _ = _start_kafka(tmp_path, container, f"{name}-0", "0")
+    host = f"{name}-0.{svc}.{NAMESPACE}.svc.cluster.local"
+    assert props["listeners"] == "PLAINTEXT://0.0.0.0:9092,SSL://0.0.0.0:9093,SASL_SSL://0.0.0.0:9094"
+    assert props["advertised.listeners"] == (f"PLAINTEXT://{host}:9092,SSL://{host}:9093,SASL_SSL://{host}:9094")
+    assert props["listener.security.protocol.map"] == "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL"
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+    assert (tmp_path / "configs-args").read_text().split("\n")[:-1] == [
+        "--zookeeper", props["zookeeper.connect"], "--alter", "--entity-type", "users", "--entity-name", "susy",
+        "--add-config", "SCRAM-SHA-512=[password=pw42]"]
+    assert "pw42" not in "\n".join(f"{k}={v}" for k, v in props.items())
+    service = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"] == svc)
+    assert {"name": "client-sasl", "port": 9094, "targetPort": "client-sasl"} in service["spec"]["ports"]
+    (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
+    assert {"protocol": "TCP", "port": "client-sasl"} in policy["spec"]["ingress"][0]["ports"]
+
+
+def test_kafka_sasl_without_tls_is_sasl_plaintext(helm: str) -> None:
+    objs = render(helm, PLATFORM, None, "kafka.sasl.enabled=true", "kafka.sasl.secretName=s",
+                  "kafka.sasl.mechanism=SCRAM-SHA-256")
+    _, kafka = _kafka(objs)
+    assert "listeners=PLAINTEXT://0.0.0.0:9092,SASL_PLAINTEXT://0.0.0.0:9094" in kafka["command"][2]
+    assert "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=" in kafka["command"][2]
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("kafka.sasl.enabled=true",), "kafka.sasl.enabled needs kafka.sasl.secretName"),
+    (("kafka.sasl.enabled=true", "kafka.sasl.secretName=x", "kafka.mode=kraft"), 'needs kafka.mode \\"zookeeper\\"'),
+    (("kafka.sasl.enabled=true", "kafka.sasl.secretName=x", "kafka.sasl.mechanism=PLAIN"),
+     "kafka.sasl.mechanism must be SCRAM-SHA-256 or SCRAM-SHA-512"),
+])
+def test_kafka_sasl_refuses_what_cannot_work(helm: str, sets: tuple[str, ...], message: str) -> None:
+    args = [helm, "template", "t", str(PLATFORM)] + [a for s in sets for a in ("--set", s)]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode != 0 and message.replace("\\", "") in out.stderr.replace("\\", ""), out.stderr
