@@ -112,7 +112,10 @@ def plot(document: Mapping[str, Any], path: str) -> None:
         pad = max(0.01, (hi - lo) * 0.5)
         acc_ax.set_ylim(lo - pad, hi + pad)
     acc_ax.legend(loc="lower right", fontsize="small")
-    models = f"{len(curves)} models" if len(curves) > 1 else f"model {str(document.get('model_id'))[:12]}"
+    members = [c for c in curves if c.get("members") is None]
+    models = (f"{len(members)} models" + (" and their ensemble" if len(members) < len(curves) else "")
+              + "  (shards: the first model's accuracy)") if len(curves) > 1 else \
+        f"model {str(document.get('model_id'))[:12]}"
     fig.suptitle(f"evaluation {document.get('evaluation')}  {models}", fontsize="medium")
     fig.tight_layout()
     fig.savefig(path + ".partial.png")
