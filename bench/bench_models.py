@@ -18,7 +18,8 @@ the operator runs a shard, and prints:
   their wall time with start-up against the one pass's;
 - the one pass's ensemble (`--ensemble mean`) at k = 4.
 
-Each figure is the median of `--repeats` runs. Run it on a quiet machine.
+Each figure is the median of `--repeats` runs, every configuration run once per
+repeat in turn. Run it on a quiet machine.
 """
 from __future__ import annotations
 
@@ -99,15 +100,19 @@ def main() -> None:
 
     table = []
     for fmt in ("parquet", "csv.gz"):
-        singles = [median([one_pass(args, data[fmt], [m], f"bm-{stamp}-{fmt}-single{j}-{r}")
-                           for r in range(args.repeats)]) for j, m in enumerate(models)]
+        # Interleaved: each repeat runs every configuration once, so a busy minute hits all of them.
+        runs: dict[str, list[dict]] = {}
+        for r in range(args.repeats):
+            for j, m in enumerate(models):
+                runs.setdefault(f"single{j}", []).append(one_pass(args, data[fmt], [m], f"bm-{stamp}-{fmt}-s{j}-{r}"))
+            for k in KS[1:]:
+                runs.setdefault(f"k{k}", []).append(one_pass(args, data[fmt], models[:k], f"bm-{stamp}-{fmt}-k{k}-{r}"))
+            runs.setdefault("ensemble", []).append(
+                one_pass(args, data[fmt], models, f"bm-{stamp}-{fmt}-ens-{r}", ensemble=True))
+        singles = [median(runs[f"single{j}"]) for j in range(len(models))]
         for k in KS:
-            multi = singles[0] if k == 1 else median([
-                one_pass(args, data[fmt], models[:k], f"bm-{stamp}-{fmt}-k{k}-{r}") for r in range(args.repeats)])
-            table.append((fmt, k, multi, singles[:k], False))
-        ensemble = median([one_pass(args, data[fmt], models, f"bm-{stamp}-{fmt}-ens-{r}", ensemble=True)
-                           for r in range(args.repeats)])
-        table.append((fmt, len(models), ensemble, singles, True))
+            table.append((fmt, k, singles[0] if k == 1 else median(runs[f"k{k}"]), singles[:k], False))
+        table.append((fmt, len(models), median(runs["ensemble"]), singles, True))
 
     rows = table[0][2]["rows"]
     cpus = len(os.sched_getaffinity(0))
