@@ -205,3 +205,18 @@ def test_the_ensemble_of_three_tuned_models_beside_each_member_on_the_sample(tmp
     # variance: the ensemble lands at least at the members' mean, here above the best of them.
     assert ensemble >= statistics.mean(members) - 0.0005
     assert min(members) > 0.85
+
+
+def test_every_model_of_a_finished_several_model_evaluation_can_be_deleted(world, tmp_path):
+    """The claims of a several-model evaluation: each model's is finished once every shard stored
+    a result that scored it, not only the first model's."""
+    with open_store(world["uri"]) as source:
+        stored = [source.load_model(i) for i in world["ids"]]
+    with open_store(f"sqlite:///{tmp_path}/own.sqlite3") as store:  # deletes nothing the others use
+        first, second = [store.save_model({"run": record["run"]}, blob) for record, blob in stored]
+        for i in range(2):
+            evaluate_shard(store, model_ref=[first, second], inputs=world["files"]["parquet"], evaluation="both",
+                           shard_index=i, shard_count=2, chunk_rows=CHUNK, warmup_calls=1)
+        assert [e["finished"] for e in store.model_evaluations(second) if e["evaluation"] == "both"] == [True]
+        assert store.unfinished_evaluations(second) == []
+        assert store.delete_model(second)["deleted"]

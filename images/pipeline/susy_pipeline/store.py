@@ -74,6 +74,13 @@ class ModelInUse(StoreError, BadInput):
         self.evaluations = evaluations
 
 
+def _names_model(result: dict[str, Any], model_id: str) -> bool:
+    """Whether a shard result scored `model_id`: its model, or one of its `models` (several
+    models in one pass)."""
+    return result.get("model_id") == model_id or any(
+        isinstance(m, dict) and m.get("model_id") == model_id for m in result.get("models") or ())
+
+
 class ModelBytesDamaged(StoreError):
     """A model's stored bytes are missing or do not match its record (exit 1: not the user's input)."""
 
@@ -192,7 +199,7 @@ class Store:
         evaluations = []
         for claim in self.model_claims(model_id):
             done = {r["shard_index"] for r in self.shard_results(claim["evaluation"])
-                    if r.get("model_id") == model_id}
+                    if _names_model(r, model_id)}
             missing = [i for i in range(int(claim["shard_count"])) if i not in done]
             evaluations.append({**claim, "shards_done": len(done), "missing": missing,
                                 "finished": not missing})
