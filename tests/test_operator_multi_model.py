@@ -183,3 +183,49 @@ def test_bad_model_lists_are_refused_or_fail_naming_the_reference(cluster: Clust
         and "d" * 32 in cond["message"], cond
     assert "leaderboard" not in failed["status"]
     assert [j["metadata"]["name"] for j in cluster.list("jobs", NAMESPACE) if "unknown" in j["metadata"]["name"]] == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_real_evaluator_pods_score_two_models_and_their_ensemble(cluster: Cluster, operator, store_uri: str,
+                                                                 tmp_path) -> None:
+    """The real `evaluate` in every pod (the Job runner runs each pod's command as a process): two
+    small real models in the store, one EvaluationRun of 3 shards over the sample's held-out rows;
+    the leaderboard equals one `evaluate` process scoring both models and their ensemble."""
+    import os
+    import subprocess
+    import sys
+
+    from support.harness import REPO, SAMPLE
+    from support.models import small_model_in_store
+
+    first, _ = small_model_in_store(store_uri, "narrow", hidden=(16, 8))
+    second, _ = small_model_in_store(store_uri, "wide", hidden=(64, 32))
+    cluster.start_runner()
+    operator()
+    er = evaluation_run("real-board", None, models=[{"id": first}, {"id": second}], ensemble="mean",
+                        dataset={"uris": [str(SAMPLE)], "skip": 10979}, shards=3, chunkRows=4096, stripeRows=4096)
+    del er["spec"]["model"]
+    cluster.create(er)
+    done = cluster.wait_phase("evaluationruns", NAMESPACE, "real-board", TERMINAL, 240)
+    es = done["status"]
+    assert es["phase"] == crd.SUCCEEDED, json.dumps(es, indent=1)
+
+    single = subprocess.run(
+        [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", first, "--model", second, "--ensemble", "mean",
+         "--data", str(SAMPLE), "--skip", "10979", "--evaluation", "one-process", "--shard-index", "0",
+         "--chunk-rows", "4096"],
+        env={**os.environ, "MONGODB_URI": store_uri, "HOME": str(tmp_path)}, cwd=str(REPO),
+        capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr[-3000:]
+    with store_lib.open_store(store_uri) as store:
+        expected = evaluation.aggregate(store.shard_results("one-process"))
+    board = es["leaderboard"]
+    assert [e["reference"] for e in board] == [first, second, "ensemble"]
+    for entry, m in zip(board, expected["models"], strict=True):
+        assert (entry["rows"], entry["accuracy"], entry["auc"], entry["logLoss"], entry["confusion"]) == (
+            10_000, m["accuracy"], m["auc"], m["log_loss"], m["confusion"]), entry["reference"]
+    assert es["best"]["auc"] == max(e["auc"] for e in board)
+    print("\nreal pods, 3 shards = one process:")
+    for e in board:
+        print(f"  {e['reference']:34s} AUC {e['auc']:.4f}  accuracy {e['accuracy']:.4f}  log-loss {e['logLoss']:.4f}")
