@@ -73,7 +73,9 @@ def test_kopf_adds_its_finalizer_only_for_the_timers_and_their_filter_drops_rele
     ours = [h for h in [*registry._spawning.get_all_handlers(), *registry._changing.get_all_handlers()]
             if h.fn.__module__ == handlers.__name__]
     requiring = {h.id for h in ours if h.requires_finalizer}
-    assert requiring == {"reconcile_training", "reconcile_evaluation"}
+    assert requiring == {"reconcile"}
+    assert {h.selector.any_name for h in ours if h.requires_finalizer} == {crd.TRAINING_PLURAL,
+                                                                          crd.EVALUATION_PLURAL}
     for handler in ours:
         if handler.requires_finalizer:
             assert handler.when(status={"phase": crd.TRAINING}, annotations={})
@@ -222,3 +224,36 @@ def test_a_run_stuck_in_deletion_after_the_operator_died_is_released(cluster: Cl
     assert again.returncode == 0 and "released 0 custom resources" in again.stdout, again.stderr
     refused = release(cluster, tmp_path)
     assert refused.returncode == 2 and "--namespace" in refused.stderr  # one of the two is required
+
+
+def test_run_locks_serialize_one_run_and_forget_it_when_idle() -> None:
+    """The timer and the wake-up handler of one run take turns; the registry holds a run only while
+    a handler uses it, so it does not grow with every run the operator has followed."""
+    import threading
+
+    from susy_operator import handlers
+
+    locks = handlers._RunLocks()
+    inside, overlaps, started = [0], [], threading.Barrier(4)
+
+    def handler(uid: str) -> None:
+        started.wait()
+        for _ in range(200):
+            with locks.hold(uid):
+                inside[0] += 1
+                overlaps.append(inside[0])
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=handler, args=("run-a",)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps and max(overlaps) == 1  # never two handlers inside for one run
+    assert len(locks) == 0
+    with locks.hold("run-a"), locks.hold("run-b"):  # different runs do not wait for each other
+        assert len(locks) == 2
+    assert len(locks) == 0
+    with pytest.raises(RuntimeError), locks.hold("run-c"):
+        raise RuntimeError("a failing reconcile releases its entry too")
+    assert len(locks) == 0

@@ -15,13 +15,13 @@ Shape (STYLE.md, kopf and dask-kubernetes anchors):
 """
 from __future__ import annotations
 
-import collections
+import contextlib
 import datetime
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -183,7 +183,36 @@ _written_phases: dict[str, tuple[str, float]] = {}
 _STALE_SECONDS = 30.0
 
 
-_reconcile_locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+class _RunLocks:
+    """One lock per run while a handler holds or waits for it: the timer and the wake-up handler
+    reconcile a run one at a time. A run's entry goes when no handler is using it, so the registry
+    holds only the runs being reconciled at this moment, however many have come and gone."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._entries: dict[str, tuple[threading.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.contextmanager
+    def hold(self, uid: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._entries.get(uid) or (threading.Lock(), 0)
+            self._entries[uid] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._entries[uid]
+                if users == 1:
+                    del self._entries[uid]
+                else:
+                    self._entries[uid] = (lock, users - 1)
+
+
+_run_locks = _RunLocks()
 
 
 def _stale(uid: str, status: Mapping[str, Any]) -> bool:
@@ -294,7 +323,7 @@ def start_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: 
     """Triggered by a new TrainingRun (and on operator start). Writes status.runName, phase Producing
     and the Produced condition, and creates the producer Job; an invalid spec ends in Failed."""
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
-        return  # already started: the timer `reconcile_training` follows it from here
+        return  # already started: the timer `reconcile` follows it from here
     generation = meta.get("generation")
     parsed = _parse_spec(_parse_training_run, body, spec, status, patch, generation)
     parent: list[tuple[str, bool, str, str]] = []
@@ -438,17 +467,6 @@ def _reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, m
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")
 
 
-@kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_running)
-@kopf.on.field(*TRAINING, field=OBSERVED_FIELD, when=_running)
-@_store_errors_are_temporary
-def reconcile_training(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
-                       namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Triggered at once when a Job or pod event marked this run (`job_changed`, `pod_changed`), and
-    every POLL_SECONDS while it runs (the safety net for a missed event): `_reconcile_training`."""
-    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
-        _reconcile_training(body, spec, status, meta, name, namespace, uid, patch, logger)
-
-
 # --- EvaluationRun ------------------------------------------------------------------------------
 
 class _Wait(Exception):
@@ -564,7 +582,7 @@ def start_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta
     the model (status.modelId) and creates the Indexed evaluator Job, or waits in Pending for a
     TrainingRun still running; an invalid spec or an unknown model ends in Failed."""
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
-        return  # already started: the timer `reconcile_evaluation` follows it from here
+        return  # already started: the timer `reconcile` follows it from here
     generation = meta.get("generation")
     parsed = _parse_spec(_parse_evaluation_run, body, spec, status, patch, generation)
     evaluation = spec_lib.run_name(namespace, name, uid)
@@ -643,15 +661,23 @@ def _reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                        f"{metrics['rows']} rows")
 
 
+# --- following a running run ------------------------------------------------------------------
+
+_RECONCILERS = {crd.TRAINING_KIND: _reconcile_training, crd.EVALUATION_KIND: _reconcile_evaluation}
+
+
+@kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_running)
 @kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_running)
+@kopf.on.field(*TRAINING, field=OBSERVED_FIELD, when=_running)
 @kopf.on.field(*EVALUATION, field=OBSERVED_FIELD, when=_running)
 @_store_errors_are_temporary
-def reconcile_evaluation(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
-                         namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Triggered at once when a Job or pod event marked this run (`job_changed`, `pod_changed`), and
-    every POLL_SECONDS while it runs (the safety net for a missed event): `_reconcile_evaluation`."""
-    with _reconcile_locks[uid]:  # the timer and the wake-up handler, one at a time per run
-        _reconcile_evaluation(body, spec, status, meta, name, namespace, uid, patch, logger)
+def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+              namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Triggered at once when a Job or pod event marked a run (`job_changed`, `pod_changed`), and
+    every POLL_SECONDS while it runs (the safety net for a missed event): the run's kind's
+    `_reconcile_training` or `_reconcile_evaluation`, one handler at a time per run."""
+    with _run_locks.hold(uid):
+        _RECONCILERS[body["kind"]](body, spec, status, meta, name, namespace, uid, patch, logger)
 
 
 # --- waking a run when its Job or pods change ------------------------------------------------------
