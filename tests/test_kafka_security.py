@@ -134,6 +134,27 @@ def test_producer_and_both_readers_over_tls(tls_broker: dict[str, str]) -> None:
     assert sorted(v.decode() if isinstance(v, bytes) else v for v in by_python) == expected
     assert sorted(_tfio_values(tls_broker, topic, ranges)) == expected
 
+def test_the_broker_check_runs_once_per_bootstrap_and_settings(tls_broker: dict[str, str], monkeypatch) -> None:
+    """A trainer opens its reader again every epoch; the TLS handshake (and SASL login) before the
+    clients is made once per process for the same broker and settings."""
+    import socket
+
+    from susy_pipeline import kafka_security
+
+    security = KafkaSecurity.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": tls_broker["ca"]})
+    kafka_security._CHECKED.discard((tls_broker["bootstrap"], security))
+    connections = []
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: connections.append(a) or real(*a, **k))
+    for _ in range(3):
+        check_broker(tls_broker["bootstrap"], security)
+    assert len(connections) == 1
+    other = KafkaSecurity.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": tls_broker["other_ca"]})
+    with pytest.raises(BadInput, match="does not verify"):  # other settings: checked, not taken from the cache
+        check_broker(tls_broker["bootstrap"], other)
+    assert len(connections) == 2
+
+
 def _tfio_values(tls_broker: dict[str, str], topic: str, ranges: dict) -> list[str]:
     """The tensorflow-io reader over TLS, in a process of its own: librdkafka's TLS (OpenSSL inside
     tensorflow-io's library) initialised in the test process crashed a later test's TensorFlow

@@ -122,9 +122,9 @@ def check_tfio_logging(security: KafkaSecurity, env: Mapping[str, str] | None = 
                        "tensorflow-io logs every librdkafka setting, the password included")
 
 
-# SASL exchanges checked by `check_broker`: (bootstrap, settings) pairs that logged in once in this
-# process, so a trainer's epochs (each one opens its reader again) check once.
-_LOGGED_IN: set[tuple[str, KafkaSecurity]] = set()
+# (bootstrap, settings) pairs that `check_broker` passed once in this process (TLS handshake and
+# SASL login), so a trainer's epochs (each one opens its reader again) check once.
+_CHECKED: set[tuple[str, KafkaSecurity]] = set()
 
 # Kafka protocol error codes the SASL check names (clients/src/main/java/org/apache/kafka/common/
 # protocol/Errors.java): UNSUPPORTED_SASL_MECHANISM 33, ILLEGAL_SASL_STATE 34,
@@ -144,7 +144,7 @@ def check_broker(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.
     import socket
     import ssl
 
-    if not (security.tls or security.mechanism) or (bootstrap, security) in _LOGGED_IN:
+    if not (security.tls or security.mechanism) or (bootstrap, security) in _CHECKED:
         return
     context = None
     if security.tls:
@@ -180,7 +180,7 @@ def check_broker(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.
                     continue
             if security.mechanism:
                 _sasl_login(sock, server, security)
-        _LOGGED_IN.add((bootstrap, security))
+        _CHECKED.add((bootstrap, security))
         return
 
 
