@@ -73,7 +73,7 @@ def train_model(store_uri: str) -> str:
 
 
 def scaled(work: str, times: int, files: int) -> dict[str, list[str]]:
-    from susy_pipeline.scale import scale
+    from susy_pipeline.commands.scale import scale
 
     out = os.path.join(work, f"x{times}")
     names = {fmt: [os.path.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}") for j in range(files)]

@@ -29,23 +29,23 @@ def main() -> None:
     p.add_argument("--data", nargs="+", required=True)
     args = p.parse_args()
 
-    from susy_pipeline import evaluate, shards
+    from susy_pipeline import scoring, shards
     from susy_pipeline.cpus import configure_threads
     from susy_pipeline.evaluation import HISTOGRAM_BINS
     from susy_pipeline.model import model_from_bytes
     from susy_pipeline.store import open_store
 
     paths = shards.resolve_inputs(args.data)
-    configure_threads(evaluate.default_model_threads(paths))
+    configure_threads(scoring.default_model_threads(paths))
     with open_store(args.store) as store:
         _, blob = store.load_model(args.model)
-    score = evaluate.make_scorer(model_from_bytes(blob), args.chunk_rows)
-    chunks = list(evaluate.iter_chunks(shards.plan_shard(paths, 0, 1), args.chunk_rows))
-    evaluate._score_chunks(iter(chunks[:4]), score, HISTOGRAM_BINS, lambda rows: None, math.inf,  # warm-up
-                           workers=evaluate.SCORING_THREADS)
+    score = scoring.make_scorer(model_from_bytes(blob), args.chunk_rows)
+    chunks = list(scoring.iter_chunks(shards.plan_shard(paths, 0, 1), args.chunk_rows))
+    scoring._score_chunks(iter(chunks[:4]), score, HISTOGRAM_BINS, lambda rows: None, math.inf,  # warm-up
+                          workers=scoring.SCORING_THREADS)
     started = time.monotonic()
-    tally = evaluate._score_chunks(iter(chunks), score, HISTOGRAM_BINS, lambda rows: None, math.inf,
-                                   workers=evaluate.SCORING_THREADS)
+    tally = scoring._score_chunks(iter(chunks), score, HISTOGRAM_BINS, lambda rows: None, math.inf,
+                                  workers=scoring.SCORING_THREADS)
     seconds = time.monotonic() - started
     print(json.dumps({"rows": tally.rows, "seconds": seconds, "rows_per_second": tally.rows / seconds}))
 

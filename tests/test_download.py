@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from susy_pipeline.download import DownloadError, verify
+from susy_pipeline.commands.download import DownloadError, verify
 
 
 def test_offline_download_fails_with_a_clear_message_and_exit_3(tmp_path):

@@ -22,9 +22,9 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from susy_pipeline import data  # noqa: E402
-from susy_pipeline.evaluate import evaluate_shard  # noqa: E402
+from susy_pipeline.scoring import evaluate_shard  # noqa: E402
 from susy_pipeline.evaluation import IncompleteEvaluation, aggregate  # noqa: E402
-from susy_pipeline.scale import scale  # noqa: E402
+from susy_pipeline.commands.scale import scale  # noqa: E402
 from susy_pipeline.store import open_store  # noqa: E402
 
 SAMPLE = "data/susy-sample.csv.gz"

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from susy_pipeline import aggregate, cli, errors
-from susy_pipeline.download import DownloadError
+from susy_pipeline import cli, errors
+from susy_pipeline.commands import aggregate
+from susy_pipeline.commands.download import DownloadError
 from susy_pipeline.errors import DataError, StorageDenied, StorageUnavailable
 from susy_pipeline.evaluation import IncompleteEvaluation
 from susy_pipeline.kafka_io import KafkaReadTimeout, KafkaUnavailable

@@ -136,7 +136,7 @@ def test_models_delete_force_removes_a_model_of_an_abandoned_evaluation(uri, cap
 def test_an_evaluator_shard_claims_its_model_until_every_shard_is_in(uri, tmp_path):
     """evaluate_shard records the model before loading it; delete waits for the last shard."""
     pytest.importorskip("tensorflow")
-    from susy_pipeline.evaluate import evaluate_shard
+    from susy_pipeline.scoring import evaluate_shard
     from susy_pipeline.model import ModelConfig, build_model, model_to_bytes
     from susy_pipeline.store import ModelInUse
 

@@ -18,9 +18,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from susy_pipeline.evaluate import evaluate_shard  # noqa: E402
+from susy_pipeline.scoring import evaluate_shard  # noqa: E402
 from susy_pipeline.evaluation import IncompleteEvaluation, aggregate, printable  # noqa: E402
-from susy_pipeline.scale import scale  # noqa: E402
+from susy_pipeline.commands.scale import scale  # noqa: E402
 from susy_pipeline.schema import SAMPLE_TRAIN_ROWS  # noqa: E402
 from susy_pipeline.store import ModelNotFound, open_store  # noqa: E402
 

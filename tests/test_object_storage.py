@@ -70,7 +70,7 @@ def _s3(moto) -> pafs.S3FileSystem:
 def world(moto, tmp_path_factory):
     """A small trained model in a SQLite store, and the same inputs on disk and in the bucket."""
     pytest.importorskip("tensorflow")
-    from susy_pipeline.scale import scale
+    from susy_pipeline.commands.scale import scale
     from support.models import small_model_in_store
 
     root = tmp_path_factory.mktemp("object-storage")
@@ -96,7 +96,7 @@ def _inputs(world, fmt, layout, where):
 
 
 def _run(world, evaluation, inputs, n):
-    from susy_pipeline.evaluate import evaluate_shard
+    from susy_pipeline.scoring import evaluate_shard
     from susy_pipeline.evaluation import aggregate
     from susy_pipeline.store import open_store
 
@@ -202,7 +202,7 @@ def _cli(args, env, timeout=120):
 
 
 def test_scale_out_to_s3_writes_the_same_rows(world, moto, s3_env, tmp_path):
-    from susy_pipeline.scale import scale
+    from susy_pipeline.commands.scale import scale
 
     proc, _ = _cli(["scale", "--times", "2", "--files", "2", "--row-group-rows", "3000",
                     "--out", f"s3://{BUCKET}/scaled/x2"], s3_env)

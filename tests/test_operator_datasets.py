@@ -133,7 +133,7 @@ def test_a_secret_backed_s3_evaluation_run_end_to_end_against_moto(
     from support.models import small_model_in_store
     from susy_pipeline import store as store_lib
     from susy_pipeline.evaluation import aggregate
-    from susy_pipeline.scale import scale
+    from susy_pipeline.commands.scale import scale
 
     server = MotoServer(tmp_path)
     try:

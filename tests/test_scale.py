@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from susy_pipeline import data
-from susy_pipeline.scale import scale
+from susy_pipeline.commands.scale import scale
 from susy_pipeline.schema import COLUMNS, SAMPLE_TEST_ROWS, SAMPLE_TRAIN_ROWS
 
 SAMPLE = "data/susy-sample.csv.gz"

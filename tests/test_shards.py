@@ -16,7 +16,7 @@ import pytest
 
 from susy_pipeline import data, shards
 from susy_pipeline.data import DataError
-from susy_pipeline.scale import scale
+from susy_pipeline.commands.scale import scale
 
 SAMPLE = "data/susy-sample.csv.gz"
 FORMATS = ("csv", "csv.gz", "parquet")

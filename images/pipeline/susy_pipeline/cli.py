@@ -15,10 +15,11 @@ import sys
 import traceback
 from typing import Sequence
 
-from . import aggregate, download, errors, evaluate, local, models_cmd, produce, report, scale, train
+from . import errors
+from .commands import aggregate, download, evaluate, models, produce, report, run_local, scale, train
 
 # Each command module has add_parser(subparsers) and run(args); none imports this module.
-COMMANDS = (download, produce, train, evaluate, aggregate, scale, report, models_cmd, local)
+COMMANDS = (download, produce, train, evaluate, aggregate, scale, report, models, run_local)
 
 EXIT_OK = 0  # the failure codes are in errors.py, on the errors themselves
 

@@ -7,7 +7,7 @@ import argparse
 import os
 
 from .schema import DEFAULT_DATABASE, DEFAULT_TOPIC
-from .store import DEFAULT_EMBEDDED_URI, Store, open_store
+from .store import DEFAULT_EMBEDDED_URI
 
 
 ENV_NAMES: list[str] = []
@@ -48,10 +48,6 @@ def add_evaluation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-count", type=positive, default=env("SUSY_SHARD_COUNT"),
                    help="expected shard count (env SUSY_SHARD_COUNT; default: as the shards recorded it)")
     add_store(p)
-
-
-def store_from(args: argparse.Namespace) -> Store:
-    return open_store(args.store, args.database)
 
 
 def non_negative(text: str) -> int:

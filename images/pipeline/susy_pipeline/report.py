@@ -1,16 +1,14 @@
-"""`report`: an aggregated evaluation as JSON and as a small PNG.
+"""An aggregated evaluation as JSON and as a small PNG (the `report` command, and
+`aggregate --report`, write them through `write_report`).
 
-    report --evaluation NAME [--shard-count N] [--out DIR]
-
-writes `DIR/NAME.json` (the aggregated result, with the ROC curve sampled at
-up to 257 points instead of the full histograms; with several models, one
-curve per model under `models[].roc`) and `DIR/NAME.png`: the ROC curve of
-every model (the ensemble's dashed) with its AUC, and rows and accuracy per
-shard, for people who would rather look than read. Imports matplotlib (Agg backend) only when drawing.
+`NAME.json` is the aggregated result, with the ROC curve sampled at up to 257
+points instead of the full histograms (with several models, one curve per model
+under `models[].roc`); `NAME.png` shows the ROC curve of every model (the
+ensemble's dashed) with its AUC, and rows and accuracy per shard, for people who
+would rather look than read. Imports matplotlib (Agg backend) only when drawing.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -18,24 +16,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import options
-from .evaluation import aggregate_stored, printable, roc_from_histograms
+from .evaluation import printable, roc_from_histograms
 
 ROC_POINTS = 257
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("report", help="write an evaluation's result as JSON and PNG",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    options.add_evaluation(p)
-    p.add_argument("--out", default=os.path.join(".susy", "reports"), help="output directory (default %(default)s)")
-    p.set_defaults(run=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    with options.store_from(args) as store:
-        return write_report(aggregate_stored(store, args.evaluation, args.shard_count), args.out)
 
 
 def roc_points(result: Mapping[str, Any], points: int = ROC_POINTS) -> dict[str, list[float]]:

@@ -1,20 +1,4 @@
-"""`evaluate`: score one shard of a (large) test set with one or more stored models.
-
-    evaluate --model REF [--model REF2 ... [--ensemble mean]] --data FILES_OR_GLOBS... \
-             --evaluation NAME --shard-index I --shard-count N [--skip S] [--limit L]
-             [--chunk-rows 16384]
-
-Several `--model`s (up to 8) are scored in one pass: the shard reads and
-decodes its rows once and runs every model on every chunk, keeping exact
-tallies per model; `--ensemble mean` adds the mean of their probabilities as
-one more model, named `ensemble`. Two references that resolve to one model
-are scored once and reported under both; an unknown one fails the shard
-(exit 2) before anything is stored. `aggregate` then prints every model's
-totals in the order given and the best by AUC.
-
-With `--skip`/`--limit` the shards score exactly rows `[S, S+L)` of the inputs
-taken together in sorted path order (e.g. `--skip 10979` on the sample: its
-held-out test rows), split among the shards as the rows would be.
+"""Scoring one evaluator shard: read its rows, run the models, tally, store the shard result.
 
 Shard `I` of `N` reads the rows `shards.plan_shard` gives it (whole files
 round-robin; with fewer files than shards: Parquet row groups, CSV byte
@@ -50,10 +34,8 @@ activations stay in cache).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import os
 import resource
 import socket
 import threading
@@ -62,14 +44,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import data, files, options
+from . import data, files
 from .cpus import all_but_one, available_cpus, configure_threads
 from . import shards as shards_lib
 from .evaluation import (ENSEMBLE, ENSEMBLE_METHODS, HISTOGRAM_BINS, MAX_MODELS, RESULT_VERSION,
                          ModelTallies, ShardTally)
-from .schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, N_FEATURES
+from .schema import DEFAULT_CHUNK_ROWS, N_FEATURES
 from .streams import ReadAhead
-from .errors import EXIT_BAD_INPUT, BadInput
+from .errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -82,82 +64,6 @@ WARMUP_CALLS = 16
 # Model calls in flight at once (see `_score_chunks`).
 SCORING_THREADS = 2
 
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "evaluate", help="score one shard of a test set with a stored model; upsert the shard result",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=None,
-                   help="model id, ISO timestamp (newest at or before) or latest:RUN; give it up to "
-                        f"{MAX_MODELS} times to score several models in one pass (env SUSY_MODEL, "
-                        "space-separated)")
-    p.add_argument("--ensemble", choices=ENSEMBLE_METHODS, default=options.env("SUSY_ENSEMBLE") or None,
-                   help="also score the models' ensemble: mean, the mean of their probabilities "
-                        "(env SUSY_ENSEMBLE)")
-    p.add_argument("--data", nargs="+", default=options.env("SUSY_DATA", "").split() or None,
-                   help="files, URIs (s3://, gs://, https://) or globs: .csv, .csv.gz, .parquet "
-                        "(env SUSY_DATA, space-separated)")
-    p.add_argument("--evaluation", default=options.env("SUSY_EVALUATION"),
-                   help="evaluation name the shard result is stored under (env SUSY_EVALUATION)")
-    p.add_argument("--shard-index", type=int, default=options.env("JOB_COMPLETION_INDEX"),
-                   help="this shard, 0..N-1 (env JOB_COMPLETION_INDEX, as Indexed Jobs set it)")
-    p.add_argument("--shard-count", type=options.positive, default=options.env("SUSY_SHARD_COUNT", 1),
-                   help="number of shards N (env SUSY_SHARD_COUNT; default 1)")
-    p.add_argument("--skip", type=options.non_negative, default=options.env("SUSY_SKIP", 0),
-                   help="rows of the inputs, taken together in sorted order, skipped before the "
-                        "scored ones (env SUSY_SKIP; default 0)")
-    p.add_argument("--limit", type=options.positive, default=options.env("SUSY_LIMIT"),
-                   help="rows scored after --skip (env SUSY_LIMIT; default: every row to the end)")
-    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
-                   help="rows per forward pass (default %(default)s)")
-    p.add_argument("--stripe-rows", type=int, default=shards_lib.STRIPE_ROWS,
-                   help="CSV.gz stripe size when a .gz file is split among shards (default %(default)s)")
-    p.add_argument("--model-threads", type=options.positive, default=options.env("SUSY_MODEL_THREADS"),
-                   help="TensorFlow intra-op threads per model call (env SUSY_MODEL_THREADS; default: "
-                        "the CPUs this process may use, CPU limit included, less one for the reader "
-                        "when any input is CSV)")
-    p.add_argument("--scoring-threads", type=options.positive,
-                   default=options.env("SUSY_SCORING_THREADS", SCORING_THREADS),
-                   help="model calls in flight at once, each on its own chunk (env SUSY_SCORING_THREADS; "
-                        "default %(default)s; totals do not depend on it)")
-    p.add_argument("--progress-seconds", type=float, default=10.0,
-                   help="log rows done and rows/s this often (default %(default)s)")
-    options.add_store(p)
-    p.set_defaults(run=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    # `append` with a default list would add to it: the environment is the fallback instead.
-    args.model = args.model or options.env("SUSY_MODEL", "").split() or None
-    missing = [opt for opt, value in (("--model", args.model), ("--data", args.data),
-                                      ("--evaluation", args.evaluation), ("--shard-index", args.shard_index))
-               if value in (None, [], "")]
-    if missing:
-        raise BadInput(f"evaluate needs {', '.join(missing)} (or their environment variables)")
-    with options.store_from(args) as store:
-        result = evaluate_shard(
-            store, model_ref=args.model, ensemble=args.ensemble, inputs=args.data, evaluation=args.evaluation,
-            shard_index=args.shard_index, shard_count=args.shard_count, skip=args.skip, limit=args.limit,
-            chunk_rows=args.chunk_rows,
-            stripe_rows=args.stripe_rows, model_threads=args.model_threads,
-            scoring_threads=args.scoring_threads, progress_seconds=args.progress_seconds)
-    return summary(result)
-
-
-def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The shard result without its histograms (what `run` prints)."""
-    rows = result["rows"]
-    out = {k: v for k, v in result.items() if k not in ("histogram", "inputs")}
-    if "models" in result:
-        out["models"] = [{k: v for k, v in m.items() if k != "histogram"} for m in result["models"]]
-    out["accuracy"] = result["correct"] / rows if rows else None
-    out["log_loss"] = result["log_loss_sum"] / rows if rows else None
-    out["inputs"] = len(result["inputs"])
-    return out
-
-
-# --- the shard -------------------------------------------------------------------
 
 def default_model_threads(paths: Sequence[str]) -> int:
     """TensorFlow threads for a shard over these inputs (the same for every shard of them).
@@ -512,50 +418,3 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
     }
     store.put_shard_result(evaluation, shard_index, result)
     return result
-
-
-def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_count: int,
-                 store_uri: str, database: str = DEFAULT_DATABASE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
-                 timeout_s: float | None = None, ensemble: str | None = None) -> list[dict[str, Any]]:
-    """Run all N shards as parallel processes on this machine (what `make run` does).
-
-    Each shard is `python -m susy_pipeline evaluate ... --shard-index i`; with
-    `cpus`, shard i is pinned to core `cpus[i % len(cpus)]` (as a CPU limit
-    of 1 would hold it). Returns the shards' printed summaries; raises
-    RuntimeError naming every failed shard with the tail of its stderr.
-    """
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    procs = []
-    refs = [model_ref] if isinstance(model_ref, str) else list(model_ref)
-    model_args = [arg for ref in refs for arg in ("--model", str(ref))]
-    if ensemble:
-        model_args += ["--ensemble", ensemble]
-    for i in range(shard_count):
-        cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", *model_args,
-               "--data", *inputs, "--evaluation", evaluation, "--shard-index", str(i),
-               "--shard-count", str(shard_count), "--chunk-rows", str(chunk_rows),
-               "--store", store_uri, "--database", database, *extra_args]
-        if cpus:
-            cmd = ["taskset", "-c", str(cpus[i % len(cpus)]), *cmd]
-        err = tempfile.TemporaryFile()
-        procs.append((i, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err), err))
-    summaries, failures = [], []
-    for i, proc, err in procs:
-        out, _ = proc.communicate(timeout=timeout_s)
-        err.seek(0)
-        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-        err.close()
-        if proc.returncode != 0:
-            failures.append(f"shard {i} exited {proc.returncode}: {' | '.join(tail)}")
-            continue
-        summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
-    if failures:
-        message = f"evaluation {evaluation}: " + "; ".join(failures)
-        bad_input = all(f" exited {EXIT_BAD_INPUT}:" in f for f in failures)
-        raise (BadInput if bad_input else RuntimeError)(message)
-    return summaries

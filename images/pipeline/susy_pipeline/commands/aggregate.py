@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import options
-from .evaluation import aggregate_stored, printable
-from .report import write_report
+from .. import options
+from ..evaluation import aggregate_stored, printable
+from ..report import write_report
+from ..schema import DEFAULT_DATABASE
+from ..store import open_store
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,10 +37,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    with options.store_from(args) as store:
-        result = aggregate_stored(store, args.evaluation, args.shard_count)
+    return aggregate(evaluation=args.evaluation, shard_count=args.shard_count, report=args.report,
+                     store_uri=args.store, database=args.database)
+
+
+def aggregate(*, evaluation: str, shard_count: int | None = None, report: str | None = None,
+              store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict[str, Any]:
+    """The exact totals of `evaluation` from its stored shard results (with `report`: also its
+    JSON and PNG report in that directory)."""
+    with open_store(store_uri, database) as store:
+        result = aggregate_stored(store, evaluation, shard_count)
     out = printable(result)
-    if args.report:
-        paths = write_report(result, args.report)
+    if report:
+        paths = write_report(result, report)
         out["report"] = {"json": paths["json"], "png": paths["png"]}
     return out

@@ -16,12 +16,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from .errors import Unavailable
+
+from ..errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 SUSY_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/00279/SUSY.csv.gz"
 SUSY_ROWS = 5_000_000
+DEFAULT_DEST = "data/SUSY.csv.gz"
 FIRST_1000_LINES_SHA256 = "5ce0b783a6e351ddd9235815554f1c68213c892528e7d319995df7180782eeea"
 
 
@@ -33,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="fetch the full UCI SUSY.csv.gz (checksum verified)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=SUSY_URL, help="where to fetch it (default: %(default)s)")
-    p.add_argument("--dest", default="data/SUSY.csv.gz", help="output file (default: %(default)s)")
+    p.add_argument("--dest", default=DEFAULT_DEST, help="output file (default: %(default)s)")
     p.add_argument("--sha256", help="also require this SHA-256 of the whole file")
     p.add_argument("--timeout", type=float, default=30, help="network timeout, seconds")
     p.set_defaults(run=run)
@@ -62,26 +64,32 @@ def verify(path: str, sha256: str | None = None, check_rows: bool = True) -> dic
 
 
 def run(args: argparse.Namespace) -> dict:
-    os.makedirs(os.path.dirname(os.path.abspath(args.dest)), exist_ok=True)
+    return download(url=args.url, dest=args.dest, sha256=args.sha256, timeout=args.timeout)
+
+
+def download(*, url: str = SUSY_URL, dest: str = DEFAULT_DEST, sha256: str | None = None,
+             timeout: float = 30) -> dict:
+    """Fetch `url` to `dest` (written beside it, verified, then renamed); return what `verify` found."""
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     started = time.perf_counter()
-    tmp = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(args.dest)),
+    tmp = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(dest)),
                                       prefix=".SUSY-", suffix=".part", delete=False)
     try:
         try:
-            with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
-                log.info("downloading %s (%s bytes)", args.url, response.headers.get("Content-Length", "?"))
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                log.info("downloading %s (%s bytes)", url, response.headers.get("Content-Length", "?"))
                 shutil.copyfileobj(response, tmp, length=1 << 20)
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             raise DownloadError(
-                f"cannot download {args.url}: {getattr(err, 'reason', err)}. This machine may be "
+                f"cannot download {url}: {getattr(err, 'reason', err)}. This machine may be "
                 "offline: fetch SUSY.csv.gz elsewhere, copy it here, and pass it with --data; "
                 "the bundled sample (data/susy-sample.csv.gz) needs no download.") from err
         tmp.close()
-        facts = verify(tmp.name, args.sha256)
-        os.replace(tmp.name, args.dest)
+        facts = verify(tmp.name, sha256)
+        os.replace(tmp.name, dest)
     finally:
         tmp.close()
         if os.path.exists(tmp.name):
             os.unlink(tmp.name)
-    log.info("saved %s in %.0f s", args.dest, time.perf_counter() - started)
-    return {**facts, "path": args.dest}
+    log.info("saved %s in %.0f s", dest, time.perf_counter() - started)
+    return {**facts, "path": dest}

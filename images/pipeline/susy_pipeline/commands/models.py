@@ -29,10 +29,11 @@ import sys
 import tempfile
 from typing import Any
 
-from . import options
-from .continual import ancestry
-from .errors import BadInput
-from .store import ModelRef
+from .. import options
+from ..continual import ancestry
+from ..errors import BadInput
+from ..schema import DEFAULT_DATABASE
+from ..store import ModelRef, open_store
 
 # Shown by `models list --table` (the JSON has every field of each record).
 _COLUMNS = ("model_id", "created_at", "run", "rows", "val_auc", "size")
@@ -100,13 +101,21 @@ def _row(m: dict[str, Any]) -> dict[str, str]:
 
 
 def run_list(args: argparse.Namespace) -> dict | None:
-    if args.lineage and args.run_name:
+    return list_models(run_name=args.run_name, lineage=args.lineage, table=args.table,
+                       store_uri=args.store, database=args.database)
+
+
+def list_models(*, run_name: str | None = None, lineage: str | None = None, table: bool = False,
+                store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict | None:
+    """The stored models, newest first (of one run, or `lineage`'s chain); with `table`, printed
+    as a table instead."""
+    if lineage and run_name:
         raise BadInput("--lineage and --run-name select differently: give one of them")
-    with options.store_from(args) as store:
-        models = ancestry(store, args.lineage) if args.lineage else store.list_models(args.run_name)
-    if not args.table:
+    with open_store(store_uri, database) as store:
+        models = ancestry(store, lineage) if lineage else store.list_models(run_name)
+    if not table:
         return {"count": len(models), "models": models}
-    if args.lineage:
+    if lineage:
         models = [{"run": "(deleted)", "created_at": "-", **m} if m.get("deleted") else m for m in models]
     rows = [_row(m) for m in models]
     widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in _COLUMNS}
@@ -117,14 +126,20 @@ def run_list(args: argparse.Namespace) -> dict | None:
 
 
 def run_export(args: argparse.Namespace) -> dict:
-    if not args.out.endswith(".keras"):
-        raise BadInput(f"--out {args.out!r}: the file name must end .keras (keras.models.load_model "
+    return export_model(ref=args.ref, out=args.out, store_uri=args.store, database=args.database)
+
+
+def export_model(*, ref: str, out: str, store_uri: str | None = None,
+                 database: str = DEFAULT_DATABASE) -> dict:
+    """Write the .keras bytes of the model `ref` names to the file `out`."""
+    if not out.endswith(".keras"):
+        raise BadInput(f"--out {out!r}: the file name must end .keras (keras.models.load_model "
                        "reads no other)")
-    parent = os.path.dirname(os.path.abspath(args.out))
+    parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
-        raise BadInput(f"--out {args.out!r}: directory {parent} does not exist")
-    with options.store_from(args) as store:
-        meta, data = store.load_model(args.ref)
+        raise BadInput(f"--out {out!r}: directory {parent} does not exist")
+    with open_store(store_uri, database) as store:
+        meta, data = store.load_model(ref)
     # Written beside the target and renamed: the file appears whole or not at all.
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".export-", suffix=".keras")
     try:
@@ -133,26 +148,38 @@ def run_export(args: argparse.Namespace) -> dict:
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
-        os.replace(tmp, args.out)
+        os.replace(tmp, out)
     except BaseException:
         os.unlink(tmp)
         raise
-    print(f"model {meta['model_id']} written to {args.out} ({len(data):,} bytes)", file=sys.stderr)
-    return {"model_id": meta["model_id"], "run": meta.get("run"), "out": args.out, "bytes": len(data)}
+    print(f"model {meta['model_id']} written to {out} ({len(data):,} bytes)", file=sys.stderr)
+    return {"model_id": meta["model_id"], "run": meta.get("run"), "out": out, "bytes": len(data)}
 
 
 def run_delete(args: argparse.Namespace) -> dict:
-    ref = ModelRef.parse(args.model_id)
+    return delete_model(model_id=args.model_id, force=args.force, store_uri=args.store,
+                        database=args.database)
+
+
+def delete_model(*, model_id: str, force: bool = False, store_uri: str | None = None,
+                 database: str = DEFAULT_DATABASE) -> dict:
+    """Delete a model's record and bytes (refused while an unfinished evaluation uses it, unless `force`)."""
+    ref = ModelRef.parse(model_id)
     if ref.model_id is None:
-        raise BadInput(f"models delete takes a model id, not {args.model_id!r} "
+        raise BadInput(f"models delete takes a model id, not {model_id!r} "
                        "(`models list` shows the ids)")
-    with options.store_from(args) as store:
-        return store.delete_model(ref.model_id, force=args.force)
+    with open_store(store_uri, database) as store:
+        return store.delete_model(ref.model_id, force=force)
 
 
 def run_lineage(args: argparse.Namespace) -> dict:
-    with options.store_from(args) as store:
-        meta = store.resolve_model(args.ref)
+    return model_lineage(ref=args.ref, store_uri=args.store, database=args.database)
+
+
+def model_lineage(*, ref: str, store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+    """The model's record, the production it was trained on and the evaluations that scored it."""
+    with open_store(store_uri, database) as store:
+        meta = store.resolve_model(ref)
         run = meta.get("run")
         production = store.get_production(run) if run is not None else None
         evaluations = store.model_evaluations(meta["model_id"])

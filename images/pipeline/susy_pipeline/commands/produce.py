@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from . import options
-from .data import iter_batches
-from .kafka_io import produce
-from .store import utc_now
+from .. import kafka_io, options
+from ..data import iter_batches
+from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
+from ..store import open_store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    limit = None if args.limit is None else int(args.limit)
-    log.info("producing %s rows %d..%s to topic %s at %s", args.data, args.skip,
-             "end" if limit is None else args.skip + limit - 1, args.topic, args.bootstrap)
-    with options.store_from(args) as store:  # fail early if the store is down
-        production = produce(iter_batches(args.data, skip=args.skip, limit=limit, keep_text=True),
-                             bootstrap=args.bootstrap, topic=args.topic, partitions=args.partitions,
-                             rows_per_message=args.rows_per_message)
-        record = {**production.to_record(), "source": {"data": args.data, "skip": args.skip, "limit": limit},
+    return produce(data=args.data, skip=args.skip, limit=None if args.limit is None else int(args.limit),
+                   partitions=args.partitions, rows_per_message=args.rows_per_message,
+                   bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
+                   store_uri=args.store, database=args.database)
+
+
+def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
+            limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
+            store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+    """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`."""
+    log.info("producing %s rows %d..%s to topic %s at %s", data, skip,
+             "end" if limit is None else skip + limit - 1, topic, bootstrap)
+    with open_store(store_uri, database) as store:  # fail early if the store is down
+        production = kafka_io.produce(iter_batches(data, skip=skip, limit=limit, keep_text=True),
+                                      bootstrap=bootstrap, topic=topic, partitions=partitions,
+                                      rows_per_message=rows_per_message)
+        record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
-        store.put_production(args.run_name, record)
-    return {"run": args.run_name, **record}
+        store.put_production(run_name, record)
+    return {"run": run_name, **record}

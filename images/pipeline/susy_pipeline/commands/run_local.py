@@ -17,24 +17,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from . import options
-from .schema import DEFAULT_TOPIC, SAMPLE_TRAIN_ROWS
+from .. import options
+from ..broker import embedded_broker
+from ..errors import EXIT_BAD_INPUT, BadInput
+from ..model import model_from_bytes
+from ..schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, DEFAULT_TOPIC, SAMPLE_TRAIN_ROWS
+from ..store import open_store
+from .aggregate import aggregate
+from .produce import produce
+from .scale import scale
+from .train import train
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DATA = os.path.join("data", "susy-sample.csv.gz")
+DEFAULT_WORKDIR = ".susy"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run-local", help="produce -> Kafka -> train -> store -> sharded evaluation, "
                                          "on one machine", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/susy-sample.csv.gz", help="SUSY sample (default: %(default)s)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="SUSY sample (default: %(default)s)")
     p.add_argument("--train-rows", type=options.positive, default=SAMPLE_TRAIN_ROWS,
                    help="rows 0..N-1 train, the rest are the test set (default: %(default)s)")
     p.add_argument("--shards", type=options.positive, default=2, help="evaluator shards (default: %(default)s)")
@@ -45,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="tuned", choices=["tuned", "seed"], help="training recipe")
     p.add_argument("--rows-per-message", type=options.positive, default=1,
                    help="rows per Kafka message (default: %(default)s, the seed's format)")
-    p.add_argument("--workdir", default=".susy", help="where test files and reports go (default: %(default)s)")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where test files and reports go (default: %(default)s)")
     p.add_argument("--bootstrap", default=options.env("KAFKA_BOOTSTRAP"),
                    help="Kafka bootstrap (env KAFKA_BOOTSTRAP; default: start an embedded broker)")
     p.add_argument("--topic", default=options.env("KAFKA_TOPIC", DEFAULT_TOPIC), help="topic (env KAFKA_TOPIC; default: %(default)s)")
@@ -59,74 +73,61 @@ def kafka(bootstrap: str | None) -> Iterator[str]:
         log.info("using the Kafka broker at %s", bootstrap)
         yield bootstrap
         return
-    from .broker import embedded_broker
-
     with embedded_broker() as address:
         yield address
 
 
-def _stage(argv: list[str]) -> dict[str, Any]:
-    """Run one pipeline command in this process: the command module's own options (with their
-    environment defaults) and its `run`, as the CLI would, without going through the CLI."""
-    from . import aggregate, produce, scale, train
-
-    commands = {"aggregate": aggregate, "produce": produce, "scale": scale, "train": train}
-    parser = argparse.ArgumentParser(prog="run-local")
-    commands[argv[0]].add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
 def run(args: argparse.Namespace) -> dict:
-    from .evaluate import run_parallel
-    from .model import model_from_bytes
+    return run_local(data=args.data, train_rows=args.train_rows, shards=args.shards, reader=args.reader,
+                     recipe=args.recipe, rows_per_message=args.rows_per_message, workdir=args.workdir,
+                     bootstrap=args.bootstrap, topic=args.topic, store_uri=args.store, database=args.database)
 
-    os.makedirs(args.workdir, exist_ok=True)
+
+def run_local(*, data: str = DEFAULT_DATA, train_rows: int = SAMPLE_TRAIN_ROWS, shards: int = 2,
+              reader: str = "kafka-python", recipe: str = "tuned", rows_per_message: int = 1,
+              workdir: str = DEFAULT_WORKDIR, bootstrap: str | None = None, topic: str = DEFAULT_TOPIC,
+              store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+    """The module's steps 1-6, each stage called as its command's function; the table on stderr."""
+    os.makedirs(workdir, exist_ok=True)
     run_name = "local-" + time.strftime("%Y%m%d-%H%M%S")
-    store = ["--store", args.store, "--database", args.database]
+    store = dict(store_uri=store_uri, database=database)
     timings: list[tuple[str, int, float]] = []
 
     # The test rows as one file per shard (whole files are the evaluator's fastest split).
-    test_dir = os.path.join(args.workdir, f"test-rows-from-{args.train_rows}-in-{args.shards}-files")
+    test_dir = os.path.join(workdir, f"test-rows-from-{train_rows}-in-{shards}-files")
     started = time.perf_counter()
     if not os.path.isdir(test_dir):
         partial = test_dir + ".partial"  # renamed when complete: an interrupted run is redone
         shutil.rmtree(partial, ignore_errors=True)
-        _stage(["scale", "--data", args.data, "--skip", str(args.train_rows), "--times", "1",
-                "--files", str(args.shards), "--formats", "csv.gz", "--out", partial])
+        scale(data, partial, skip=train_rows, times=1, files=shards, formats=["csv.gz"])
         os.replace(partial, test_dir)
         log.info("wrote the test rows to %s", test_dir)
     test_files = sorted(os.path.join(test_dir, f) for f in os.listdir(test_dir) if f.endswith(".csv.gz"))
 
-    with kafka(args.bootstrap) as bootstrap:
-        kafka_args = ["--bootstrap", bootstrap, "--topic", args.topic]
+    with kafka(bootstrap) as address:
         t = time.perf_counter()
-        produced = _stage(["produce", "--data", args.data, "--limit", str(args.train_rows),
-                           "--rows-per-message", str(args.rows_per_message), "--run-name", run_name,
-                           *kafka_args, *store])
+        produced = produce(data=data, limit=train_rows, rows_per_message=rows_per_message, run_name=run_name,
+                           bootstrap=address, topic=topic, **store)
         timings.append(("produce", produced["rows"], time.perf_counter() - t))
 
         t = time.perf_counter()
-        trained = _stage(["train", "--run-name", run_name, "--reader", args.reader, "--recipe", args.recipe,
-                          *kafka_args, *store])
+        trained = train(run_name=run_name, reader=reader, recipe=recipe, bootstrap=address, **store)
         # Every epoch reads the topic again: rows/s counts rows x epochs.
         timings.append((f"consume + train ({trained['epochs_run']} ep.)", trained["rows"] * trained["epochs_run"],
                         time.perf_counter() - t))
     model_id = trained["model_id"]
 
     t = time.perf_counter()
-    with options.store_from(args) as st:
+    with open_store(store_uri, database) as st:
         meta, blob = st.load_model(model_id)
     model_from_bytes(blob)  # fails here, not in N shards, if the stored bytes are bad
     timings.append(("load model", 1, time.perf_counter() - t))
 
     t = time.perf_counter()
     evaluation = f"{run_name}-test"
-    run_parallel(model_ref=model_id, inputs=test_files, evaluation=evaluation, shard_count=args.shards,
-                 store_uri=args.store, database=args.database)
-    result = _stage(["aggregate", "--evaluation", evaluation, "--shard-count", str(args.shards),
-                     "--report", os.path.join(args.workdir, "reports"), *store])
-    timings.append((f"evaluate ({args.shards} shards)", result["rows"], time.perf_counter() - t))
+    run_parallel(model_ref=model_id, inputs=test_files, evaluation=evaluation, shard_count=shards, **store)
+    result = aggregate(evaluation=evaluation, shard_count=shards, report=os.path.join(workdir, "reports"), **store)
+    timings.append((f"evaluate ({shards} shards)", result["rows"], time.perf_counter() - t))
 
     print_table(timings, result, model_id, trained)
     return {"run": run_name, "model_id": model_id, "evaluation": evaluation,
@@ -147,3 +148,46 @@ def print_table(timings, result, model_id: str, trained: dict) -> None:
               f"log-loss {result['log_loss']:.4f}",
               f"model id {model_id}", ""]
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_count: int,
+                 store_uri: str | None = None, database: str = DEFAULT_DATABASE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
+                 timeout_s: float | None = None, ensemble: str | None = None) -> list[dict[str, Any]]:
+    """Run all N shards as parallel processes on this machine (what `run-local` does).
+
+    Each shard is `python -m susy_pipeline evaluate ... --shard-index i`; with
+    `cpus`, shard i is pinned to core `cpus[i % len(cpus)]` (as a CPU limit
+    of 1 would hold it); without `store_uri` each shard opens the store `evaluate`
+    would by default. Returns the shards' printed summaries; raises
+    RuntimeError naming every failed shard with the tail of its stderr.
+    """
+    procs = []
+    refs = [model_ref] if isinstance(model_ref, str) else list(model_ref)
+    model_args = [arg for ref in refs for arg in ("--model", str(ref))]
+    if ensemble:
+        model_args += ["--ensemble", ensemble]
+    for i in range(shard_count):
+        cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", *model_args,
+               "--data", *inputs, "--evaluation", evaluation, "--shard-index", str(i),
+               "--shard-count", str(shard_count), "--chunk-rows", str(chunk_rows),
+               *(["--store", store_uri] if store_uri else []), "--database", database, *extra_args]
+        if cpus:
+            cmd = ["taskset", "-c", str(cpus[i % len(cpus)]), *cmd]
+        err = tempfile.TemporaryFile()
+        procs.append((i, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err), err))
+    summaries, failures = [], []
+    for i, proc, err in procs:
+        out, _ = proc.communicate(timeout=timeout_s)
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+        err.close()
+        if proc.returncode != 0:
+            failures.append(f"shard {i} exited {proc.returncode}: {' | '.join(tail)}")
+            continue
+        summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
+    if failures:
+        message = f"evaluation {evaluation}: " + "; ".join(failures)
+        bad_input = all(f" exited {EXIT_BAD_INPUT}:" in f for f in failures)
+        raise (BadInput if bad_input else RuntimeError)(message)
+    return summaries

@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import data, options
-from . import files as storage  # `files` is scale's option for the number of files
-from .schema import COLUMNS, SAMPLE_TRAIN_ROWS
-from .errors import BadInput
+from .. import data, options
+from .. import files as storage  # `files` is scale's option for the number of files
+from ..schema import COLUMNS, SAMPLE_TRAIN_ROWS
+from ..errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown or not formats:
-        raise BadInput(f"--formats: unknown format(s) {unknown}, expected a subset of {list(FORMATS)}")
     return scale(args.data, args.out, times=args.times, files=args.files, formats=formats,
                  skip=args.skip, limit=args.limit, row_group_rows=args.row_group_rows,
                  gzip_level=args.gzip_level)
@@ -79,6 +76,9 @@ def scale(source: str, out: str, *, times: int = 15, files: int = 4,
           formats: tuple[str, ...] | list[str] = FORMATS, skip: int = SAMPLE_TRAIN_ROWS,
           limit: int | None = None, row_group_rows: int = 65_536, gzip_level: int = 6) -> dict[str, Any]:
     """Write the scaled files; return what was written (paths, rows, bytes)."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise BadInput(f"--formats: unknown format(s) {unknown}, expected a subset of {list(FORMATS)}")
     if times < 1 or files < 1 or row_group_rows < 1:
         raise BadInput("--times, --files and --row-group-rows must be >= 1")
     started = time.monotonic()

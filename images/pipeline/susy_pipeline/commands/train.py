@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Sequence
 
-from . import options
-from .kafka_io import READERS, Production
-from .kafka_security import KafkaSecurity
-from .continual import warm_start_config
-from .model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
-from .errors import BadInput
+from .. import options
+from ..kafka_io import READERS, Production
+from ..kafka_security import KafkaSecurity
+from ..continual import warm_start_config
+from ..model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
+from ..errors import BadInput
+from ..schema import DEFAULT_DATABASE
+from ..store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -84,58 +87,78 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .training import train, use_training_threads  # TensorFlow loads only for this command
+    librdkafka = [s for s in options.env("SUSY_LIBRDKAFKA", "").split(",") if s] + args.librdkafka
+    return train(run_name=args.run_name, bootstrap=args.bootstrap, reader=args.reader, recipe=args.recipe,
+                 warm_start=args.warm_start, epochs=args.epochs, batch_size=args.batch_size,
+                 learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
+                 patience=args.patience, validation_every=args.validation_every, monitor=args.monitor,
+                 seed=args.seed, model_threads=args.model_threads, read_timeout=args.read_timeout,
+                 librdkafka=librdkafka, store_uri=args.store, database=args.database)
 
-    use_training_threads(args.model_threads)
+
+def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | None = None,
+          warm_start: str | None = None, epochs: int | None = None, batch_size: int | None = None,
+          learning_rate: float | None = None, dropout: float | None = None,
+          hidden: tuple[int, ...] | None = None, patience: int | None = None,
+          validation_every: int | None = None, monitor: str | None = None, seed: int | None = None,
+          model_threads: int | None = None, read_timeout: float = 120.0, librdkafka: Sequence[str] = (),
+          store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+    """Train on the offsets `produce` recorded for `run_name`, save the model; return its record.
+
+    A hyper-parameter left None is the recipe's (or, with `warm_start`, the parent's);
+    `librdkafka` adds settings for the tfio reader.
+    """
+    from ..training import train as train_model, use_training_threads  # TensorFlow loads only here
+
+    use_training_threads(model_threads)
     # The connection's security (KAFKA_* variables), read once: a setting that cannot work is exit 2
     # before the store or Kafka is touched. Its description, without the password, goes into the
     # model's lineage.
     security = KafkaSecurity.from_env()
 
-    overrides = dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                     dropout=args.dropout, hidden=args.hidden, patience=args.patience,
-                     validation_every=args.validation_every, monitor=args.monitor, seed=args.seed)
-    with options.store_from(args) as store:
+    overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                     dropout=dropout, hidden=hidden, patience=patience,
+                     validation_every=validation_every, monitor=monitor, seed=seed)
+    with open_store(store_uri, database) as store:
         parent_meta = parent = None
-        if args.warm_start:
+        if warm_start:
             # Refused before Kafka is read: an unknown parent or a contradicting option is exit 2.
-            parent_meta, parent_bytes = store.load_model(args.warm_start)
-            config = warm_start_config(parent_meta, recipe=args.recipe, **overrides)
-            recipe = args.recipe or parent_meta.get("recipe") or "tuned"
+            parent_meta, parent_bytes = store.load_model(warm_start)
+            config = warm_start_config(parent_meta, recipe=recipe, **overrides)
+            recipe = recipe or parent_meta.get("recipe") or "tuned"
             parent = model_from_bytes(parent_bytes)
             log.info("warm start from model %s (run %s)", parent_meta["model_id"], parent_meta.get("run"))
         else:
-            recipe = args.recipe or "tuned"
+            recipe = recipe or "tuned"
             config = with_overrides(RECIPES[recipe], **overrides)
-        production = store.get_production(args.run_name)
+        production = store.get_production(run_name)
         if production is None:
-            raise BadInput(f"no producer record for run {args.run_name!r}: run `produce --run-name "
-                              f"{args.run_name}` first")
+            raise BadInput(f"no producer record for run {run_name!r}: run `produce --run-name "
+                              f"{run_name}` first")
         ranges = Production.ranges(production)
-        reader = READERS[args.reader]
+        read = READERS[reader]
         extra = {}
-        if args.reader == "tfio":
-            settings = [s for s in options.env("SUSY_LIBRDKAFKA", "").split(",") if s] + args.librdkafka
-            extra["configuration"] = settings
-        log.info("training run %s from %s %s via %s, recipe %s", args.run_name, production["topic"],
-                 ranges, args.reader, recipe)
+        if reader == "tfio":
+            extra["configuration"] = list(librdkafka)
+        log.info("training run %s from %s %s via %s, recipe %s", run_name, production["topic"],
+                 ranges, reader, recipe)
 
         def source():
-            return reader(args.bootstrap, production["topic"], ranges, timeout_s=args.read_timeout,
-                          security=security, **extra)
+            return read(bootstrap, production["topic"], ranges, timeout_s=read_timeout,
+                        security=security, **extra)
 
-        model, facts = train(source, config, expected_rows=int(production["rows"]), parent=parent)
+        model, facts = train_model(source, config, expected_rows=int(production["rows"]), parent=parent)
         record = {
-            "run": args.run_name,
+            "run": run_name,
             "recipe": recipe,
             "parent_model_id": parent_meta["model_id"] if parent_meta else None,
             "hyperparameters": config.to_dict(),
-            "reader": args.reader,
+            "reader": reader,
             "lineage": {"topic": production["topic"], "partitions": production["partitions"],
-                        "bootstrap": args.bootstrap, "source": production.get("source"),
+                        "bootstrap": bootstrap, "source": production.get("source"),
                         "security": security.describe()},
             **facts,
         }
         model_id = store.save_model(record, model_to_bytes(model))
-    log.info("saved model %s (run %s)", model_id, args.run_name)
+    log.info("saved model %s (run %s)", model_id, run_name)
     return {"model_id": model_id, **record}
