@@ -1,5 +1,6 @@
 """The import graph of both packages is acyclic, counting imports inside functions too (a
-function-level import hides a cycle from Python's loader, not from a reader).
+function-level import hides a cycle from Python's loader, not from a reader), and the pipeline's
+layers hold: the library never imports a command, and no command imports the command line.
 
 A cycle means two modules each need the other: one of them is not where it should be. The
 check reads the source with `ast` (nothing is imported) and prints the cycle it finds."""
@@ -87,3 +88,29 @@ def test_the_import_graph_is_acyclic(package: str) -> None:
     assert any(n.startswith(package) for n in graph)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+COMMANDS = "susy_pipeline.commands"
+# The command line and `python -m susy_pipeline`: above the commands.
+ENTRY_POINTS = {"susy_pipeline.cli", "susy_pipeline.__main__"}
+
+
+def is_command(module: str) -> bool:
+    return module == COMMANDS or module.startswith(COMMANDS + ".")
+
+
+def test_no_library_module_imports_a_command() -> None:
+    graph = import_graph()
+    library = [n for n in graph if n.startswith("susy_pipeline") and not is_command(n) and n not in ENTRY_POINTS]
+    assert "susy_pipeline.evaluation" in library and "susy_pipeline.commands.evaluate" in graph
+    wrong = {n: sorted(t for t in graph[n] if is_command(t)) for n in library}
+    assert not {n: t for n, t in wrong.items() if t}, "library modules that import commands"
+    operator = {n: sorted(t for t in edges if is_command(t)) for n, edges in graph.items()
+                if n.startswith("susy_operator")}
+    assert not {n: t for n, t in operator.items() if t}, "operator modules that import commands"
+
+
+def test_no_command_imports_the_command_line() -> None:
+    graph = import_graph()
+    wrong = {n: sorted(graph[n] & ENTRY_POINTS) for n in graph if is_command(n)}
+    assert not {n: t for n, t in wrong.items() if t}
