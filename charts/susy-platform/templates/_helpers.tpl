@@ -149,3 +149,69 @@ given components (the topic Job, the helm test pods). Pass a dict with "ctx" and
       {{- include "susy-platform.selectorLabels" (dict "ctx" $ "component" $component) | nindent 6 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Where the pipeline's pods find a TLS MongoDB's CA: the susy-operator chart mounts its
+store.caSecretName there in the operator and every Job (operator/susy_operator/builders.py
+STORE_CA_PATH, charts/susy-operator/templates/deployment.yaml), so the URI names this file.
+*/}}
+{{- define "susy-platform.mongodb.clientCAFile" -}}
+/etc/susy/store-ca/ca.crt
+{{- end }}
+
+{{/*
+kafka.extraEnv as broker properties, one "name=value" a line: a KAFKA_* name not in the image
+wrapper's ExcludeServerPropsEnv becomes a property by KafkaDockerWrapper.getServerConfigsFromEnv's
+rule (drop "KAFKA_", lower case, "_" -> ".", "..." -> "-", ".." -> "_"; apache/kafka 3.9
+core/src/main/scala/kafka/docker/KafkaDockerWrapper.scala), here at render time, for the
+server.properties the chart writes itself.
+*/}}
+{{- define "susy-platform.kafka.extraProperties" -}}
+{{- $notProps := list "KAFKA_VERSION" "KAFKA_HEAP_OPTS" "KAFKA_LOG4J_OPTS" "KAFKA_OPTS" "KAFKA_JMX_OPTS" "KAFKA_JVM_PERFORMANCE_OPTS" "KAFKA_GC_LOG_OPTS" "KAFKA_LOG4J_ROOT_LOGLEVEL" "KAFKA_LOG4J_LOGGERS" "KAFKA_TOOLS_LOG4J_LOGLEVEL" "KAFKA_JMX_HOSTNAME" }}
+{{- $lines := list }}
+{{- range $name, $value := .Values.kafka.extraEnv }}
+{{- if and (hasPrefix "KAFKA_" $name) (not (has $name $notProps)) }}
+{{- $lines = append $lines (printf "%s=%v" ($name | replace "KAFKA_" "" | lower | replace "_" "." | replace "..." "-" | replace ".." "_") $value) }}
+{{- end }}
+{{- end }}
+{{- join "\n" $lines }}
+{{- end }}
+
+{{/*
+Shell lines that write a Kafka PEM keystore (KIP-651) to .out from the kafka.tls Secret mounted at
+/etc/kafka/tls: the private key (PKCS#8), then the certificate chain, in one file. Kafka's PemParser
+needs whitespace after each "-----END ...-----" line (DefaultSslEngineFactory.java, PemParser), so
+a newline goes between the two, in case tls.key has no final one.
+*/}}
+{{- define "susy-platform.kafka.pemKeystore" -}}
+# Kafka reads a PEM keystore as one file: the private key, then the certificate chain.
+{ cat /etc/kafka/tls/tls.key; echo; cat /etc/kafka/tls/tls.crt; } > "{{ .out }}"
+{{- end }}
+
+{{/*
+The kafka.sasl client user from its Secret, by secretKeyRef only. Not KAFKA_*: nothing here may
+become a broker property.
+*/}}
+{{- define "susy-platform.kafka.saslUserEnv" -}}
+- name: SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.secretName | quote }}
+      key: "username"
+- name: SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.secretName | quote }}
+      key: "password"
+{{- end }}
+
+{{/*
+Shell lines that refuse a kafka.sasl user the SCRAM syntax cannot carry: kafka-storage.sh's
+--add-scram and kafka-configs.sh's --add-config split "[name=...,password=...]" at "," and "="
+(metadata/src/main/java/org/apache/kafka/metadata/storage/ScramParser.java), and their errors
+quote the argument, password included. The message names the Secret, never the value.
+*/}}
+{{- define "susy-platform.kafka.saslUserCheck" -}}
+[[ $SASL_USERNAME =~ ^[A-Za-z0-9._-]+$ ]] || { echo "kafka: the user name in the Secret {{ .Values.kafka.sasl.secretName }} (kafka.sasl.secretName) must be letters, digits, '.', '_' or '-'" >&2; exit 1; }
+[[ $SASL_PASSWORD =~ ^[A-Za-z0-9]+$ ]] || { echo "kafka: the password in the Secret {{ .Values.kafka.sasl.secretName }} (kafka.sasl.secretName) must be letters and digits" >&2; exit 1; }
+{{- end }}
