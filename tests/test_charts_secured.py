@@ -610,3 +610,12 @@ def test_secured_kraft_values_file_is_linted_and_validated_with_the_rest() -> No
 
     assert "susy-platform:secured-kraft-values.yaml" in CASE_IDS
     assert "susy-platform:secured-values.yaml" in CASE_IDS
+
+
+def test_notes_tell_the_operator_install_about_the_ca(helm: str) -> None:
+    from test_charts import run_helm
+
+    args = ("install", "susy-platform", str(PLATFORM), "--dry-run=client", "--namespace", NAMESPACE)
+    notes = run_helm(helm, *args, "--values", str(SECURED)).split("NOTES:", 1)[1]
+    assert "/etc/susy/store-ca/ca.crt" in notes and "--set store.caSecretName=" in notes
+    assert "store.caSecretName" not in run_helm(helm, *args).split("NOTES:", 1)[1]
