@@ -266,6 +266,11 @@ def test_mongodb_uri_asks_for_tls_with_the_ca_where_the_operator_mounts_it(helm:
     (dep,) = by_kind(render(helm, OPERATOR, None, "store.caSecretName=susy-mongodb-ca"), "Deployment")
     (operator,) = dep["spec"]["template"]["spec"]["containers"]
     assert {"name": "store-ca", "mountPath": builders.STORE_CA_PATH, "readOnly": True} in operator["volumeMounts"]
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["store-ca"]["secret"] == {"secretName": "susy-mongodb-ca",
+                                             "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env["SUSY_STORE_CA_SECRET"] == "susy-mongodb-ca" and env["SUSY_STORE_CA_KEY"] == "ca.crt"
 
 
 def test_mongodb_helm_test_pod_connects_with_tls(helm: str) -> None:

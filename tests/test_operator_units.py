@@ -394,7 +394,12 @@ def test_connection_secrets_reach_every_job_as_env_and_read_only_files() -> None
         assert mounts[builders.KAFKA_SECRET_PATH]["readOnly"] and mounts[builders.STORE_CA_PATH]["readOnly"]
         volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
         assert volumes["kafka-client"]["secret"] == {"secretName": "kafka-client"}
-        assert volumes["store-ca"]["secret"] == {"secretName": "mongo-ca"}
+        # Only the CA's key, as ca.crt: the server key beside it in a cert-manager Secret stays out.
+        assert volumes["store-ca"]["secret"] == {"secretName": "mongo-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    atlas = config.load({"SUSY_STORE_CA_SECRET": "atlas-ca", "SUSY_STORE_CA_KEY": "ca.pem"}).job_config
+    volumes = {v["name"]: v for v in builders.trainer_job(OWNER_TR, training_spec(), RUN, atlas)
+               ["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["store-ca"]["secret"]["items"] == [{"key": "ca.pem", "path": "ca.crt"}]
     plain = builders.producer_job(OWNER_TR, training_spec(), RUN, config.load({}).job_config)
     assert "envFrom" not in container(plain) and len(plain["spec"]["template"]["spec"]["volumes"]) == 1
 

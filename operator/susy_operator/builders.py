@@ -62,6 +62,8 @@ class JobConfig:
     # A Secret with the CA bundle of a TLS MongoDB (mounted at STORE_CA_PATH; the URI names the file,
     # e.g. ...?tls=true&tlsCAFile=/etc/susy/store-ca/ca.crt).
     store_ca_secret: str | None = None
+    # Its one key mounted, as STORE_CA_PATH/ca.crt (a cert-manager Secret also holds tls.key).
+    store_ca_key: str = "ca.crt"
 
 
 KAFKA_SECRET_PATH = "/etc/susy/kafka"
@@ -76,7 +78,8 @@ def _secret_mounts(config: JobConfig) -> tuple[list[dict[str, Any]], list[dict[s
         volumes.append({"name": "kafka-client", "secret": {"secretName": config.kafka_secret}})
         mounts.append({"name": "kafka-client", "mountPath": KAFKA_SECRET_PATH, "readOnly": True})
     if config.store_ca_secret:
-        volumes.append({"name": "store-ca", "secret": {"secretName": config.store_ca_secret}})
+        volumes.append({"name": "store-ca", "secret": {"secretName": config.store_ca_secret,
+                                                      "items": [{"key": config.store_ca_key, "path": "ca.crt"}]}})
         mounts.append({"name": "store-ca", "mountPath": STORE_CA_PATH, "readOnly": True})
     return env_from, volumes, mounts
 

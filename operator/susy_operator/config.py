@@ -47,6 +47,10 @@ class OperatorConfig:
     # store_ca_secret: a Secret with a TLS MongoDB's CA bundle, mounted in every Job
     # (SUSY_STORE_CA_SECRET; the chart's store.caSecretName).
     store_ca_secret: str | None = None
+    # store_ca_key: the one key of store_ca_secret that is mounted, as STORE_CA_PATH/ca.crt
+    # (SUSY_STORE_CA_KEY; the chart's store.caKey). One key only: a cert-manager Secret also
+    # holds the server's private key, which no pipeline pod should get.
+    store_ca_key: str = "ca.crt"
     # allowed_volume_types: volume sources a CR's spec.volumes may use besides persistentVolumeClaim
     # (SUSY_ALLOWED_VOLUME_TYPES, comma-separated: configMap, hostPath; the chart's
     # allowedVolumeTypes). Empty by default: hostPath reads the node's files, and a configMap
@@ -58,7 +62,8 @@ class OperatorConfig:
         return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap, store_secret=self.store_secret,
                          store_secret_key=self.store_secret_key, database=self.database,
                          image_pull_policy=self.image_pull_policy, service_account=self.job_service_account,
-                         kafka_secret=self.kafka_secret, store_ca_secret=self.store_ca_secret)
+                         kafka_secret=self.kafka_secret, store_ca_secret=self.store_ca_secret,
+                         store_ca_key=self.store_ca_key)
 
 
 def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -78,6 +83,7 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         pod_start_grace_seconds=float(env.get("SUSY_POD_START_GRACE_SECONDS", "300")),
         kafka_secret=env.get("SUSY_KAFKA_SECRET") or None,
         store_ca_secret=env.get("SUSY_STORE_CA_SECRET") or None,
+        store_ca_key=env.get("SUSY_STORE_CA_KEY") or "ca.crt",
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
         allowed_volume_types=allowed_volume_types(env.get("SUSY_ALLOWED_VOLUME_TYPES", "")),
     )
