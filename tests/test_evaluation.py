@@ -172,7 +172,7 @@ def test_the_module_imports_no_tensorflow_or_pyarrow():
 
 
 def test_report_writes_json_and_png(tmp_path):
-    from susy_pipeline.report import write_report
+    from susy_pipeline.report_files import write_report
 
     labels, scores = _scores(20_000)
     result = aggregate(_results(labels, scores, [5_000, 12_000], evaluation="ev/1"), 3)

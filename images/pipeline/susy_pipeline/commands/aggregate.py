@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import options
 from ..evaluation import aggregate_stored, printable
-from ..report import write_report
+from ..report_files import write_report
 from ..schema import DEFAULT_DATABASE
 from ..store import open_store
 
