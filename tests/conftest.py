@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pytest
 
+from susy_pipeline.broker import TFIO_SETTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "susy-sample.csv.gz"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # librdkafka 1.5.0 (inside tensorflow-io 0.37.1) misparses the tagged fields of
 # ApiVersions v3 replies, which tansu sends. These two settings make it skip
 # that request; they are for tests against tansu only, never production.
-TFIO_TANSU_SETTINGS = ("api.version.request=false", "broker.version.fallback=0.9.0")
+TFIO_TANSU_SETTINGS = TFIO_SETTINGS
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,12 @@ from typing import Iterator
 log = logging.getLogger(__name__)
 
 
+# What the tfio reader (librdkafka 1.5.0) needs against tansu, and only against tansu: tansu writes
+# default-valued tagged fields that librdkafka 1.5.0 mis-skips (kafka_io.tfio_batches and
+# docs/deploy.md say where upstream shows it). Never a default against a real Kafka.
+TFIO_SETTINGS = ("api.version.request=false", "broker.version.fallback=0.9.0")
+
+
 class BrokerError(RuntimeError):
     pass
 

@@ -28,7 +28,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from .. import options
-from ..broker import embedded_broker
+from ..broker import TFIO_SETTINGS, embedded_broker
 from ..errors import EXIT_BAD_INPUT, BadInput
 from ..model import model_from_bytes
 from ..schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, DEFAULT_TOPIC, SAMPLE_TRAIN_ROWS
@@ -54,8 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", type=options.positive, default=2, help="evaluator shards (default: %(default)s)")
     p.add_argument("--reader", default=options.env("SUSY_READER", "kafka-python"),
                    choices=["kafka-python", "tfio"],
-                   help="trainer's Kafka reader (env SUSY_READER; default: %(default)s; tfio needs a broker its bundled "
-                        "librdkafka 1.5.0 can talk to, see README)")
+                   help="trainer's Kafka reader (env SUSY_READER; default: %(default)s; tfio gets the librdkafka "
+                        "settings the embedded broker needs by itself, and with --bootstrap needs a broker its "
+                        "bundled librdkafka 1.5.0 can talk to, see README)")
     p.add_argument("--recipe", default="tuned", choices=["tuned", "seed"], help="training recipe")
     p.add_argument("--rows-per-message", type=options.positive, default=1,
                    help="rows per Kafka message (default: %(default)s, the seed's format)")
@@ -111,7 +112,10 @@ def run_local(*, data: str = DEFAULT_DATA, train_rows: int = SAMPLE_TRAIN_ROWS, 
         timings.append(("produce", produced["rows"], time.perf_counter() - t))
 
         t = time.perf_counter()
-        trained = train(run_name=run_name, reader=reader, recipe=recipe, bootstrap=address, **store)
+        # The tfio reader needs librdkafka settings against the embedded broker (tansu) only.
+        librdkafka = TFIO_SETTINGS if reader == "tfio" and not bootstrap else ()
+        trained = train(run_name=run_name, reader=reader, recipe=recipe, bootstrap=address,
+                        librdkafka=librdkafka, **store)
         # Every epoch reads the topic again: rows/s counts rows x epochs.
         timings.append((f"consume + train ({trained['epochs_run']} ep.)", trained["rows"] * trained["epochs_run"],
                         time.perf_counter() - t))
