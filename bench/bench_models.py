@@ -35,7 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bench_evaluate import _cpu_model, scaled  # noqa: E402
+from bench_evaluate import scaled  # noqa: E402
+from common import cpu_model  # noqa: E402
 
 KS = (1, 2, 4)
 
@@ -117,7 +118,7 @@ def main() -> None:
     rows = table[0][2]["rows"]
     cpus = len(os.sched_getaffinity(0))
     print(f"\n## Several models in one pass: {rows:,} rows (sample test rows x{args.times}, one file), "
-          f"one shard on {cpus} cores ({_cpu_model()}), chunk {args.chunk_rows:,}, median of {args.repeats}\n")
+          f"one shard on {cpus} cores ({cpu_model()}), chunk {args.chunk_rows:,}, median of {args.repeats}\n")
     print("| format | models | one pass: s (rows/s) | its read + decode s, once | its model s | "
           f"k one-model passes: s | their read + decode s | one pass vs k passes | wall with start-up: one vs k |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -33,33 +33,15 @@ sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # support.moto: the tests' moto server
 
 from bench_evaluate import run_shards, scaled, train_model  # noqa: E402
+from common import add_shard_options, cpu_model  # noqa: E402
 
 TARGET_RATIO = 0.7
 BUCKET = "bench"
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--times", type=int, default=15, help="scale factor (default %(default)s)")
-    p.add_argument("--files", type=int, default=2, help="Parquet files (default %(default)s)")
-    p.add_argument("--chunk-rows", type=int, default=16_384)
-    p.add_argument("--work", default=os.path.join(ROOT, ".susy", "bench-evaluate"))
-    p.add_argument("--store", default=None, help="store URI (default: sqlite in --work)")
-    p.add_argument("--model", default=None, help="model reference (default: train one)")
-    p.add_argument("--repeats", type=int, default=3, help="local/s3 pairs; the median ratio is printed "
-                                                          "(default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="--times 2, --repeats 1: check that the script works")
+    add_shard_options(p, files_help="Parquet files", repeats_help="local/s3 pairs; the median ratio is printed")
     args = p.parse_args()
     if args.quick:
         args.times, args.repeats = 2, 1

@@ -32,19 +32,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from susy_operator import config, crd  # noqa: E402
 from susy_pipeline import store as store_lib  # noqa: E402
+from common import cpu_model  # noqa: E402
 from support import fakes  # noqa: E402
 from support.fixtures import NAMESPACE, SECRET, evaluation_run, training_run  # noqa: E402
 from support.harness import Cluster, OperatorProcess  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def _takes_a_while(job: dict, index: int, env: dict) -> int:

@@ -43,6 +43,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
+
+from common import cpu_model  # noqa: E402
+from susy_pipeline.broker import TFIO_SETTINGS  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SEED_PRODUCE_S = 3.56      # 90k rows
@@ -50,14 +54,8 @@ SEED_CONSUME_S = 0.145
 SEED_TRAIN_S = 9.98
 TARGET_PRODUCE_ROWS_S = 250_000
 TARGET_CONSUME_TRAIN_S = 2.0
-TFIO_TANSU_SETTINGS = ("api.version.request=false", "broker.version.fallback=0.9.0")
 TARGET_PRODUCER_VS_CLIENT = 0.8
 TARGET_CONSUME_VS_MEMORY = 0.7
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
 
 
 def client_limit_once(bootstrap: str, topic: str, messages: list[tuple[list[bytes], list[bytes], int]],
@@ -138,7 +136,7 @@ def tfio_consume_seconds(bootstrap: str, topic: str, partitions: dict) -> float:
         f"ranges = {dict((int(p), tuple(r)) for p, r in partitions.items())!r}\n"
         "t = time.perf_counter()\n"
         f"n = sum(len(k) for k, _ in kafka_io.tfio_batches({bootstrap!r}, {topic!r}, ranges, "
-        f"configuration={list(TFIO_TANSU_SETTINGS)!r}))\n"
+        f"configuration={list(TFIO_SETTINGS)!r}))\n"
         "print(time.perf_counter() - t, n)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "images", "pipeline")})

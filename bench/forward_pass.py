@@ -4,8 +4,11 @@
 
 A fresh process, set up as one evaluator shard is (the same thread settings, scorer, chunking,
 tally and scoring threads), that first reads every chunk of the data into memory, then times only
-the scoring and tallying. Prints one JSON line: rows, seconds, rows_per_second. bench_evaluate.py
-divides a shard's rows/s by this.
+the scoring and tallying. Prints one JSON line: rows, seconds, rows_per_second, and what each half
+costs per row: read_cpu_s and read_wall_s (reading, decoding, validating and chunking, as the
+shard's reader thread does; pyarrow decompresses ahead in a thread of its own, so CPU can exceed
+wall) and score_cpu_s (the model calls and tallies). bench_evaluate.py divides a shard's rows/s by
+rows_per_second, and from the per-row costs works out the best ratio these cores allow.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 
@@ -40,14 +44,24 @@ def main() -> None:
     with open_store(args.store) as store:
         _, blob = store.load_model(args.model)
     score = scoring.make_scorer(model_from_bytes(blob), args.chunk_rows)
+    cpu, wall = _cpu_seconds(), time.perf_counter()
     chunks = list(scoring.iter_chunks(shards.plan_shard(paths, 0, 1), args.chunk_rows))
+    read_cpu, read_wall = _cpu_seconds() - cpu, time.perf_counter() - wall
     scoring._score_chunks(iter(chunks[:4]), score, HISTOGRAM_BINS, lambda rows: None, math.inf,  # warm-up
                           workers=scoring.SCORING_THREADS)
-    started = time.monotonic()
+    cpu, started = _cpu_seconds(), time.monotonic()
     tally = scoring._score_chunks(iter(chunks), score, HISTOGRAM_BINS, lambda rows: None, math.inf,
                                   workers=scoring.SCORING_THREADS)
-    seconds = time.monotonic() - started
-    print(json.dumps({"rows": tally.rows, "seconds": seconds, "rows_per_second": tally.rows / seconds}))
+    seconds, score_cpu = time.monotonic() - started, _cpu_seconds() - cpu
+    rows = tally.rows
+    print(json.dumps({"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds,
+                      "read_cpu_s": read_cpu / rows, "read_wall_s": read_wall / rows,
+                      "score_cpu_s": score_cpu / rows}))
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
