@@ -35,6 +35,7 @@ import argparse
 import gzip
 import logging
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,40 @@ def client_limit_once(bootstrap: str, topic: str, messages: list[tuple[list[byte
     seconds = time.perf_counter() - started
     producer.close(timeout=10)
     return seconds
+
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def cpu_seconds(bootstrap: str) -> float:
+    """CPU seconds used so far by this process (every thread) and by the embedded broker serving
+    `bootstrap`: the producer, its client limit and the broker share these cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+            if not (cmdline and cmdline[0].endswith(b"tansu") and f"tcp://{bootstrap}".encode() in cmdline):
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except OSError:
+            continue
+    return total
+
+
+def producer_ceiling(limit_s: float, limit_cpu: float, read_s: float, read_cpu: float) -> float:
+    """The best producer/limit ratio these cores allow, from costs measured in the same run.
+
+    The producer does the limit's work (client and broker) and its own reading, so it cannot beat
+    either alone, max(limit_s, read_s), nor all the cores busy with both, (limit_cpu + read_cpu) /
+    cores. When reading the file costs about as much CPU as sending it, the second bound is the
+    one that holds, however well the two overlap.
+    """
+    return limit_s / max(limit_s, read_s, (limit_cpu + read_cpu) / CORES)
 
 
 def read_encode_seconds(path: str, rows_per_message: int) -> float:
@@ -175,26 +210,33 @@ def main() -> None:
 
             # Interleaved with the client's limit, so a slow minute hits both sides of the ratio.
             encoded = list(kafka_io.message_batches(iter_batches(path, keep_text=True), per_message))
-            pairs, reading = [], []
+            pairs, reading, ceilings = [], [], []
             for r in range(args.repeats + 1):  # the first pair warms up (connections, metadata)
                 production = produce_once()
                 delete_topic(bootstrap, production.topic)
                 limit_topic = f"bench-limit-{per_message}-{r}"
+                cpu = cpu_seconds(bootstrap)
                 limit_s = client_limit_once(bootstrap, limit_topic, encoded)
+                limit_cpu = cpu_seconds(bootstrap) - cpu
                 delete_topic(bootstrap, limit_topic)
                 if r:
                     pairs.append((production.seconds, limit_s))
+                    cpu = cpu_seconds(bootstrap)
                     reading.append(read_encode_seconds(path, per_message))
+                    ceilings.append(producer_ceiling(limit_s, limit_cpu, reading[-1], cpu_seconds(bootstrap) - cpu))
             seconds = statistics.median(p for p, _ in pairs)
             ratio = statistics.median(limit / p for p, limit in pairs)
+            best = statistics.median(ceilings)
             produced[per_message] = produce_once()
             table.append((f"produce {rows:,} rows, {per_message} row(s)/message", f"{SEED_PRODUCE_S:.2f} s",
                           f"{seconds:.2f} s ({rows / seconds:,.0f} rows/s)", f"{SEED_PRODUCE_S / seconds:.1f}x",
                           f">= {TARGET_PRODUCE_ROWS_S:,} rows/s"))
             limits.append((f"producer, {per_message} row(s)/message, vs kafka-python sending the same "
                            "pre-encoded messages", f"{rows / seconds:,.0f} rows/s",
-                           f"{rows / statistics.median(l for _, l in pairs):,.0f} rows/s", f"{ratio:.2f}",
-                           f">= {TARGET_PRODUCER_VS_CLIENT} {'ok' if ratio >= TARGET_PRODUCER_VS_CLIENT else 'MISSED'}"))
+                           f"{rows / statistics.median(l for _, l in pairs):,.0f} rows/s",
+                           f"{ratio:.2f} (ceiling on {CORES} cores: {best:.2f}, so {ratio / best:.0%} of it)",
+                           f">= {TARGET_PRODUCER_VS_CLIENT} {'ok' if ratio >= TARGET_PRODUCER_VS_CLIENT else 'MISSED'}"
+                           f"{', above the ceiling here' if TARGET_PRODUCER_VS_CLIENT > best else ''}"))
             # Why the producer cannot reach its limit here: it reads the file on the cores that the
             # client and the broker use, and reading alone takes nearly as long as sending.
             limits.append((f"the producer's own reading alone ({per_message} row(s)/message: file -> encoded "
