@@ -146,3 +146,38 @@ def test_fewer_rows_than_the_producer_recorded_is_an_error(kafka_broker, sample,
 def test_unreachable_broker_is_a_clear_error():
     with pytest.raises(kafka_io.KafkaUnavailable, match="no Kafka broker answers at 127.0.0.1:1"):
         kafka_io.ensure_topic("127.0.0.1:1", "t", 1, timeout_s=2)
+
+
+def test_a_broker_lost_mid_stream_fails_the_producer_naming_it(sample):
+    """Sends that fail after the producer has started (the broker gone between two read batches)
+    end the producer with KafkaUnavailable (exit 3, retried by the Job), not a partial success."""
+    import time
+
+    from susy_pipeline.broker import embedded_broker
+
+    with embedded_broker() as broker:
+        def batches_then_broker_gone():
+            for i, batch in enumerate(iter_batches(sample, limit=6_000, keep_text=True, block_bytes=1 << 18)):
+                if i == 1:  # the first batch is sent by now (topic made, producer connected)
+                    time.sleep(1.5)
+                    # SIGKILL: on SIGTERM tansu keeps serving the connections it has open.
+                    subprocess.run(["pkill", "-9", "-f", f"tcp://{broker}"], check=False)
+                    time.sleep(0.5)
+                yield batch
+
+        started = time.monotonic()
+        with pytest.raises(kafka_io.KafkaUnavailable, match=rf"producing to lost at {broker} failed"):
+            kafka_io.produce(batches_then_broker_gone(), bootstrap=broker, topic="lost", partitions=1,
+                             rows_per_message=100, producer_options={"request_timeout_ms": 2000,
+                                                                     "delivery_timeout_ms": 4000})
+        assert time.monotonic() - started < 30
+
+
+def test_settings_the_client_refuses_are_bad_input_not_an_unreachable_broker(kafka_broker, sample):
+    """kafka-python refuses retries=0 beside the idempotent producer: exit 2 with its reason, not
+    'no Kafka broker answers' (exit 3, which a Job would retry in vain)."""
+    from susy_pipeline.errors import BadInput
+
+    with pytest.raises(BadInput, match="Kafka client settings refused: .*incompatible with user-provided retries=0"):
+        kafka_io.produce(iter_batches(sample, limit=10, keep_text=True), bootstrap=kafka_broker, topic="refused",
+                         producer_options={"retries": 0})
