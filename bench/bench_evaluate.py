@@ -87,6 +87,16 @@ def train_model(store_uri: str) -> str:
         return store.save_model({"run": "bench-evaluate"}, model_to_bytes(model))
 
 
+def prepare_store_and_model(args: argparse.Namespace) -> None:
+    """--work made; --store defaulting to an embedded store in it; --model trained when not given."""
+    os.makedirs(args.work, exist_ok=True)
+    args.store = args.store or f"sqlite:///{os.path.join(args.work, 'store.sqlite3')}"
+    if not args.model:
+        t = time.monotonic()
+        args.model = train_model(args.store)
+        print(f"# trained model {args.model} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+
+
 def scaled(work: str, times: int, files: int) -> dict[str, list[str]]:
     from susy_pipeline.commands.scale import scale
 
@@ -133,12 +143,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.times, args.repeats = 2, 1
-    os.makedirs(args.work, exist_ok=True)
-    args.store = args.store or f"sqlite:///{os.path.join(args.work, 'store.sqlite3')}"
-    if not args.model:
-        t = time.monotonic()
-        args.model = train_model(args.store)
-        print(f"# trained model {args.model} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    prepare_store_and_model(args)
     if args.full:
         full_size(args)
         return

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -120,7 +119,7 @@ def main() -> None:
     print(f"\n## Several models in one pass: {rows:,} rows (sample test rows x{args.times}, one file), "
           f"one shard on {cpus} cores ({cpu_model()}), chunk {args.chunk_rows:,}, median of {args.repeats}\n")
     print("| format | models | one pass: s (rows/s) | its read + decode s, once | its model s | "
-          f"k one-model passes: s | their read + decode s | one pass vs k passes | wall with start-up: one vs k |")
+          "k one-model passes: s | their read + decode s | one pass vs k passes | wall with start-up: one vs k |")
     print("|---|---|---|---|---|---|---|---|---|")
     for fmt, k, multi, singles, ens in table:
         k_seconds = sum(s["seconds"] for s in singles)

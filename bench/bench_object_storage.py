@@ -32,7 +32,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # support.moto: the tests' moto server
 
-from bench_evaluate import run_shards, scaled, train_model  # noqa: E402
+from bench_evaluate import prepare_store_and_model, run_shards, scaled  # noqa: E402
 from common import add_shard_options, cpu_model  # noqa: E402
 
 TARGET_RATIO = 0.7
@@ -51,12 +51,7 @@ def main() -> None:
 
     if reason := moto_missing():
         sys.exit(reason)
-    os.makedirs(args.work, exist_ok=True)
-    args.store = args.store or f"sqlite:///{os.path.join(args.work, 'store.sqlite3')}"
-    if not args.model:
-        t = time.monotonic()
-        args.model = train_model(args.store)
-        print(f"# trained model {args.model} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    prepare_store_and_model(args)
     local = scaled(args.work, args.times, args.files)["parquet"]
 
     moto = MotoServer(_workdir(args.work))
