@@ -16,13 +16,14 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from common import process_cpu_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -44,24 +45,20 @@ def main() -> None:
     with open_store(args.store) as store:
         _, blob = store.load_model(args.model)
     score = scoring.make_scorer(model_from_bytes(blob), args.chunk_rows)
-    cpu, wall = _cpu_seconds(), time.perf_counter()
+    cpu, wall = process_cpu_seconds(), time.perf_counter()
     chunks = list(scoring.iter_chunks(shards.plan_shard(paths, 0, 1), args.chunk_rows))
-    read_cpu, read_wall = _cpu_seconds() - cpu, time.perf_counter() - wall
+    read_cpu, read_wall = process_cpu_seconds() - cpu, time.perf_counter() - wall
     scoring._score_chunks(iter(chunks[:4]), score, HISTOGRAM_BINS, lambda rows: None, math.inf,  # warm-up
                           workers=scoring.SCORING_THREADS)
-    cpu, started = _cpu_seconds(), time.monotonic()
+    cpu, started = process_cpu_seconds(), time.monotonic()
     tally = scoring._score_chunks(iter(chunks), score, HISTOGRAM_BINS, lambda rows: None, math.inf,
                                   workers=scoring.SCORING_THREADS)
-    seconds, score_cpu = time.monotonic() - started, _cpu_seconds() - cpu
+    seconds, score_cpu = time.monotonic() - started, process_cpu_seconds() - cpu
     rows = tally.rows
     print(json.dumps({"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds,
                       "read_cpu_s": read_cpu / rows, "read_wall_s": read_wall / rows,
                       "score_cpu_s": score_cpu / rows}))
 
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
-    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
