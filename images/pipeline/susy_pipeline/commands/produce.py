@@ -12,6 +12,7 @@ import logging
 
 from .. import kafka_io, options
 from ..data import iter_batches
+from ..redaction import display_uri
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
 from ..store import open_store, utc_now
 
@@ -50,7 +51,7 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
             limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
             store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`."""
-    log.info("producing %s rows %d..%s to topic %s at %s", data, skip,
+    log.info("producing %s rows %d..%s to topic %s at %s", display_uri(data, path=True), skip,
              "end" if limit is None else skip + limit - 1, topic, bootstrap)
     with open_store(store_uri, database) as store:  # fail early if the store is down
         production = kafka_io.produce(iter_batches(data, skip=skip, limit=limit, keep_text=True),
