@@ -23,6 +23,7 @@ from .. import kafka_io, options
 from ..data import iter_batches
 from ..errors import BadInput
 from ..pacing import paced
+from ..redaction import display_uri
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
 from ..store import open_store, utc_now
 
@@ -73,7 +74,7 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
         raise BadInput(f"--rate must be > 0 rows per second, got {rate:g}")
     if loop and rate is None:
         raise BadInput("--loop needs --rate: an endless stream as fast as the broker takes it would fill the topic")
-    log.info("producing %s rows %d..%s to topic %s at %s%s", data, skip,
+    log.info("producing %s rows %d..%s to topic %s at %s%s", display_uri(data, path=True), skip,
              "end" if limit is None else skip + limit - 1, topic, bootstrap,
              f", {rate:g} rows/s" + (", looping" if loop else "") if rate else "")
     with open_store(store_uri, database) as store, _stopped_by_signals() as stop:  # store: fail early if down
