@@ -59,15 +59,15 @@ KAFKA_MODE_ANNOTATION = "susy.example.org/kafka-mode"
 SENSITIVE_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|_URI$|^MONGODB_URI$|CREDENTIAL|SECRET_KEY)")
 
 GROUP = "susy.dev"
-PLURALS = ("trainingruns", "evaluationruns")
+PLURALS = ("trainingruns", "evaluationruns", "continualtrainings")
 
 # The operator's Role, rule by rule (apiGroups, resources, verbs). Widening it must be a
 # deliberate edit here and in charts/susy-operator/templates/role.yaml.
 EXPECTED_RULES = [
-    ([GROUP], ["trainingruns", "evaluationruns"], ["list", "watch", "patch"]),
-    ([GROUP], ["trainingruns"], ["get"]),
-    ([GROUP], ["trainingruns/status", "evaluationruns/status"], ["patch"]),
-    ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers"], ["update"]),
+    ([GROUP], ["trainingruns", "evaluationruns", "continualtrainings"], ["list", "watch", "patch"]),
+    ([GROUP], ["trainingruns", "evaluationruns"], ["create", "get", "list", "delete"]),
+    ([GROUP], ["trainingruns/status", "evaluationruns/status", "continualtrainings/status"], ["patch"]),
+    ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers", "continualtrainings/finalizers"], ["update"]),
     (["batch"], ["jobs"], ["create", "get", "list", "watch"]),
     ([""], ["pods"], ["list", "watch"]),
     ([""], ["events"], ["create"]),
@@ -123,7 +123,10 @@ CUSTOM_OBJECT_CALLS = {
     "patch_namespaced_custom_object_status": "patch/status",
     "replace_namespaced_custom_object_status": "update/status",
 }
-PLURAL_CONSTANTS = {"TRAINING_PLURAL": "trainingruns", "EVALUATION_PLURAL": "evaluationruns"}
+# A name in a call's arguments -> the plurals it can be. k8s.py's `child_plural` parameters carry
+# a ContinualTraining's children only (continual_training.py passes TRAINING_PLURAL or EVALUATION_PLURAL).
+PLURAL_CONSTANTS = {"TRAINING_PLURAL": {"trainingruns"}, "EVALUATION_PLURAL": {"evaluationruns"},
+                    "CONTINUAL_PLURAL": {"continualtrainings"}, "child_plural": {"trainingruns", "evaluationruns"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,10 +691,9 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
                 calls.add(CLIENT_CALLS[method])
             elif method in CUSTOM_OBJECT_CALLS:
                 verb = CUSTOM_OBJECT_CALLS[method]
-                plurals = {PLURAL_CONSTANTS.get(getattr(a, "attr", getattr(a, "id", "")), "")
-                           for a in node.args} | {a.value for a in node.args
-                                                  if isinstance(a, ast.Constant) and a.value in PLURALS}
-                plurals.discard("")
+                plurals = {p for a in node.args
+                           for p in PLURAL_CONSTANTS.get(getattr(a, "attr", getattr(a, "id", "")), ())} | \
+                    {a.value for a in node.args if isinstance(a, ast.Constant) and a.value in PLURALS}
                 for plural in plurals or set(PLURALS):
                     if verb.endswith("/status"):
                         calls.add((GROUP, f"{plural}/status", verb.split("/")[0]))

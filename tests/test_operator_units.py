@@ -362,7 +362,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
     assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
                      for handler_id in ("reclaim", "reconcile", observed)},
-                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL)}
+                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL),
+                   ("reclaim", crd.CONTINUAL_PLURAL), ("reconcile_continual", crd.CONTINUAL_PLURAL)}
 
 
 def test_handlers_module_is_only_kopf_wiring() -> None:

@@ -324,3 +324,66 @@ def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now:
     elif decision.champion is not None:  # the champion's score on the latest evaluation
         patch["champion"] = {**(status.get("champion") or {}), "value": decision.champion["value"]}
     return patch
+
+
+# --- the children ---------------------------------------------------------------------------------
+
+def child_labels(name: str, generation: int) -> dict[str, str]:
+    return {crd.LABEL_CONTINUAL_TRAINING: name, crd.LABEL_GENERATION: str(generation),
+            crd.LABEL_PART_OF: "susy", crd.LABEL_MANAGED_BY: crd.MANAGED_BY}
+
+
+def _env(spec: Any) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in spec.env]
+
+
+def training_run_child(name: str, namespace: str, spec: Any, generation: int, ranges: Ranges,
+                       champion_id: str | None) -> dict[str, Any]:
+    """The generation's TrainingRun: exactly `ranges` of the topic (spec.source.kafka, no producer),
+    warm-started from the champion; the first generation (no champion) from the recipe.
+    `spec` is a spec.ContinualTrainingSpec. Later generations keep the champion's network and
+    recipe; the learning rate, epochs and batch size apply to every generation."""
+    model: dict[str, Any] = {}
+    if champion_id is None:
+        model["recipe"] = spec.model.recipe
+        if spec.model.hidden is not None:
+            model["hidden"] = list(spec.model.hidden)
+        if spec.model.dropout is not None:
+            model["dropout"] = spec.model.dropout
+    else:
+        model["warmStart"] = {"id": champion_id}
+    if spec.model.learning_rate is not None:
+        model["learningRate"] = spec.model.learning_rate
+    body_spec: dict[str, Any] = {
+        "source": {"kafka": {"topic": spec.topic, "offsets": ranges_list(ranges)}},
+        "model": model,
+        "reader": spec.reader,
+    }
+    for key, value in (("epochs", spec.epochs), ("batchSize", spec.batch_size)):
+        if value is not None:
+            body_spec[key] = value
+    if spec.env:
+        body_spec["env"] = _env(spec)
+    return {"apiVersion": crd.API_VERSION, "kind": crd.TRAINING_KIND,
+            "metadata": {"name": training_run_name(name, generation), "namespace": namespace,
+                         "labels": child_labels(name, generation)},
+            "spec": body_spec}
+
+
+def evaluation_run_child(name: str, namespace: str, spec: Any, generation: int, champion_id: str,
+                         challenger_id: str) -> dict[str, Any]:
+    """The generation's EvaluationRun: champion and challenger scored in one pass on the held-out set."""
+    held_out = spec.evaluation
+    dataset: dict[str, Any] = {"uris": list(held_out.uris), "skip": held_out.skip}
+    if held_out.limit is not None:
+        dataset["limit"] = held_out.limit
+    if held_out.secret_name is not None:
+        dataset["secretName"] = held_out.secret_name
+    body_spec: dict[str, Any] = {"models": [{"id": champion_id}, {"id": challenger_id}], "dataset": dataset,
+                                 "shards": spec.shards}
+    if spec.env:
+        body_spec["env"] = _env(spec)
+    return {"apiVersion": crd.API_VERSION, "kind": crd.EVALUATION_KIND,
+            "metadata": {"name": evaluation_run_name(name, generation), "namespace": namespace,
+                         "labels": child_labels(name, generation)},
+            "spec": body_spec}
