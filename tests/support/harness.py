@@ -38,6 +38,7 @@ SUSY_KINDS = tuple(Kind.from_crd(doc) for doc in load_crds())
 PLURAL_PATHS = {
     crd.TRAINING_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     crd.EVALUATION_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
+    crd.CONTINUAL_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     "jobs": "/apis/batch/v1",
     "secrets": "/api/v1",
     "events": "/api/v1",
@@ -110,7 +111,7 @@ class Cluster:
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL,
-                  "Secret": "secrets", "Job": "jobs"}[obj["kind"]]
+                  crd.CONTINUAL_KIND: crd.CONTINUAL_PLURAL, "Secret": "secrets", "Job": "jobs"}[obj["kind"]]
         ns = obj["metadata"].get("namespace", "default")
         return self.request("POST", f"{PLURAL_PATHS[plural]}/namespaces/{ns}/{plural}", obj)
 
@@ -195,7 +196,9 @@ class OperatorProcess:
         log = open(self.workdir / f"operator.{self.starts}.log", "wb")
         env = {
             **{k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")},
-            "PYTHONPATH": os.pathsep.join([str(TESTS)]),
+            # This checkout's packages first: an editable install may point at another checkout
+            # (git worktrees sharing one virtual environment).
+            "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "operator"), str(REPO / "images" / "pipeline")]),
             "SUSY_TEST_API_SERVER": self.url,
             "KUBECONFIG": str(self.workdir / "no-kubeconfig"),  # never a real cluster
             "SUSY_POLL_SECONDS": "0.25",

@@ -1,0 +1,137 @@
+"""A ContinualTraining end to end: the real operator on the API emulator, the real pipeline
+stages as local processes (the test Job runner), tansu, and a producer streaming at a fixed rate.
+
+Topic ct-e2e, 2 partitions, 10 rows a message, written by `produce --rate 300 --loop` from the
+sample's training rows. Generation 1 trains from scratch and becomes champion; generation 2 is
+trained with learning rate 1.0 (a challenger that cannot learn) and is rejected; generation 3
+(the learning rate back to the recipe's) continues the champion on generation 2's rows and its
+own, and is promoted. The operator is SIGKILLed once mid-generation and restarted. `suspend`
+gates the generations so each one's spec is the one the test set.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from susy_operator import continual as ct, crd
+from susy_pipeline import store as store_lib
+from susy_pipeline.kafka_offsets import log_offsets
+from support.fixtures import NAMESPACE, cluster, operator, store_uri  # noqa: F401
+from support.harness import REPO, SAMPLE, Cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+NAME = "live"
+PATH = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{NAMESPACE}/{crd.CONTINUAL_PLURAL}/{NAME}"
+
+
+def continual_training(**spec) -> dict:
+    body = {"kafka": {"topic": "ct-e2e", "rowsPerMessage": 10}, "trigger": {"everyRows": 2000},
+            "model": {"recipe": "seed"}, "epochs": 1, "reader": "kafka-python",  # tansu: see docs/deploy.md
+            "evaluation": {"dataset": {"uris": [str(SAMPLE)], "skip": 10979, "limit": 4000}, "metric": "auc",
+                           "margin": 0.0},
+            "alias": "ct-e2e", "historyLimit": 10, **spec}
+    return {"apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND,
+            "metadata": {"name": NAME, "namespace": NAMESPACE}, "spec": body}
+
+
+def patch_spec(cluster: Cluster, spec: dict) -> None:
+    cluster.request("PATCH", PATH, {"spec": spec}, content_type="application/merge-patch+json")
+
+
+def status(cluster: Cluster) -> dict:
+    return (cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, NAME) or {}).get("status") or {}
+
+
+def decided(cluster: Cluster, generation: int, runner) -> dict:
+    def last():
+        decision = status(cluster).get("lastDecision") or {}
+        return decision if decision.get("generation") == generation else None
+    try:
+        return cluster.wait_for(last, 240, f"generation {generation}'s decision", interval=0.2)
+    except AssertionError:
+        logs = {run.log: open(run.log).read()[-1500:] for run in runner.runs if run.log and run.exit_code}
+        raise AssertionError((status(cluster), logs)) from None
+
+
+def test_generations_follow_the_stream_champion_and_challenger(cluster: Cluster, operator, store_uri: str,
+                                                               kafka_broker: str, tmp_path) -> None:
+    runner = cluster.start_runner()
+    env = {"SUSY_KAFKA_BOOTSTRAP": kafka_broker, "SUSY_POLL_SECONDS": "0.5"}
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "susy_pipeline", "produce", "--data", str(SAMPLE), "--limit", "10979",
+         "--rate", "300", "--loop", "--rows-per-message", "10", "--partitions", "2", "--topic", "ct-e2e",
+         "--bootstrap", kafka_broker, "--run-name", "stream", "--store", store_uri],
+        cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = operator(**env)
+        cluster.create(continual_training())
+        cluster.wait_for(lambda: cluster.get(crd.TRAINING_PLURAL, NAMESPACE, f"{NAME}-g1-train"), 60, "generation 1")
+        patch_spec(cluster, {"suspend": True})  # generation 1 finishes; none starts after it
+
+        one = decided(cluster, 1, runner)
+        assert one["decision"] == crd.PROMOTED and one["reason"] == crd.REASON_FIRST_GENERATION
+        champion = one["challenger"]["modelId"]
+        store = store_lib.open_store(store_uri)
+        assert store.get_alias("ct-e2e")["model_id"] == champion
+
+        # Generation 2: a challenger that cannot learn.
+        patch_spec(cluster, {"suspend": False, "model": {"learningRate": 1.0}})
+        cluster.wait_for(lambda: cluster.get(crd.TRAINING_PLURAL, NAMESPACE, f"{NAME}-g2-train"), 60, "generation 2")
+        patch_spec(cluster, {"suspend": True, "model": {"learningRate": None}})
+        two = decided(cluster, 2, runner)
+        assert two["decision"] == crd.REJECTED, two
+        assert two["challenger"]["value"] <= two["champion"]["value"]
+        assert store.get_alias("ct-e2e")["model_id"] == champion
+
+        # Generation 3: the recipe's learning rate; the operator is killed mid-generation.
+        patch_spec(cluster, {"suspend": False})
+        cluster.wait_for(lambda: cluster.get(crd.TRAINING_PLURAL, NAMESPACE, f"{NAME}-g3-train"), 60, "generation 3")
+        patch_spec(cluster, {"suspend": True})
+        first.kill()
+        time.sleep(2)
+        operator(**env)
+        three = decided(cluster, 3, runner)
+        assert three["decision"] == crd.PROMOTED, three
+        assert three["challenger"]["value"] > three["champion"]["value"]
+        assert store.get_alias("ct-e2e")["model_id"] == three["challenger"]["modelId"] != champion
+    finally:
+        producer.send_signal(signal.SIGTERM)
+        producer.communicate(timeout=60)
+
+    final = status(cluster)
+    assert final["generation"] == 3 and final["champion"]["modelId"] == three["challenger"]["modelId"]
+    # The children: one TrainingRun per generation (none made twice after the restart), one
+    # EvaluationRun per generation after the first; contiguous, non-overlapping offsets that
+    # cover every offset from the topic's start to the last trigger.
+    trainings = {t["metadata"]["name"]: t for t in cluster.list(crd.TRAINING_PLURAL, NAMESPACE)}
+    assert sorted(trainings) == [f"{NAME}-g{g}-train" for g in (1, 2, 3)]
+    assert sorted(e["metadata"]["name"] for e in cluster.list(crd.EVALUATION_PLURAL, NAMESPACE)) == \
+        [f"{NAME}-g{g}-eval" for g in (2, 3)]
+    ranges = [ct.ranges_map([{**o, "start": o.get("start", 0)} for o in
+                             trainings[f"{NAME}-g{g}-train"]["spec"]["source"]["kafka"]["offsets"]]) for g in (1, 2, 3)]
+    assert [ct.ranges_map(h["offsets"]) for h in final["history"]] == ranges
+    ends = {}
+    for p in (0, 1):
+        covered = sorted(o for r in ranges if p in r for o in range(*r[p]))
+        ends[p] = ranges[-1][p][1]
+        assert covered == list(range(ends[p])), f"partition {p}"
+    assert ct.offsets_map(final["consumed"]) == ends
+    held = log_offsets(kafka_broker, "ct-e2e")
+    assert all(held[p][1] >= ends[p] for p in ends)
+    assert final["rowsConsumed"] == sum(ends.values()) * 10
+    # Owner references on every child; the alias history holds the two promotions only.
+    for child in [*trainings.values(), *cluster.list(crd.EVALUATION_PLURAL, NAMESPACE)]:
+        assert [r["name"] for r in child["metadata"]["ownerReferences"]] == [NAME]
+    assert [h["model_id"] for h in store.alias_history("ct-e2e")][-2:] == [champion, three["challenger"]["modelId"]] \
+        or [h["model_id"] for h in store.alias_history("ct-e2e")][:2] == [champion, three["challenger"]["modelId"]]
+    events = {e["reason"] for e in cluster.events(NAMESPACE, NAME)}
+    assert {crd.EVENT_PROMOTED, crd.EVENT_REJECTED, crd.EVENT_GENERATION_STARTED} <= events
+    # Deleting the resource leaves the models and the alias.
+    cluster.delete(crd.CONTINUAL_PLURAL, NAMESPACE, NAME)
+    assert store.get_alias("ct-e2e")["model_id"] == three["challenger"]["modelId"]
+    assert store.resolve_model(champion)["model_id"] == champion
