@@ -11,7 +11,9 @@ import argparse
 import logging
 
 from .. import kafka_io, options
-from ..data import iter_batches
+from ..data import file_format, iter_batches
+from ..progress import Progress
+from ..shards import Piece, planned_rows
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
 from ..store import open_store, utc_now
 
@@ -53,10 +55,20 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
     log.info("producing %s rows %d..%s to topic %s at %s", data, skip,
              "end" if limit is None else skip + limit - 1, topic, bootstrap)
     with open_store(store_uri, database) as store:  # fail early if the store is down
+        planned, estimated = rows_to_send(data, skip, limit)
+        progress = Progress(f"produce {topic}", planned, estimated=estimated, log_every_s=2.0, logger=log)
         production = kafka_io.produce(iter_batches(data, skip=skip, limit=limit, keep_text=True),
                                       bootstrap=bootstrap, topic=topic, partitions=partitions,
-                                      rows_per_message=rows_per_message)
+                                      rows_per_message=rows_per_message, progress=progress)
         record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
         store.put_production(run_name, record)
     return {"run": run_name, **record}
+
+
+def rows_to_send(data: str, skip: int, limit: int | None) -> tuple[int, bool]:
+    """(rows `produce` will send, estimated): rows after `skip` (exact for Parquet, from bytes for
+    CSV), at most `limit`. For the progress bar only."""
+    rows, exact = planned_rows(Piece(data, file_format(data)))
+    rows = max(0, rows - skip)
+    return (rows if limit is None else min(rows, limit)), not exact
