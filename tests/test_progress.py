@@ -104,7 +104,9 @@ def test_evaluate_heartbeats_one_document_per_shard_rising_then_exact(stored_mod
     for beat, result in zip(beats, results):
         assert beat["finished"] and beat["rows_done"] == beat["rows_planned"] == result["rows"]
         assert beat["rows_planned_estimated"] is False and beat["rows_per_second"] > 0
-        assert result["heartbeats_written"] >= 2  # the first at 0 rows, then every 0.05 s
+        # The first at 0 rows before streaming, then one every 0.05 s while it streams (one may
+        # fall just after the end).
+        assert result["heartbeats_written"] >= max(1, int(result["seconds"] / 0.05))
     assert sum(r["rows"] for r in results) == 60_000 and gz["rows"] == 60_000
 
 
