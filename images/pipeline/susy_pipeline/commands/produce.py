@@ -20,10 +20,12 @@ import threading
 from typing import Iterator
 
 from .. import kafka_io, options
-from ..data import iter_batches
+from ..data import file_format, iter_batches
 from ..errors import BadInput
 from ..pacing import paced
+from ..progress import Progress
 from ..redaction import display_uri
+from ..shards import Piece, planned_rows
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
 from ..store import open_store, utc_now
 
@@ -90,14 +92,26 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
 
         batches = read() if rate is None else paced(read, rate, rows_per_message=rows_per_message,
                                                      repeat=loop, stop=stop)
+        # A paced, looping stream has no end to count towards: its bar shows rows and rows/s.
+        planned, estimated = rows_to_send(data, skip, limit) if not loop else (None, False)
+        progress = Progress(f"produce {topic}", planned, estimated=estimated, log_every_s=2.0, logger=log)
         production = kafka_io.produce(batches, bootstrap=bootstrap, topic=topic, partitions=partitions,
-                                      rows_per_message=rows_per_message, max_message_bytes=max_message_bytes)
+                                      rows_per_message=rows_per_message, max_message_bytes=max_message_bytes,
+                                      progress=progress)
         record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
         if rate is not None:
             record["source"].update(rate=rate, loop=loop, stopped_by_signal=stop.is_set())
         store.put_production(run_name, record)
     return {"run": run_name, **record}
+
+
+def rows_to_send(data: str, skip: int, limit: int | None) -> tuple[int, bool]:
+    """(rows `produce` will send, estimated): rows after `skip` (exact for Parquet, from bytes for
+    CSV), at most `limit`. For the progress bar only."""
+    rows, exact = planned_rows(Piece(data, file_format(data)))
+    rows = max(0, rows - skip)
+    return (rows if limit is None else min(rows, limit)), not exact
 
 
 @contextlib.contextmanager
