@@ -158,6 +158,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     # A resource that failed on an invalid spec runs again once the spec is fixed.
     changes: dict[str, Any] = {"phase": None} if status.get("phase") == crd.FAILED else {}
     decision = continual.Decision(continual.WAIT)
+    finished = False
     for _ in range(MAX_DECISIONS):
         now = st.now_rfc3339()
         training, evaluation = _children(namespace, state.get("current"))
@@ -166,23 +167,26 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                                     suspended=parsed.suspend, held=held, topic=parsed.topic, now=now,
                                     created=meta.get("creationTimestamp") or now, training=training,
                                     evaluation=evaluation)
-        if decision.lost and decision.lost != tuple(state.get("lostOffsets") or ()):
+        if decision.lost and list(decision.lost) != list(state.get("lostOffsets") or ()):
             kopf.event(body, type="Warning", reason=crd.EVENT_OFFSETS_LOST, message="; ".join(decision.lost))
             changes["lostOffsets"] = list(decision.lost)
         _act(body, parsed, state, decision, name, namespace, logger)
         step = continual.transition(state, decision, name=name, now=now, rows_per_message=parsed.rows_per_message,
                                     history_limit=parsed.history_limit)
-        if decision.action in (continual.PROMOTE, continual.REJECT) and step.get("champion") is not None:
+        if step.get("champion") is not None:
             step["champion"] = {**step["champion"], "metric": parsed.metric}
+        finished |= decision.action in (continual.PROMOTE, continual.REJECT, continual.FAIL_GENERATION)
         changes.update(step)
         state = _merged(state, step)
         if decision.action == continual.WAIT:
             break
-    now = st.now_rfc3339()
     changes["nextTrigger"] = continual.next_trigger(decision)
-    changes["conditions"] = _conditions(state, decision, now, generation)
+    changes["conditions"] = _conditions(state, decision, st.now_rfc3339(), generation)
     changes["observedGeneration"] = generation
+    # Written only when something changed: a resource waiting for its trigger is not patched
+    # every poll (kopf would wake on each patch it made).
     for key, value in changes.items():
-        patch.status[key] = value
-    if decision.action != continual.WAIT or not state.get("current"):
+        if status.get(key) != value:
+            patch.status[key] = value
+    if finished:
         _expire_children(namespace, name, int(state.get("generation") or 0), parsed.history_limit, logger)
