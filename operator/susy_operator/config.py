@@ -56,6 +56,10 @@ class OperatorConfig:
     # allowedVolumeTypes). Empty by default: hostPath reads the node's files, and a configMap
     # is cluster configuration, so a cluster administrator opts in.
     allowed_volume_types: frozenset[str] = spec.ALWAYS_ALLOWED_VOLUME_TYPES
+    # watch_all_namespaces: the operator serves every namespace (SUSY_WATCH_ALL_NAMESPACES=true; the
+    # chart sets it with watchAllNamespaces, beside kopf's --all-namespaces). A TrainingRun then
+    # looks for runs of its topic in every namespace, since one Kafka serves them all.
+    watch_all_namespaces: bool = False
     # namespace_store_secret / namespace_store_key: per-namespace store credentials (the chart's
     # store.perNamespaceSecret.name and .key; SUSY_STORE_NAMESPACE_SECRET, SUSY_STORE_NAMESPACE_KEY).
     # When set, every Job reads MONGODB_URI from that Secret in its run's namespace, so each team
@@ -75,6 +79,11 @@ class OperatorConfig:
     # PersistentVolumeClaims any run may use, besides those labelled susy.dev/allow-runs=true.
     allowed_secrets: tuple[str, ...] = ()
     allowed_claims: tuple[str, ...] = ()
+    # run_ttl_seconds_after_finished: how long a finished TrainingRun or EvaluationRun is kept before
+    # the operator deletes it, unless its spec.ttlSecondsAfterFinished says otherwise
+    # (SUSY_RUN_TTL_SECONDS_AFTER_FINISHED; the chart's runTtlSecondsAfterFinished). None: kept
+    # forever. Its models, evaluations and aliases stay in the store.
+    run_ttl_seconds_after_finished: int | None = None
 
     @property
     def job_config(self) -> JobConfig:
@@ -116,6 +125,7 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         store_ca_key=env.get("SUSY_STORE_CA_KEY") or "ca.crt",
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
         allowed_volume_types=allowed_volume_types(env.get("SUSY_ALLOWED_VOLUME_TYPES", "")),
+        watch_all_namespaces=env.get("SUSY_WATCH_ALL_NAMESPACES", "").lower() == "true",
         namespace_store_secret=env.get("SUSY_STORE_NAMESPACE_SECRET") or None,
         namespace_store_key=env.get("SUSY_STORE_NAMESPACE_KEY") or crd.STORE_SECRET_KEY,
         namespace_database=namespace_database(env.get("SUSY_NAMESPACE_DATABASE", "")),
@@ -123,6 +133,8 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         allowed_env=patterns(env.get("SUSY_ALLOWED_ENV", "")),
         allowed_secrets=patterns(env.get("SUSY_ALLOWED_SECRETS", "")),
         allowed_claims=patterns(env.get("SUSY_ALLOWED_CLAIMS", "")),
+        run_ttl_seconds_after_finished=_seconds_or_none("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED",
+                                                        env.get("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED", "")),
     )
 
 
@@ -142,6 +154,15 @@ def namespace_database(value: str) -> str | None:
         raise ValueError(f"SUSY_NAMESPACE_DATABASE {value!r} must contain {{namespace}} and none of "
                          "/ \\ . space \" $ (a MongoDB database name)")
     return value
+
+
+def _seconds_or_none(name: str, value: str) -> int | None:
+    """A whole number of seconds, or None for an empty value; anything else stops the operator at start."""
+    if not value.strip():
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"{name}: {value!r} is not a whole number of seconds (or empty: off)")
+    return int(value)
 
 
 def allowed_volume_types(value: str) -> frozenset[str]:

@@ -37,10 +37,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from .schema import DEFAULT_DATABASE, MODELS_COLLECTION
 from .errors import BadInput, Unavailable
+from .redaction import display_uri, echo, scrub
 
 PRODUCTIONS_COLLECTION = "Productions"
 SHARD_RESULTS_COLLECTION = "ShardResults"
@@ -134,15 +134,6 @@ class ModelRef:
 
 def _coerce_ref(ref: ModelRef | str) -> ModelRef:
     return ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
-
-
-def redact(uri: str) -> str:
-    """A URI with its password replaced, fit for logs and error messages."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Store:
@@ -561,10 +552,10 @@ class MongoStore(Store):
                 return fn()
             except self._errors as err:
                 if attempt == self.attempts:
-                    where = redact(self.uri) if self.uri else "the configured client"
+                    where = display_uri(self.uri) if self.uri else "the configured client"
                     raise StoreUnavailable(
                         f"MongoDB at {where} is unreachable: {what} failed {attempt} times "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+                        f"({type(err).__name__}: {scrub(str(err).splitlines()[0], limit=200)})") from err
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
@@ -704,6 +695,6 @@ def open_store(uri: str | None = None, database: str = DEFAULT_DATABASE) -> Stor
         # As SQLAlchemy spells them: sqlite:///relative/path, sqlite:////absolute/path.
         path = uri[len("sqlite://"):]
         if not path.startswith("/") or len(path) < 2:
-            raise BadInput(f"store URI {uri!r}: expected sqlite:///PATH")
+            raise BadInput(f"store URI {echo(uri)}: expected sqlite:///PATH")
         return EmbeddedStore(path[1:], database)
-    raise BadInput(f"store URI {redact(uri)!r}: expected mongodb://, mongodb+srv:// or sqlite:///PATH")
+    raise BadInput(f"store URI {display_uri(uri)!r}: expected mongodb://, mongodb+srv:// or sqlite:///PATH")
