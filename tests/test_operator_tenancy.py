@@ -220,11 +220,13 @@ def test_default_topics_are_valid_bounded_and_distinct() -> None:
     assert all(len(t) <= 249 and spec_lib.TOPIC_PATTERN.match(t) and "." not in t for t in topics)
 
 
-def run(name: str, created: str, phase: str | None = None, topic: str | None = None, ns: str = "team-a"):
+def run(name: str, created: str, phase: str | None = None, topic: str | None = None, ns: str = "team-a",
+        produced_reason: str | None = None):
     body = {"metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "creationTimestamp": created},
             "spec": {"dataset": {"uri": "x"}, **({"kafka": {"topic": topic}} if topic else {})}}
     if phase:
-        body["status"] = {"phase": phase}
+        body["status"] = {"phase": phase, "conditions": [{"type": "Produced", "status": "False",
+                                                           "reason": produced_reason or "JobCreated"}]}
     return body
 
 
@@ -234,8 +236,12 @@ def test_the_oldest_run_that_has_not_finished_producing_holds_its_topic() -> Non
     assert tenancy.topic_holder(second, [first, second])["metadata"]["name"] == "a"
     assert tenancy.topic_holder(first, [first, second]) is None
     # Other namespaces' runs of the same topic count: a topic is the whole Kafka cluster's.
-    other_ns = run("c", "2026-12-05T07:59:00Z", "Pending", "trainData", ns="team-b")
+    other_ns = run("c", "2026-12-05T07:59:00Z", "Pending", "trainData", ns="team-b", produced_reason="TopicBusy")
     assert tenancy.topic_holder(first, [first, other_ns])["metadata"]["name"] == "c"
+    # Pending for its warm-start parent, a run is not queued for the topic: it holds nothing (it could
+    # wait for a younger run that waits for it).
+    parent_wait = run("c", "2026-12-05T07:59:00Z", "Pending", "trainData", produced_reason=None)
+    assert tenancy.topic_holder(first, [first, parent_wait]) is None
     # Once the holder trains (or ends), the topic is free; runs of their own topics never wait.
     assert tenancy.topic_holder(second, [run("a", "2026-12-05T08:00:00Z", "Training", "trainData"), second]) is None
     assert tenancy.topic_holder(run("d", "2026-12-05T08:00:02Z"), [first, run("d", "2026-12-05T08:00:02Z")]) is None

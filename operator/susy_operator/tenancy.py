@@ -232,19 +232,31 @@ def run_topic(run: Mapping[str, Any]) -> str:
                                                                         run["metadata"]["name"])
 
 
+def _holds_topic(run: Mapping[str, Any]) -> bool:
+    """Whether a TrainingRun holds its topic for younger runs: not yet decided (no phase),
+    producing, or queued for the topic itself (Pending with Produced reason TopicBusy). A run
+    Pending for another reason (its warm-start parent) is not queued: it would wait for a run that
+    waits for it."""
+    status = run.get("status") or {}
+    phase = status.get("phase")
+    if phase in (None, "", crd.PRODUCING):
+        return True
+    return phase == crd.PENDING and any(c.get("type") == crd.PRODUCED and c.get("reason") == crd.REASON_TOPIC_BUSY
+                                        for c in status.get("conditions") or [])
+
+
 def topic_holder(me: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The TrainingRun that goes before `me` on its topic, or None when `me` may produce now.
 
     Two producers writing one topic at once interleave their rows, which the producer refuses (exit
-    3). So the producers of one topic run one at a time, oldest first (creationTimestamp, then uid):
-    a run that has not finished producing (no phase yet, Pending, Producing) holds its topic for every
-    younger one. Each run decides from the same listing, so two runs created at once agree."""
+    3). So the producers of one topic run one at a time, oldest first (creationTimestamp, then uid),
+    among the runs that hold it (_holds_topic). Each run decides from the same listing, so two runs
+    created at once agree."""
     def key(run: Mapping[str, Any]) -> tuple[str, str]:
         return (run["metadata"].get("creationTimestamp") or "", run["metadata"].get("uid") or "")
 
     mine, my_uid = run_topic(me), me["metadata"].get("uid")
     ahead = [run for run in runs
              if run["metadata"].get("uid") != my_uid and not run["metadata"].get("deletionTimestamp")
-             and (run.get("status") or {}).get("phase") in (None, crd.PENDING, crd.PRODUCING)
-             and run_topic(run) == mine and key(run) < key(me)]
+             and _holds_topic(run) and run_topic(run) == mine and key(run) < key(me)]
     return min(ahead, key=key, default=None)
