@@ -81,6 +81,8 @@ class JobConfig:
             return name
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         return f"{name[: MAX_DATABASE_NAME - len(digest) - 1]}-{digest}"
+    # The heartbeat interval for pipeline pods (SUSY_HEARTBEAT_SECONDS); None: the pipeline's default.
+    heartbeat_seconds: float | None = None
 
 
 KAFKA_SECRET_PATH = "/etc/susy/kafka"
@@ -220,6 +222,8 @@ def pipeline_env(config: JobConfig, namespace: str, run_name: str | None = None,
     ]
     if run_name is not None:
         env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
+    if config.heartbeat_seconds is not None:
+        env.append({"name": crd.ENV_HEARTBEAT_SECONDS, "value": f"{config.heartbeat_seconds:g}"})
     env += data_secret(data_secret_name)[1]
     return env
 
