@@ -143,12 +143,16 @@ def test_two_runs_naming_one_topic_at_once_both_succeed_one_after_the_other(
         assert tr["status"]["rowsProduced"] == rows and tr["status"]["kafka"]["topic"] == "trainData"
     # One producer at a time: the younger started only after the older had ended.
     assert [kind for kind, _ in events] == ["start", "end", "start", "end"], events
-    waited = [e for e in cluster.events(NAMESPACE, "second") if e.get("reason") == crd.EVENT_WAITING]
-    assert waited and "topic trainData: TrainingRun first, created earlier, has not finished producing" \
-        in waited[0]["message"]
+    # The one that waited names the other (created in the same second, the uid decides which is older).
+    waited = {name: [e for e in cluster.events(NAMESPACE, name) if e.get("reason") == crd.EVENT_WAITING]
+              for name in runs}
+    (younger,) = [name for name, found in waited.items() if found]
+    (older,) = set(runs) - {younger}
+    assert f"topic trainData: TrainingRun {older}, created earlier, has not finished producing" \
+        in waited[younger][0]["message"]
     # Each run's recorded offsets: its own rows, no interleaving.
     spans = {name: {o["partition"]: (o["start"], o["end"]) for o in tr["status"]["kafka"]["offsets"]}
              for name, tr in runs.items()}
-    for partition, (start, end) in spans["second"].items():
-        assert start >= spans["first"][partition][1]
-    assert sum(e - s for s, e in spans["second"].values()) == rows
+    for partition, (start, end) in spans[younger].items():
+        assert start >= spans[older][partition][1]
+    assert sum(e - s for s, e in spans[younger].values()) == rows
