@@ -57,10 +57,10 @@ def _create_child(body: kopf.Body, plural: str, child: dict[str, Any], logger: k
         logger.info(f"Created {child['kind']} {child['metadata']['name']}.")
 
 
-def _move_alias(alias: str, challenger: str, champion: str | None, set_by: str) -> None:
+def _move_alias(namespace: str, alias: str, challenger: str, champion: str | None, set_by: str) -> None:
     """Point the alias at the challenger, only if it still points at the champion (compare-and-set):
     done already (an operator killed after this, before its status patch) is success."""
-    store = runs.model_store()
+    store = runs.model_store(namespace)
     now = store.get_alias(alias)
     if now is not None and now.get("model_id") == challenger:
         return
@@ -87,7 +87,7 @@ def _act(body: kopf.Body, parsed: spec_lib.ContinualTrainingSpec, status: Mappin
                    message=f"{decision.message}: offsets {continual.ranges_list(decision.ranges or {})}")
     elif decision.action == continual.PROMOTE:
         assert decision.challenger is not None
-        _move_alias(parsed.alias, decision.challenger["modelId"], champion,
+        _move_alias(namespace, parsed.alias, decision.challenger["modelId"], champion,
                     f"ContinualTraining {namespace}/{name} generation {decision.generation}")
         kopf.event(body, type="Normal", reason=crd.EVENT_PROMOTED,
                    message=f"alias {parsed.alias} -> {decision.challenger['modelId']}: {decision.message}")
