@@ -304,7 +304,8 @@ def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now:
         last["challenger"] = dict(decision.challenger)
     if decision.champion:
         last["champion"] = dict(decision.champion)
-    entry = {**last, "offsets": ranges_list(ranges), "trainingRun": current.get("trainingRun"),
+    entry = {**last, "offsets": ranges_list(ranges), "startedAt": current.get("startedAt"),
+             "trainingRun": current.get("trainingRun"),
              "evaluationRun": current.get("evaluationRun") if decision.champion else None}
     patch: dict[str, Any] = {
         "current": None,
