@@ -17,16 +17,6 @@ def at(seconds: float) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def merged(status: dict, patch: dict) -> dict:
-    out = dict(status)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
-
-
 class Loop:
     """The reconciler's side of the loop, in memory: decisions applied, children made up."""
 
@@ -48,7 +38,7 @@ class Loop:
             self.training = {"status": {"phase": crd.TRAINING}}
         if decision.action == ct.CREATE_EVALUATION:
             self.evaluation = {"status": {"phase": crd.EVALUATING}}
-        self.status = merged(self.status, ct.transition(self.status, decision, name="ct", now=at(now),
+        self.status = ct.merged(self.status, ct.transition(self.status, decision, name="ct", now=at(now),
                                                          rows_per_message=1, history_limit=self.history_limit))
         return decision
 

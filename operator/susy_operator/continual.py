@@ -273,6 +273,17 @@ def expired_generations(children: Sequence[tuple[int, bool]], current_generation
     return sorted({g for g, finished in children if finished and g < keep_from})
 
 
+def merged(status: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` after the merge-patch `changes` (top-level keys; None deletes), as kopf applies it."""
+    out = dict(status)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
 def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now: str, rows_per_message: int,
                history_limit: int) -> dict[str, Any]:
     """The status fields `decision` changes (a merge-patch; lists whole), once its side effect
@@ -334,8 +345,14 @@ def child_labels(name: str, generation: int) -> dict[str, str]:
             crd.LABEL_PART_OF: "susy", crd.LABEL_MANAGED_BY: crd.MANAGED_BY}
 
 
-def _env(spec: Any) -> list[dict[str, str]]:
-    return [{"name": k, "value": v} for k, v in spec.env]
+def _child(kind: str, child_name: str, name: str, namespace: str, generation: int, spec: Any,
+           body_spec: dict[str, Any]) -> dict[str, Any]:
+    """A child resource: its fixed name, the generation's labels, and the resource's env."""
+    if spec.env:
+        body_spec["env"] = [{"name": k, "value": v} for k, v in spec.env]
+    return {"apiVersion": crd.API_VERSION, "kind": kind,
+            "metadata": {"name": child_name, "namespace": namespace, "labels": child_labels(name, generation)},
+            "spec": body_spec}
 
 
 def training_run_child(name: str, namespace: str, spec: Any, generation: int, ranges: Ranges,
@@ -363,12 +380,8 @@ def training_run_child(name: str, namespace: str, spec: Any, generation: int, ra
     for key, value in (("epochs", spec.epochs), ("batchSize", spec.batch_size)):
         if value is not None:
             body_spec[key] = value
-    if spec.env:
-        body_spec["env"] = _env(spec)
-    return {"apiVersion": crd.API_VERSION, "kind": crd.TRAINING_KIND,
-            "metadata": {"name": training_run_name(name, generation), "namespace": namespace,
-                         "labels": child_labels(name, generation)},
-            "spec": body_spec}
+    return _child(crd.TRAINING_KIND, training_run_name(name, generation), name, namespace, generation, spec,
+                  body_spec)
 
 
 def evaluation_run_child(name: str, namespace: str, spec: Any, generation: int, champion_id: str,
@@ -380,11 +393,5 @@ def evaluation_run_child(name: str, namespace: str, spec: Any, generation: int, 
         dataset["limit"] = held_out.limit
     if held_out.secret_name is not None:
         dataset["secretName"] = held_out.secret_name
-    body_spec: dict[str, Any] = {"models": [{"id": champion_id}, {"id": challenger_id}], "dataset": dataset,
-                                 "shards": spec.shards}
-    if spec.env:
-        body_spec["env"] = _env(spec)
-    return {"apiVersion": crd.API_VERSION, "kind": crd.EVALUATION_KIND,
-            "metadata": {"name": evaluation_run_name(name, generation), "namespace": namespace,
-                         "labels": child_labels(name, generation)},
-            "spec": body_spec}
+    return _child(crd.EVALUATION_KIND, evaluation_run_name(name, generation), name, namespace, generation, spec,
+                  {"models": [{"id": champion_id}, {"id": challenger_id}], "dataset": dataset, "shards": spec.shards})

@@ -115,16 +115,6 @@ def _conditions(status: Mapping[str, Any], decision: continual.Decision, now: st
     return st.with_conditions(status, updates, now=now, generation=generation)
 
 
-def _merged(status: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(status)
-    for key, value in changes.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
-
-
 def _expire_children(namespace: str, name: str, generation: int, limit: int, logger: kopf.Logger) -> None:
     """Delete the finished children of generations older than the newest `limit` (their models stay)."""
     selector = f"{crd.LABEL_CONTINUAL_TRAINING}={name}"
@@ -177,7 +167,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
             step["champion"] = {**step["champion"], "metric": parsed.metric}
         finished |= decision.action in (continual.PROMOTE, continual.REJECT, continual.FAIL_GENERATION)
         changes.update(step)
-        state = _merged(state, step)
+        state = continual.merged(state, step)
         if decision.action == continual.WAIT:
             break
     changes["nextTrigger"] = continual.next_trigger(decision)
