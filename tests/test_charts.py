@@ -784,6 +784,23 @@ def test_operator_deployment(helm: str) -> None:
     assert c["args"] == ["--peering=susy", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--verbose"]
 
 
+def test_operator_reads_kafka_with_the_jobs_security_settings(helm: str) -> None:
+    """kafka.secretName: the operator (which reads a ContinualTraining's topic offsets itself) gets
+    the Secret's variables and files as the Jobs do (builders._secret_mounts: envFrom, and the files
+    read-only at /etc/susy/kafka, where the Secret's KAFKA_SSL_CA_FILE points)."""
+    (dep,) = by_kind(render(helm, OPERATOR, None, "kafka.secretName=kafka-client-tls"), "Deployment")
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "kafka-client-tls"}}]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    from susy_operator import builders
+    assert mounts["kafka-client"] == {"name": "kafka-client", "mountPath": builders.KAFKA_SECRET_PATH, "readOnly": True}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["kafka-client"]["secret"]["secretName"] == "kafka-client-tls"
+    (plain,) = by_kind(render(helm, OPERATOR), "Deployment")
+    assert "envFrom" not in plain["spec"]["template"]["spec"]["containers"][0]
+
+
 def test_operator_standalone_refuses_two_replicas(helm: str) -> None:
     proc = subprocess.run([helm, "template", "x", str(OPERATOR), "--set", "replicas=2"],
                           capture_output=True, text=True, timeout=60)
