@@ -23,7 +23,7 @@ from susy_pipeline.kafka_offsets import log_offsets
 from support.fixtures import NAMESPACE, cluster, operator, store_uri  # noqa: F401
 from support.harness import REPO, SAMPLE, Cluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration]
 
 NAME = "live"
 PATH = f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{NAMESPACE}/{crd.CONTINUAL_PLURAL}/{NAME}"
@@ -58,6 +58,8 @@ def decided(cluster: Cluster, generation: int, runner) -> dict:
         raise AssertionError((status(cluster), logs)) from None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_generations_follow_the_stream_champion_and_challenger(cluster: Cluster, operator, store_uri: str,
                                                                kafka_broker: str, tmp_path) -> None:
     runner = cluster.start_runner()
@@ -127,11 +129,42 @@ def test_generations_follow_the_stream_champion_and_challenger(cluster: Cluster,
     # Owner references on every child; the alias history holds the two promotions only.
     for child in [*trainings.values(), *cluster.list(crd.EVALUATION_PLURAL, NAMESPACE)]:
         assert [r["name"] for r in child["metadata"]["ownerReferences"]] == [NAME]
-    assert [h["model_id"] for h in store.alias_history("ct-e2e")][-2:] == [champion, three["challenger"]["modelId"]] \
-        or [h["model_id"] for h in store.alias_history("ct-e2e")][:2] == [champion, three["challenger"]["modelId"]]
+    history = store.alias_history("ct-e2e")
+    assert sorted(h["model_id"] for h in history) == sorted([champion, three["challenger"]["modelId"]])
+    assert all(f"ContinualTraining {NAMESPACE}/{NAME}" in h["set_by"] for h in history)
     events = {e["reason"] for e in cluster.events(NAMESPACE, NAME)}
     assert {crd.EVENT_PROMOTED, crd.EVENT_REJECTED, crd.EVENT_GENERATION_STARTED} <= events
     # Deleting the resource leaves the models and the alias.
     cluster.delete(crd.CONTINUAL_PLURAL, NAMESPACE, NAME)
     assert store.get_alias("ct-e2e")["model_id"] == three["challenger"]["modelId"]
     assert store.resolve_model(champion)["model_id"] == champion
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_topic_waits_naming_it_and_an_invalid_spec_fails_naming_the_field(
+        cluster: Cluster, operator, kafka_broker: str) -> None:
+    """No generation can start: the topic does not exist (DataLost, reason TopicMissing, and the
+    resource keeps waiting), or the spec breaks a rule the CRD would have refused (one stored
+    before the rule: phase Failed, InvalidSpec naming the field)."""
+    from support import fakes
+
+    cluster.start_runner(executor=fakes.executor)
+    operator(SUSY_KAFKA_BOOTSTRAP=kafka_broker, SUSY_POLL_SECONDS="0.5")
+    cluster.create(continual_training(kafka={"topic": "ct-never-written"}))
+
+    def lost() -> dict | None:
+        conditions = {c["type"]: c for c in status(cluster).get("conditions") or []}
+        return conditions.get(crd.DATA_LOST_CONDITION) if crd.DATA_LOST_CONDITION in conditions else None
+    condition = cluster.wait_for(lost, 60, "the DataLost condition")
+    assert (condition["status"], condition["reason"]) == ("True", crd.REASON_TOPIC_MISSING)
+    assert "topic ct-never-written does not exist (consumed so far: nothing)" in condition["message"]
+    assert status(cluster).get("generation") is None and not cluster.list(crd.TRAINING_PLURAL, NAMESPACE)
+    assert "topic ct-never-written does not exist" in status(cluster)["nextTrigger"]
+
+    bad = continual_training(trigger={})
+    bad["metadata"]["name"] = "bad"
+    cluster.call(cluster.emulator.put, crd.CONTINUAL_PLURAL, bad)
+    failed = cluster.wait_for(lambda: ((cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "bad") or {}).get("status")
+                                       or {}).get("phase") == crd.FAILED
+                              and cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "bad"), 60, "bad to fail")
+    assert "spec.trigger needs everyRows, everySeconds or both" in failed["status"]["message"]
