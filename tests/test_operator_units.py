@@ -563,3 +563,12 @@ def test_evaluator_row_range_only_when_set() -> None:
     assert command[command.index("--limit") + 1] == "10000"
     with pytest.raises(spec_lib.SpecError, match="spec.dataset.limit must be >= 1"):
         evaluation_spec(dataset={"uris": ["/d.csv.gz"], "limit": 0})
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_every_container_reports_its_cause_as_a_termination_message(component: str) -> None:
+    """The pipeline writes its one-line error to /dev/termination-log; a container that dies before
+    it can leaves its log's tail (FallbackToLogsOnError), which the operator copies into the CR."""
+    for c in ALL_JOBS[component]()["spec"]["template"]["spec"]["containers"]:
+        assert c["terminationMessagePath"] == "/dev/termination-log"
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
