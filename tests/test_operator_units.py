@@ -392,7 +392,8 @@ def test_builder_input_is_not_mutated() -> None:
 
 
 def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
-    """The operator image installs only the `operator` extra: no TensorFlow, Kafka, pandas."""
+    """The operator image installs only the `operator` extra: no TensorFlow, pandas; kafka-python
+    only for a ContinualTraining's offsets (kafka_offsets.log_offsets imports it when called)."""
     import subprocess
     import sys
 
