@@ -13,7 +13,7 @@ import logging
 from .. import kafka_io, options
 from ..data import iter_batches
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
-from ..store import open_store, utc_now
+from ..store import DEFAULT_NAMESPACE, open_store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,18 @@ def run(args: argparse.Namespace) -> dict:
     return produce(data=args.data, skip=args.skip, limit=None if args.limit is None else int(args.limit),
                    partitions=args.partitions, rows_per_message=args.rows_per_message,
                    bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
-                   store_uri=args.store, database=args.database)
+                   store_uri=args.store, database=args.database,
+                   namespace=args.namespace)
 
 
 def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
             limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
-            store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+            store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+            namespace: str = DEFAULT_NAMESPACE) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`."""
     log.info("producing %s rows %d..%s to topic %s at %s", data, skip,
              "end" if limit is None else skip + limit - 1, topic, bootstrap)
-    with open_store(store_uri, database) as store:  # fail early if the store is down
+    with open_store(store_uri, database, namespace=namespace) as store:  # fail early if the store is down
         production = kafka_io.produce(iter_batches(data, skip=skip, limit=limit, keep_text=True),
                                       bootstrap=bootstrap, topic=topic, partitions=partitions,
                                       rows_per_message=rows_per_message)
