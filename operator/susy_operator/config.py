@@ -56,6 +56,11 @@ class OperatorConfig:
     # allowedVolumeTypes). Empty by default: hostPath reads the node's files, and a configMap
     # is cluster configuration, so a cluster administrator opts in.
     allowed_volume_types: frozenset[str] = spec.ALWAYS_ALLOWED_VOLUME_TYPES
+    # run_ttl_seconds_after_finished: how long a finished TrainingRun or EvaluationRun is kept before
+    # the operator deletes it, unless its spec.ttlSecondsAfterFinished says otherwise
+    # (SUSY_RUN_TTL_SECONDS_AFTER_FINISHED; the chart's runTtlSecondsAfterFinished). None: kept
+    # forever. Its models, evaluations and aliases stay in the store.
+    run_ttl_seconds_after_finished: int | None = None
 
     @property
     def job_config(self) -> JobConfig:
@@ -86,7 +91,18 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         store_ca_key=env.get("SUSY_STORE_CA_KEY") or "ca.crt",
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
         allowed_volume_types=allowed_volume_types(env.get("SUSY_ALLOWED_VOLUME_TYPES", "")),
+        run_ttl_seconds_after_finished=_seconds_or_none("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED",
+                                                        env.get("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED", "")),
     )
+
+
+def _seconds_or_none(name: str, value: str) -> int | None:
+    """A whole number of seconds, or None for an empty value; anything else stops the operator at start."""
+    if not value.strip():
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"{name}: {value!r} is not a whole number of seconds (or empty: off)")
+    return int(value)
 
 
 def allowed_volume_types(value: str) -> frozenset[str]:

@@ -24,6 +24,12 @@ EVALUATING: Final = "Evaluating"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 TERMINAL_PHASES: Final = frozenset({SUCCEEDED, FAILED})
+# While a step's Job is held, the phase says why and status.stepPhase keeps the step's own phase:
+#   Suspended: spec.suspend is true (the Job is suspended, its pods removed; it resumes when cleared).
+#   Queued:    the Job waits, suspended, for Kueue to admit it (spec.queueName; docs/deploy.md, Kueue).
+SUSPENDED: Final = "Suspended"
+QUEUED: Final = "Queued"
+HELD_PHASES: Final = frozenset({SUSPENDED, QUEUED})
 
 # Condition types (status.conditions[].type), one entry per type, Kubernetes metav1.Condition shape.
 #   Produced:      the producer Job wrote the row range into Kafka and its record is in the store.
@@ -38,6 +44,10 @@ MODEL_RESOLVED: Final = "ModelResolved"
 EVALUATED: Final = "Evaluated"
 SUCCEEDED_CONDITION: Final = "Succeeded"
 FAILED_CONDITION: Final = "Failed"
+#   Suspended:     spec.suspend holds the run (True), or held it and was cleared (False, Resumed).
+#   Queued:        the current step's Job waits for admission by Kueue (True), or was admitted (False).
+SUSPENDED_CONDITION: Final = "Suspended"
+QUEUED_CONDITION: Final = "Queued"
 
 # Condition reasons (CamelCase, as metav1.Condition requires). Job-level ones match the
 # reasons Kubernetes' Job controller uses (BackoffLimitExceeded, DeadlineExceeded, FailedIndexes).
@@ -62,6 +72,12 @@ REASON_MODEL_RESOLVED: Final = "ModelResolved"
 REASON_AGGREGATED: Final = "Aggregated"
 REASON_AGGREGATION_FAILED: Final = "AggregationFailed"
 REASON_STORE_UNAVAILABLE: Final = "StoreUnavailable"
+REASON_SUSPENDED: Final = "SpecSuspended"
+REASON_RESUMED: Final = "Resumed"
+REASON_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
+REASON_ADMITTED: Final = "Admitted"
+# The message of the Queued condition (and status.message) while Kueue has not admitted the Job.
+QUEUED_MESSAGE: Final = "Queued (waiting for admission by Kueue)"
 
 # Event reasons (kubectl describe). One per transition.
 EVENT_STARTED: Final = "Started"
@@ -71,6 +87,12 @@ EVENT_SUCCEEDED: Final = "Succeeded"
 EVENT_FAILED: Final = "Failed"
 EVENT_POD_NOT_STARTING: Final = "PodNotStarting"
 EVENT_WAITING: Final = "Waiting"
+EVENT_SUSPENDED: Final = "Suspended"
+EVENT_RESUMED: Final = "Resumed"
+EVENT_QUEUED: Final = "Queued"
+EVENT_ADMITTED: Final = "Admitted"
+# Posted on the namespace's run just before the operator deletes it (spec.ttlSecondsAfterFinished).
+EVENT_EXPIRED: Final = "TTLExpired"
 
 # What a Job or pod event writes on its owner to wake the owner's reconciler at once (instead of
 # at the next timer tick): "<job>:<state>" or "<pod>:<reason>". Not under "susy.dev/": kopf keeps
@@ -94,6 +116,14 @@ LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_TRAINING_RUN: Final = f"{GROUP}/trainingrun"
 LABEL_EVALUATION_RUN: Final = f"{GROUP}/evaluationrun"
+# Kueue's batch/v1 Job integration (kubernetes-sigs/kueue, read at v0.19.2 and main ff69552, 2026-08:
+# pkg/controller/constants/constants.go). A Job with the queue label is managed by Kueue: created
+# suspended, it is admitted by being un-suspended (pkg/controller/jobs/job/job_controller.go,
+# RunWithPodSetsInfo). The priority label names a Kueue WorkloadPriorityClass; without it Kueue
+# takes the workload's priority from the pod template's priorityClassName
+# (pkg/controller/jobframework/reconciler.go, ExtractPriority).
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_PRIORITY: Final = "kueue.x-k8s.io/priority-class"
 APP_NAME: Final = "susy-pipeline"
 PART_OF: Final = "susy"
 MANAGED_BY: Final = "susy-operator"

@@ -304,7 +304,16 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
                 continue
             dataset = tfio.IODataset.from_kafka(topic, partition=partition, start=start, stop=end,
                                                 servers=bootstrap, configuration=list(configuration))
+            read = 0
             for values, keys in dataset.batch(read_batch).as_numpy_iterator():
+                read += len(keys)
+                if read > end - start:
+                    # Seen against tansu with the settings above: a read from offset 160 to 170 gave
+                    # offsets 0..169 (the start is not honoured, the stop is). Never train on rows
+                    # outside the range; kafka-python seeks exactly.
+                    raise BadInput(f"tensorflow-io read more than the {end - start} messages of {topic} "
+                                   f"partition {partition} offsets {start}..{end - 1}: this broker does "
+                                   "not honour its start offset; use --reader kafka-python")
                 yield keys.astype(object), values.astype(object)
 
     what = f"tensorflow-io read of {topic} {dict(ranges)} at {bootstrap}"

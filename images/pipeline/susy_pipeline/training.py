@@ -229,6 +229,14 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
     source = CountingSource(source)
     needs_pass = (config.model.normalize and parent is None) or config.validation_every
     summary = summarize_stream(source, config, expected_rows) if needs_pass else None
+    if summary is None and expected_rows is None:
+        # Rows given as offsets (`train --offsets`): their count is not known in advance, and Keras
+        # trains otherwise on a dataset of unknown length (measured: other weights, same seed and
+        # rows), so the stream is counted first; the model is the one its production would give.
+        for _ in source():
+            pass
+        expected_rows = source.rows_last_pass
+        log.info("stream: %d rows, counted before training", expected_rows)
     if summary:
         log.info("stream: %d rows (%d train, %d validation), statistics pass %.2f s",
                  summary.rows, summary.train_rows, summary.validation_rows, summary.seconds)
