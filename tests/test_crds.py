@@ -224,6 +224,11 @@ BAD_BY_SCHEMA = {
     "tr: zero partitions": tr(kafka={"partitions": 0}),
     "tr: 65 partitions": tr(kafka={"partitions": 65}),
     "tr: topic with a space": tr(kafka={"topic": "my topic"}),
+    # Apache Kafka's Topic.validate refuses these (clients/.../common/internals/Topic.java).
+    "tr: topic .": tr(kafka={"topic": "."}),
+    "tr: topic ..": tr(kafka={"topic": ".."}),
+    "tr: topic of periods only": tr(kafka={"topic": "..."}),
+    "tr: topic of 250 characters": tr(kafka={"topic": "t" * 250}),
     "tr: unknown recipe": tr(model={"recipe": "fancy"}),
     "tr: zero learning rate": tr(model={"learningRate": 0}),
     "tr: dropout 1": tr(model={"dropout": 1.0}),

@@ -14,6 +14,8 @@ TRAINING_KIND: Final = "TrainingRun"
 TRAINING_PLURAL: Final = "trainingruns"
 EVALUATION_KIND: Final = "EvaluationRun"
 EVALUATION_PLURAL: Final = "evaluationruns"
+CONTINUAL_KIND: Final = "ContinualTraining"
+CONTINUAL_PLURAL: Final = "continualtrainings"
 
 # Phases (status.phase). Pending -> Producing -> Training -> Succeeded | Failed for a TrainingRun;
 # Pending -> Evaluating -> Succeeded | Failed for an EvaluationRun.
@@ -79,6 +81,32 @@ REASON_ADMITTED: Final = "Admitted"
 # The message of the Queued condition (and status.message) while Kueue has not admitted the Job.
 QUEUED_MESSAGE: Final = "Queued (waiting for admission by Kueue)"
 
+# ContinualTraining (continual.py): its conditions and reasons. Progressing: a generation is in
+# flight (True) or the resource waits for its trigger (False, saying for what); DataLost: offsets
+# the resource never read are gone (retention, a deleted topic), named in the message.
+PROGRESSING_CONDITION: Final = "Progressing"
+DATA_LOST_CONDITION: Final = "DataLost"
+REASON_TRIGGERED: Final = "Triggered"
+REASON_WAITING_FOR_DATA: Final = "WaitingForTrigger"
+REASON_TOPIC_MISSING: Final = "TopicMissing"
+REASON_OFFSETS_DELETED: Final = "OffsetsDeleted"
+REASON_NO_LOSS: Final = "NoOffsetsLost"
+REASON_TRAINING: Final = "Training"
+REASON_EVALUATING: Final = "Evaluating"
+REASON_EVALUATION_RUN_FAILED: Final = "EvaluationRunFailed"
+REASON_EVALUATION_INCOMPLETE: Final = "EvaluationIncomplete"
+REASON_FIRST_GENERATION: Final = "FirstGeneration"
+REASON_CHALLENGER_WON: Final = "ChallengerWon"
+REASON_CHAMPION_KEPT: Final = "ChampionKept"
+PROMOTED: Final = "Promoted"
+REJECTED: Final = "Rejected"
+GENERATION_FAILED: Final = "Failed"
+EVENT_GENERATION_STARTED: Final = "GenerationStarted"
+EVENT_PROMOTED: Final = "Promoted"
+EVENT_REJECTED: Final = "Rejected"
+EVENT_GENERATION_FAILED: Final = "GenerationFailed"
+EVENT_OFFSETS_LOST: Final = "OffsetsLost"
+
 # Event reasons (kubectl describe). One per transition.
 EVENT_STARTED: Final = "Started"
 EVENT_JOB_CREATED: Final = "JobCreated"
@@ -116,6 +144,9 @@ LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_TRAINING_RUN: Final = f"{GROUP}/trainingrun"
 LABEL_EVALUATION_RUN: Final = f"{GROUP}/evaluationrun"
+# On a ContinualTraining's children (TrainingRun, EvaluationRun): which resource, which generation.
+LABEL_CONTINUAL_TRAINING: Final = f"{GROUP}/continualtraining"
+LABEL_GENERATION: Final = f"{GROUP}/generation"
 # Kueue's batch/v1 Job integration (kubernetes-sigs/kueue, read at v0.19.2 and main ff69552, 2026-08:
 # pkg/controller/constants/constants.go). A Job with the queue label is managed by Kueue: created
 # suspended, it is admitted by being un-suspended (pkg/controller/jobs/job/job_controller.go,

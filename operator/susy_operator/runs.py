@@ -286,3 +286,4 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
         patch.status["conditions"] = st.with_condition(
             status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
             now=now, generation=generation)
+    return decision.action == steps.DONE, summary, job

@@ -16,12 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 # Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
-from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC
+from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC, TOPIC_PATTERN
 
 READERS: Final = ("tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
-TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 K8S_SUBDOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from .data import Batch
 from .errors import BadInput
+from .progress import Progress
 from .streams import ReadAhead
 from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging
 
@@ -147,8 +148,13 @@ def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator
 
 def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions: int = 1,
             rows_per_message: int = 1, progress_every_s: float = 2.0,
-            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None) -> Production:
-    """Stream rows into `topic` and return exactly what was written."""
+            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None,
+            progress: Progress | None = None) -> Production:
+    """Stream rows into `topic` and return exactly what was written.
+
+    `progress` (default: rows of unknown total) hears of every batch sent: a bar on a terminal, a
+    log line every `progress_every_s` elsewhere.
+    """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -189,7 +195,7 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
             elif future.exception is not None:
                 failures.append(future.exception)
 
-    next_log = started + progress_every_s
+    progress = progress or Progress(f"produce {topic}", log_every_s=progress_every_s, logger=log)
     n_messages = 0
     try:
         for keys, values, rows in messages:  # the next batches parse meanwhile
@@ -207,16 +213,13 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
             check_done()
             if failures:
                 break
-            now = time.perf_counter()
-            if now >= next_log:
-                log.info("produced %d rows to %s (%.0f rows/s)", result.rows, topic,
-                         result.rows / (now - started))
-                next_log = now + progress_every_s
+            progress.update(result.rows)
         producer.flush()
         check_done(wait=True)
     except KafkaError as err:
         raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {err}") from err
     finally:
+        progress.close()
         messages.close()
         producer.close(timeout=10)
     if failures:
