@@ -186,13 +186,16 @@ def merge_env(base: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str, str]
 
 
 def pipeline_env(config: JobConfig, run_name: str | None = None,
-                 data_secret_name: str | None = None) -> list[dict[str, Any]]:
+                 data_secret_name: str | None = None, *, namespace: str) -> list[dict[str, Any]]:
+    """The env every pipeline container gets; `namespace` (the custom resource's) scopes every
+    store record the Job writes and every model reference it resolves."""
     env: list[dict[str, Any]] = [
         {"name": crd.ENV_KAFKA_BOOTSTRAP, "value": config.kafka_bootstrap},
         # The store URI holds credentials: only a reference to the Secret goes into the Job.
         {"name": crd.ENV_STORE_URI, "valueFrom": {"secretKeyRef": {
             "name": config.store_secret, "key": config.store_secret_key}}},
         {"name": crd.ENV_DATABASE, "value": config.database},
+        {"name": crd.ENV_NAMESPACE, "value": namespace},
         # TensorFlow, Keras and matplotlib write caches under HOME; the root filesystem is read-only.
         {"name": "HOME", "value": SCRATCH_PATH},
         {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_PATH}/matplotlib"},
@@ -292,7 +295,8 @@ def producer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: Job
         command += ["--rows-per-message", str(spec.kafka.rows_per_message)]
     return _job(owner=owner, component=crd.PRODUCER, config=config, image=spec.producer_image,
                 command=command,
-                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name,
+                                           namespace=owner.namespace), spec.env),
                 resources=spec.producer_resources, policy=spec.run_policy,
                 job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
                 secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
@@ -321,7 +325,8 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
     # the run sees what the run's spec names, as a TFJob's replicas share their pod template.
     return _job(owner=owner, component=crd.TRAINER, config=config, image=spec.trainer_image,
                 command=command,
-                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name,
+                                           namespace=owner.namespace), spec.env),
                 resources=spec.trainer_resources, policy=spec.run_policy,
                 job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
                 secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
@@ -356,6 +361,7 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     policy = dataclasses.replace(spec.run_policy,
                                  backoff_limit=spec.shards * (spec.backoff_limit_per_index + 1))
     return _job(owner=owner, component=crd.EVALUATOR, config=config, image=spec.image, command=command,
-                env=merge_env(pipeline_env(config, data_secret_name=spec.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, data_secret_name=spec.secret_name,
+                                           namespace=owner.namespace), spec.env),
                 resources=spec.resources, policy=policy, job_spec=job_spec, volumes=spec.volumes,
                 read_only_volumes=True, secret_name=spec.secret_name, scheduling=spec.scheduling)

@@ -163,6 +163,9 @@ MANAGED_BY: Final = "susy-operator"
 ENV_KAFKA_BOOTSTRAP: Final = "KAFKA_BOOTSTRAP"
 ENV_STORE_URI: Final = "MONGODB_URI"
 ENV_DATABASE: Final = "SUSY_DATABASE"
+# The store namespace the pipeline works in: the custom resource's own (a user's env cannot
+# choose another, or a run could read and write another namespace's models).
+ENV_NAMESPACE: Final = "SUSY_NAMESPACE"
 ENV_RUN_NAME: Final = "SUSY_RUN_NAME"
 ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
 # The name of the dataset's credentials Secret (spec.dataset.secretName), so the pipeline's
@@ -174,8 +177,8 @@ STORE_SECRET_KEY: Final = "uri"
 # Names the operator always sets; a user's spec.env cannot replace them.
 # SUSY_READER too: the trainer's reader is spec.reader (the operator passes --reader, which wins
 # over the variable), so setting it in spec.env would look like it works and change nothing.
-RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX,
-                                 "SUSY_READER", "SUSY_DATA_SECRET"})
+RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_NAMESPACE, ENV_RUN_NAME,
+                                 ENV_JOB_INDEX, "SUSY_READER", "SUSY_DATA_SECRET"})
 
 # Exit code the pipeline uses for bad input (contracts.md §1): retrying cannot help.
 EXIT_BAD_INPUT: Final = 2

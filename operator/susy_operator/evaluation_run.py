@@ -65,7 +65,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
     # shard pod has started (the shards claim it again; an upsert).
     for distinct in dict.fromkeys(ids):
-        runs.model_store().claim_model(evaluation, distinct, parsed.shards)
+        runs.model_store(namespace).claim_model(evaluation, distinct, parsed.shards)
     job, _ = runs.ensure_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
                                                           CONFIG.job_config), logger)
     resolved = "; ".join(f"{ref.describe()} is {i}" for ref, i in zip(parsed.references, ids))
@@ -129,14 +129,14 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         body, step, job_name,
         lambda: builders.evaluator_job(runs.owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
-        output_present=lambda: len(runs.model_store().shard_results(evaluation)) >= parsed.shards)
+        output_present=lambda: len(runs.model_store(namespace).shard_results(evaluation)) >= parsed.shards)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
         patch.status["shards"] = shards
     if not done:
         return
     now = st.now_rfc3339()
-    results = runs.model_store().shard_results(evaluation)
+    results = runs.model_store(namespace).shard_results(evaluation)
     try:
         aggregated = aggregate(results, parsed.shards)
     except IncompleteEvaluation as error:

@@ -32,13 +32,19 @@ POLL_SECONDS = CONFIG.poll_seconds
 # --- store access -------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
-def model_store() -> Any:
+def store_connection() -> Any:
     """The operator's one connection to the model store (opened on first use, then kept)."""
     from susy_pipeline import store  # no TensorFlow, no Kafka (contracts.md §2)
 
     if CONFIG.store_uri is None:
         raise kopf.TemporaryError("MONGODB_URI is not set for the operator", delay=60)
     return store.open_store(CONFIG.store_uri, database=CONFIG.database)
+
+
+def model_store(namespace: str) -> Any:
+    """The store as a custom resource of `namespace` sees it: its models, productions, shard
+    results and aliases only (issue 22), over the one connection."""
+    return store_connection().in_namespace(namespace)
 
 
 # The condition that says how the current step goes, by phase (TrainingRun and EvaluationRun).
@@ -110,7 +116,7 @@ def resolve_model(namespace: str, ref: spec_lib.ModelReference, created: str | N
     else:
         store_ref = ref.store_ref
     try:
-        return str(model_store().resolve_model(store_ref)["model_id"])
+        return str(model_store(namespace).resolve_model(store_ref)["model_id"])
     except ModelNotFound as error:
         raise Unresolvable(crd.REASON_MODEL_NOT_FOUND, f"no model for {ref.describe()}: {error}") from error
 
@@ -151,7 +157,7 @@ def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reaso
         # without --force (store.release_evaluation keeps the shard results). Here, not in
         # evaluation_run.py, because a failed step (follow_step) and an invalid spec fail it too.
         try:
-            model_store().release_evaluation(evaluation)
+            model_store(body["metadata"]["namespace"]).release_evaluation(evaluation)
         except Exception as error:  # noqa: BLE001 - the failure is recorded either way
             logging.getLogger(__name__).warning("cannot release evaluation %s in the store: %s", evaluation, error)
 

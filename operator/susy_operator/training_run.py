@@ -68,9 +68,10 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
 
     ref = parsed.model.warm_start
     assert ref is not None
+    namespace = body["metadata"]["namespace"]
     now = st.now_rfc3339()
     try:
-        parent_id = runs.resolve_model(body["metadata"]["namespace"], ref, body["metadata"].get("creationTimestamp"))
+        parent_id = runs.resolve_model(namespace, ref, body["metadata"].get("creationTimestamp"))
     except runs.Wait as wait:
         conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
                                        message=f"warm start: {wait}", now=now, generation=generation)
@@ -84,7 +85,7 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
                   generation=generation, condition=crd.MODEL_RESOLVED)
         return None
     try:
-        problems = contradictions(runs.model_store().resolve_model(parent_id), recipe=parsed.model.recipe,
+        problems = contradictions(runs.model_store(namespace).resolve_model(parent_id), recipe=parsed.model.recipe,
                                   hidden=parsed.model.hidden, dropout=parsed.model.dropout)
     except BadInput as error:  # a parent whose record has no hyper-parameters
         problems = [("warmStart", str(error))]
@@ -96,8 +97,8 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
     return parent_id
 
 
-def _training_output(step: steps.Step, run: str) -> bool:
-    store = runs.model_store()
+def _training_output(step: steps.Step, namespace: str, run: str) -> bool:
+    store = runs.model_store(namespace)
     return (store.get_production(run) is not None) if step.component == crd.PRODUCER \
         else bool(store.list_models(run=run))
 
@@ -118,11 +119,11 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     done, summary, _ = runs.follow_step(body, step, builders.job_name(name, step.component),
                                         lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
                                         patch, logger,
-                                        generation, output_present=lambda: _training_output(step, run))
+                                        generation, output_present=lambda: _training_output(step, namespace, run))
     if not done:
         return
     now = st.now_rfc3339()
-    store = runs.model_store()
+    store = runs.model_store(namespace)
     job_name = summary.get("name", builders.job_name(name, step.component))
     if step.component == crd.PRODUCER:
         production = store.get_production(run)

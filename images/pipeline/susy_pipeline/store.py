@@ -36,6 +36,7 @@ time it is opened (`_adopt_records_without_namespace`), once, without losing any
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -165,6 +166,14 @@ class Store:
     """The interface both back ends implement; an instance sees one namespace."""
 
     namespace: str = DEFAULT_NAMESPACE
+
+    def in_namespace(self, namespace: str) -> "Store":
+        """This store's connection, seeing `namespace` instead: the operator keeps one connection
+        and reads each custom resource's records through its namespace. Closing a view closes
+        the connection they share."""
+        view = copy.copy(self)
+        view.namespace = check_namespace(namespace)
+        return view
 
     def _key(self, *parts: Any) -> str:
         """The key of a record named by `parts` in this namespace: NAMESPACE/PART/..."""
