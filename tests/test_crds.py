@@ -73,8 +73,8 @@ def test_crd_shape(kind: str) -> None:
     assert (version["name"], version["served"], version["storage"]) == (crd.VERSION, True, True)
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    expected = {"TrainingRun": ["Phase", "Model", "Rows", "Age"],
-                "EvaluationRun": ["Phase", "Shards", "Accuracy", "AUC", "Best", "Age"]}[kind]
+    expected = {"TrainingRun": ["Phase", "Model", "Rows", "Epoch", "Val-AUC", "Age"],
+                "EvaluationRun": ["Phase", "Shards", "Progress", "Accuracy", "AUC", "Best", "Age"]}[kind]
     assert columns == expected
     # kopf's status writes survive pruning (STYLE.md, kopf anchor: docs/walkthrough/updates.rst).
     assert version["schema"]["openAPIV3Schema"]["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]

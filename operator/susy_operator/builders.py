@@ -64,6 +64,8 @@ class JobConfig:
     store_ca_secret: str | None = None
     # Its one key mounted, as STORE_CA_PATH/ca.crt (a cert-manager Secret also holds tls.key).
     store_ca_key: str = "ca.crt"
+    # The heartbeat interval for pipeline pods (SUSY_HEARTBEAT_SECONDS); None: the pipeline's default.
+    heartbeat_seconds: float | None = None
 
 
 KAFKA_SECRET_PATH = "/etc/susy/kafka"
@@ -203,6 +205,8 @@ def pipeline_env(config: JobConfig, run_name: str | None = None,
     ]
     if run_name is not None:
         env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
+    if config.heartbeat_seconds is not None:
+        env.append({"name": crd.ENV_HEARTBEAT_SECONDS, "value": f"{config.heartbeat_seconds:g}"})
     env += data_secret(data_secret_name)[1]
     return env
 

@@ -114,6 +114,8 @@ EVENT_STEP_SUCCEEDED: Final = "StepSucceeded"
 EVENT_SUCCEEDED: Final = "Succeeded"
 EVENT_FAILED: Final = "Failed"
 EVENT_POD_NOT_STARTING: Final = "PodNotStarting"
+# A running shard's or trainer's heartbeat stopped while its pod runs (progress.py).
+EVENT_HEARTBEAT_STOPPED: Final = "HeartbeatStopped"
 EVENT_WAITING: Final = "Waiting"
 EVENT_SUSPENDED: Final = "Suspended"
 EVENT_RESUMED: Final = "Resumed"
@@ -171,6 +173,8 @@ ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
 # The name of the dataset's credentials Secret (spec.dataset.secretName), so the pipeline's
 # errors name the Secret to fix (susy_pipeline/files.py SECRET_ENV).
 ENV_DATA_SECRET: Final = "SUSY_DATA_SECRET"
+# The pipeline pods' heartbeat interval (susy_pipeline/heartbeat.py), when the operator sets one.
+ENV_HEARTBEAT_SECONDS: Final = "SUSY_HEARTBEAT_SECONDS"
 # The default key of the store URI in its Secret (contracts.md §4); the chart's store.secretKey
 # replaces it for the operator and every Job (SUSY_STORE_URI_KEY).
 STORE_SECRET_KEY: Final = "uri"

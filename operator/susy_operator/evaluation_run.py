@@ -15,7 +15,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, crd, runs, spec as spec_lib, status as st, steps
+from susy_operator import builders, crd, metrics as metrics_lib, progress as progress_lib, runs, \
+    spec as spec_lib, status as st, steps
 from susy_operator.runs import CONFIG
 
 
@@ -134,6 +135,9 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     if status.get("shards") != shards:
         patch.status["shards"] = shards
     if not done:
+        if patch.status.get("phase") != crd.FAILED:
+            runs.follow_heartbeats(body, status, patch, evaluation, job,
+                                   lambda beats: progress_lib.evaluation_progress(beats, parsed.shards))
         return
     now = st.now_rfc3339()
     results = runs.model_store(namespace).shard_results(evaluation)
@@ -161,6 +165,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         "observedGeneration": generation,
         **metrics,
         "shardResults": st.shard_summaries(results),
+        # The aggregate's rows exactly, whatever the last heartbeats said.
+        "progress": {**progress_lib.final_evaluation_progress(
+            progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
+            metrics["rows"]), "stalled": []},
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,
              f"{metrics['rows']} rows in {parsed.shards} shards, accuracy {metrics['accuracy']}"),
@@ -168,6 +176,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
+    metrics_lib.ROWS_SCORED.inc(metrics["rows"])
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED,
                message=f"Phase {crd.SUCCEEDED}: accuracy {metrics['accuracy']}, AUC {metrics['auc']}, "
                        f"{metrics['rows']} rows")

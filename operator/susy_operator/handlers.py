@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from susy_operator import crd, evaluation_run, finalizers, k8s, runs, status as st, training_run
+from susy_operator import crd, evaluation_run, finalizers, k8s, metrics, runs, status as st, training_run
 from susy_operator.runs import CONFIG, POLL_SECONDS
 
 # The annotation a Job or pod event sets on its run (a tuple: the key itself has dots).
@@ -62,6 +62,9 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # One API call (not a watch) that hangs for a minute is failed and retried, rather than holding
     # its object's handler for kopf's default of 5 minutes.
     settings.networking.request_timeout = 60
+    # Prometheus scrapes /metrics on a port of its own (the chart's metrics.port), not kopf's
+    # liveness port: a slow scrape never delays a liveness probe.
+    metrics.serve(CONFIG.metrics_port)
     if CONFIG.store_uri is None:
         logger.warning("MONGODB_URI is not set: runs will wait at their first store read.")
     else:
@@ -134,8 +137,17 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     """Triggered at once when a Job or pod event marked a run (`job_changed`, `pod_changed`), and
     every POLL_SECONDS while it runs (the safety net for a missed event): the run's kind's
     `training_run.reconcile` or `evaluation_run.reconcile`, one handler at a time per run."""
-    with runs.run_locks.hold(uid):
+    with runs.run_locks.hold(uid), metrics.RECONCILE_DURATION.labels(kind=body["kind"]).time():
         _RECONCILERS[body["kind"]](body, spec, status, meta, name, namespace, uid, patch, logger)
+
+
+@kopf.on.event(*TRAINING)
+@kopf.on.event(*EVALUATION)
+def count_run(type: str, body: kopf.Body, uid: str, **_: Any) -> None:
+    """Triggered by every change of a run (and its deletion): keeps the `susy_operator_runs{kind,
+    phase}` gauge (metrics.py). Writes nothing."""
+    metrics.observe_run(uid, body.get("kind", ""), (body.get("status") or {}).get("phase"),
+                        deleted=type == "DELETED")
 
 
 # --- waking a run when its Job or pods change ------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, config, crd, k8s, spec as spec_lib, status as st, steps
+from susy_operator import builders, config, crd, k8s, metrics, progress as progress_lib, spec as spec_lib, \
+    status as st, steps
 
 CONFIG = config.load()
 # How often a running CR looks at its Jobs. Each tick of a running CR is one GET of one Job.
@@ -135,6 +136,7 @@ def ensure_job(body: kopf.Body, job: dict[str, Any], logger: kopf.Logger) -> tup
         raise kopf.TemporaryError(f"Job {job['metadata']['name']} belongs to an older {body['kind']} "
                                   "of the same name; waiting for its garbage collection", delay=5)
     if created:
+        metrics.JOBS_CREATED.labels(step=metrics.step_of(job["metadata"]["labels"][crd.LABEL_COMPONENT])).inc()
         logger.info(f"Created Job {job['metadata']['name']}.")
         kopf.event(body, type="Normal", reason=crd.EVENT_JOB_CREATED,
                    message=f"Created Job {job['metadata']['name']}")
@@ -276,6 +278,7 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
                 message += "; " + "; ".join(problems)
         fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
               condition=step.condition)
+        metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
         return False, summary, job
     current = st.get_condition(status, step.condition) or {}
     if decision.action == steps.WAIT and not decision.not_starting and job is not None and current.get("reason") in (
@@ -292,4 +295,53 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
         patch.status["conditions"] = st.with_condition(
             status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
             now=now, generation=generation)
+    if decision.action == steps.DONE:
+        seconds = metrics.job_seconds(job)
+        if seconds is not None:
+            metrics.STEP_DURATION.labels(step=metrics.step_of(step.component)).observe(seconds)
     return decision.action == steps.DONE, summary, job
+
+
+# --- heartbeats: live progress and stalled pods ------------------------------------------------------
+
+def _running_pod(pods: list[dict[str, Any]], source: str) -> str | None:
+    """The running pod a heartbeat source is (an evaluator shard by its completion index)."""
+    index = progress_lib.shard_index(source)
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        if index is None or labels.get("batch.kubernetes.io/job-completion-index") == str(index):
+            return str(pod["metadata"]["name"])
+    return None
+
+
+def follow_heartbeats(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, run: str,
+                      job: Mapping[str, Any] | None,
+                      summarize: Callable[[list[dict[str, Any]]], dict[str, Any] | None]) -> None:
+    """Fold the run's heartbeats into status.progress (`summarize`, from progress.py), on the poll the
+    run makes anyway. A source silent for CONFIG.heartbeat_stale_seconds whose pod still runs goes
+    into status.progress.stalled, with one Warning Event (HeartbeatStopped) naming it and its pod
+    when it first stalls; it is not failed for that (the Job's own deadline and retries apply)."""
+    beats = model_store(body["metadata"]["namespace"]).heartbeats(run)
+    progress = summarize(beats)
+    if progress is None:
+        return
+    previous = status.get("progress") or {}
+    stalled = progress_lib.stalled_sources(beats, datetime.datetime.now(datetime.timezone.utc),
+                                           CONFIG.heartbeat_stale_seconds)
+    pods = _job_pods(job) if stalled and job is not None else []
+    names = []
+    for source, age in stalled:
+        pod = _running_pod(pods, source)
+        if pod is None:
+            continue  # its pod ended (the Job's state says how) or has not been seen yet
+        names.append(source)
+        if source not in (previous.get("stalled") or []):
+            metrics.HEARTBEATS_MISSED.labels(source=source.partition("-")[0]).inc()
+            kopf.event(body, type="Warning", reason=crd.EVENT_HEARTBEAT_STOPPED,
+                       message=f"{progress_lib.describe_source(source)} has sent no heartbeat for {age:.0f} s "
+                               f"while its pod {pod} is running: stuck, or starved of CPU?")
+    progress["stalled"] = names
+    if progress != previous:
+        patch.status["progress"] = progress

@@ -14,7 +14,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, crd, runs, spec as spec_lib, status as st, steps
+from susy_operator import builders, crd, metrics, progress as progress_lib, runs, spec as spec_lib, status as st, \
+    steps
 from susy_operator.runs import CONFIG
 
 
@@ -116,10 +117,13 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     owner = runs.owner(body)
     build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
     parent_id = () if step.component == crd.PRODUCER else (status.get("parentModelId"),)
-    done, summary, _ = runs.follow_step(body, step, builders.job_name(name, step.component),
-                                        lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
-                                        patch, logger,
-                                        generation, output_present=lambda: _training_output(step, namespace, run))
+    done, summary, job = runs.follow_step(body, step, builders.job_name(name, step.component),
+                                          lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
+                                          patch, logger,
+                                          generation, output_present=lambda: _training_output(step, namespace, run))
+    if step.component == crd.TRAINER and patch.status.get("phase") != crd.FAILED:
+        # Epoch k of N from the trainer's heartbeat (written per epoch), on this poll.
+        runs.follow_heartbeats(body, status, patch, run, None if done else job, progress_lib.training_progress)
     if not done:
         return
     now = st.now_rfc3339()
@@ -170,4 +174,5 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
+    metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")

@@ -201,6 +201,8 @@ class OperatorProcess:
             "SUSY_TEST_API_SERVER": self.url,
             "KUBECONFIG": str(self.workdir / "no-kubeconfig"),  # never a real cluster
             "SUSY_POLL_SECONDS": "0.25",
+            # No /metrics server unless a test asks (several operators run at once in some tests).
+            "SUSY_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }

@@ -47,6 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-message", type=options.positive,
                    default=int(options.env("SUSY_ROWS_PER_MESSAGE", 1)),
                    help="rows per Kafka message (env SUSY_ROWS_PER_MESSAGE; default: %(default)s, the seed's format)")
+    p.add_argument("--max-message-bytes", type=options.positive,
+                   default=int(options.env("KAFKA_MAX_MESSAGE_BYTES", kafka_io.DEFAULT_MAX_MESSAGE_BYTES)),
+                   help="largest Kafka message (record batch) sent: a message holds fewer than "
+                        "--rows-per-message rows where they would not fit; at most the broker's "
+                        "message.max.bytes (env KAFKA_MAX_MESSAGE_BYTES; default: %(default)s, Kafka's)")
     p.add_argument("--rate", type=float, default=options.env("SUSY_RATE"), metavar="ROWS_PER_SECOND",
                    help="send at this steady rate, a live stream (env SUSY_RATE; default: as fast as "
                         "the broker takes them)")
@@ -61,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> dict:
     return produce(data=args.data, skip=args.skip, limit=None if args.limit is None else int(args.limit),
                    partitions=args.partitions, rows_per_message=args.rows_per_message,
+                   max_message_bytes=args.max_message_bytes,
                    bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
                    store_uri=args.store, database=args.database,
                    namespace=args.namespace, rate=args.rate, loop=args.loop)
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
             limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
+            max_message_bytes: int = kafka_io.DEFAULT_MAX_MESSAGE_BYTES,
             store_uri: str | None = None, database: str = DEFAULT_DATABASE,
             namespace: str = DEFAULT_NAMESPACE, rate: float | None = None, loop: bool = False) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`.
@@ -90,7 +97,8 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
         planned, estimated = rows_to_send(data, skip, limit) if not loop else (None, False)
         progress = Progress(f"produce {topic}", planned, estimated=estimated, log_every_s=2.0, logger=log)
         production = kafka_io.produce(batches, bootstrap=bootstrap, topic=topic, partitions=partitions,
-                                      rows_per_message=rows_per_message, progress=progress)
+                                      rows_per_message=rows_per_message, max_message_bytes=max_message_bytes,
+                                      progress=progress)
         record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
         if rate is not None:
