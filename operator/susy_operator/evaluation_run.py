@@ -97,7 +97,7 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation, enforce_tenancy=True)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,

@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from susy_operator import builders, config, crd, k8s, metrics, progress as progress_lib, spec as spec_lib, \
-    status as st, steps
+    status as st, steps, tenancy
 
 CONFIG = config.load()
 # How often a running CR looks at its Jobs. Each tick of a running CR is one GET of one Job.
@@ -32,20 +32,27 @@ POLL_SECONDS = CONFIG.poll_seconds
 
 # --- store access -------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def store_connection() -> Any:
-    """The operator's one connection to the model store (opened on first use, then kept)."""
+def model_store(namespace: str) -> Any:
+    """The model store as a run of `namespace` sees it: its database (the chart's
+    store.perNamespaceDatabase, else store.database), through the operator's own URI, and in it
+    only the records of `namespace` (its models, productions, shard results and aliases)."""
+    return _open_store(CONFIG.job_config.database_for(namespace)).in_namespace(namespace)
+
+
+@functools.lru_cache(maxsize=64)
+def _open_store(database: str) -> Any:
+    """One connection per database (opened on first use, then kept)."""
     from susy_pipeline import store  # no TensorFlow, no Kafka (contracts.md §2)
 
     if CONFIG.store_uri is None:
         raise kopf.TemporaryError("MONGODB_URI is not set for the operator", delay=60)
-    return store.open_store(CONFIG.store_uri, database=CONFIG.database)
+    return store.open_store(CONFIG.store_uri, database=database)
 
 
-def model_store(namespace: str) -> Any:
-    """The store as a custom resource of `namespace` sees it: its models, productions, shard
-    results and aliases only (issue 22), over the one connection."""
-    return store_connection().in_namespace(namespace)
+def connect_store() -> None:
+    """Open the store of the shared database now (and import the store module), not inside the
+    first CR's handler."""
+    _open_store(CONFIG.database)
 
 
 # The condition that says how the current step goes, by phase (TrainingRun and EvaluationRun).
@@ -165,13 +172,22 @@ def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reaso
 
 
 def parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
-               status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> Any:
-    """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler."""
+               status: Mapping[str, Any], patch: kopf.Patch, generation: int | None, *,
+               enforce_tenancy: bool = False) -> Any:
+    """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler.
+    With `enforce_tenancy` (where a run starts: its spec cannot change afterwards, the CRD's
+    `self == oldSelf`), what the operator's tenancy settings refuse ends it in Failed (NotAllowed)."""
     try:
-        return parse(spec)
+        parsed = parse(spec)
+        if enforce_tenancy:
+            namespace = body["metadata"]["namespace"]
+            tenancy.enforce(parsed, CONFIG.tenancy, lambda kind, name: k8s.read_labels(kind, namespace, name))
+        return parsed
     except spec_lib.SpecError as error:
-        fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, message=str(error), generation=generation)
-        raise kopf.PermanentError(f"invalid spec: {error}") from error
+        reason = getattr(error, "reason", crd.REASON_INVALID_SPEC)
+        fail(body, status, patch, reason=reason, message=str(error), generation=generation)
+        what = "not allowed" if reason == crd.REASON_NOT_ALLOWED else "invalid spec"
+        raise kopf.PermanentError(f"{what}: {error}") from error
 
 
 # --- two handlers of one run ----------------------------------------------------------------------

@@ -127,6 +127,7 @@ class PodRun:
     log: str | None = None
     started: float | None = None   # loop time
     finished: float | None = None
+    pid: int | None = None         # the local process (a test may SIGSTOP it: a hung pod)
 
 
 class JobRunner:
@@ -441,6 +442,7 @@ class JobRunner:
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(*run.command, env=run.env, stdout=out, stderr=out,
                                                            cwd=self.cwd)
+            run.pid = process.pid
             try:
                 code = await process.wait()
             except asyncio.CancelledError:
