@@ -337,8 +337,8 @@ IMMUTABLE_TR = immutable_rule(crd.TRAINING_KIND)
 IMMUTABLE_ER = immutable_rule(crd.EVALUATION_KIND)
 PARALLELISM = "!has(self.parallelism) || self.parallelism <= self.shards"
 ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x, x).size() == 1"
-RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
-                "'JOB_COMPLETION_INDEX', 'SUSY_READER', 'SUSY_DATA_SECRET']))")
+RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_NAMESPACE', "
+                "'SUSY_RUN_NAME', 'JOB_COMPLETION_INDEX', 'SUSY_READER', 'SUSY_DATA_SECRET']))")
 
 ONE_SOURCE = "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)].filter(x, x).size() == 1"
 OWN_VOLUMES = "!(self.name in ['scratch', 'kafka-client', 'store-ca'])"
@@ -413,6 +413,7 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ([{"name": "A", "value": "1"}, {"name": "KAFKA_BOOTSTRAP", "value": "x"}], None, False),
         ([{"name": "SUSY_READER", "value": "kafka-python"}], None, False),
         ([{"name": "SUSY_DATA_SECRET", "value": "s"}], None, False),
+        ([{"name": "SUSY_NAMESPACE", "value": "another-team"}], None, False),
     ],
     ONE_SOURCE: [
         ({"name": "d", "persistentVolumeClaim": {"claimName": "c"}}, None, True),

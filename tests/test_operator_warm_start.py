@@ -89,7 +89,7 @@ def test_a_warm_started_training_run_waits_for_its_parent_and_names_it(cluster: 
     trainer = cluster.get("jobs", NAMESPACE, builders.job_name("second", crd.TRAINER))
     command = trainer["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--warm-start") + 1] == parent_id and "--recipe" not in command
-    with store_lib.open_store(store_uri) as store:
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as store:
         record = store.resolve_model(child["modelId"])
     assert record["parent_model_id"] == parent_id and record["recipe"] == "tuned"
 
@@ -104,3 +104,14 @@ def test_a_warm_started_training_run_waits_for_its_parent_and_names_it(cluster: 
     assert failed["status"]["phase"] == crd.FAILED
     assert condition(failed, crd.MODEL_RESOLVED)["reason"] == crd.REASON_MODEL_NOT_FOUND
     assert builders.job_name("third", crd.PRODUCER) not in {j["metadata"]["name"] for j in cluster.list("jobs", NAMESPACE)}
+
+    # Another team's model in the shared store is not a parent here, by id nor by timestamp.
+    with store_lib.open_store(store_uri, namespace="team-b") as team_b:
+        theirs = team_b.save_model({"run": "first", "recipe": "tuned"}, b"team-b's weights")
+    cluster.create(training_run("fifth", model={"warmStart": {"id": theirs}}))
+    failed = cluster.wait_phase("trainingruns", NAMESPACE, "fifth", {crd.SUCCEEDED, crd.FAILED}, 15)
+    assert condition(failed, crd.MODEL_RESOLVED)["reason"] == crd.REASON_MODEL_NOT_FOUND
+    assert f"in namespace '{NAMESPACE}'" in failed["status"]["message"]
+    cluster.create(training_run("sixth", model={"warmStart": {"timestamp": "2999-01-01T00:00:00Z"}}))
+    sixth = cluster.wait_phase("trainingruns", NAMESPACE, "sixth", {crd.SUCCEEDED, crd.FAILED}, 45)
+    assert sixth["status"].get("parentModelId") not in (None, theirs), sixth["status"]

@@ -23,9 +23,20 @@ each evaluator shard claims the model (`claim_model`) before loading it, and
 an evaluation is unfinished while fewer of its shards than it has have stored
 a result for that model. `delete_model` refuses while any is (`ModelInUse`).
 An evaluation that will never finish is let go with `release_evaluation`.
+
+Namespaces: a store is opened for one namespace (`open_store(..., namespace=)`; the operator
+passes the custom resource's Kubernetes namespace, the commands `--namespace` / SUSY_NAMESPACE,
+default `local`). Every record it writes carries `namespace`, and every read (a model by id,
+timestamp, `latest:RUN`, a listing, productions, shard results, evaluation claims) sees only
+that namespace, so one team's reference never resolves to another's model. Records keyed by a
+name (productions, shard results, claims) are keyed `NAMESPACE/NAME`; a namespace is a
+Kubernetes namespace name, which holds no "/", so two namespaces' keys never collide. Records
+written before namespaces existed belong to `local`: each back end moves them there the first
+time it is opened (`_adopt_records_without_namespace`), once, without losing any.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -52,6 +63,11 @@ HEARTBEATS_COLLECTION = "Heartbeats"
 # one 256 KiB power-of-two allocation in MongoDB's storage.
 CHUNK_BYTES = 255 * 1024
 DEFAULT_EMBEDDED_URI = "sqlite:///.susy/store.sqlite3"
+# Command-line runs (and records from before namespaces) live here; the operator uses the
+# custom resource's namespace.
+DEFAULT_NAMESPACE = "local"
+# A Kubernetes namespace name (an RFC 1123 label): no "/", so "NAMESPACE/NAME" keys are unambiguous.
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 T = TypeVar("T")
 
@@ -74,6 +90,14 @@ class ModelInUse(StoreError, BadInput):
     def __init__(self, message: str, evaluations: list[dict[str, Any]]):
         super().__init__(message)
         self.evaluations = evaluations
+
+
+def check_namespace(namespace: str) -> str:
+    """The namespace, if it is a Kubernetes namespace name; else `BadInput`."""
+    if not isinstance(namespace, str) or not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise BadInput(f"namespace {namespace!r}: expected a Kubernetes namespace name (lower-case "
+                       f"letters, digits and '-', at most 63 characters), e.g. {DEFAULT_NAMESPACE!r}")
+    return namespace
 
 
 def _names_model(result: dict[str, Any], model_id: str) -> bool:
@@ -139,7 +163,21 @@ def _coerce_ref(ref: ModelRef | str) -> ModelRef:
 
 
 class Store:
-    """The interface both back ends implement."""
+    """The interface both back ends implement; an instance sees one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def in_namespace(self, namespace: str) -> "Store":
+        """This store's connection, seeing `namespace` instead: the operator keeps one connection
+        and reads each custom resource's records through its namespace. Closing a view closes
+        the connection they share."""
+        view = copy.copy(self)
+        view.namespace = check_namespace(namespace)
+        return view
+
+    def _key(self, *parts: Any) -> str:
+        """The key of a record named by `parts` in this namespace: NAMESPACE/PART/..."""
+        return "/".join((self.namespace, *map(str, parts)))
 
     def save_model(self, record: dict[str, Any], model_bytes: bytes) -> str:
         """Store a model with a new unique id and creation time; return the id."""
@@ -260,11 +298,11 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    @staticmethod
-    def _new_model_record(record: dict[str, Any]) -> dict[str, Any]:
+    def _new_model_record(self, record: dict[str, Any]) -> dict[str, Any]:
         meta = {k: v for k, v in record.items() if k not in ("_id", "model")}
         meta["model_id"] = uuid.uuid4().hex
         meta["created_at"] = utc_now()
+        meta["namespace"] = self.namespace
         meta.setdefault("run", None)
         meta.setdefault("format", "keras")
         return meta
@@ -288,13 +326,13 @@ class Store:
                                     f"their SHA-256 {digest}")
         return data
 
-    @staticmethod
-    def _not_found(ref: ModelRef) -> ModelNotFound:
+    def _not_found(self, ref: ModelRef) -> ModelNotFound:
+        where = f"in namespace {self.namespace!r}"
         if ref.run is not None:
-            return ModelNotFound(f"no model of run {ref.run!r} in the store")
+            return ModelNotFound(f"no model of run {ref.run!r} {where}")
         if ref.at_or_before is not None:
-            return ModelNotFound(f"no model created at or before {ref.at_or_before}")
-        return ModelNotFound(f"no model with id {ref.model_id!r}")
+            return ModelNotFound(f"no model created at or before {ref.at_or_before} {where}")
+        return ModelNotFound(f"no model with id {ref.model_id!r} {where}")
 
 
 # --- Embedded: SQLite in WAL mode -----------------------------------------
@@ -307,10 +345,9 @@ CREATE TABLE IF NOT EXISTS documents (
     created_at TEXT NOT NULL,
     body       TEXT NOT NULL,
     blob       BLOB,
+    namespace  TEXT NOT NULL DEFAULT 'local',
     PRIMARY KEY (collection, id)
 );
-CREATE INDEX IF NOT EXISTS documents_by_run ON documents (collection, run, created_at);
-CREATE INDEX IF NOT EXISTS documents_by_time ON documents (collection, created_at);
 -- Model bytes in GridFS's shape: one row per file, the bytes in CHUNK_BYTES chunks numbered from 0.
 -- `bucket` is DATABASE.MLModels, as GridFS's bucket MLModels is in database DATABASE.
 CREATE TABLE IF NOT EXISTS files (
@@ -330,14 +367,23 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (bucket, files_id, n)
 );
 """
+# After _adopt_records_without_namespace: a store made before namespaces has no column to index.
+_NAMESPACE_INDEXES = """
+DROP INDEX IF EXISTS documents_by_run;
+DROP INDEX IF EXISTS documents_by_time;
+CREATE INDEX IF NOT EXISTS documents_by_namespace_run ON documents (collection, namespace, run, created_at);
+CREATE INDEX IF NOT EXISTS documents_by_namespace_time ON documents (collection, namespace, created_at);
+"""
 
 
 class EmbeddedStore(Store):
     """One SQLite file shared by several processes (WAL mode, busy timeout)."""
 
-    def __init__(self, path: str | os.PathLike, database: str = DEFAULT_DATABASE):
+    def __init__(self, path: str | os.PathLike, database: str = DEFAULT_DATABASE, *,
+                 namespace: str = DEFAULT_NAMESPACE):
         self.path = os.fspath(path)
         self.database = database
+        self.namespace = check_namespace(namespace)
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         # isolation_level=None: explicit transactions, so a schema create and a
@@ -356,6 +402,24 @@ class EmbeddedStore(Store):
         with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            self._adopt_records_without_namespace()
+            for statement in filter(str.strip, _NAMESPACE_INDEXES.split(";")):
+                self._db.execute(statement)
+
+    def _adopt_records_without_namespace(self) -> None:
+        """A store file made before namespaces: its records join namespace `local`, keys included.
+
+        In the transaction that opens the store, so of several processes opening an old file at
+        once exactly one moves the records and the others find the column there."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        if "namespace" in columns:
+            return
+        self._db.execute(f"ALTER TABLE documents ADD COLUMN namespace TEXT NOT NULL "
+                         f"DEFAULT '{DEFAULT_NAMESPACE}'")
+        # Model ids are unique across namespaces; the other records were keyed by name alone.
+        self._db.execute(
+            "UPDATE documents SET id = ? || '/' || id WHERE collection NOT LIKE ?",
+            (DEFAULT_NAMESPACE, f"%.{MODELS_COLLECTION}"))
 
     def _transaction(self):
         db = self._db
@@ -375,23 +439,37 @@ class EmbeddedStore(Store):
     def _upsert(self, collection: str, key: str, run: str | None, created_at: str,
                 body: dict[str, Any], blob: bytes | None = None) -> None:
         with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO documents (collection, id, run, created_at, body, blob) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (self._collection(collection), key, run, created_at, json.dumps(body), blob))
+            self._write(collection, key, run, created_at, body, blob)
+
+    def _write(self, collection: str, key: str, run: str | None, created_at: str,
+               body: dict[str, Any], blob: bytes | None = None) -> None:
+        """Insert or replace one document of this namespace (inside the caller's transaction)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO documents (collection, id, run, created_at, body, blob, namespace) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self._collection(collection), key, run, created_at,
+             json.dumps({**body, "namespace": self.namespace}), blob, self.namespace))
 
     def _select(self, collection: str, where: str = "", args: Iterable[Any] = (),
                 order: str = "created_at DESC", limit: int | None = None,
                 with_blob: bool = False) -> list[tuple[dict[str, Any], bytes | None]]:
-        sql = f"SELECT body, {'blob' if with_blob else 'NULL'} FROM documents WHERE collection = ?"
+        with self._lock:
+            rows = self._db.execute(*self._query(collection, where, args, order, limit, with_blob)
+                                    ).fetchall()
+        # A record from before namespaces has none in its body: the column says where it is now.
+        return [({**json.loads(body), "namespace": self.namespace}, blob) for body, blob in rows]
+
+    def _query(self, collection: str, where: str, args: Iterable[Any], order: str,
+               limit: int | None, with_blob: bool) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of this namespace's documents of a collection that match `where`."""
+        sql = (f"SELECT body, {'blob' if with_blob else 'NULL'} FROM documents "
+               f"WHERE collection = ? AND namespace = ?")
         if where:
             sql += f" AND {where}"
         sql += f" ORDER BY {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self._lock:
-            rows = self._db.execute(sql, (self._collection(collection), *args)).fetchall()
-        return [(json.loads(body), blob) for body, blob in rows]
+        return sql, (self._collection(collection), self.namespace, *args)
 
     def save_model(self, record, model_bytes):
         data = bytes(model_bytes)
@@ -408,10 +486,7 @@ class EmbeddedStore(Store):
                 "INSERT INTO files (bucket, id, filename, length, chunk_size, upload_date) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (bucket, model_id, f"{model_id}.keras", len(data), CHUNK_BYTES, meta["created_at"]))
-            self._db.execute(
-                "INSERT INTO documents (collection, id, run, created_at, body, blob) "
-                "VALUES (?, ?, ?, ?, ?, NULL)",
-                (bucket, model_id, meta["run"], meta["created_at"], json.dumps(meta)))
+            self._write(MODELS_COLLECTION, model_id, meta["run"], meta["created_at"], meta)
         return model_id
 
     def _read_file(self, meta: dict[str, Any]) -> bytes:
@@ -464,15 +539,16 @@ class EmbeddedStore(Store):
 
     def put_production(self, run, record):
         body = {**record, "run": run}
-        self._upsert(PRODUCTIONS_COLLECTION, run, run, body.get("created_at") or utc_now(), body)
+        self._upsert(PRODUCTIONS_COLLECTION, self._key(run), run, body.get("created_at") or utc_now(),
+                     body)
 
     def get_production(self, run):
-        rows = self._select(PRODUCTIONS_COLLECTION, "id = ?", (run,))
+        rows = self._select(PRODUCTIONS_COLLECTION, "id = ?", (self._key(run),))
         return rows[0][0] if rows else None
 
     def put_shard_result(self, evaluation, shard_index, result):
         body = {**result, "evaluation": evaluation, "shard_index": int(shard_index)}
-        self._upsert(SHARD_RESULTS_COLLECTION, f"{evaluation}/{int(shard_index)}", evaluation,
+        self._upsert(SHARD_RESULTS_COLLECTION, self._key(evaluation, int(shard_index)), evaluation,
                      utc_now(), body)
 
     def shard_results(self, evaluation):
@@ -481,7 +557,7 @@ class EmbeddedStore(Store):
 
     def put_heartbeat(self, run, source, beat):
         body = {**beat, "run": run, "source": source, "updated_at": utc_now()}
-        self._upsert(HEARTBEATS_COLLECTION, f"{run}/{source}", run, body["updated_at"], body)
+        self._upsert(HEARTBEATS_COLLECTION, self._key(run, source), run, body["updated_at"], body)
 
     def heartbeats(self, run):
         return [body for body, _ in self._select(HEARTBEATS_COLLECTION, "run = ?", (run,), order="id")]
@@ -490,8 +566,8 @@ class EmbeddedStore(Store):
         body = {"evaluation": evaluation, "model_id": model_id, "shard_count": int(shard_count),
                 "claimed_at": utc_now()}
         # Column `run` holds the model id here, so the records of one model are found by index.
-        self._upsert(EVALUATIONS_COLLECTION, f"{evaluation}/{model_id}", model_id, body["claimed_at"],
-                     body)
+        self._upsert(EVALUATIONS_COLLECTION, self._key(evaluation, model_id), model_id,
+                     body["claimed_at"], body)
 
     def model_claims(self, model_id):
         return [body for body, _ in self._select(EVALUATIONS_COLLECTION, "run = ?", (model_id,))]
@@ -500,8 +576,8 @@ class EmbeddedStore(Store):
         collection = self._collection(EVALUATIONS_COLLECTION)
         with self._lock, self._transaction():
             # Few records (one per evaluation and model): filtered here, so no JSON1 is needed.
-            rows = self._db.execute("SELECT id, body FROM documents WHERE collection = ?",
-                                    (collection,)).fetchall()
+            rows = self._db.execute("SELECT id, body FROM documents WHERE collection = ? AND namespace = ?",
+                                    (collection, self.namespace)).fetchall()
             mine = [(key, json.loads(body)["model_id"]) for key, body in rows
                     if json.loads(body).get("evaluation") == evaluation]
             self._db.executemany("DELETE FROM documents WHERE collection = ? AND id = ?",
@@ -513,9 +589,10 @@ class EmbeddedStore(Store):
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM chunks WHERE bucket = ? AND files_id = ?", (bucket, model_id))
             self._db.execute("DELETE FROM files WHERE bucket = ? AND id = ?", (bucket, model_id))
-            self._db.execute("DELETE FROM documents WHERE collection = ? AND id = ?", (bucket, model_id))
-            self._db.execute("DELETE FROM documents WHERE collection = ? AND run = ?",
-                             (self._collection(EVALUATIONS_COLLECTION), model_id))
+            self._db.execute("DELETE FROM documents WHERE collection = ? AND id = ? AND namespace = ?",
+                             (bucket, model_id, self.namespace))
+            self._db.execute("DELETE FROM documents WHERE collection = ? AND run = ? AND namespace = ?",
+                             (self._collection(EVALUATIONS_COLLECTION), model_id, self.namespace))
 
     def close(self):
         self._db.close()
@@ -527,12 +604,13 @@ class MongoStore(Store):
     """pymongo against MongoDB: majority write concern, bounded retries."""
 
     def __init__(self, uri: str | None = None, database: str = DEFAULT_DATABASE, *,
-                 client: Any = None, attempts: int = 3, backoff_s: float = 1.0,
-                 server_selection_timeout_ms: int = 5000):
+                 namespace: str = DEFAULT_NAMESPACE, client: Any = None, attempts: int = 3,
+                 backoff_s: float = 1.0, server_selection_timeout_ms: int = 5000):
         import pymongo
         from pymongo.write_concern import WriteConcern
 
         self.uri = uri
+        self.namespace = check_namespace(namespace)
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._errors = (pymongo.errors.ConnectionFailure, pymongo.errors.ServerSelectionTimeoutError)
@@ -568,11 +646,7 @@ class MongoStore(Store):
         for attempt in range(1, self.attempts + 1):
             try:
                 if not self._indexed:
-                    self._models.create_index([("run", 1), ("created_at", -1)])
-                    self._models.create_index([("created_at", -1)])
-                    self._shards.create_index([("evaluation", 1), ("shard_index", 1)])
-                    self._evaluations.create_index([("model_id", 1)])
-                    self._heartbeats.create_index([("run", 1), ("source", 1)])
+                    self._prepare_collections()
                     self._indexed = True
                 return fn()
             except self._errors as err:
@@ -583,6 +657,38 @@ class MongoStore(Store):
                         f"({type(err).__name__}: {scrub(str(err).splitlines()[0], limit=200)})") from err
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
+
+    def _prepare_collections(self) -> None:
+        """Indexes led by the namespace (every query names one), then records from before
+        namespaces adopted into `local`; both idempotent, so every process may run them."""
+        self._models.create_index([("namespace", 1), ("run", 1), ("created_at", -1)])
+        self._models.create_index([("namespace", 1), ("created_at", -1)])
+        self._shards.create_index([("namespace", 1), ("evaluation", 1), ("shard_index", 1)])
+        self._evaluations.create_index([("namespace", 1), ("model_id", 1)])
+        self._evaluations.create_index([("namespace", 1), ("evaluation", 1)])
+        self._productions.create_index([("namespace", 1)])
+        self._heartbeats.create_index([("namespace", 1), ("run", 1), ("source", 1)])
+        self._adopt_records_without_namespace()
+
+    def _adopt_records_without_namespace(self) -> None:
+        """Records written before namespaces join `local`. Models keep their ids (unique across
+        namespaces); a record keyed by name gets the key `local/NAME`: the new document is
+        written before the old one is removed, so a process stopped half way loses nothing and
+        the next one finishes the move (the namespace index finds what is left)."""
+        unscoped = {"namespace": {"$exists": False}}
+        self._models.update_many(unscoped, {"$set": {"namespace": DEFAULT_NAMESPACE}})
+        for collection in (self._productions, self._shards, self._evaluations, self._heartbeats):
+            for doc in collection.find(unscoped, {"_id": True}):
+                old = collection.find_one({"_id": doc["_id"]})
+                if old is None:  # another process moved it meanwhile
+                    continue
+                moved = {**old, "_id": f"{DEFAULT_NAMESPACE}/{old['_id']}", "namespace": DEFAULT_NAMESPACE}
+                collection.replace_one({"_id": moved["_id"]}, moved, upsert=True)
+                collection.delete_one({"_id": old["_id"]})
+
+    def _scoped(self, query: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A query limited to this store's namespace."""
+        return {**(query or {}), "namespace": self.namespace}
 
     @staticmethod
     def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -601,7 +707,8 @@ class MongoStore(Store):
             self._chunks.delete_many({"files_id": model_id})
             self._files.delete_one({"_id": model_id})
             self._bucket.upload_from_stream_with_id(
-                model_id, f"{model_id}.keras", data, metadata={"model_id": model_id, "run": meta["run"]})
+                model_id, f"{model_id}.keras", data,
+                metadata={"model_id": model_id, "run": meta["run"], "namespace": self.namespace})
 
         # The bytes first, then the document: a listed model always has its bytes.
         self._call("saving a model's bytes", upload)
@@ -620,7 +727,7 @@ class MongoStore(Store):
             query, sort = {"created_at": {"$lte": ref.at_or_before}}, [("created_at", -1)]
 
         def find():
-            cursor = self._models.find(query, projection)
+            cursor = self._models.find(self._scoped(query), projection)
             if sort:
                 cursor = cursor.sort(sort)
             return next(iter(cursor.limit(1)), None)
@@ -655,56 +762,57 @@ class MongoStore(Store):
         return self._strip(self._find_model(ref, with_blob=False))
 
     def list_models(self, run=None):
-        query = {} if run is None else {"run": run}
+        query = self._scoped(None if run is None else {"run": run})
         docs = self._call("listing models", lambda: list(
             self._models.find(query, {"model": False}).sort([("created_at", -1)])))
         return [self._strip(d) for d in docs]
 
     def put_production(self, run, record):
-        doc = {**record, "run": run}
+        doc = self._scoped({**record, "run": run})
         self._call("recording a production", lambda: self._productions.replace_one(
-            {"_id": run}, doc, upsert=True))
+            {"_id": self._key(run)}, doc, upsert=True))
 
     def get_production(self, run):
         return self._strip(self._call("reading a production",
-                                      lambda: self._productions.find_one({"_id": run})))
+                                      lambda: self._productions.find_one({"_id": self._key(run)})))
 
     def put_shard_result(self, evaluation, shard_index, result):
-        key = f"{evaluation}/{int(shard_index)}"
-        doc = {**result, "evaluation": evaluation, "shard_index": int(shard_index)}
+        key = self._key(evaluation, int(shard_index))
+        doc = self._scoped({**result, "evaluation": evaluation, "shard_index": int(shard_index)})
         self._call("recording a shard result", lambda: self._shards.replace_one(
             {"_id": key}, doc, upsert=True))
 
     def shard_results(self, evaluation):
         docs = self._call("reading shard results", lambda: list(
-            self._shards.find({"evaluation": evaluation}).sort([("shard_index", 1)])))
+            self._shards.find(self._scoped({"evaluation": evaluation})).sort([("shard_index", 1)])))
         return [self._strip(d) for d in docs]
 
     def put_heartbeat(self, run, source, beat):
-        doc = {**beat, "run": run, "source": source, "updated_at": utc_now()}
+        doc = self._scoped({**beat, "run": run, "source": source, "updated_at": utc_now()})
         self._call("recording a heartbeat", lambda: self._heartbeats.replace_one(
-            {"_id": f"{run}/{source}"}, doc, upsert=True))
+            {"_id": self._key(run, source)}, doc, upsert=True))
 
     def heartbeats(self, run):
         docs = self._call("reading heartbeats", lambda: list(
-            self._heartbeats.find({"run": run}).sort([("source", 1)])))
+            self._heartbeats.find(self._scoped({"run": run})).sort([("source", 1)])))
         return [self._strip(d) for d in docs]
 
     def claim_model(self, evaluation, model_id, shard_count):
-        doc = {"evaluation": evaluation, "model_id": model_id, "shard_count": int(shard_count),
-               "claimed_at": utc_now()}
+        doc = self._scoped({"evaluation": evaluation, "model_id": model_id,
+                            "shard_count": int(shard_count), "claimed_at": utc_now()})
         self._call("recording an evaluation", lambda: self._evaluations.replace_one(
-            {"_id": f"{evaluation}/{model_id}"}, doc, upsert=True))
+            {"_id": self._key(evaluation, model_id)}, doc, upsert=True))
 
     def model_claims(self, model_id):
         docs = self._call("reading evaluations", lambda: list(
-            self._evaluations.find({"model_id": model_id}).sort([("evaluation", 1)])))
+            self._evaluations.find(self._scoped({"model_id": model_id})).sort([("evaluation", 1)])))
         return [self._strip(d) for d in docs]
 
     def _drop_claims(self, evaluation):
         def drop():
-            model_ids = sorted(d["model_id"] for d in self._evaluations.find({"evaluation": evaluation}))
-            self._evaluations.delete_many({"evaluation": evaluation})
+            query = self._scoped({"evaluation": evaluation})
+            model_ids = sorted(d["model_id"] for d in self._evaluations.find(query))
+            self._evaluations.delete_many(query)
             return model_ids
 
         return self._call("releasing an evaluation's models", drop)
@@ -713,23 +821,25 @@ class MongoStore(Store):
         # The bytes first, the document last: a delete that fails half way can be run again.
         self._call("deleting a model's bytes", lambda: (
             self._chunks.delete_many({"files_id": model_id}), self._files.delete_one({"_id": model_id})))
-        self._call("deleting a model", lambda: self._models.delete_one({"_id": model_id}))
+        self._call("deleting a model", lambda: self._models.delete_one(self._scoped({"_id": model_id})))
         self._call("deleting a model's evaluations",
-                   lambda: self._evaluations.delete_many({"model_id": model_id}))
+                   lambda: self._evaluations.delete_many(self._scoped({"model_id": model_id})))
 
     def close(self):
         self._client.close()
 
 
-def open_store(uri: str | None = None, database: str = DEFAULT_DATABASE) -> Store:
-    """A store for a URI: `mongodb://...` / `mongodb+srv://...` or `sqlite:///PATH`."""
+def open_store(uri: str | None = None, database: str = DEFAULT_DATABASE, *,
+               namespace: str = DEFAULT_NAMESPACE) -> Store:
+    """A store for a URI (`mongodb://...` / `mongodb+srv://...` or `sqlite:///PATH`) that reads
+    and writes only the records of `namespace`."""
     uri = uri or os.environ.get("MONGODB_URI") or DEFAULT_EMBEDDED_URI
     if uri.startswith(("mongodb://", "mongodb+srv://")):
-        return MongoStore(uri, database)
+        return MongoStore(uri, database, namespace=namespace)
     if uri.startswith("sqlite://"):
         # As SQLAlchemy spells them: sqlite:///relative/path, sqlite:////absolute/path.
         path = uri[len("sqlite://"):]
         if not path.startswith("/") or len(path) < 2:
             raise BadInput(f"store URI {echo(uri)}: expected sqlite:///PATH")
-        return EmbeddedStore(path[1:], database)
+        return EmbeddedStore(path[1:], database, namespace=namespace)
     raise BadInput(f"store URI {display_uri(uri)!r}: expected mongodb://, mongodb+srv:// or sqlite:///PATH")

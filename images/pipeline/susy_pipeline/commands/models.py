@@ -34,7 +34,7 @@ from ..continual import ancestry
 from ..errors import BadInput
 from ..progress import Progress
 from ..schema import DEFAULT_DATABASE
-from ..store import ModelRef, open_store
+from ..store import DEFAULT_NAMESPACE, ModelRef, open_store
 
 # Bytes written per step of `models export` (its progress bar moves per step).
 EXPORT_PIECE_BYTES = 1 << 20
@@ -57,6 +57,8 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=argparse.SUPPRESS,
                    help="model store: mongodb://... or sqlite:///PATH (env MONGODB_URI)")
     p.add_argument("--database", default=argparse.SUPPRESS, help="database name (env SUSY_DATABASE)")
+    p.add_argument("--namespace", type=options.namespace, default=argparse.SUPPRESS,
+                   help="the store's namespace (env SUSY_NAMESPACE; default: local)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,16 +108,18 @@ def _row(m: dict[str, Any]) -> dict[str, str]:
 
 def run_list(args: argparse.Namespace) -> dict | None:
     return list_models(run_name=args.run_name, lineage=args.lineage, table=args.table,
-                       store_uri=args.store, database=args.database)
+                       store_uri=args.store, database=args.database,
+                       namespace=args.namespace)
 
 
 def list_models(*, run_name: str | None = None, lineage: str | None = None, table: bool = False,
-                store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict | None:
+                store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+                namespace: str = DEFAULT_NAMESPACE) -> dict | None:
     """The stored models, newest first (of one run, or `lineage`'s chain); with `table`, printed
     as a table instead."""
     if lineage and run_name:
         raise BadInput("--lineage and --run-name select differently: give one of them")
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         models = ancestry(store, lineage) if lineage else store.list_models(run_name)
     if not table:
         return {"count": len(models), "models": models}
@@ -130,11 +134,13 @@ def list_models(*, run_name: str | None = None, lineage: str | None = None, tabl
 
 
 def run_export(args: argparse.Namespace) -> dict:
-    return export_model(ref=args.ref, out=args.out, store_uri=args.store, database=args.database)
+    return export_model(ref=args.ref, out=args.out, store_uri=args.store, database=args.database,
+                        namespace=args.namespace)
 
 
 def export_model(*, ref: str, out: str, store_uri: str | None = None,
-                 database: str = DEFAULT_DATABASE) -> dict:
+                 database: str = DEFAULT_DATABASE,
+                 namespace: str = DEFAULT_NAMESPACE) -> dict:
     """Write the .keras bytes of the model `ref` names to the file `out`."""
     if not out.endswith(".keras"):
         raise BadInput(f"--out {out!r}: the file name must end .keras (keras.models.load_model "
@@ -142,7 +148,7 @@ def export_model(*, ref: str, out: str, store_uri: str | None = None,
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise BadInput(f"--out {out!r}: directory {parent} does not exist")
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         meta, data = store.load_model(ref)
     # Written beside the target and renamed: the file appears whole or not at all.
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".export-", suffix=".keras")
@@ -164,27 +170,31 @@ def export_model(*, ref: str, out: str, store_uri: str | None = None,
 
 def run_delete(args: argparse.Namespace) -> dict:
     return delete_model(model_id=args.model_id, force=args.force, store_uri=args.store,
-                        database=args.database)
+                        database=args.database,
+                        namespace=args.namespace)
 
 
 def delete_model(*, model_id: str, force: bool = False, store_uri: str | None = None,
-                 database: str = DEFAULT_DATABASE) -> dict:
+                 database: str = DEFAULT_DATABASE,
+                 namespace: str = DEFAULT_NAMESPACE) -> dict:
     """Delete a model's record and bytes (refused while an unfinished evaluation uses it, unless `force`)."""
     ref = ModelRef.parse(model_id)
     if ref.model_id is None:
         raise BadInput(f"models delete takes a model id, not {model_id!r} "
                        "(`models list` shows the ids)")
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         return store.delete_model(ref.model_id, force=force)
 
 
 def run_lineage(args: argparse.Namespace) -> dict:
-    return model_lineage(ref=args.ref, store_uri=args.store, database=args.database)
+    return model_lineage(ref=args.ref, store_uri=args.store, database=args.database,
+                         namespace=args.namespace)
 
 
-def model_lineage(*, ref: str, store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+def model_lineage(*, ref: str, store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+                  namespace: str = DEFAULT_NAMESPACE) -> dict:
     """The model's record, the production it was trained on and the evaluations that scored it."""
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         meta = store.resolve_model(ref)
         run = meta.get("run")
         production = store.get_production(run) if run is not None else None
