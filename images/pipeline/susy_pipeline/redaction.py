@@ -21,6 +21,7 @@ A leaf module (standard library only): the operator imports it too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -90,6 +91,22 @@ def echo(value: Any, *, limit: int = MAX_ECHO_CHARS) -> str:
 def one_line(text: str, *, limit: int = MAX_MESSAGE_CHARS) -> str:
     """An error message as one scrubbed line (a termination message, a condition's message)."""
     return scrub(" ".join(str(text).split()), limit=limit)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that scrubs every record's message (arguments merged in) before any handler
+    formats it: a library that logs a URI or an exception with one in it cannot leak it. On a
+    handler it sees every record that reaches the handler; on a logger, that logger's own records
+    (kopf posts its per-object WARNING records as Events from the logger "kopf.objects")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage(), limit=MAX_LOG_CHARS)
+        record.args = ()
+        return True
+
+
+# A log line (a traceback is printed whole, scrubbed, by the command line).
+MAX_LOG_CHARS = 16 << 10
 
 
 def _secret_values() -> list[str]:
