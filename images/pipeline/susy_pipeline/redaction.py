@@ -42,8 +42,11 @@ _URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#\s
                   r"(?P<path>[^?#\s\"'<>]*)(?:\?[^#\s\"'<>]*)?(?:#[^\s\"'<>]*)?")
 # Environment variables whose values are secrets (or URIs that may carry them).
 _SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)
-# Names that match but hold no secret: the name of the Kubernetes Secret to check (files.SECRET_ENV).
-_NOT_SECRET = frozenset({"SUSY_DATA_SECRET"})
+# Names that match but hold no secret: the name of the Kubernetes Secret to check (files.SECRET_ENV),
+# and the operator's settings that name Secrets (config.py), which its refusals must show
+# ("spec.dataset.secretName susy-store is one of the operator's own connection Secrets").
+_NOT_SECRET = frozenset({"SUSY_DATA_SECRET", "SUSY_STORE_SECRET", "SUSY_KAFKA_SECRET", "SUSY_STORE_CA_SECRET",
+                         "SUSY_STORE_NAMESPACE_SECRET", "SUSY_ALLOWED_SECRETS"})
 # Variables holding URIs: their password and query values are secrets, their hosts are not.
 _URI_NAME = re.compile(r"_URI$|_URL$|_URL_", re.IGNORECASE)
 # Shorter values would mask ordinary words and numbers; a 1-3 character secret is no secret.
