@@ -22,6 +22,8 @@ from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, TOPIC_PATTERN
 READERS: Final = ("tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
+# As the store's ALIAS_PATTERN (susy_pipeline/store.py) and the CRDs' alias fields.
+ALIAS_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 K8S_SUBDOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -123,34 +125,37 @@ class Kafka:
 
 @dataclasses.dataclass(frozen=True)
 class ModelReference:
-    """Exactly one of the three is set."""
+    """Exactly one of the four is set."""
     id: str | None = None
     timestamp: str | None = None
     training_run: str | None = None
+    alias: str | None = None
 
     @property
     def store_ref(self) -> str:
-        """The reference in the pipeline's syntax (contracts.md §1), for ids and timestamps."""
+        """The reference in the pipeline's syntax (contracts.md §1), for ids, timestamps and aliases."""
         if self.id is not None:
             return self.id
         if self.timestamp is not None:
             return self.timestamp
+        if self.alias is not None:
+            return f"alias:{self.alias}"
         raise ValueError("a TrainingRun reference resolves through the TrainingRun's status")
 
     @property
     def text(self) -> str:
-        """The reference as status shows it: the id, the timestamp, or `trainingRun:NAME`."""
-        if self.id is not None:
-            return self.id
-        if self.timestamp is not None:
-            return self.timestamp
-        return f"trainingRun:{self.training_run}"
+        """The reference as status shows it: the id, the timestamp, `trainingRun:NAME` or `alias:NAME`."""
+        if self.training_run is not None:
+            return f"trainingRun:{self.training_run}"
+        return self.store_ref
 
     def describe(self) -> str:
         if self.id is not None:
             return f"model id {self.id}"
         if self.timestamp is not None:
             return f"the newest model at or before {self.timestamp}"
+        if self.alias is not None:
+            return f"the model of alias {self.alias}"
         return f"the latest model of TrainingRun {self.training_run}"
 
 
@@ -445,12 +450,12 @@ class _Reader:
         )
 
     def model_reference(self, data: Mapping[str, Any], path: str, *, present: bool) -> ModelReference:
-        """A model named exactly one way: id, timestamp or trainingRun (`present`: the section was
-        given as an object, so naming none is a problem too)."""
-        named = [key for key in ("id", "timestamp", "trainingRun") if data.get(key) not in (None, "")]
+        """A model named exactly one way: id, timestamp, trainingRun or alias (`present`: the section
+        was given as an object, so naming none is a problem too)."""
+        named = [key for key in ("id", "timestamp", "trainingRun", "alias") if data.get(key) not in (None, "")]
         if present and len(named) != 1:
-            self.problems.append(f"{path} must name the model exactly one way (id, timestamp or trainingRun), "
-                                 f"got {', '.join(named) if named else 'none'}")
+            self.problems.append(f"{path} must name the model exactly one way (id, timestamp, trainingRun "
+                                 f"or alias), got {', '.join(named) if named else 'none'}")
         model_id = self.string(data, path, "id", pattern=MODEL_ID_PATTERN)
         timestamp = self.string(data, path, "timestamp")
         if timestamp is not None:
@@ -459,7 +464,8 @@ class _Reader:
             except ValueError:
                 self.problems.append(f"{path}.timestamp {echo(timestamp)} is not an RFC 3339 date-time")
         training_run = self.string(data, path, "trainingRun", pattern=K8S_NAME_PATTERN)
-        return ModelReference(id=model_id, timestamp=timestamp, training_run=training_run)
+        alias = self.string(data, path, "alias", pattern=ALIAS_NAME_PATTERN)
+        return ModelReference(id=model_id, timestamp=timestamp, training_run=training_run, alias=alias)
 
     def model_params(self, model: Mapping[str, Any], path: str, *, allow_warm_start: bool = True) -> ModelParams:
         """spec.model: the recipe and what overrides it; a warm start (`warmStart`) if allowed."""
