@@ -413,5 +413,5 @@ def test_one_continual_generation_in_containers(docker_cluster: DockerCluster) -
     production = dc.store().get_production("someone-elses-stream")
     # Every message the producer wrote, and nothing else (the trigger counts offsets x rowsPerMessage).
     assert offsets == production["partitions"] and status["rowsConsumed"] >= 3000
-    assert dc.store().get_alias("docker-ct")["model_id"] == status["champion"]["modelId"]
+    assert dc.store().in_namespace(NAMESPACE).get_alias("docker-ct")["model_id"] == status["champion"]["modelId"]
     assert cluster.job_creations()[(NAMESPACE, "ct-g1-train-trainer")] == 1

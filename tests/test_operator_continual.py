@@ -20,7 +20,7 @@ import pytest
 from susy_operator import continual as ct, crd
 from susy_pipeline import store as store_lib
 from susy_pipeline.kafka_offsets import log_offsets
-from support.fixtures import NAMESPACE, cluster, operator, store_uri  # noqa: F401
+from support.fixtures import NAMESPACE, cluster, operator, store_uri, write_messages  # noqa: F401
 from support.harness import REPO, SAMPLE, Cluster
 
 pytestmark = [pytest.mark.integration]
@@ -78,7 +78,7 @@ def test_generations_follow_the_stream_champion_and_challenger(cluster: Cluster,
         one = decided(cluster, 1, runner)
         assert one["decision"] == crd.PROMOTED and one["reason"] == crd.REASON_FIRST_GENERATION
         champion = one["challenger"]["modelId"]
-        store = store_lib.open_store(store_uri)
+        store = store_lib.open_store(store_uri, namespace=NAMESPACE)  # the operator's: the CR's namespace
         assert store.get_alias("ct-e2e")["model_id"] == champion
 
         # Generation 2: a challenger that cannot learn.
@@ -168,3 +168,32 @@ def test_a_missing_topic_waits_naming_it_and_an_invalid_spec_fails_naming_the_fi
                                        or {}).get("phase") == crd.FAILED
                               and cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "bad"), 60, "bad to fail")
     assert "spec.trigger needs everyRows, everySeconds or both" in failed["status"]["message"]
+
+
+@pytest.mark.timeout(120)
+def test_an_alias_moved_by_someone_else_is_not_overwritten(cluster: Cluster, operator, store_uri: str,
+                                                           kafka_broker: str) -> None:
+    """Generation 1 sets the alias; a person then points it at another model; generation 2's
+    challenger (which wins, fake scores) is not promoted over the person's choice: the generation
+    fails with AliasMoved, and that model is the champion from then on. Pods are fakes."""
+    from support import fakes
+
+    cluster.start_runner(executor=fakes.executor)
+    operator(SUSY_KAFKA_BOOTSTRAP=kafka_broker, SUSY_POLL_SECONDS="0.5")
+    topic = f"ct-moved-{time.time_ns()}"
+    write_messages(kafka_broker, topic, 5)
+    cluster.create(continual_training(kafka={"topic": topic}, trigger={"everyRows": 5}))
+
+    def decision(generation: int) -> dict | None:
+        last = status(cluster).get("lastDecision") or {}
+        return last if last.get("generation") == generation else None
+    first = cluster.wait_for(lambda: decision(1), 60, "generation 1")
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
+    chosen = store.save_model({"run": "chosen-by-hand"}, b"weights")
+    store.set_alias("ct-e2e", chosen, set_by="a person", expected_model_id=first["challenger"]["modelId"])
+    write_messages(kafka_broker, topic, 5)
+    second = cluster.wait_for(lambda: decision(2), 60, "generation 2")
+    assert (second["decision"], second["reason"]) == (crd.GENERATION_FAILED, crd.REASON_ALIAS_MOVED), second
+    assert store.get_alias("ct-e2e")["model_id"] == chosen
+    assert status(cluster)["champion"]["modelId"] == chosen
+    assert crd.EVENT_GENERATION_FAILED in {e["reason"] for e in cluster.events(NAMESPACE, NAME)}

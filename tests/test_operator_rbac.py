@@ -19,7 +19,8 @@ import yaml
 from susy_operator import crd, tenancy
 from support import fakes
 from support.emulator import operator_calls
-from support.fixtures import NAMESPACE, cluster, evaluation_run, operator, store_uri, training_run  # noqa: F401
+from support.fixtures import (NAMESPACE, cluster, evaluation_run, operator, store_uri, training_run,  # noqa: F401
+                              write_messages)
 from support.harness import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,15 +81,6 @@ def granted_calls(helm: str) -> set[tuple[str, str, str]]:
             for verb in rule.get("verbs", [])}
 
 
-def _write(bootstrap: str, topic: str, messages: int) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for _ in range(messages):
-        producer.send(topic, key=b"1", value=b"0" * 18, partition=0)
-    producer.close()
-
-
 @pytest.fixture
 def recorded_calls(cluster: Cluster, operator, kafka_broker: str) -> set[tuple[str, str, str]]:
     cluster.start_runner(executor=fakes.executor, fail_first={("crash-producer", 0)})
@@ -98,7 +90,7 @@ def recorded_calls(cluster: Cluster, operator, kafka_broker: str) -> set[tuple[s
     # the first creates a TrainingRun, the second an EvaluationRun as well, the third's end deletes
     # the second's children (historyLimit 1).
     topic = f"rbac-ct-{secrets.token_hex(3)}"
-    _write(kafka_broker, topic, 5)
+    write_messages(kafka_broker, topic, 5)
     cluster.create({"apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND,
                     "metadata": {"name": "ct", "namespace": NAMESPACE},
                     "spec": {"kafka": {"topic": topic}, "trigger": {"everyRows": 5}, "reader": "kafka-python",
@@ -108,7 +100,7 @@ def recorded_calls(cluster: Cluster, operator, kafka_broker: str) -> set[tuple[s
         cluster.wait_for(lambda: ((cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "ct") or {}).get("status") or {}).get(
             "lastDecision", {}).get("generation") == generation, 60, f"generation {generation}")
         if generation < 3:
-            _write(kafka_broker, topic, 5)
+            write_messages(kafka_broker, topic, 5)
     cluster.wait_for(lambda: cluster.get(crd.EVALUATION_PLURAL, NAMESPACE, "ct-g2-eval") is None, 30,
                      "generation 2's children deleted")
     open_to_runs = {"namespace": NAMESPACE, "labels": {tenancy.LABEL_ALLOW_RUNS: "true"}}

@@ -11,6 +11,7 @@ offsets are read by the operator itself, through the same KAFKA_* security setti
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,19 +58,29 @@ def _create_child(body: kopf.Body, plural: str, child: dict[str, Any], logger: k
         logger.info(f"Created {child['kind']} {child['metadata']['name']}.")
 
 
-def _move_alias(namespace: str, alias: str, challenger: str, champion: str | None, set_by: str) -> None:
+def _move_alias(namespace: str, alias: str, challenger: str, champion: str | None, set_by: str) -> str | None:
     """Point the alias at the challenger, only if it still points at the champion (compare-and-set):
-    done already (an operator killed after this, before its status patch) is success."""
+    done already (an operator killed after this, before its status patch) is success. Returns
+    None, or the model the alias points at when someone else moved it meanwhile (not moved then)."""
+    from susy_pipeline.store import AliasConflict
+
     store = runs.model_store(namespace)
     now = store.get_alias(alias)
     if now is not None and now.get("model_id") == challenger:
-        return
-    store.set_alias(alias, challenger, set_by=set_by, expected_model_id=champion)
+        return None
+    try:
+        store.set_alias(alias, challenger, set_by=set_by, expected_model_id=champion)
+    except AliasConflict:
+        moved = store.get_alias(alias)
+        return (moved or {}).get("model_id") or "nothing"
+    return None
 
 
 def _act(body: kopf.Body, parsed: spec_lib.ContinualTrainingSpec, status: Mapping[str, Any],
-         decision: continual.Decision, name: str, namespace: str, logger: kopf.Logger) -> None:
-    """The decision's side effect; the status it leads to is written by the caller."""
+         decision: continual.Decision, name: str, namespace: str, logger: kopf.Logger) -> continual.Decision:
+    """The decision's side effect; the status it leads to is written by the caller. Returns the
+    decision that was carried out: a promotion whose alias someone else moved meanwhile becomes a
+    failed generation (the person's choice stands; it becomes the champion)."""
     current = status.get("current") or {}
     champion = (status.get("champion") or {}).get("modelId")
     if decision.action == continual.CREATE_TRAINING:
@@ -87,8 +98,14 @@ def _act(body: kopf.Body, parsed: spec_lib.ContinualTrainingSpec, status: Mappin
                    message=f"{decision.message}: offsets {continual.ranges_list(decision.ranges or {})}")
     elif decision.action == continual.PROMOTE:
         assert decision.challenger is not None
-        _move_alias(namespace, parsed.alias, decision.challenger["modelId"], champion,
-                    f"ContinualTraining {namespace}/{name} generation {decision.generation}")
+        moved = _move_alias(namespace, parsed.alias, decision.challenger["modelId"], champion,
+                            f"ContinualTraining {namespace}/{name} generation {decision.generation}")
+        if moved is not None:
+            message = (f"alias {parsed.alias} was moved to {moved} by someone else since it pointed at {champion}: "
+                       f"challenger {decision.challenger['modelId']} not promoted; {moved} is the champion now")
+            kopf.event(body, type="Warning", reason=crd.EVENT_GENERATION_FAILED, message=message)
+            return dataclasses.replace(decision, action=continual.FAIL_GENERATION, reason=crd.REASON_ALIAS_MOVED,
+                                       message=message, champion={"modelId": moved, "value": None})
         kopf.event(body, type="Normal", reason=crd.EVENT_PROMOTED,
                    message=f"alias {parsed.alias} -> {decision.challenger['modelId']}: {decision.message}")
     elif decision.action == continual.REJECT:
@@ -99,6 +116,7 @@ def _act(body: kopf.Body, parsed: spec_lib.ContinualTrainingSpec, status: Mappin
         kopf.event(body, type="Warning", reason=crd.EVENT_GENERATION_FAILED,
                    message=f"generation {decision.generation} failed, champion {champion} kept; the next "
                            f"trigger reads its offsets again: {decision.message}")
+    return decision
 
 
 def _conditions(status: Mapping[str, Any], decision: continual.Decision, now: str,
@@ -160,9 +178,11 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         if decision.lost and list(decision.lost) != list(state.get("lostOffsets") or ()):
             kopf.event(body, type="Warning", reason=crd.EVENT_OFFSETS_LOST, message="; ".join(decision.lost))
             changes["lostOffsets"] = list(decision.lost)
-        _act(body, parsed, state, decision, name, namespace, logger)
+        decision = _act(body, parsed, state, decision, name, namespace, logger)
         step = continual.transition(state, decision, name=name, now=now, rows_per_message=parsed.rows_per_message,
                                     history_limit=parsed.history_limit)
+        if decision.reason == crd.REASON_ALIAS_MOVED and decision.champion:
+            step["champion"] = {"modelId": decision.champion["modelId"], "value": None, "since": now}
         if step.get("champion") is not None:
             step["champion"] = {**step["champion"], "metric": parsed.metric}
         finished |= decision.action in (continual.PROMOTE, continual.REJECT, continual.FAIL_GENERATION)
