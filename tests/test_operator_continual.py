@@ -197,3 +197,28 @@ def test_an_alias_moved_by_someone_else_is_not_overwritten(cluster: Cluster, ope
     assert store.get_alias("ct-e2e")["model_id"] == chosen
     assert status(cluster)["champion"]["modelId"] == chosen
     assert crd.EVENT_GENERATION_FAILED in {e["reason"] for e in cluster.events(NAMESPACE, NAME)}
+
+
+@pytest.mark.timeout(240)
+def test_a_trainingrun_past_the_log_end_fails_naming_the_offsets_the_log_holds(
+        cluster: Cluster, operator, kafka_broker: str) -> None:
+    """A TrainingRun with spec.source (no producer) whose range ends past the log: the real trainer
+    exits 2 before reading, and the run is Failed with its message: the topic, the partition and
+    the offsets that exist. No producer Job is ever made."""
+    from support.fixtures import training_run
+
+    cluster.start_runner()
+    operator(SUSY_KAFKA_BOOTSTRAP=kafka_broker, SUSY_POLL_SECONDS="0.5")
+    topic = f"tr-source-{time.time_ns()}"
+    write_messages(kafka_broker, topic, 20)
+    body = training_run("from-kafka", source={"kafka": {"topic": topic, "offsets": [
+        {"partition": 0, "start": 10, "end": 50}]}}, reader="kafka-python")
+    del body["spec"]["dataset"], body["spec"]["kafka"]
+    cluster.create(body)
+    tr = cluster.wait_phase(crd.TRAINING_PLURAL, NAMESPACE, "from-kafka", {crd.SUCCEEDED, crd.FAILED}, 200)
+    assert tr["status"]["phase"] == crd.FAILED, tr["status"]
+    message = tr["status"]["message"]
+    assert f"topic {topic}" in message
+    assert "partition 0: offsets 20..49 are past the log end; the log holds offsets 0..19" in message
+    assert cluster.get("jobs", NAMESPACE, "from-kafka-producer") is None
+    assert tr["status"]["kafka"] == {"topic": topic, "offsets": [{"partition": 0, "start": 10, "end": 50}]}
