@@ -260,3 +260,18 @@ def test_an_evaluation_run_never_resolves_another_namespaces_model(cluster: Clus
         env = {e["name"]: e.get("value") for e in cluster.get("jobs", NAMESPACE, f"{name}-eval")[
             "spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["SUSY_NAMESPACE"] == NAMESPACE  # the shards write NAMESPACE's records
+
+    # An alias: team-b's "champion" is not NAMESPACE's, until NAMESPACE sets its own.
+    with store_lib.open_store(store_uri, namespace="team-b") as team_b:
+        team_b.set_alias("champion", theirs, set_by="team-b")
+    cluster.create(evaluation_run("by-their-alias", {"alias": "champion"}))
+    failed = cluster.wait_phase("evaluationruns", NAMESPACE, "by-their-alias", TERMINAL, 20)
+    cond = condition(failed, crd.MODEL_RESOLVED)
+    assert cond["reason"] == crd.REASON_MODEL_NOT_FOUND and f"no alias 'champion' in namespace '{NAMESPACE}'" in \
+        cond["message"], cond
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as ours:
+        ours.set_alias("champion", own["modelId"], set_by="us")
+    cluster.create(evaluation_run("by-alias", {"alias": "champion"}))
+    done = cluster.wait_phase("evaluationruns", NAMESPACE, "by-alias", TERMINAL, 30)
+    assert done["status"]["phase"] == crd.SUCCEEDED, done["status"]
+    assert done["status"]["models"] == [{"reference": "alias:champion", "modelId": own["modelId"]}]

@@ -24,10 +24,21 @@ an evaluation is unfinished while fewer of its shards than it has have stored
 a result for that model. `delete_model` refuses while any is (`ModelInUse`).
 An evaluation that will never finish is let go with `release_evaluation`.
 
+Aliases: a named, movable pointer to a model of the namespace (MLflow's registered-model aliases:
+mlflow/store/model_registry/dbmodels/models.py, SqlRegisteredModelAlias, one row per (name,
+alias)), referenced as `alias:NAME`. `set_alias` moves one atomically, refusing a model that is
+not in the namespace; with `expected_model_id` it is a compare-and-set (MongoDB: one
+find_one_and_update whose filter holds the expected model; the embedded store: one BEGIN
+IMMEDIATE transaction), so of two writers that both read the same champion only one moves it.
+Each move is recorded (who, when, from which model to which) as one document in
+`AliasHistory`, which is never rewritten. A model an alias points to is not deleted unless
+forced; forced, its aliases go with it (as MLflow's delete_model_version deletes the aliases of
+the version, mlflow/store/model_registry/sqlalchemy_store.py), each removal recorded.
+
 Namespaces: a store is opened for one namespace (`open_store(..., namespace=)`; the operator
 passes the custom resource's Kubernetes namespace, the commands `--namespace` / SUSY_NAMESPACE,
 default `local`). Every record it writes carries `namespace`, and every read (a model by id,
-timestamp, `latest:RUN`, a listing, productions, shard results, evaluation claims) sees only
+timestamp, `latest:RUN`, `alias:NAME`, a listing, productions, shard results, evaluation claims) sees only
 that namespace, so one team's reference never resolves to another's model. Records keyed by a
 name (productions, shard results, claims) are keyed `NAMESPACE/NAME`; a namespace is a
 Kubernetes namespace name, which holds no "/", so two namespaces' keys never collide. Records
@@ -55,6 +66,12 @@ from .redaction import display_uri, echo, scrub
 
 PRODUCTIONS_COLLECTION = "Productions"
 SHARD_RESULTS_COLLECTION = "ShardResults"
+# Named pointers to models (one document per namespace and name) and every move of one: set_alias.
+ALIASES_COLLECTION = "Aliases"
+ALIAS_HISTORY_COLLECTION = "AliasHistory"
+# As a Kubernetes label value: letters, digits, '-', '_' and '.', at most 63, alphanumeric at both
+# ends; so an alias fits the CRDs' alias fields and a label, and "alias:NAME" parses one way.
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 # Which evaluation scores which model (one record per evaluation and model): see claim_model.
 EVALUATIONS_COLLECTION = "Evaluations"
 # What a running shard or trainer last reported (one document per source, overwritten): see put_heartbeat.
@@ -85,11 +102,23 @@ class ModelNotFound(StoreError, BadInput, LookupError):
 
 
 class ModelInUse(StoreError, BadInput):
-    """A model that an unfinished evaluation names cannot be deleted."""
+    """A model that an unfinished evaluation names, or an alias points to, cannot be deleted."""
 
-    def __init__(self, message: str, evaluations: list[dict[str, Any]]):
+    def __init__(self, message: str, evaluations: list[dict[str, Any]], aliases: list[str] = ()):
         super().__init__(message)
         self.evaluations = evaluations
+        self.aliases = list(aliases)
+
+
+class AliasConflict(StoreError, BadInput):
+    """A compare-and-set of an alias lost: it no longer points where the caller expected."""
+
+
+def check_alias(name: str) -> str:
+    if not isinstance(name, str) or not ALIAS_PATTERN.fullmatch(name):
+        raise BadInput(f"alias {name!r}: expected letters, digits, '-', '_' or '.', at most 63 "
+                       "characters, a letter or digit at both ends (e.g. champion)")
+    return name
 
 
 def check_namespace(namespace: str) -> str:
@@ -124,15 +153,16 @@ def _as_utc_text(moment: dt.datetime) -> str:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """How a user names a model: by id, by timestamp, or the latest of a run.
+    """How a user names a model: by id, by timestamp, the latest of a run, or an alias.
 
     Text forms: `ID`, an ISO-8601 timestamp (the newest model created at or
-    before it), or `latest:RUN`.
+    before it), `latest:RUN`, or `alias:NAME` (the model the alias points to now).
     """
 
     model_id: str | None = None
     at_or_before: str | None = None
     run: str | None = None
+    alias: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ModelRef":
@@ -144,6 +174,8 @@ class ModelRef:
             if not run:
                 raise BadInput("model reference 'latest:' needs a run name, e.g. latest:my-run")
             return cls(run=run)
+        if text.startswith("alias:"):
+            return cls(alias=check_alias(text[len("alias:"):]))
         if re.fullmatch(r"[0-9a-f]{32}", text):
             return cls(model_id=text)
         try:
@@ -155,6 +187,8 @@ class ModelRef:
     def __str__(self) -> str:
         if self.run is not None:
             return f"latest:{self.run}"
+        if self.alias is not None:
+            return f"alias:{self.alias}"
         return self.model_id or self.at_or_before or ""
 
 
@@ -240,26 +274,98 @@ class Store:
         """The evaluations that name a model and still miss shard results for it."""
         return [e for e in self.model_evaluations(model_id) if not e["finished"]]
 
-    def delete_model(self, model_id: str, *, force: bool = False) -> dict[str, Any]:
+    def delete_model(self, model_id: str, *, force: bool = False,
+                     deleted_by: str = "unknown") -> dict[str, Any]:
         """Delete a model by id (its bytes and its record); return what was deleted.
 
-        Raises `ModelNotFound` for an unknown id and `ModelInUse` while an unfinished
-        evaluation names it, unless `force` (for an evaluation that will never finish: its
-        EvaluationRun deleted or failed for good).
+        Raises `ModelNotFound` for an unknown id, and `ModelInUse` while an unfinished
+        evaluation names it or an alias points to it, unless `force` (for an evaluation that
+        will never finish: its EvaluationRun deleted or failed for good). Forced, the aliases
+        that point to it are deleted with it, each removal in the alias's history (`deleted_by`).
         """
         meta = self.resolve_model(ModelRef(model_id=model_id))
         busy = self.unfinished_evaluations(model_id)
+        aliases = sorted(a["name"] for a in self.list_aliases() if a["model_id"] == model_id)
         if busy and not force:
             names = ", ".join(f"{c['evaluation']!r} ({c['shards_done']} of {c['shard_count']} shards "
                               f"done, last claimed {c['claimed_at']})" for c in busy)
             raise ModelInUse(
                 f"model {model_id} is in use by unfinished evaluation(s) {names}: wait until every "
                 f"shard has stored its result, or pass --force if the evaluation will never finish "
-                f"(its EvaluationRun deleted or failed)", busy)
+                f"(its EvaluationRun deleted or failed)", busy, aliases)
+        if aliases and not force:
+            raise ModelInUse(
+                f"model {model_id} is the model of alias(es) {', '.join(map(repr, aliases))}: move "
+                f"them first (models alias set NAME REF), or pass --force to delete the aliases with "
+                f"the model (their history stays)", [], aliases)
+        for name in aliases:  # only if it still points here: a move meanwhile keeps the alias
+            try:
+                self._move_alias(name, None, set_by=deleted_by, expected_model_id=model_id)
+            except AliasConflict:
+                pass
         self._remove_model(model_id)
         return {"model_id": model_id, "run": meta.get("run"), "created_at": meta.get("created_at"),
                 "size_bytes": meta.get("size_bytes"), "deleted": True,
-                "unfinished_evaluations": [c["evaluation"] for c in busy]}
+                "unfinished_evaluations": [c["evaluation"] for c in busy], "aliases_deleted": aliases}
+
+    # --- aliases ---
+
+    def set_alias(self, name: str, model_id: str, *, set_by: str,
+                  expected_model_id: str | None = None) -> dict[str, Any]:
+        """Point alias `name` at model `model_id` of this namespace, atomically; return the alias.
+
+        With `expected_model_id`, only if the alias points there now (compare-and-set; else
+        `AliasConflict`, naming where it points). A model not in the namespace is refused
+        (`ModelNotFound`). Every move adds one document to the alias's history."""
+        check_alias(name)
+        if not set_by:
+            raise BadInput(f"alias {name!r}: set_by (who moves it) must not be empty")
+        return self._move_alias(name, model_id, set_by=set_by, expected_model_id=expected_model_id)
+
+    def get_alias(self, name: str) -> dict[str, Any] | None:
+        """{namespace, name, model_id, set_by, set_at, version}, or None if there is no such alias."""
+        raise NotImplementedError
+
+    def list_aliases(self) -> list[dict[str, Any]]:
+        """The namespace's aliases, by name."""
+        raise NotImplementedError
+
+    def alias_history(self, name: str) -> list[dict[str, Any]]:
+        """Every move of alias `name`, newest first: {version, model_id (None: deleted),
+        previous_model_id, set_by, set_at}."""
+        raise NotImplementedError
+
+    def _move_alias(self, name: str, model_id: str | None, *, set_by: str,
+                    expected_model_id: str | None) -> dict[str, Any]:
+        """The back end's atomic step: check, move (None: delete), record the move."""
+        raise NotImplementedError
+
+    def _alias_target(self, ref: ModelRef) -> ModelRef:
+        """An `alias:NAME` reference as the id it points to now; any other reference as it is."""
+        if ref.alias is None:
+            return ref
+        alias = self.get_alias(ref.alias)
+        if alias is None:
+            raise ModelNotFound(f"no alias {ref.alias!r} in namespace {self.namespace!r}")
+        return ModelRef(model_id=alias["model_id"])
+
+    @staticmethod
+    def _alias_conflict(name: str, current: dict[str, Any] | None, expected: str) -> AliasConflict:
+        where = f"model {current['model_id']}" if current else "no model (it does not exist)"
+        return AliasConflict(f"alias {name!r} points to {where}, not the expected {expected}: "
+                             "someone moved it meanwhile; read it again and decide")
+
+    @staticmethod
+    def _move_record(name: str, model_id: str | None, previous: dict[str, Any] | None,
+                     set_by: str, set_at: str) -> dict[str, Any]:
+        """The alias's new state, which is also its history entry. A deleted alias stays as a
+        record without a model, so its versions go on counting if it is set again."""
+        return {"name": name, "model_id": model_id,
+                "previous_model_id": (previous or {}).get("model_id"),
+                "set_by": set_by, "set_at": set_at, "version": ((previous or {}).get("version") or 0) + 1}
+
+    def _alias_missing_model(self, name: str, model_id: str) -> ModelNotFound:
+        return ModelNotFound(f"alias {name!r}: no model with id {model_id!r} in namespace {self.namespace!r}")
 
     def put_production(self, run: str, record: dict[str, Any]) -> None:
         """Record (upsert) what a producer wrote for a run."""
@@ -511,7 +617,7 @@ class EmbeddedStore(Store):
         return self._checked(meta, b"".join(data for _, data in chunks))
 
     def _find_model(self, ref: ModelRef | str, with_blob: bool):
-        ref = _coerce_ref(ref)
+        ref = self._alias_target(_coerce_ref(ref))
         if ref.model_id is not None:
             rows = self._select(MODELS_COLLECTION, "id = ?", (ref.model_id,), with_blob=with_blob)
         elif ref.run is not None:
@@ -584,9 +690,49 @@ class EmbeddedStore(Store):
                                  ((collection, key) for key, _ in mine))
         return sorted(model_id for _, model_id in mine)
 
+    def get_alias(self, name):
+        rows = self._select(ALIASES_COLLECTION, "id = ?", (self._key(name),))
+        return rows[0][0] if rows and rows[0][0]["model_id"] is not None else None
+
+    def list_aliases(self):
+        # Column `run` holds the model id (NULL once deleted), as it does for Evaluations.
+        return [body for body, _ in self._select(ALIASES_COLLECTION, "run IS NOT NULL", order="id")]
+
+    def alias_history(self, name):
+        return [body for body, _ in self._select(ALIAS_HISTORY_COLLECTION, "run = ?", (name,),
+                                                 order="id DESC")]
+
+    def _move_alias(self, name, model_id, *, set_by, expected_model_id):
+        # One BEGIN IMMEDIATE transaction: the read, the checks and both writes, with every other
+        # writer (process or thread) kept out until it commits.
+        with self._lock, self._transaction():
+            row = self._db.execute(*self._query(ALIASES_COLLECTION, "id = ?", (self._key(name),),
+                                                "id", None, False)).fetchone()
+            current = json.loads(row[0]) if row else None
+            if expected_model_id is not None and (current or {}).get("model_id") != expected_model_id:
+                raise self._alias_conflict(name, current if (current or {}).get("model_id") else None,
+                                           expected_model_id)
+            if model_id is not None and self._db.execute(*self._query(
+                    MODELS_COLLECTION, "id = ?", (model_id,), "id", None, False)).fetchone() is None:
+                raise self._alias_missing_model(name, model_id)
+            moved = self._move_record(name, model_id, current, set_by, utc_now())
+            state = {k: v for k, v in moved.items() if k != "previous_model_id"}
+            self._write(ALIASES_COLLECTION, self._key(name), model_id, moved["set_at"], state)
+            self._write(ALIAS_HISTORY_COLLECTION, self._key(name, f"{moved['version']:012d}"), name,
+                        moved["set_at"], moved)
+        return {**moved, "namespace": self.namespace}
+
     def _remove_model(self, model_id):
         bucket = self._collection(MODELS_COLLECTION)
         with self._lock, self._transaction():
+            # In the deleting transaction: an alias set since delete_model looked is not left
+            # pointing at nothing.
+            aliased = self._db.execute(*self._query(ALIASES_COLLECTION, "run = ?", (model_id,), "id",
+                                                    None, False)).fetchall()
+            if aliased:
+                names = [json.loads(body)["name"] for body, _ in aliased]
+                raise ModelInUse(f"model {model_id} became the model of alias(es) "
+                                 f"{', '.join(map(repr, names))} while it was being deleted", [], names)
             self._db.execute("DELETE FROM chunks WHERE bucket = ? AND files_id = ?", (bucket, model_id))
             self._db.execute("DELETE FROM files WHERE bucket = ? AND id = ?", (bucket, model_id))
             self._db.execute("DELETE FROM documents WHERE collection = ? AND id = ? AND namespace = ?",
@@ -623,6 +769,8 @@ class MongoStore(Store):
         self._productions = db.get_collection(PRODUCTIONS_COLLECTION, write_concern=majority)
         self._shards = db.get_collection(SHARD_RESULTS_COLLECTION, write_concern=majority)
         self._evaluations = db.get_collection(EVALUATIONS_COLLECTION, write_concern=majority)
+        self._aliases = db.get_collection(ALIASES_COLLECTION, write_concern=majority)
+        self._alias_history = db.get_collection(ALIAS_HISTORY_COLLECTION, write_concern=majority)
         # A lost heartbeat is replaced by the next one a few seconds later: w=1 is enough.
         self._heartbeats = db.get_collection(HEARTBEATS_COLLECTION)
         # GridFS bucket MLModels: MLModels.files (one document per model, _id = the model id) and
@@ -668,6 +816,10 @@ class MongoStore(Store):
         self._evaluations.create_index([("namespace", 1), ("evaluation", 1)])
         self._productions.create_index([("namespace", 1)])
         self._heartbeats.create_index([("namespace", 1), ("run", 1), ("source", 1)])
+        # One alias per namespace and name, whatever its _id: two first sets cannot both insert.
+        self._aliases.create_index([("namespace", 1), ("name", 1)], unique=True)
+        self._aliases.create_index([("namespace", 1), ("model_id", 1)])
+        self._alias_history.create_index([("namespace", 1), ("name", 1), ("version", -1)])
         self._adopt_records_without_namespace()
 
     def _adopt_records_without_namespace(self) -> None:
@@ -717,7 +869,7 @@ class MongoStore(Store):
         return model_id
 
     def _find_model(self, ref, with_blob: bool):
-        ref = _coerce_ref(ref)
+        ref = self._alias_target(_coerce_ref(ref))
         projection = None if with_blob else {"model": False}
         if ref.model_id is not None:
             query, sort = {"_id": ref.model_id}, None
@@ -816,6 +968,70 @@ class MongoStore(Store):
             return model_ids
 
         return self._call("releasing an evaluation's models", drop)
+
+    def get_alias(self, name):
+        doc = self._call("reading an alias", lambda: self._aliases.find_one({"_id": self._key(name)}))
+        return self._strip(doc) if doc and doc.get("model_id") is not None else None
+
+    def list_aliases(self):
+        docs = self._call("listing aliases", lambda: list(
+            self._aliases.find(self._scoped({"model_id": {"$ne": None}})).sort([("name", 1)])))
+        return [self._strip(d) for d in docs]
+
+    def alias_history(self, name):
+        docs = self._call("reading an alias's history", lambda: list(
+            self._alias_history.find(self._scoped({"name": name})).sort([("version", -1)])))
+        history = [self._strip(d) for d in docs]
+        # A mover stopped between the move and its record: the alias itself is the newest entry.
+        current = self._call("reading an alias", lambda: self._aliases.find_one({"_id": self._key(name)}))
+        if current and current.get("version") not in {h.get("version") for h in history}:
+            history.insert(0, {**self._strip(current), "previous_model_id": None, "recovered": True})
+        return history
+
+    def _move_alias(self, name, model_id, *, set_by, expected_model_id):
+        from pymongo import ReturnDocument
+        from pymongo.errors import DuplicateKeyError
+
+        if model_id is not None:
+            try:
+                self.resolve_model(ModelRef(model_id=model_id))
+            except ModelNotFound:
+                raise self._alias_missing_model(name, model_id) from None
+        key, set_at = self._key(name), utc_now()
+        # The compare-and-set is the filter: the update applies only while the alias still points
+        # at the expected model, in one find_one_and_update (atomic on one document:
+        # https://www.mongodb.com/docs/manual/reference/method/db.collection.findOneAndUpdate/).
+        query = {"_id": key} if expected_model_id is None else {"_id": key, "model_id": expected_model_id}
+        update = {"$set": self._scoped({"name": name, "model_id": model_id, "set_by": set_by,
+                                        "set_at": set_at}),
+                  "$inc": {"version": 1}}
+
+        def move():
+            try:
+                return self._aliases.find_one_and_update(query, update, upsert=expected_model_id is None,
+                                                         return_document=ReturnDocument.BEFORE)
+            except DuplicateKeyError:  # another first set inserted it meanwhile: now it exists
+                return self._aliases.find_one_and_update(query, update, return_document=ReturnDocument.BEFORE)
+
+        before = self._call("moving an alias", move)
+        if before is None and expected_model_id is not None:
+            raise self._alias_conflict(name, self.get_alias(name), expected_model_id)
+        moved = self._move_record(name, model_id, before, set_by, set_at)
+
+        def record():
+            # $setOnInsert: a history entry, once written, is never changed. The previous move's
+            # entry too, in case the process that made it stopped before writing it.
+            if before is not None and before.get("version"):
+                self._alias_history.update_one(
+                    {"_id": self._key(name, f"{before['version']:012d}")},
+                    {"$setOnInsert": self._scoped({**self._move_record(
+                        name, before.get("model_id"), None, before.get("set_by"), before.get("set_at")),
+                        "version": before["version"], "recovered": True})}, upsert=True)
+            self._alias_history.update_one({"_id": self._key(name, f"{moved['version']:012d}")},
+                                           {"$setOnInsert": self._scoped(moved)}, upsert=True)
+
+        self._call("recording an alias move", record)
+        return {**moved, "namespace": self.namespace}
 
     def _remove_model(self, model_id):
         # The bytes first, the document last: a delete that fails half way can be run again.

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate", help="score one shard of a test set with a stored model; upsert the shard result",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None,
-                   help="model id, ISO timestamp (newest at or before) or latest:RUN; give it up to "
+                   help="model id, ISO timestamp (newest at or before), latest:RUN or alias:NAME; give it up to "
                         f"{MAX_MODELS} times to score several models in one pass (env SUSY_MODEL, "
                         "space-separated)")
     p.add_argument("--ensemble", choices=ENSEMBLE_METHODS, default=options.env("SUSY_ENSEMBLE") or None,

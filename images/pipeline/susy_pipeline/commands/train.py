@@ -8,8 +8,8 @@ api.version.request=false and broker.version.fallback=0.9.0. Recipes: `tuned` (d
 standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
 
-Continual learning: `--warm-start REF` (a model id, an ISO-8601 timestamp or
-latest:RUN) continues a stored model, its weights and standardization, on this
+Continual learning: `--warm-start REF` (a model id, an ISO-8601 timestamp,
+latest:RUN or alias:NAME) continues a stored model, its weights and standardization, on this
 run's rows. The parent's recorded settings are the defaults; an option that
 would change its network (--hidden, --dropout, a --recipe of another shape) is
 refused. The new model's record names the parent (`parent_model_id`);
@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "--warm-start the parent's; a TrainingRun defaults to seed, one pass over "
                         "the topic as the seed's job did)")
     p.add_argument("--warm-start", metavar="REF", default=options.env("SUSY_WARM_START"),
-                   help="continue training this stored model (id, ISO-8601 timestamp or latest:RUN) "
+                   help="continue training this stored model (id, ISO-8601 timestamp, latest:RUN or alias:NAME) "
                         "on this run's rows: its weights and standardization, its settings as the "
                         "defaults (env SUSY_WARM_START)")
     p.add_argument("--offsets", type=_offsets, default=options.env("SUSY_OFFSETS"), metavar="SPEC",
