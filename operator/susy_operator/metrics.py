@@ -38,6 +38,8 @@ DEFAULT_METRICS_PORT = 8000
 STEPS = ("producer", "trainer", "evaluator")
 SOURCES = ("shard", "trainer")
 KINDS = ("TrainingRun", "EvaluationRun", "ContinualTraining")
+GENERATION_OUTCOMES = ("succeeded", "failed")
+PROMOTION_RESULTS = ("promoted", "rejected")
 
 REGISTRY = CollectorRegistry()
 
@@ -72,6 +74,10 @@ for _step in STEPS:  # every series exists from the start, at 0, so rate() and t
     STEP_DURATION.labels(step=_step)
 for _kind in KINDS:
     RECONCILE_DURATION.labels(kind=_kind)
+for _outcome in GENERATION_OUTCOMES:
+    GENERATIONS.labels(outcome=_outcome)
+for _result in PROMOTION_RESULTS:
+    PROMOTIONS.labels(result=_result)
 for _source in SOURCES:
     HEARTBEATS_MISSED.labels(source=_source)
 
