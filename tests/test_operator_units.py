@@ -255,7 +255,7 @@ def test_service_account_and_pull_policy_come_from_the_operator_config() -> None
 def test_training_defaults() -> None:
     spec = spec_lib.parse_training_run({"dataset": {"uri": "x"}})
     assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
-    assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=3)  # as the platform chart creates trainData
+    assert spec.kafka == spec_lib.Kafka(topic=None, partitions=3)  # the run's own topic (builders.topic)
     assert spec.model == spec_lib.ModelParams(recipe="seed")
     assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "tfio")
     assert spec.run_policy == spec_lib.RunPolicy()
@@ -336,7 +336,7 @@ def test_pure_modules_import_neither_kopf_nor_a_client() -> None:
     import pathlib
 
     root = pathlib.Path(builders.__file__).parent
-    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py"):
+    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py", "tenancy.py"):
         tree = ast.parse((root / name).read_text())
         imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}

@@ -66,7 +66,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
     # shard pod has started (the shards claim it again; an upsert).
     for distinct in dict.fromkeys(ids):
-        runs.model_store().claim_model(evaluation, distinct, parsed.shards)
+        runs.model_store(body["metadata"]["namespace"]).claim_model(evaluation, distinct, parsed.shards)
     job, _ = runs.ensure_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
                                                           CONFIG.job_config), logger)
     resolved = "; ".join(f"{ref.describe()} is {i}" for ref, i in zip(parsed.references, ids))
@@ -97,7 +97,7 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation, enforce_tenancy=True)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,
@@ -130,7 +130,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         body, step, job_name,
         lambda: builders.evaluator_job(runs.owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
-        output_present=lambda: len(runs.model_store().shard_results(evaluation)) >= parsed.shards)
+        output_present=lambda: len(runs.model_store(namespace).shard_results(evaluation)) >= parsed.shards)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
         patch.status["shards"] = shards
@@ -140,7 +140,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                                    lambda beats: progress_lib.evaluation_progress(beats, parsed.shards))
         return
     now = st.now_rfc3339()
-    results = runs.model_store().shard_results(evaluation)
+    results = runs.model_store(namespace).shard_results(evaluation)
     try:
         aggregated = aggregate(results, parsed.shards)
     except IncompleteEvaluation as error:
@@ -167,7 +167,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         "shardResults": st.shard_summaries(results),
         # The aggregate's rows exactly, whatever the last heartbeats said.
         "progress": {**progress_lib.final_evaluation_progress(
-            progress_lib.evaluation_progress(runs.model_store().heartbeats(evaluation), parsed.shards),
+            progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
             metrics["rows"]), "stalled": []},
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,

@@ -69,7 +69,7 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
         logger.warning("MONGODB_URI is not set: runs will wait at their first store read.")
     else:
         try:
-            runs.model_store()  # connect (and import the store module) now, not inside the first CR's handler
+            runs.connect_store()  # connect (and import the store module) now, not inside the first CR's handler
         except Exception as error:  # noqa: BLE001 - the handlers retry; the operator must still start
             logger.warning(f"The store is not reachable yet: {error}")
 

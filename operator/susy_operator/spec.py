@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 # Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
-from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC, TOPIC_PATTERN
+from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, TOPIC_PATTERN
 
 READERS: Final = ("tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
@@ -114,7 +114,8 @@ class Volumes:
 
 @dataclasses.dataclass(frozen=True)
 class Kafka:
-    topic: str = DEFAULT_TOPIC
+    # topic: None means the run's own (tenancy.default_topic: susy-<namespace>-<name>).
+    topic: str | None = None
     partitions: int = DEFAULT_PARTITIONS
     rows_per_message: int | None = None
 
@@ -490,7 +491,7 @@ def parse_training_run(spec: Mapping[str, Any], *,
     parsed = TrainingRunSpec(
         dataset=dataset,
         kafka=Kafka(
-            topic=r.string(kafka, "spec.kafka", "topic", DEFAULT_TOPIC, pattern=TOPIC_PATTERN) or DEFAULT_TOPIC,
+            topic=r.string(kafka, "spec.kafka", "topic", pattern=TOPIC_PATTERN),
             partitions=r.integer(kafka, "spec.kafka", "partitions", DEFAULT_PARTITIONS,
                                  minimum=1, maximum=MAX_PARTITIONS) or DEFAULT_PARTITIONS,
             rows_per_message=r.integer(kafka, "spec.kafka", "rowsPerMessage", None, minimum=1, maximum=10000),
