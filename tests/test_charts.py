@@ -1021,3 +1021,30 @@ def test_kafka_sasl_refuses_what_cannot_work(helm: str, sets: tuple[str, ...], m
     args = [helm, "template", "t", str(PLATFORM)] + [a for s in sets for a in ("--set", s)]
     out = subprocess.run(args, capture_output=True, text=True)
     assert out.returncode != 0 and message.replace("\\", "") in out.stderr.replace("\\", ""), out.stderr
+
+
+def test_operator_tenancy_values_reach_the_operators_settings(helm: str) -> None:
+    """tenancy.*, store.perNamespaceSecret, store.perNamespaceDatabase and watchAllNamespaces, as the
+    operator reads them from the rendered Deployment's env (config.load), and nothing by default."""
+    from susy_operator import config
+
+    def operator_env(*sets: str) -> dict[str, str]:
+        (dep,) = by_kind(render(helm, OPERATOR, None, *sets), "Deployment")
+        return {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+
+    cfg = config.load(operator_env(
+        "tenancy.allowedImages={registry.example/susy/*,registry.example/other@sha256:*}",
+        "tenancy.allowedEnv={OMP_*}", "tenancy.allowedSecrets={s3-*}", "tenancy.allowedClaims={data}",
+        "store.perNamespaceSecret.name=team-store", "store.perNamespaceSecret.key=mongodb-uri",
+        "store.perNamespaceDatabase=susy-{namespace}", "watchAllNamespaces=true"))
+    policy = cfg.tenancy
+    assert policy.allowed_images == ("registry.example/susy/*", "registry.example/other@sha256:*")
+    assert (policy.allowed_env, policy.allowed_secrets, policy.allowed_claims) == (("OMP_*",), ("s3-*",), ("data",))
+    assert "team-store" in policy.operator_secrets and "susy-platform-mongodb" in policy.operator_secrets
+    jobs = cfg.job_config
+    assert (jobs.store_secret, jobs.store_secret_key, jobs.database_for("team-a")) == (
+        "team-store", "mongodb-uri", "susy-team-a")
+    assert cfg.watch_all_namespaces
+    default = config.load(operator_env())
+    assert default.tenancy.allowed_images == () and default.tenancy.default_image == "susy-pipeline:0.1.0"
+    assert default.job_config.store_secret == "susy-platform-mongodb" and not default.watch_all_namespaces

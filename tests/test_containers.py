@@ -100,7 +100,7 @@ class DockerCluster:
                                           run_id=self.run_id)
 
     def store(self) -> store_lib.Store:
-        return store_lib.open_store(f"sqlite:///{self.store_host}/store.sqlite3")
+        return store_lib.open_store(f"sqlite:///{self.store_host}/store.sqlite3", namespace=NAMESPACE)
 
     def docker_ps(self, **labels: str) -> list[str]:
         filters = [f"--filter=label={k.replace('_', '.', 1)}={v}" for k, v in labels.items()]
@@ -222,7 +222,7 @@ def test_training_and_sharded_evaluation_in_containers(docker_cluster: DockerClu
 
     single = _run_pipeline(dc, "evaluate", "--model", st["modelId"], "--data", IMAGE_SAMPLE,
                            "--evaluation", "single-process", "--shard-index", "0", "--shard-count", "1",
-                           "--chunk-rows", "4096", "--store", dc.store_uri)
+                           "--chunk-rows", "4096", "--store", dc.store_uri, "--namespace", NAMESPACE)
     assert single.returncode == 0, single.stderr[-3000:]
     expected = evaluation_lib.aggregate(dc.store().shard_results("single-process"), 1)
     assert es["rows"] == expected["rows"] == 20979

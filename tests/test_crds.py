@@ -336,9 +336,9 @@ SCHEDULING_FIELDS = ("queueName", "priorityClassName", "workloadPriorityClassNam
 IMMUTABLE_TR = immutable_rule(crd.TRAINING_KIND)
 IMMUTABLE_ER = immutable_rule(crd.EVALUATION_KIND)
 PARALLELISM = "!has(self.parallelism) || self.parallelism <= self.shards"
-ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x, x).size() == 1"
-RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
-                "'JOB_COMPLETION_INDEX', 'SUSY_READER', 'SUSY_DATA_SECRET']))")
+ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun), has(self.alias)].filter(x, x).size() == 1"
+RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_NAMESPACE', "
+                "'SUSY_RUN_NAME', 'JOB_COMPLETION_INDEX', 'SUSY_READER', 'SUSY_DATA_SECRET']))")
 
 ONE_SOURCE = "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)].filter(x, x).size() == 1"
 OWN_VOLUMES = "!(self.name in ['scratch', 'kafka-client', 'store-ca'])"
@@ -402,7 +402,9 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ({"id": "0" * 32}, None, True),
         ({"timestamp": "2026-11-24T10:00:00Z"}, None, True),
         ({"trainingRun": "t"}, None, True),
+        ({"alias": "champion"}, None, True),
         ({}, None, False),
+        ({"id": "0" * 32, "alias": "champion"}, None, False),
         ({"id": "0" * 32, "trainingRun": "t"}, None, False),
         ({"id": "0" * 32, "timestamp": "2026-11-24T10:00:00Z", "trainingRun": "t"}, None, False),
     ],
@@ -413,6 +415,7 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ([{"name": "A", "value": "1"}, {"name": "KAFKA_BOOTSTRAP", "value": "x"}], None, False),
         ([{"name": "SUSY_READER", "value": "kafka-python"}], None, False),
         ([{"name": "SUSY_DATA_SECRET", "value": "s"}], None, False),
+        ([{"name": "SUSY_NAMESPACE", "value": "another-team"}], None, False),
     ],
     ONE_SOURCE: [
         ({"name": "d", "persistentVolumeClaim": {"claimName": "c"}}, None, True),
@@ -464,7 +467,7 @@ PYTHON_EQUIVALENTS = {
     MODEL_OR_MODELS: lambda s, o: ("model" in s) != ("models" in s),
     ENSEMBLE_RULE: lambda s, o: "ensemble" not in s or len(s.get("models") or ()) >= 2,
     PARALLELISM: lambda s, o: "parallelism" not in s or s["parallelism"] <= s["shards"],
-    ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun")) == 1,
+    ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun", "alias")) == 1,
     RESERVED_ENV: lambda s, o: all(e["name"] not in crd.RESERVED_ENV for e in s),
     ONE_SOURCE: lambda s, o: sum(k in s for k in spec_lib.VOLUME_TYPES) == 1,
     OWN_VOLUMES: lambda s, o: s["name"] not in spec_lib.RESERVED_VOLUME_NAMES,

@@ -242,6 +242,10 @@ def test_the_oldest_run_that_has_not_finished_producing_holds_its_topic() -> Non
     # wait for a younger run that waits for it).
     parent_wait = run("c", "2026-12-05T07:59:00Z", "Pending", "trainData", produced_reason=None)
     assert tenancy.topic_holder(first, [first, parent_wait]) is None
+    # A run that trains on offsets already in Kafka (spec.source) produces nothing: it holds nothing.
+    trainer_only = run("e", "2026-12-05T07:58:00Z", None, "trainData")
+    trainer_only["spec"]["source"] = {"kafka": {"topic": "trainData"}}
+    assert tenancy.topic_holder(first, [first, trainer_only]) is None
     # Once the holder trains (or ends), the topic is free; runs of their own topics never wait.
     assert tenancy.topic_holder(second, [run("a", "2026-12-05T08:00:00Z", "Training", "trainData"), second]) is None
     assert tenancy.topic_holder(run("d", "2026-12-05T08:00:02Z"), [first, run("d", "2026-12-05T08:00:02Z")]) is None

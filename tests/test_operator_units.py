@@ -105,6 +105,8 @@ def test_job_env_takes_the_store_uri_from_the_secret(component: str) -> None:
     assert "value" not in env["MONGODB_URI"]
     assert env["KAFKA_BOOTSTRAP"]["value"] == "kafka.susy:9092"
     assert env["SUSY_DATABASE"]["value"] == "bigdata"
+    # The store namespace is the custom resource's own: every record the Job writes carries it.
+    assert env["SUSY_NAMESPACE"]["value"] == job["metadata"]["namespace"]
     names = [e["name"] for e in container(job)["env"]]
     assert len(names) == len(set(names))
     if component != "evaluator":
@@ -419,6 +421,13 @@ def test_the_operator_defaults_name_what_the_platform_chart_creates() -> None:
     assert (cfg.kafka_bootstrap, cfg.store_secret) == ("susy-platform-kafka:9092", "susy-platform-mongodb")
 
 
+def test_susy_namespace_in_a_runs_env_is_refused() -> None:
+    """A user's env cannot move a run into another namespace's models."""
+    with pytest.raises(spec_lib.SpecError, match=r"env\[0\]\.name SUSY_NAMESPACE is set by the operator"):
+        spec_lib.parse_training_run({"dataset": {"uri": "x.csv"},
+                                     "env": [{"name": "SUSY_NAMESPACE", "value": "another-team"}]})
+
+
 def test_susy_reader_in_a_training_runs_env_is_refused_for_spec_reader() -> None:
     with pytest.raises(spec_lib.SpecError, match=r"env\[0\]\.name SUSY_READER is set by the operator"):
         spec_lib.parse_training_run({"dataset": {"uri": "x.csv"}, "env": [{"name": "SUSY_READER", "value": "tfio"}]})
@@ -563,3 +572,26 @@ def test_evaluator_row_range_only_when_set() -> None:
     assert command[command.index("--limit") + 1] == "10000"
     with pytest.raises(spec_lib.SpecError, match="spec.dataset.limit must be >= 1"):
         evaluation_spec(dataset={"uris": ["/d.csv.gz"], "limit": 0})
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_every_container_reports_its_cause_as_a_termination_message(component: str) -> None:
+    """The pipeline writes its one-line error to /dev/termination-log; a container that dies before
+    it can leaves its log's tail (FallbackToLogsOnError), which the operator copies into the CR."""
+    for c in ALL_JOBS[component]()["spec"]["template"]["spec"]["containers"]:
+        assert c["terminationMessagePath"] == "/dev/termination-log"
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_echoed_spec_values_are_bounded_and_redacted() -> None:
+    """A spec error is the Failed condition, the Message column and an Event: a field's value is
+    echoed at most redaction.MAX_ECHO_CHARS long, never with a password (issue 22 §4)."""
+    bad = "mongodb://app:storePw7781@db:27017/?tlsCertificateKeyFilePassword=tlsKeyPw5523"
+    with pytest.raises(spec_lib.SpecError) as caught:
+        spec_lib.parse_training_run({"dataset": {"uri": "/d.csv"}, "kafka": {"topic": bad}, "epochs": "ten",
+                                     "reader": "r" * 5000})
+    message = str(caught.value)
+    assert "storePw7781" not in message and "tlsKeyPw5523" not in message and len(message) < 600, message
+    assert "spec.kafka.topic 'mongodb://db:27017/' does not match" in message
+    assert f"got '{'r' * 64}'... (5000 characters)" in message
+    assert "spec.epochs must be an integer, got 'ten'" in message

@@ -261,6 +261,11 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
                 "capabilities": {"drop": ["ALL"]},
             },
             "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}],
+            # The pipeline writes its one-line error to /dev/termination-log (cli.py); a container
+            # that dies before it can (a crash, an OOM kill) leaves the tail of its log instead.
+            # The operator copies the message into the CR's Failed condition and Event.
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }],
         "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}],
     }

@@ -24,6 +24,7 @@ import kopf
 
 from susy_operator import crd, evaluation_run, finalizers, k8s, metrics, runs, status as st, training_run
 from susy_operator.runs import CONFIG, POLL_SECONDS
+from susy_pipeline.redaction import RedactingFilter
 
 # The annotation a Job or pod event sets on its run (a tuple: the key itself has dots).
 OBSERVED_FIELD = ("metadata", "annotations", crd.ANNOTATION_OBSERVED)
@@ -48,6 +49,11 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # Our handlers post one Event per transition; kopf's own INFO lines ("Handler ... succeeded")
     # would double them in `kubectl describe`. Warnings and errors still become Events.
     settings.posting.level = logging.WARNING
+    # Every log line, and every Event kopf posts from one (its per-object logger "kopf.objects"),
+    # is redacted: an exception's text may quote a URI (susy_pipeline.redaction).
+    logging.getLogger("kopf.objects").addFilter(RedactingFilter())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     # The CRDs ship with the chart and exist before the operator starts: resolve them once at
     # start-up instead of watching CustomResourceDefinitions and Namespaces (less RBAC, fewer watches).
     settings.scanning.disabled = True

@@ -34,8 +34,9 @@ POLL_SECONDS = CONFIG.poll_seconds
 
 def model_store(namespace: str) -> Any:
     """The model store as a run of `namespace` sees it: its database (the chart's
-    store.perNamespaceDatabase, else store.database), through the operator's own URI."""
-    return _open_store(CONFIG.job_config.database_for(namespace))
+    store.perNamespaceDatabase, else store.database), through the operator's own URI, and in it
+    only the records of `namespace` (its models, productions, shard results and aliases)."""
+    return _open_store(CONFIG.job_config.database_for(namespace)).in_namespace(namespace)
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,7 +159,7 @@ def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reaso
         patch.status["conditions"] = st.with_condition(
             {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
             now=now, generation=generation)
-    kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
+    kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=st.shown(f"{reason}: {message}"))
     evaluation = status.get("evaluation") if body.get("kind") == crd.EVALUATION_KIND else None
     if evaluation:
         # An evaluation that failed for good will never finish: its model may be deleted again
@@ -288,9 +289,7 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
     if decision.action == steps.FAIL:
         message = decision.message
         if st.job_state(job) == "Failed":  # the Job says only that it failed; its pods say why
-            problems = st.describe_pods(st.pods_failed(_job_pods(job or {})))
-            if problems:
-                message += "; " + "; ".join(problems)
+            message = st.failed_job_message(message, st.pods_failed(_job_pods(job or {})))
         fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
               condition=step.condition)
         if metrics.first_time(uid, f"failed:{step.component}"):
@@ -306,8 +305,8 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
     if decision.not_starting and decision.not_starting != (recorded or {}).get("notStarting"):
         if (recorded or {}).get("notStarting", {}).get("reason") != decision.reason:
             kopf.event(body, type="Warning", reason=crd.EVENT_POD_NOT_STARTING,
-                       message=f"{decision.message}; the run fails if this lasts "
-                               f"{CONFIG.pod_start_grace_seconds:.0f} s")
+                       message=st.shown(f"{decision.message}; the run fails if this lasts "
+                                        f"{CONFIG.pod_start_grace_seconds:.0f} s"))
         patch.status["conditions"] = st.with_condition(
             status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
             now=now, generation=generation)

@@ -233,10 +233,12 @@ def run_topic(run: Mapping[str, Any]) -> str:
 
 
 def _holds_topic(run: Mapping[str, Any]) -> bool:
-    """Whether a TrainingRun holds its topic for younger runs: not yet decided (no phase),
-    producing, or queued for the topic itself (Pending with Produced reason TopicBusy). A run
-    Pending for another reason (its warm-start parent) is not queued: it would wait for a run that
-    waits for it."""
+    """Whether a TrainingRun holds its topic for younger runs: a run that produces and is not yet
+    decided (no phase), producing, or queued for the topic itself (Pending with Produced reason
+    TopicBusy). A run Pending for another reason (its warm-start parent) is not queued: it would
+    wait for a run that waits for it."""
+    if (run.get("spec") or {}).get("source"):
+        return False  # trains on offsets already in Kafka (spec.source): it has no producer
     status = run.get("status") or {}
     phase = status.get("phase")
     if phase in (None, "", crd.PRODUCING):

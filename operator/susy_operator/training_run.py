@@ -96,9 +96,10 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
 
     ref = parsed.model.warm_start
     assert ref is not None
+    namespace = body["metadata"]["namespace"]
     now = st.now_rfc3339()
     try:
-        parent_id = runs.resolve_model(body["metadata"]["namespace"], ref, body["metadata"].get("creationTimestamp"))
+        parent_id = runs.resolve_model(namespace, ref, body["metadata"].get("creationTimestamp"))
     except runs.Wait as wait:
         conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
                                        message=f"warm start: {wait}", now=now, generation=generation)

@@ -247,7 +247,7 @@ def peak_rss_bytes() -> int:
 def _references(model_ref: str | Sequence[str], ensemble: str | None) -> list[str]:
     refs = [model_ref] if isinstance(model_ref, str) else [str(r) for r in model_ref]
     if not refs or any(not r for r in refs):
-        raise BadInput("--model is required (a model id, an ISO-8601 timestamp or latest:RUN)")
+        raise BadInput("--model is required (a model id, an ISO-8601 timestamp, latest:RUN or alias:NAME)")
     if len(refs) > MAX_MODELS:
         raise BadInput(f"--model is given {len(refs)} times; one evaluation scores at most {MAX_MODELS} models")
     twice = sorted({r for r in refs if refs.count(r) > 1})
