@@ -243,7 +243,7 @@ def test_a_hung_shard_raises_a_warning_event_naming_it_and_the_run_still_finishe
         cluster: Cluster, operator, store_uri: str, scaled_csv) -> None:
     from support.models import small_model_in_store
 
-    model_id, _ = small_model_in_store(store_uri, "observe-hang")
+    model_id, _ = small_model_in_store(store_uri, "observe-hang", namespace=NAMESPACE)
     runner = cluster.start_runner()
     operator(SUSY_HEARTBEAT_SECONDS=BEAT_SECONDS, SUSY_HEARTBEAT_STALE_SECONDS=STALE_SECONDS)
     cluster.create(evaluation_run("er-hang", {"id": model_id}, dataset={"uris": scaled_csv}, shards=2,
@@ -280,5 +280,5 @@ def test_a_hung_shard_raises_a_warning_event_naming_it_and_the_run_still_finishe
     assert reasons.count(crd.EVENT_HEARTBEAT_STOPPED) == 1
     assert reasons.index(crd.EVENT_STARTED) < reasons.index(crd.EVENT_HEARTBEAT_STOPPED) < reasons.index(
         crd.EVENT_SUCCEEDED)
-    with store_lib.open_store(store_uri) as store:
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as store:
         assert len(store.heartbeats(er["status"]["evaluation"])) == 2  # one document per shard
