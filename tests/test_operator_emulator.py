@@ -215,7 +215,7 @@ def test_invalid_specs_end_in_failed_with_the_reason(cluster: Cluster, operator,
     # check still matters for an object the API server stored before its CRD said so (Helm never
     # upgrades CRDs; a rule added later is not applied to what is stored): those are put straight
     # into the emulator's store, past admission, and must still end in Failed, not in a Job.
-    refused = {"no-dataset": "spec.dataset: Required value",
+    refused = {"no-dataset": "name the rows one way: dataset (a file the producer writes to Kafka first) or source",
                "zero-shards": "spec.shards: Invalid value: 0: spec.shards in body should be greater than or equal to 1",
                "too-parallel": "spec: Invalid value: \"object\": parallelism must not exceed shards",
                "two-models": "spec.model: Invalid value: \"object\": name the model exactly one way"}

@@ -4,8 +4,8 @@ store's own functions.
 
 Team A and team B each train a model in their own namespace, under the same TrainingRun name.
 Team B's custom resources then try to reach team A's model every way a reference can: by id, by a
-timestamp, by `latest` of team A's run, by a TrainingRun name both teams use and as a warm start;
-each finds team B's own model or none. Then team
+timestamp, by `latest` of team A's run, by a TrainingRun name both teams use, by an alias name both
+teams use, and as a warm start; each finds team B's own model or none. Then team
 B tries each escalation path, and each is refused with a message naming the field and the operator
 setting (chart value and env) that would allow it.
 """
@@ -81,9 +81,19 @@ def test_two_teams_reach_neither_each_others_models_nor_anything_the_operator_do
     # As a warm start, by id: not found.
     warm = _train(cluster, TEAM_B, "warm", model={"warmStart": {"id": model_a}})
     assert condition(warm, crd.FAILED_CONDITION)["reason"] == crd.REASON_MODEL_NOT_FOUND
+    # By alias: team A's alias "champion" (set in team A's namespace) names nothing for team B, as an
+    # EvaluationRun's model and as a warm start; team B's own alias of that name is its own model.
+    store = store_lib.open_store(store_uri)
+    store.in_namespace(TEAM_A).set_alias("champion", model_a, set_by="team-a")
+    assert _evaluate(cluster, TEAM_A, "by-alias", {"alias": "champion"})["status"]["modelId"] == model_a
+    by_alias = _evaluate(cluster, TEAM_B, "by-alias", {"alias": "champion"})
+    assert condition(by_alias, crd.FAILED_CONDITION)["reason"] == crd.REASON_MODEL_NOT_FOUND
+    warm_alias = _train(cluster, TEAM_B, "warm-alias", model={"warmStart": {"alias": "champion"}})
+    assert condition(warm_alias, crd.FAILED_CONDITION)["reason"] == crd.REASON_MODEL_NOT_FOUND
+    store.in_namespace(TEAM_B).set_alias("champion", model_b, set_by="team-b")
+    assert _evaluate(cluster, TEAM_B, "by-own-alias", {"alias": "champion"})["status"]["modelId"] == model_b
     # `latest` of a run, in the store's own syntax (contracts.md §1): each namespace's view resolves
     # its own, or nothing.
-    store = store_lib.open_store(store_uri)
     view_a, view_b = store.in_namespace(TEAM_A), store.in_namespace(TEAM_B)
     run_a = a["status"]["runName"]
     assert view_a.resolve_model(f"latest:{run_a}")["model_id"] == model_a

@@ -364,7 +364,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
     assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
                      for handler_id in ("reclaim", "reconcile", observed, "count_run")},
-                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL)}
+                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL),
+                   ("reclaim", crd.CONTINUAL_PLURAL), ("reconcile_continual", crd.CONTINUAL_PLURAL)}
 
 
 def test_handlers_module_is_only_kopf_wiring() -> None:
@@ -393,7 +394,8 @@ def test_builder_input_is_not_mutated() -> None:
 
 
 def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
-    """The operator image installs only the `operator` extra: no TensorFlow, Kafka, pandas."""
+    """The operator image installs only the `operator` extra: no TensorFlow, pandas; kafka-python
+    only for a ContinualTraining's offsets (kafka_offsets.log_offsets imports it when called)."""
     import subprocess
     import sys
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import crd, evaluation_run, finalizers, k8s, metrics, runs, status as st, training_run
+from susy_operator import (continual_training, crd, evaluation_run, finalizers, k8s, metrics, runs, status as st,
+                           training_run)
 from susy_operator.runs import CONFIG, POLL_SECONDS
 from susy_pipeline.redaction import RedactingFilter
 
@@ -31,6 +32,7 @@ OBSERVED_FIELD = ("metadata", "annotations", crd.ANNOTATION_OBSERVED)
 
 TRAINING = (crd.GROUP, crd.VERSION, crd.TRAINING_PLURAL)
 EVALUATION = (crd.GROUP, crd.VERSION, crd.EVALUATION_PLURAL)
+CONTINUAL = (crd.GROUP, crd.VERSION, crd.CONTINUAL_PLURAL)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -93,6 +95,7 @@ def _running(status: Mapping[str, Any], annotations: Mapping[str, str], **_: Any
 
 @kopf.on.resume(*TRAINING, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
 @kopf.on.resume(*EVALUATION, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
+@kopf.on.resume(*CONTINUAL, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
 def reclaim(annotations: kopf.Annotations, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Triggered on start for a CR an uninstall released (the chart's pre-delete hook, finalizers.py):
     removes the annotation, so the reconciler timer follows the CR again. Writes no status."""
@@ -145,6 +148,25 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     `training_run.reconcile` or `evaluation_run.reconcile`, one handler at a time per run."""
     with runs.run_locks.hold(uid), metrics.RECONCILE_DURATION.labels(kind=body["kind"]).time():
         _RECONCILERS[body["kind"]](body, spec, status, meta, name, namespace, uid, patch, logger)
+
+
+# --- continual training ---------------------------------------------------------------------------
+
+def _continual_followed(annotations: Mapping[str, str], **_: Any) -> bool:
+    """The ContinualTraining timer's filter: until an uninstall releases it (finalizers.py)."""
+    return not finalizers.is_released(annotations)
+
+
+@kopf.timer(*CONTINUAL, interval=POLL_SECONDS, when=_continual_followed)
+@runs.store_errors_are_temporary
+def reconcile_continual(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                        namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Triggered every POLL_SECONDS for every ContinualTraining (it never finishes: it follows a
+    stream): `continual_training.reconcile`, which reads the topic's offsets and the current
+    generation's children, decides, acts, and writes status (generation, champion, lastDecision,
+    history, conditions Progressing and DataLost)."""
+    with runs.run_locks.hold(uid):
+        continual_training.reconcile(body, spec, status, meta, name, namespace, patch, logger)
 
 
 @kopf.on.event(*TRAINING)

@@ -26,7 +26,8 @@ def _parse(spec: Mapping[str, Any]) -> spec_lib.TrainingRunSpec:
 def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
           namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
     """Writes status.runName, phase Producing and the Produced condition, and creates the producer
-    Job; an invalid spec ends in Failed."""
+    Job (with spec.source: phase Training, status.kafka, and the trainer Job); an invalid spec
+    ends in Failed."""
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
@@ -39,25 +40,40 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         patch.status["parentModelId"] = parent_id
         parent = [(crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED,
                    f"warm start: {parsed.model.warm_start.describe()} is {parent_id}")]
-    _wait_for_topic(body, status, patch, generation)
+    if parsed.source is None:  # a run on offsets already in Kafka writes nothing: no queue
+        _wait_for_topic(body, status, patch, generation)
     run = spec_lib.run_name(namespace, name, uid)
-    job, _ = runs.ensure_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config), logger)
+    first = steps.training_steps(parsed.source is not None)[0]
+    if first.component == crd.TRAINER:
+        job, _ = runs.ensure_job(body, builders.trainer_job(runs.owner(body), parsed, run, CONFIG.job_config,
+                                                            patch.status.get("parentModelId")), logger)
+        assert parsed.source is not None
+        waiting = [(crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {job['metadata']['name']} created "
+                                                                f"for {parsed.source.offsets_text}")]
+        offsets = [{"partition": p, **({"start": s} if s is not None else {}), "end": e}
+                   for p, s, e in parsed.source.ranges]
+        extra = {"kafka": {"topic": parsed.source.topic, "offsets": offsets}}
+    else:
+        job, _ = runs.ensure_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
+                                 logger)
+        waiting = [(crd.PRODUCED, False, crd.REASON_JOB_CREATED, f"producer Job {job['metadata']['name']} created"),
+                   (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer")]
+        extra = {}
     now = st.now_rfc3339()
     patch.status.update({
-        "phase": crd.PRODUCING,
+        "phase": first.phase,
         "runName": run,
         "startTime": now,
         "observedGeneration": generation,
-        "jobs": {crd.PRODUCER: st.job_summary(job)},
+        "jobs": {first.component: st.job_summary(job)},
+        **extra,
         "conditions": st.with_conditions(status, [
-            *parent,
-            (crd.PRODUCED, False, crd.REASON_JOB_CREATED, f"producer Job {job['metadata']['name']} created"),
-            (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer"),
-            (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, "producing"),
+            *parent, *waiting,
+            (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, first.phase.lower()),
         ], now=now, generation=generation),
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
-               message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job['metadata']['name']}")
+               message=f"Phase {first.phase}: run {run}, {first.component} Job {job['metadata']['name']}")
 
 
 def _wait_for_topic(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> None:

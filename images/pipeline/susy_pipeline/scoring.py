@@ -52,6 +52,7 @@ from .evaluation import (ENSEMBLE, ENSEMBLE_METHODS, HISTOGRAM_BINS, MAX_MODELS,
 from .schema import DEFAULT_CHUNK_ROWS, N_FEATURES
 from .streams import ReadAhead
 from .errors import BadInput
+from .redaction import echo
 from .heartbeat import Heartbeat, heartbeat_seconds as default_heartbeat_seconds, shard_source
 from .progress import Progress
 
@@ -256,7 +257,7 @@ def _references(model_ref: str | Sequence[str], ensemble: str | None) -> list[st
     if ENSEMBLE in refs:
         raise BadInput(f"--model {ENSEMBLE}: that name is the ensemble's")
     if ensemble is not None and ensemble not in ENSEMBLE_METHODS:
-        raise BadInput(f"--ensemble {ensemble!r}: known: {', '.join(ENSEMBLE_METHODS)}")
+        raise BadInput(f"--ensemble {echo(ensemble)}: known: {', '.join(ENSEMBLE_METHODS)}")
     if ensemble is not None and len(refs) < 2:
         raise BadInput("--ensemble needs at least two --model")
     return refs

@@ -127,7 +127,7 @@ def check_alias(name: str) -> str:
 def check_namespace(namespace: str) -> str:
     """The namespace, if it is a Kubernetes namespace name; else `BadInput`."""
     if not isinstance(namespace, str) or not NAMESPACE_PATTERN.fullmatch(namespace):
-        raise BadInput(f"namespace {namespace!r}: expected a Kubernetes namespace name (lower-case "
+        raise BadInput(f"namespace {echo(namespace)}: expected a Kubernetes namespace name (lower-case "
                        f"letters, digits and '-', at most 63 characters), e.g. {DEFAULT_NAMESPACE!r}")
     return namespace
 
@@ -457,10 +457,10 @@ class Store:
     def _not_found(self, ref: ModelRef) -> ModelNotFound:
         where = f"in namespace {self.namespace!r}"
         if ref.run is not None:
-            return ModelNotFound(f"no model of run {ref.run!r} {where}")
+            return ModelNotFound(f"no model of run {echo(ref.run)} {where}")
         if ref.at_or_before is not None:
             return ModelNotFound(f"no model created at or before {ref.at_or_before} {where}")
-        return ModelNotFound(f"no model with id {ref.model_id!r} {where}")
+        return ModelNotFound(f"no model with id {echo(ref.model_id)} {where}")
 
 
 # --- Embedded: SQLite in WAL mode -----------------------------------------

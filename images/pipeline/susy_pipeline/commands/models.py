@@ -45,6 +45,7 @@ from typing import Any
 from .. import options
 from ..continual import ancestry
 from ..errors import BadInput
+from ..redaction import echo
 from ..progress import Progress
 from ..schema import DEFAULT_DATABASE
 from ..store import DEFAULT_NAMESPACE, ModelRef, check_alias, open_store
@@ -176,11 +177,11 @@ def export_model(*, ref: str, out: str, store_uri: str | None = None,
                  namespace: str = DEFAULT_NAMESPACE) -> dict:
     """Write the .keras bytes of the model `ref` names to the file `out`."""
     if not out.endswith(".keras"):
-        raise BadInput(f"--out {out!r}: the file name must end .keras (keras.models.load_model "
+        raise BadInput(f"--out {echo(out)}: the file name must end .keras (keras.models.load_model "
                        "reads no other)")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
-        raise BadInput(f"--out {out!r}: directory {parent} does not exist")
+        raise BadInput(f"--out {echo(out)}: directory {parent} does not exist")
     with open_store(store_uri, database, namespace=namespace) as store:
         meta, data = store.load_model(ref)
     # Written beside the target and renamed: the file appears whole or not at all.
@@ -213,7 +214,7 @@ def delete_model(*, model_id: str, force: bool = False, store_uri: str | None = 
     """Delete a model's record and bytes (refused while an unfinished evaluation uses it, unless `force`)."""
     ref = ModelRef.parse(model_id)
     if ref.model_id is None:
-        raise BadInput(f"models delete takes a model id, not {model_id!r} "
+        raise BadInput(f"models delete takes a model id, not {echo(model_id)} "
                        "(`models list` shows the ids)")
     with open_store(store_uri, database, namespace=namespace) as store:
         return store.delete_model(ref.model_id, force=force, deleted_by=f"{os_user()} (models delete --force)")
