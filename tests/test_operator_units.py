@@ -123,7 +123,7 @@ def test_producer_command() -> None:
 
 def test_trainer_command_passes_only_what_the_spec_sets() -> None:
     plain = container(ALL_JOBS["trainer"]())["command"]
-    assert plain == ["python", "-m", "susy_pipeline", "train", "--run-name", RUN, "--reader", "tfio",
+    assert plain == ["python", "-m", "susy_pipeline", "train", "--run-name", RUN, "--reader", "confluent",
                      "--recipe", "seed"]
     full = container(builders.trainer_job(OWNER_TR, training_spec(
         model={"recipe": "tuned", "hidden": [64, 32], "learningRate": 0.01, "dropout": 0.25},
@@ -257,7 +257,7 @@ def test_training_defaults() -> None:
     assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
     assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=3)  # as the platform chart creates trainData
     assert spec.model == spec_lib.ModelParams(recipe="seed")
-    assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "tfio")
+    assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "confluent")
     assert spec.run_policy == spec_lib.RunPolicy()
 
 

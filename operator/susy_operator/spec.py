@@ -18,7 +18,7 @@ from typing import Any, Final
 # Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
 from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC
 
-READERS: Final = ("tfio", "kafka-python")
+READERS: Final = ("confluent", "tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
 TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -33,7 +33,10 @@ DEFAULT_SKIP: Final = 0
 DEFAULT_LIMIT: Final = 10000
 DEFAULT_PARTITIONS: Final = 3  # what the platform chart creates trainData with (kafka.topics)
 DEFAULT_RECIPE: Final = "seed"
-DEFAULT_READER: Final = "tfio"
+# confluent (librdkafka 2.16): it reads every Kafka the platform chart runs, Kafka 4 (KRaft) included,
+# with default settings, and is the fastest reader (bench/README.md); tfio's librdkafka 1.5.0 stops at
+# Kafka 3.9 (docs/deploy.md, "Kafka versions and the trainer's readers").
+DEFAULT_READER: Final = "confluent"
 DEFAULT_SHARDS: Final = 1
 DEFAULT_BACKOFF_LIMIT: Final = 2
 DEFAULT_BACKOFF_LIMIT_PER_INDEX: Final = 1

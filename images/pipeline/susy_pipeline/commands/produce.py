@@ -4,6 +4,10 @@ Wire format (the seed's): key = label (b"0"/b"1"), value = the 18 features
 comma-separated, as written in the file. With --rows-per-message K > 1 a
 message carries K rows (labels comma-separated in the key, rows newline-
 separated in the value): fewer, larger messages, for throughput.
+
+Clients: `confluent` (default: confluent-kafka 2.16, librdkafka 2.16; Apache Kafka 0.8 to 4.x
+through ApiVersions negotiation) or `kafka-python` (kafka-python 3.0). Both send idempotently with
+acks=all, take the same KAFKA_* security settings and record the same offsets per partition.
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-message", type=options.positive,
                    default=int(options.env("SUSY_ROWS_PER_MESSAGE", 1)),
                    help="rows per Kafka message (env SUSY_ROWS_PER_MESSAGE; default: %(default)s, the seed's format)")
+    p.add_argument("--client", choices=kafka_io.PRODUCER_CLIENTS,
+                   default=options.env("SUSY_PRODUCER_CLIENT", "confluent"),
+                   help="Kafka client that sends: confluent (librdkafka 2.x, the fast one) or kafka-python "
+                        "(env SUSY_PRODUCER_CLIENT; default: %(default)s)")
     options.add_kafka(p)
     options.add_run_name(p)
     options.add_store(p)
@@ -42,12 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> dict:
     return produce(data=args.data, skip=args.skip, limit=None if args.limit is None else int(args.limit),
                    partitions=args.partitions, rows_per_message=args.rows_per_message,
-                   bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
+                   bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name, client=args.client,
                    store_uri=args.store, database=args.database)
 
 
 def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
-            limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
+            limit: int | None = None, partitions: int = 1, rows_per_message: int = 1, client: str = "confluent",
             store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`."""
     log.info("producing %s rows %d..%s to topic %s at %s", data, skip,
@@ -55,8 +63,8 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
     with open_store(store_uri, database) as store:  # fail early if the store is down
         production = kafka_io.produce(iter_batches(data, skip=skip, limit=limit, keep_text=True),
                                       bootstrap=bootstrap, topic=topic, partitions=partitions,
-                                      rows_per_message=rows_per_message)
-        record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
+                                      rows_per_message=rows_per_message, client=client)
+        record = {**production.to_record(), "client": client, "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
         store.put_production(run_name, record)
     return {"run": run_name, **record}

@@ -1,10 +1,16 @@
 """`train`: consume exactly what `produce` recorded for a run, train, save the model.
 
-Readers: `tfio` (tensorflow-io 0.37.1, the production path; its bundled
-librdkafka 1.5.0 reads Apache Kafka 2.x to 3.9, ZooKeeper or KRaft mode, with
-default settings, but not Kafka 4) or `kafka-python` (kafka-python 3.0:
-Kafka 0.8 to 4.3). Only tansu, the test broker, needs the tfio settings
-api.version.request=false and broker.version.fallback=0.9.0. Recipes: `tuned` (default:
+Readers (--reader), each reading exactly the offsets `produce` recorded:
+- `confluent` (default): confluent-kafka 2.16.1, librdkafka 2.16.0. Apache Kafka 0.8 to 4.x,
+  Kafka 4 (KRaft) included: it asks the broker's ApiVersions and uses the newest version both
+  support (src/rdkafka_request.c, rd_kafka_broker_ApiVersion_supported), so KIP-896's removals
+  in Kafka 4.0 (Fetch v0-v3, ListOffsets v0, Produce v0-v2, ...) never reach it. The fastest.
+- `tfio`: tensorflow-io 0.37.1, the seed's TensorFlow-native path; its bundled librdkafka 1.5.0
+  reads Apache Kafka 2.x to 3.9 (ZooKeeper or KRaft mode) with default settings, not Kafka 4.
+  Only tansu, the test broker, needs the tfio settings api.version.request=false and
+  broker.version.fallback=0.9.0 (--librdkafka).
+- `kafka-python`: kafka-python 3.0, pure Python: Kafka 0.8 to 4.3.
+Recipes: `tuned` (default:
 standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
 
@@ -47,9 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train from Kafka, save the model to the store", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_run_name(p)
-    p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "tfio"),
-                   help="Kafka reader: tfio for Kafka 2.x-3.9, kafka-python for 0.8-4.3 "
-                        "(env SUSY_READER; default: %(default)s)")
+    p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "confluent"),
+                   help="Kafka reader: confluent (librdkafka 2.16) for Kafka 0.8-4.x, tfio (librdkafka 1.5.0) "
+                        "for Kafka 2.x-3.9, kafka-python for 0.8-4.3 (env SUSY_READER; default: %(default)s)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE"),
                    help="training recipe (env SUSY_RECIPE; default: tuned, the better model, or with "
                         "--warm-start the parent's; a TrainingRun defaults to seed, one pass over "
@@ -79,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-timeout", type=float, default=float(options.env("SUSY_READ_TIMEOUT", 120)),
                    help="seconds without Kafka progress before giving up (env SUSY_READ_TIMEOUT; default: %(default)s)")
     p.add_argument("--librdkafka", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra librdkafka setting for the tfio reader (repeatable; env "
+                   help="extra librdkafka setting for the tfio and confluent readers (repeatable; env "
                         "SUSY_LIBRDKAFKA, comma-separated)")
     options.add_kafka(p)
     options.add_store(p)
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
                  librdkafka=librdkafka, store_uri=args.store, database=args.database)
 
 
-def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | None = None,
+def train(*, run_name: str, bootstrap: str, reader: str = "confluent", recipe: str | None = None,
           warm_start: str | None = None, epochs: int | None = None, batch_size: int | None = None,
           learning_rate: float | None = None, dropout: float | None = None,
           hidden: tuple[int, ...] | None = None, patience: int | None = None,
@@ -106,7 +112,7 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
     """Train on the offsets `produce` recorded for `run_name`, save the model; return its record.
 
     A hyper-parameter left None is the recipe's (or, with `warm_start`, the parent's);
-    `librdkafka` adds settings for the tfio reader.
+    `librdkafka` adds settings for the librdkafka readers (tfio, confluent).
     """
     from ..training import train as train_model, use_training_threads  # TensorFlow loads only here
 
@@ -138,7 +144,7 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
         ranges = Production.ranges(production)
         read = READERS[reader]
         extra = {}
-        if reader == "tfio":
+        if reader in ("tfio", "confluent"):
             extra["configuration"] = list(librdkafka)
         log.info("training run %s from %s %s via %s, recipe %s", run_name, production["topic"],
                  ranges, reader, recipe)
