@@ -359,6 +359,15 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
         raise IncompleteEvaluation(evaluation, shard_count, missing=missing, duplicated=duplicated,
                                    unexpected=unexpected, inconsistent=inconsistent)
 
+    precisions: dict[str, list[int]] = {}
+    for r in results:  # a result from before precisions were recorded was computed in fp32
+        precisions.setdefault(str(r.get("precision") or "fp32"), []).append(int(r["shard_index"]))
+    if len(precisions) > 1:
+        detail = "; ".join(f"{p} in shard(s) {_ranges(ix)}" for p, ix in sorted(precisions.items()))
+        raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+            f"shards were scored in different precisions ({detail}): their tallies do not add up; "
+            f"score every shard in one precision (evaluate --precision fp32 or bf16)"])
+
     signatures: dict[str, list[int]] = {}
     for r in results:
         signatures.setdefault(repr(_model_signature(r)), []).append(int(r["shard_index"]))
@@ -388,6 +397,7 @@ def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = No
         "evaluation": evaluation,
         "model_id": ordered[0].get("model_id"),
         "shard_count": shard_count,
+        "precision": next(iter(precisions)),
         **total.metrics(),
         "threshold": THRESHOLD,
         "histogram_bins": total.bins,
