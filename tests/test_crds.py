@@ -73,8 +73,8 @@ def test_crd_shape(kind: str) -> None:
     assert (version["name"], version["served"], version["storage"]) == (crd.VERSION, True, True)
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    expected = {"TrainingRun": ["Phase", "Model", "Rows", "Age"],
-                "EvaluationRun": ["Phase", "Shards", "Accuracy", "AUC", "Best", "Age"]}[kind]
+    expected = {"TrainingRun": ["Phase", "Model", "Rows", "Epoch", "Val-AUC", "Age"],
+                "EvaluationRun": ["Phase", "Shards", "Progress", "Accuracy", "AUC", "Best", "Age"]}[kind]
     assert columns == expected
     # kopf's status writes survive pruning (STYLE.md, kopf anchor: docs/walkthrough/updates.rst).
     assert version["schema"]["openAPIV3Schema"]["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]
@@ -178,7 +178,7 @@ def test_example_validates_against_its_crd_and_the_operator(path: Path) -> None:
     parse = spec_lib.parse_training_run if doc["kind"] == crd.TRAINING_KIND else spec_lib.parse_evaluation_run
     parse(doc["spec"])  # the operator accepts it too
     for rule_path, rule in cel_rules(doc["kind"]):
-        if rule["rule"] != "self == oldSelf" and value_at(doc, rule_path) is not None:  # absent: not run
+        if "oldSelf" not in rule["rule"] and value_at(doc, rule_path) is not None:  # absent, or a transition rule: not run on create
             assert evaluate_rule(rule["rule"], value_at(doc, rule_path), None), f"{path.name}: {rule['rule']}"
 
 
@@ -224,6 +224,11 @@ BAD_BY_SCHEMA = {
     "tr: zero partitions": tr(kafka={"partitions": 0}),
     "tr: 65 partitions": tr(kafka={"partitions": 65}),
     "tr: topic with a space": tr(kafka={"topic": "my topic"}),
+    # Apache Kafka's Topic.validate refuses these (clients/.../common/internals/Topic.java).
+    "tr: topic .": tr(kafka={"topic": "."}),
+    "tr: topic ..": tr(kafka={"topic": ".."}),
+    "tr: topic of periods only": tr(kafka={"topic": "..."}),
+    "tr: topic of 250 characters": tr(kafka={"topic": "t" * 250}),
     "tr: unknown recipe": tr(model={"recipe": "fancy"}),
     "tr: zero learning rate": tr(model={"learningRate": 0}),
     "tr: dropout 1": tr(model={"dropout": 1.0}),
@@ -311,7 +316,22 @@ def value_at(doc: dict[str, Any], path: str) -> Any:
 
 
 NAME_RULE = "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
-IMMUTABLE = "self == oldSelf"
+# spec.suspend and spec.ttlSecondsAfterFinished change mid-run (issue 26); every other field of the
+# spec, as the schema lists them (queueName and the priorities first), is compared one by one.
+MUTABLE_SPEC_FIELDS = ("suspend", "ttlSecondsAfterFinished")
+IMMUTABLE = "self == oldSelf"  # spec.model.warmStart
+
+
+def immutable_rule(kind: str) -> str:
+    fields = [f for f in openapi_schema(kind)["properties"]["spec"]["properties"] if f not in MUTABLE_SPEC_FIELDS]
+    fields = [*(f for f in fields if f in SCHEDULING_FIELDS), *(f for f in fields if f not in SCHEDULING_FIELDS)]
+    return " && ".join(f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
+                       for f in fields)
+
+
+SCHEDULING_FIELDS = ("queueName", "priorityClassName", "workloadPriorityClassName")
+IMMUTABLE_TR = immutable_rule(crd.TRAINING_KIND)
+IMMUTABLE_ER = immutable_rule(crd.EVALUATION_KIND)
 PARALLELISM = "!has(self.parallelism) || self.parallelism <= self.shards"
 ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x, x).size() == 1"
 RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
@@ -351,9 +371,23 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ({"metadata": {"name": "has.dots"}}, None, False),
     ],
     IMMUTABLE: [
+        ({"id": "0" * 32}, {"id": "0" * 32}, True),
+        ({"id": "1" * 32}, {"id": "0" * 32}, False),
+    ],
+    IMMUTABLE_ER: [
         ({"shards": 3}, {"shards": 3}, True),
         ({"shards": 4}, {"shards": 3}, False),
+        ({"shards": 3, "suspend": True}, {"shards": 3}, True),
+        ({"shards": 3, "suspend": False, "ttlSecondsAfterFinished": 60}, {"shards": 3, "suspend": True}, True),
+        ({"shards": 3, "queueName": "q"}, {"shards": 3}, False),
+        ({"shards": 3}, {"shards": 3, "priorityClassName": "p"}, False),
+    ],
+    IMMUTABLE_TR: [
+        ({"dataset": {"uri": "a"}}, {"dataset": {"uri": "a"}}, True),
         ({"dataset": {"uri": "b"}}, {"dataset": {"uri": "a"}}, False),
+        ({"dataset": {"uri": "a"}, "suspend": True}, {"dataset": {"uri": "a"}, "suspend": False}, True),
+        ({"dataset": {"uri": "a"}, "epochs": 3}, {"dataset": {"uri": "a"}}, False),
+        ({"dataset": {"uri": "a"}, "queueName": "q"}, {"dataset": {"uri": "a"}, "queueName": "r"}, False),
     ],
     PARALLELISM: [
         ({"shards": 3}, None, True),
@@ -421,6 +455,9 @@ PYTHON_EQUIVALENTS = {
     NAME_RULE: lambda s, o: len(s["metadata"]["name"]) <= 63
     and spec_lib.re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", s["metadata"]["name"]) is not None,
     IMMUTABLE: lambda s, o: o is None or s == o,
+    **{rule: (lambda s, o: o is None or {k: v for k, v in s.items() if k not in MUTABLE_SPEC_FIELDS}
+              == {k: v for k, v in o.items() if k not in MUTABLE_SPEC_FIELDS})
+       for rule in (IMMUTABLE_TR, IMMUTABLE_ER)},
     MODEL_OR_MODELS: lambda s, o: ("model" in s) != ("models" in s),
     ENSEMBLE_RULE: lambda s, o: "ensemble" not in s or len(s.get("models") or ()) >= 2,
     PARALLELISM: lambda s, o: "parallelism" not in s or s["parallelism"] <= s["shards"],

@@ -232,18 +232,22 @@ def test_invalid_custom_resources_are_refused_with_the_field_named(api: Cluster)
 def test_an_edited_spec_is_refused_on_patch_and_put(api: Cluster) -> None:
     created = api.request("POST", TRS, tr(epochs=3))
     path = f"{TRS}/t"
-    # kubectl apply / edit (merge patch), a JSON patch, kubectl replace (PUT): `self == oldSelf`.
+    # kubectl apply / edit (merge patch), a JSON patch, kubectl replace (PUT): every field but two.
     status = refusal(lambda: api.request("PATCH", path, {"spec": {"epochs": 4}}, MERGE))
     assert status["message"] == ('TrainingRun.susy.dev "t" is invalid: spec: Invalid value: "object": '
-                                 "spec is immutable: create a new TrainingRun")
+                                 "spec is immutable but for suspend and ttlSecondsAfterFinished: "
+                                 "create a new TrainingRun")
+    suspended = api.request("PATCH", path, {"spec": {"suspend": True, "ttlSecondsAfterFinished": 60}}, MERGE)
+    assert suspended["spec"]["suspend"] is True and suspended["metadata"]["generation"] == 2
+    created = api.request("PATCH", path, {"spec": {"suspend": None, "ttlSecondsAfterFinished": None}}, MERGE)
     refusal(lambda: api.request("PATCH", path, [{"op": "replace", "path": "/spec/epochs", "value": 4}],
                                 "application/json-patch+json"))
     refusal(lambda: api.request("PUT", path, {**created, "spec": {**created["spec"], "epochs": 4}}))
     stored = api.get("trainingruns", "ns", "t")
-    assert stored == created and stored["metadata"]["generation"] == 1
+    assert stored == created and stored["metadata"]["generation"] == 3
     # Metadata may change; a PUT needs the current resourceVersion (no unconditional update for CRs).
     labelled = api.request("PATCH", path, {"metadata": {"labels": {"a": "b"}}}, MERGE)
-    assert labelled["metadata"]["labels"] == {"a": "b"} and labelled["metadata"]["generation"] == 1
+    assert labelled["metadata"]["labels"] == {"a": "b"} and labelled["metadata"]["generation"] == 3
     status = refusal(lambda: api.request("PUT", path, {**created, "metadata": {"name": "t"}}))
     assert status["details"]["causes"][0]["field"] == "metadata.resourceVersion"
     with pytest.raises(ApiError) as stale:

@@ -231,9 +231,9 @@ def test_run_locks_serialize_one_run_and_forget_it_when_idle() -> None:
     a handler uses it, so it does not grow with every run the operator has followed."""
     import threading
 
-    from susy_operator import handlers
+    from susy_operator import runs
 
-    locks = handlers._RunLocks()
+    locks = runs.RunLocks()
     inside, overlaps, started = [0], [], threading.Barrier(4)
 
     def handler(uid: str) -> None:

@@ -343,6 +343,46 @@ def test_pure_modules_import_neither_kopf_nor_a_client() -> None:
         assert not imported & {"kopf", "kubernetes", "pykube", "aiohttp"}, name
 
 
+def _registered_handlers(module) -> list:
+    import kopf
+
+    registry = kopf.get_default_registry()
+    return [h for sub in (registry._activities, registry._watching, registry._spawning, registry._changing)
+            for h in sub.get_all_handlers() if h.fn.__module__ == module.__name__]
+
+
+def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
+    """kopf keeps each handler's progress in a CR's annotations under the handler's id (the
+    function's name): an operator upgraded over running CRs must find the ids the older one wrote."""
+    from susy_operator import handlers
+
+    ids = {(str(h.id), getattr(h.selector, "any_name", None) if getattr(h, "selector", None) else None)
+           for h in _registered_handlers(handlers)}
+    observed = f"reconcile/metadata.annotations.{crd.ANNOTATION_OBSERVED}"
+    assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
+                   *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
+                     for handler_id in ("reclaim", "reconcile", observed, "count_run")},
+                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL)}
+
+
+def test_handlers_module_is_only_kopf_wiring() -> None:
+    """Each kind's behaviour lives in its own module (training_run.py, evaluation_run.py), what they
+    share in runs.py: every function in handlers.py is a registered handler or a `when=` filter."""
+    import inspect
+
+    from susy_operator import handlers
+
+    ours = _registered_handlers(handlers)
+    registered = {inspect.unwrap(h.fn) for h in ours}
+    filters = {h.when for h in ours if getattr(h, "when", None)}
+    functions = {inspect.unwrap(fn) for _, fn in inspect.getmembers(handlers, inspect.isfunction)
+                 if fn.__module__ == handlers.__name__}
+    assert {fn.__name__ for fn in functions - registered - filters} == set()
+    for handler in ours:  # a resource's handler is a few lines (configure is the settings, commented)
+        if getattr(handler, "selector", None) is not None:
+            assert len(inspect.getsource(inspect.unwrap(handler.fn)).splitlines()) <= 15, handler.id
+
+
 def test_builder_input_is_not_mutated() -> None:
     raw = {"dataset": {"uri": "x"}, "env": [{"name": "A", "value": "1"}]}
     before = copy.deepcopy(raw)

@@ -9,7 +9,7 @@ import bson
 import pytest
 
 from susy_pipeline.store import (CHUNK_BYTES, EmbeddedStore, ModelBytesDamaged, ModelInUse, ModelNotFound,
-                                 ModelRef, MongoStore, StoreUnavailable, open_store, redact)
+                                 ModelRef, MongoStore, StoreUnavailable, open_store)
 from support.mongo import MONGODB_DOCUMENT_CAP, mongomock_client
 
 
@@ -203,18 +203,34 @@ def test_embedded_store_is_safe_for_many_processes_at_once(tmp_path):
 
 
 def test_mongodb_that_is_down_fails_clearly_after_bounded_retries():
-    store = MongoStore("mongodb://app:secret@127.0.0.1:1/?authSource=admin", attempts=2, backoff_s=0.1,
-                       server_selection_timeout_ms=300)
+    """The message goes into every running CR's conditions while the store is down (issue 22 §4):
+    scheme and host only, no user, password or query parameter."""
+    store = MongoStore("mongodb://app:secret@127.0.0.1:1/?authSource=admin&tls=true"
+                       "&tlsCertificateKeyFilePassword=keypass&authMechanismProperties=AWS_SESSION_TOKEN:tok",
+                       attempts=2, backoff_s=0.1, server_selection_timeout_ms=300)
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
         store.list_models()
     assert time.monotonic() - started < 10
     message = str(caught.value)
     assert "unreachable" in message and "failed 2 times" in message
-    assert "secret" not in message and "app:***@127.0.0.1:1" in message
+    assert "MongoDB at mongodb://127.0.0.1:1 is unreachable" in message
+    for secret in ("app", "secret", "keypass", "AWS_SESSION_TOKEN", "tok", "authSource"):
+        assert secret not in message
 
 
 def test_store_uris():
-    assert redact("mongodb://u:p@h:1/db") == "mongodb://u:***@h:1/db"
     with pytest.raises(ValueError, match="expected mongodb://"):
         open_store("redis://x")
+
+
+def test_a_heartbeat_is_one_document_per_source_overwritten(store):
+    for rows in (0, 500, 1_000):
+        store.put_heartbeat("ev", "shard-1", {"rows_done": rows, "rows_planned": 1_000})
+    store.put_heartbeat("ev", "shard-0", {"rows_done": 7})
+    store.put_heartbeat("other", "shard-0", {"rows_done": 9})
+    beats = store.heartbeats("ev")
+    assert [(b["source"], b["rows_done"]) for b in beats] == [("shard-0", 7), ("shard-1", 1_000)]
+    assert all(b["run"] == "ev" and b["updated_at"].endswith("Z") for b in beats)
+    assert [b["rows_done"] for b in store.heartbeats("other")] == [9]
+    assert store.heartbeats("nothing") == []

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from susy_operator import crd
-from susy_operator.spec import EvaluationRunSpec, RunPolicy, TrainingRunSpec, Volumes
+from susy_operator.spec import EvaluationRunSpec, RunPolicy, Scheduling, TrainingRunSpec, Volumes
 
 PIPELINE_MODULE = ("python", "-m", "susy_pipeline")
 SCRATCH_VOLUME = "scratch"
@@ -64,6 +64,8 @@ class JobConfig:
     store_ca_secret: str | None = None
     # Its one key mounted, as STORE_CA_PATH/ca.crt (a cert-manager Secret also holds tls.key).
     store_ca_key: str = "ca.crt"
+    # The heartbeat interval for pipeline pods (SUSY_HEARTBEAT_SECONDS); None: the pipeline's default.
+    heartbeat_seconds: float | None = None
 
 
 KAFKA_SECRET_PATH = "/etc/susy/kafka"
@@ -143,6 +145,30 @@ def labels(owner: Owner, component: str) -> dict[str, str]:
     }
 
 
+def kueue_labels(scheduling: Scheduling) -> dict[str, str]:
+    """The labels by which Kueue's batch/v1 Job integration manages a Job: its LocalQueue, and the
+    WorkloadPriorityClass when one is named (only with a queue: without one Kueue ignores the Job,
+    kueue pkg/controller/jobframework/reconciler.go, ReconcileGenericJob, "queue-name label is
+    not set, ignoring the job")."""
+    if not scheduling.queued:
+        return {}
+    assert scheduling.queue_name is not None
+    result = {crd.LABEL_KUEUE_QUEUE: scheduling.queue_name}
+    if scheduling.workload_priority_class_name:
+        result[crd.LABEL_KUEUE_PRIORITY] = scheduling.workload_priority_class_name
+    return result
+
+
+def created_suspended(scheduling: Scheduling) -> bool:
+    """Whether a run's Job is created with spec.suspend: while spec.suspend holds the run, and always
+    with a queue. Kueue's webhook would suspend a queued Job on create (kueue
+    pkg/controller/jobframework/defaults.go, ApplyDefaultForSuspend), but a Job created running
+    starts pods before a cluster without the webhook could stop them: the integration's own
+    contract is a Job created suspended that Kueue admits by un-suspending it
+    (pkg/controller/jobs/job/job_controller.go, RunWithPodSetsInfo sets spec.suspend false)."""
+    return scheduling.suspend or scheduling.queued
+
+
 def owner_reference(owner: Owner) -> dict[str, Any]:
     # controller + blockOwnerDeletion: foreground deletion of the CR waits for its Jobs,
     # and `kubectl delete trainingrun` (background) lets the garbage collector remove them.
@@ -176,6 +202,8 @@ def pipeline_env(config: JobConfig, run_name: str | None = None,
     ]
     if run_name is not None:
         env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
+    if config.heartbeat_seconds is not None:
+        env.append({"name": crd.ENV_HEARTBEAT_SECONDS, "value": f"{config.heartbeat_seconds:g}"})
     env += data_secret(data_secret_name)[1]
     return env
 
@@ -187,7 +215,7 @@ def _resources(component: str, override: Mapping[str, Any] | None) -> dict[str, 
 def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, command: list[str],
          env: list[dict[str, Any]], resources: Mapping[str, Any] | None, policy: RunPolicy,
          job_spec: Mapping[str, Any], volumes: Volumes = Volumes(), read_only_volumes: bool = False,
-         secret_name: str | None = None) -> dict[str, Any]:
+         secret_name: str | None = None, scheduling: Scheduling = Scheduling()) -> dict[str, Any]:
     job_labels = labels(owner, component)
     indexed_completions = job_spec["completions"] if job_spec.get("completionMode") == "Indexed" else None
     pod_spec: dict[str, Any] = {
@@ -218,6 +246,8 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
     env_from, secret_volumes, mounts = _secret_mounts(config)
     env_from += data_secret(secret_name)[0]
     container = pod_spec["containers"][0]
@@ -238,13 +268,15 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
         **job_spec,
         "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
     }
+    if created_suspended(scheduling):
+        spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": job_name(owner.name, component, indexed_completions),
             "namespace": owner.namespace,
-            "labels": job_labels,
+            "labels": {**job_labels, **kueue_labels(scheduling)},
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": spec,
@@ -267,7 +299,7 @@ def producer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: Job
                 env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
                 resources=spec.producer_resources, policy=spec.run_policy,
                 job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
-                secret_name=spec.dataset.secret_name)
+                secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
 
 
 def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig,
@@ -296,7 +328,7 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
                 env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
                 resources=spec.trainer_resources, policy=spec.run_policy,
                 job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
-                secret_name=spec.dataset.secret_name)
+                secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
 
 
 def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_id: str | Sequence[str],
@@ -330,4 +362,4 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     return _job(owner=owner, component=crd.EVALUATOR, config=config, image=spec.image, command=command,
                 env=merge_env(pipeline_env(config, data_secret_name=spec.secret_name), spec.env),
                 resources=spec.resources, policy=policy, job_spec=job_spec, volumes=spec.volumes,
-                read_only_volumes=True, secret_name=spec.secret_name)
+                read_only_volumes=True, secret_name=spec.secret_name, scheduling=spec.scheduling)

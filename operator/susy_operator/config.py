@@ -56,6 +56,21 @@ class OperatorConfig:
     # allowedVolumeTypes). Empty by default: hostPath reads the node's files, and a configMap
     # is cluster configuration, so a cluster administrator opts in.
     allowed_volume_types: frozenset[str] = spec.ALWAYS_ALLOWED_VOLUME_TYPES
+    # run_ttl_seconds_after_finished: how long a finished TrainingRun or EvaluationRun is kept before
+    # the operator deletes it, unless its spec.ttlSecondsAfterFinished says otherwise
+    # (SUSY_RUN_TTL_SECONDS_AFTER_FINISHED; the chart's runTtlSecondsAfterFinished). None: kept
+    # forever. Its models, evaluations and aliases stay in the store.
+    run_ttl_seconds_after_finished: int | None = None
+    # metrics_port: where the operator serves Prometheus metrics, /metrics (SUSY_METRICS_PORT; the
+    # chart's metrics.port). 0: not served.
+    metrics_port: int = 8000
+    # heartbeat_stale_seconds: how long a running shard's or trainer's heartbeat may stay unchanged
+    # before the run gets a Warning Event naming it (SUSY_HEARTBEAT_STALE_SECONDS; the chart's
+    # heartbeatStaleSeconds). Shards beat every 5 s, so 60 s is twelve missed beats.
+    heartbeat_stale_seconds: float = 60.0
+    # heartbeat_seconds: the heartbeat interval given to evaluator pods (SUSY_HEARTBEAT_SECONDS in
+    # their env); None leaves the pipeline's default (5 s).
+    heartbeat_seconds: float | None = None
 
     @property
     def job_config(self) -> JobConfig:
@@ -63,7 +78,7 @@ class OperatorConfig:
                          store_secret_key=self.store_secret_key, database=self.database,
                          image_pull_policy=self.image_pull_policy, service_account=self.job_service_account,
                          kafka_secret=self.kafka_secret, store_ca_secret=self.store_ca_secret,
-                         store_ca_key=self.store_ca_key)
+                         store_ca_key=self.store_ca_key, heartbeat_seconds=self.heartbeat_seconds)
 
 
 def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -86,7 +101,21 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         store_ca_key=env.get("SUSY_STORE_CA_KEY") or "ca.crt",
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
         allowed_volume_types=allowed_volume_types(env.get("SUSY_ALLOWED_VOLUME_TYPES", "")),
+        run_ttl_seconds_after_finished=_seconds_or_none("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED",
+                                                        env.get("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED", "")),
+        metrics_port=int(env.get("SUSY_METRICS_PORT", "8000")),
+        heartbeat_stale_seconds=float(env.get("SUSY_HEARTBEAT_STALE_SECONDS", "60")),
+        heartbeat_seconds=float(env["SUSY_HEARTBEAT_SECONDS"]) if env.get("SUSY_HEARTBEAT_SECONDS") else None,
     )
+
+
+def _seconds_or_none(name: str, value: str) -> int | None:
+    """A whole number of seconds, or None for an empty value; anything else stops the operator at start."""
+    if not value.strip():
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"{name}: {value!r} is not a whole number of seconds (or empty: off)")
+    return int(value)
 
 
 def allowed_volume_types(value: str) -> frozenset[str]:

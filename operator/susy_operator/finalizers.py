@@ -36,7 +36,7 @@ KOPF_FINALIZER: Final = "kopf.zalando.org/KopfFinalizerMarker"
 # Set by the uninstall hook on each CR it released: the operator stops following it.
 RELEASED_ANNOTATION: Final = f"{crd.GROUP}/released-by-uninstall"
 
-RUNNING_PHASES: Final = frozenset({crd.PENDING, crd.PRODUCING, crd.TRAINING, crd.EVALUATING})
+RUNNING_PHASES: Final = frozenset({crd.PENDING, crd.PRODUCING, crd.TRAINING, crd.EVALUATING, *crd.HELD_PHASES})
 
 
 def is_followed(status: Mapping[str, Any], annotations: Mapping[str, str]) -> bool:

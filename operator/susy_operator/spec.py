@@ -16,12 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 # Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
-from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC
+from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC, TOPIC_PATTERN
 
 READERS: Final = ("confluent", "tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
-TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 K8S_SUBDOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -77,6 +76,27 @@ class RunPolicy:
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE_SECONDS
     ttl_seconds_after_finished: int = DEFAULT_TTL_SECONDS_AFTER_FINISHED
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheduling:
+    """How a run shares its cluster (both kinds): the fields that may change mid-run are `suspend`
+    and `ttl_seconds_after_finished`; the CRD keeps the others immutable."""
+    # suspend: spec.suspend; the run's Jobs are created suspended, or the running one is suspended.
+    suspend: bool = False
+    # queue_name: spec.queueName or the CR's kueue.x-k8s.io/queue-name label: a Kueue LocalQueue.
+    queue_name: str | None = None
+    # priority_class_name: spec.priorityClassName, every pod's priorityClassName.
+    priority_class_name: str | None = None
+    # workload_priority_class_name: spec.workloadPriorityClassName or the CR's
+    # kueue.x-k8s.io/priority-class label: a Kueue WorkloadPriorityClass, labelled on queued Jobs.
+    workload_priority_class_name: str | None = None
+    # ttl_seconds_after_finished: spec.ttlSecondsAfterFinished, the CR's own; None: the operator's default.
+    ttl_seconds_after_finished: int | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.queue_name is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +181,7 @@ class TrainingRunSpec:
     env: tuple[tuple[str, str], ...] = ()
     run_policy: RunPolicy = RunPolicy()
     volumes: Volumes = Volumes()
+    scheduling: Scheduling = Scheduling()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +205,7 @@ class EvaluationRunSpec:
     # spec.models (1 to 8) when given; empty with spec.model. `references` is either, as a list.
     models: tuple[ModelReference, ...] = ()
     ensemble: str | None = None
+    scheduling: Scheduling = Scheduling()
 
     @property
     def references(self) -> tuple[ModelReference, ...]:
@@ -368,6 +390,45 @@ class _Reader:
                                                     DEFAULT_TTL_SECONDS_AFTER_FINISHED, minimum=0) or 0,
         )
 
+    def boolean(self, data: Mapping[str, Any], path: str, key: str) -> bool:
+        value = data.get(key, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            self.problems.append(f"{path}.{key} must be true or false, got {value!r}")
+            return False
+        return value
+
+    def spec_or_label(self, data: Mapping[str, Any], key: str, labels: Mapping[str, str], label: str, *,
+                      max_length: int) -> str | None:
+        """spec.KEY, or the CR's label LABEL when the spec leaves it out; both given must agree."""
+        value = self.string(data, self.root, key, pattern=K8S_NAME_PATTERN)
+        labelled = labels.get(label) or None
+        if value is not None and len(value) > max_length:
+            self.problems.append(f"{self.root}.{key} must be at most {max_length} characters (a label value)")
+            return None
+        if labelled is not None and value is not None and labelled != value:
+            self.problems.append(f"{self.root}.{key} {value!r} and the label {label}={labelled!r} disagree: "
+                                 "name it one way")
+            return None
+        if value is None and labelled is not None and not K8S_NAME_PATTERN.match(labelled):
+            self.problems.append(f"metadata.labels[{label}] {labelled!r} does not match {K8S_NAME_PATTERN.pattern}")
+            return None
+        return value or labelled
+
+    def scheduling(self, data: Mapping[str, Any], labels: Mapping[str, str]) -> Scheduling:
+        from susy_operator import crd  # local: keeps the import graph of this pure module flat
+
+        return Scheduling(
+            suspend=self.boolean(data, self.root, "suspend"),
+            queue_name=self.spec_or_label(data, "queueName", labels, crd.LABEL_KUEUE_QUEUE,
+                                          max_length=crd.MAX_NAME),
+            priority_class_name=self.string(data, self.root, "priorityClassName", pattern=K8S_SUBDOMAIN_PATTERN),
+            workload_priority_class_name=self.spec_or_label(data, "workloadPriorityClassName", labels,
+                                                            crd.LABEL_KUEUE_PRIORITY, max_length=crd.MAX_NAME),
+            ttl_seconds_after_finished=self.integer(data, self.root, "ttlSecondsAfterFinished", None, minimum=0),
+        )
+
     def model_reference(self, data: Mapping[str, Any], path: str, *, present: bool) -> ModelReference:
         """A model named exactly one way: id, timestamp or trainingRun (`present`: the section was
         given as an object, so naming none is a problem too)."""
@@ -391,10 +452,12 @@ class _Reader:
 
 
 def parse_training_run(spec: Mapping[str, Any], *,
-                       allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES) -> TrainingRunSpec:
+                       allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES,
+                       labels: Mapping[str, str] | None = None) -> TrainingRunSpec:
     """Validate a TrainingRun spec; raise SpecError naming every problem.
 
     `allowed_volume_types`: the volume sources the operator accepts besides persistentVolumeClaim.
+    `labels`: the CR's labels (Kueue's queue-name and priority-class labels stand for the fields).
     """
     r = _Reader("spec")
     ds = r.section(spec, "dataset", required=True)
@@ -452,14 +515,17 @@ def parse_training_run(spec: Mapping[str, Any], *,
         env=r.env(spec),
         run_policy=r.run_policy(spec),
         volumes=r.volumes(spec, allowed_volume_types),
+        scheduling=r.scheduling(spec, labels or {}),
     )
     r.done()
     return parsed
 
 
 def parse_evaluation_run(spec: Mapping[str, Any], *,
-                         allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES) -> EvaluationRunSpec:
-    """Validate an EvaluationRun spec; raise SpecError naming every problem."""
+                         allowed_volume_types: frozenset[str] = ALWAYS_ALLOWED_VOLUME_TYPES,
+                         labels: Mapping[str, str] | None = None) -> EvaluationRunSpec:
+    """Validate an EvaluationRun spec; raise SpecError naming every problem (`labels`: as for
+    parse_training_run)."""
     r = _Reader("spec")
     models_raw = spec.get("models")
     if models_raw is not None and spec.get("model") is not None:
@@ -516,6 +582,7 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
         env=r.env(spec),
         run_policy=r.run_policy(spec),
         volumes=r.volumes(spec, allowed_volume_types),
+        scheduling=r.scheduling(spec, labels or {}),
     )
     r.done()
     return parsed

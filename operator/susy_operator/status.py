@@ -107,6 +107,12 @@ def job_state(job: Mapping[str, Any] | None) -> str:
     return "Running"
 
 
+def job_suspended(job: Mapping[str, Any] | None) -> bool:
+    """Whether a Job that has not finished is suspended (spec.suspend): it has no pods, and the Job
+    controller starts none until the field is cleared (by the operator, or by Kueue admitting it)."""
+    return bool(job and ((job.get("spec") or {}).get("suspend") is True) and job_state(job) == "Running")
+
+
 def job_failure_message(job: Mapping[str, Any]) -> tuple[str, str]:
     """(reason, message) of a failed Job, as the Job controller wrote them."""
     condition = job_condition(job, "Failed") or {}
@@ -197,6 +203,8 @@ def job_summary(job: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("completedIndexes", "failedIndexes", "startTime", "completionTime"):
         if st.get(key):
             summary[key] = st[key]
+    if job_suspended(job):
+        summary["suspended"] = True
     return summary
 
 
@@ -306,3 +314,49 @@ def leaderboard(aggregated: Mapping[str, Any],
     if "modelId" in top:
         best["modelId"] = top["modelId"]
     return board, best
+
+
+# --- held runs (spec.suspend, Kueue) -------------------------------------------------------------
+
+def held_patch(status: Mapping[str, Any], held_phase: str | None, step_phase: str, message: str, *,
+               now: str, generation: int | None = None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """(the status patch, the Events to post as (reason, message)) that move a running run into
+    `held_phase` (crd.SUSPENDED, crd.QUEUED) or back to its step's `step_phase` (held_phase None).
+
+    Empty when nothing changes. While held, status.stepPhase keeps the step's phase; the Suspended
+    and Queued conditions say why, and turn False (Resumed, Admitted) once that is over.
+    """
+    updates: list[tuple[str, bool, str, str]] = []
+    events: list[tuple[str, str]] = []
+    was_suspended = is_true(status, crd.SUSPENDED_CONDITION)
+    was_queued = is_true(status, crd.QUEUED_CONDITION)
+    if held_phase == crd.SUSPENDED:
+        updates.append((crd.SUSPENDED_CONDITION, True, crd.REASON_SUSPENDED, message))
+        if not was_suspended:
+            events.append((crd.EVENT_SUSPENDED, message))
+    elif was_suspended:
+        updates.append((crd.SUSPENDED_CONDITION, False, crd.REASON_RESUMED, "spec.suspend was cleared"))
+        events.append((crd.EVENT_RESUMED, f"spec.suspend was cleared: phase {held_phase or step_phase}"))
+    if held_phase == crd.QUEUED:
+        updates.append((crd.QUEUED_CONDITION, True, crd.REASON_WAITING_FOR_ADMISSION, message))
+        if not was_queued:
+            events.append((crd.EVENT_QUEUED, message))
+    elif was_queued and held_phase is None:
+        updates.append((crd.QUEUED_CONDITION, False, crd.REASON_ADMITTED, "admitted by Kueue (Job un-suspended)"))
+        events.append((crd.EVENT_ADMITTED, f"Admitted by Kueue (Job un-suspended): phase {step_phase}"))
+    patch: dict[str, Any] = {}
+    phase = held_phase or step_phase
+    if status.get("phase") != phase:
+        patch["phase"] = phase
+    if held_phase is not None and status.get("stepPhase") != step_phase:
+        patch["stepPhase"] = step_phase
+    if held_phase is None and status.get("stepPhase") is not None:
+        patch["stepPhase"] = None
+    if held_phase is not None and status.get("message") != message:
+        patch["message"] = message
+    if held_phase is None and status.get("message") and (was_suspended or was_queued):
+        patch["message"] = None
+    conditions_now = with_conditions(status, updates, now=now, generation=generation)
+    if conditions_now != conditions(status):
+        patch["conditions"] = conditions_now
+    return patch, events

@@ -13,6 +13,7 @@ one action. The rules, in the order they apply:
 | missing            | recorded Complete, or its output in the store  | DONE (deleted after it finished: |
 |                    |                                                | a TTL, `kubectl delete job`)     |
 | missing            | recorded, no output                            | FAIL JobDeleted (never re-run)   |
+| suspended          | (spec.suspend, or queued until Kueue admits)   | WAIT, held: no grace runs out    |
 | running            | a pod cannot start for `grace` seconds or more | FAIL with the pod's reason       |
 | running            | a pod cannot start, for less                   | WAIT, saying which pod and why   |
 | running            |                                                | WAIT                             |
@@ -65,6 +66,8 @@ class Decision:
     message: str = ""
     # While a pod cannot start: {"since", "reason", "message"}, kept in status.jobs[component].
     not_starting: Mapping[str, str] | None = None
+    # The Job is suspended (spec.suspend, or not yet admitted by Kueue): it has no pods to wait for.
+    held: bool = False
 
 
 def _seconds_between(earlier: str, later: str) -> float:
@@ -98,6 +101,10 @@ def decide(step: Step, job: Mapping[str, Any] | None, recorded: Mapping[str, Any
                         f"{recorded.get('succeeded', 0)} succeeded, {recorded.get('active', 0)} active) and "
                         f"the store has no {step.output}; the step is not run again: delete and re-create "
                         "the resource to start over")
+    if st.job_suspended(job):
+        # A suspended Job's pods are being removed, and none start: a queue's wait is not a pod that
+        # cannot start, so the grace period starts over once the Job runs.
+        return Decision(WAIT, held=True)
     if not not_starting:
         return Decision(WAIT)
     lines = st.describe_pods(not_starting)
@@ -128,3 +135,87 @@ def training_run_reference(run: str, namespace: str, training_run: Mapping[str, 
     if tr_status.get("phase") != crd.SUCCEEDED or not tr_status.get("runName"):
         return WAIT, "", f"TrainingRun {run} is {tr_status.get('phase') or 'not started'}"
     return DONE, "", f"latest:{tr_status['runName']}"
+
+
+# --- spec.suspend and queues -----------------------------------------------------------------------
+# What holding a step's Job asks of the operator (`hold`). Without a queue the operator suspends and
+# resumes the Job itself. With one, Kueue owns spec.suspend: it starts a suspended Job whose Workload
+# is admitted and suspends a running one whose Workload is not (kueue
+# pkg/controller/jobframework/reconciler.go, ReconcileGenericJob steps 7 and 8), so a Job the operator
+# suspended would be started again. Kueue's way to stop an admitted workload is its Workload's
+# spec.active false (site/content/en/docs/concepts/workload.md, "Active": evicted, not requeued);
+# true again queues it for admission.
+SUSPEND_JOB: Final = "SuspendJob"
+RESUME_JOB: Final = "ResumeJob"
+DEACTIVATE_WORKLOAD: Final = "DeactivateWorkload"
+ACTIVATE_WORKLOAD: Final = "ActivateWorkload"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    phase: str | None        # crd.SUSPENDED, crd.QUEUED, or None: the step runs in its own phase
+    action: str | None = None
+    message: str = ""
+    create: bool = True      # whether a missing Job may be created now
+
+
+def hold(scheduling: Any, job: Mapping[str, Any] | None, recorded: Mapping[str, Any] | None) -> Hold:
+    """What spec.suspend and spec.queueName (`scheduling`, a spec.Scheduling) ask of a step whose Job
+    is `job` (None: not created yet); `recorded` is status.jobs[component] (its `workloadDeactivated`
+    says the operator set the Kueue Workload inactive)."""
+    name = (job or {}).get("metadata", {}).get("name", "")
+    deactivated = bool((recorded or {}).get("workloadDeactivated"))
+    if job is not None and st.job_state(job) != "Running":
+        return Hold(None)  # finished: the step's outcome stands, suspended or not
+    suspended = st.job_suspended(job)
+    if scheduling.suspend:
+        message = (f"Suspended (spec.suspend): Job {name} has no pods until spec.suspend is cleared" if job
+                   else "Suspended (spec.suspend): the step's Job is created when spec.suspend is cleared")
+        if scheduling.queued:
+            # A queued Job is not created while suspended: Kueue could admit it before its Workload
+            # is deactivated, and it would hold quota for nothing.
+            return Hold(crd.SUSPENDED, None if job is None or deactivated else DEACTIVATE_WORKLOAD, message,
+                        create=False)
+        return Hold(crd.SUSPENDED, SUSPEND_JOB if job is not None and not suspended else None, message)
+    if scheduling.queued:
+        action = ACTIVATE_WORKLOAD if deactivated else None
+        if suspended or job is None:
+            return Hold(crd.QUEUED, action, f"{crd.QUEUED_MESSAGE}: LocalQueue {scheduling.queue_name}"
+                                            + (f", Job {name}" if name else ""))
+        return Hold(None, action)
+    return Hold(None, RESUME_JOB if suspended else None)
+
+
+def step_phase(status: Mapping[str, Any]) -> str | None:
+    """The phase of the run's current step: status.phase, or while held (Suspended, Queued) the
+    step's own phase that status.stepPhase keeps."""
+    phase = status.get("phase")
+    return status.get("stepPhase") if phase in crd.HELD_PHASES else phase
+
+
+# --- finished runs cleaned up (spec.ttlSecondsAfterFinished) ---------------------------------------
+
+def ttl_seconds_left(status: Mapping[str, Any], ttl_seconds: int | None, now: str) -> float | None:
+    """Seconds until a finished run may be deleted (0 or less: now); None while it runs, or without
+    a TTL (the CR's spec.ttlSecondsAfterFinished, else the operator's default)."""
+    finished = status.get("completionTime")
+    if ttl_seconds is None or status.get("phase") not in crd.TERMINAL_PHASES or not finished:
+        return None
+    return ttl_seconds - _seconds_between(finished, now)
+
+
+def runs_naming(training_run: str, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`Kind/name` of each unfinished run among `runs` (one namespace's TrainingRuns and EvaluationRuns)
+    that names TrainingRun `training_run` (spec.model.trainingRun, spec.models[].trainingRun,
+    spec.model.warmStart.trainingRun): it resolves the model through that TrainingRun's status, so
+    the TrainingRun is kept until they finish."""
+    found = []
+    for run in runs:
+        if ((run.get("status") or {}).get("phase")) in crd.TERMINAL_PHASES:
+            continue
+        spec = run.get("spec") or {}
+        model = spec.get("model") or {}
+        references = [model, model.get("warmStart") or {}, *(spec.get("models") or [])]
+        if any(isinstance(ref, Mapping) and ref.get("trainingRun") == training_run for ref in references):
+            found.append(f"{run.get('kind')}/{run.get('metadata', {}).get('name')}")
+    return found

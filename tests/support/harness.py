@@ -195,10 +195,14 @@ class OperatorProcess:
         log = open(self.workdir / f"operator.{self.starts}.log", "wb")
         env = {
             **{k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")},
-            "PYTHONPATH": os.pathsep.join([str(TESTS)]),
+            # This checkout's packages first: a venv shared by several worktrees installs one of
+            # them in editable mode, which would otherwise be the operator under test.
+            "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO / "operator"), str(REPO / "images" / "pipeline")]),
             "SUSY_TEST_API_SERVER": self.url,
             "KUBECONFIG": str(self.workdir / "no-kubeconfig"),  # never a real cluster
             "SUSY_POLL_SECONDS": "0.25",
+            # No /metrics server unless a test asks (several operators run at once in some tests).
+            "SUSY_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
 import math
 import os
 from dataclasses import dataclass
@@ -27,9 +26,14 @@ import pyarrow.parquet as pq
 
 from . import files
 from .errors import BadInput, DataError
+from .redaction import echo, scrub
 from .schema import COLUMNS, N_COLUMNS, N_FEATURES
 
 DEFAULT_BLOCK_BYTES = 1 << 20  # 1 MiB blocks kept RSS flat here; 16 MiB grew it by half
+# A line longer than a block is refused by pyarrow ("straddling object straddles two block
+# boundaries"), so the block is also the longest line read; the slow path that names a bad line
+# reads a longer one in these pieces, only to count its length.
+LINE_PIECE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def _iter_csv(path, skip: int, block_bytes: int, keep_text: bool) -> Iterator[Ba
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError) as err:
         if "Empty CSV file" in str(err) and row == 0:
             return  # reported by iter_batches as an empty file
-        _raise_located(path, row, err)
+        _raise_located(path, row, err, max_line_bytes=block_bytes)
     finally:
         for f in opened:
             f.close()
@@ -197,29 +201,46 @@ def _open_binary(path) -> tuple[object, list]:
     return unzipped, [unzipped, raw]
 
 
-def _open_text(path) -> IO[str]:
+def _open_lines(path) -> IO[bytes]:
     raw = files.open_stream(str(path))
     if file_format(path) == "csv.gz":
         raw = gzip.GzipFile(fileobj=raw, mode="rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    return raw
 
 
-def _raise_located(path, from_row: int, err: Exception) -> None:
+def _lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+    """Each line of a binary stream as (its bytes, its length); the bytes are None for a line
+    longer than `max_bytes`, which is read on in pieces to count it, never held whole."""
+    while piece := stream.readline(max_bytes + 1):
+        if piece.endswith(b"\n") or len(piece) <= max_bytes:
+            yield piece, len(piece.rstrip(b"\r\n"))
+            continue
+        length = len(piece)
+        while piece and not piece.endswith(b"\n"):
+            piece = stream.readline(LINE_PIECE_BYTES)
+            length += len(piece)
+        yield None, length - (1 if piece.endswith(b"\n") else 0)
+
+
+def _raise_located(path, from_row: int, err: Exception, max_line_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
     """Find the first bad line at or after `from_row` and raise a DataError for it."""
     line_no = from_row
     try:
-        with _open_text(path) as f:
-            for line_no, text in enumerate(f, start=1):
+        with _open_lines(path) as f:
+            for line_no, (line, length) in enumerate(_lines(f, max_line_bytes), start=1):
                 if line_no <= from_row:
                     continue
-                problem = line_problem(text.rstrip("\r\n"))
+                if line is None:
+                    raise DataError(path, line_no, f"the line is {length:,} bytes long, over the limit of "
+                                    f"{max_line_bytes:,} (a SUSY line is under 500 bytes)") from err
+                problem = line_problem(line.decode("utf-8", errors="replace").rstrip("\r\n"))
                 if problem:
                     raise DataError(path, line_no, problem) from err
     except (EOFError, OSError, gzip.BadGzipFile) as gz_err:
         raise DataError(path, line_no + 1,
-                        f"compressed stream ends or breaks here ({gz_err}); the file is truncated "
+                        f"compressed stream ends or breaks here ({scrub(str(gz_err))}); the file is truncated "
                         "or corrupt") from err
-    raise DataError(path, None, f"unreadable after line {from_row}: {err}") from err
+    raise DataError(path, None, f"unreadable after line {from_row}: {scrub(str(err))}") from err
 
 
 def line_problem(text: str) -> str | None:
@@ -231,34 +252,50 @@ def line_problem(text: str) -> str | None:
             value = float(field)
         except ValueError:
             hint = " (SUSY files in UCI layout have no header line)" if i == 0 and field == COLUMNS[0] else ""
-            return f"column {i + 1} ({COLUMNS[i]}) is {field!r}, not a number{hint}"
+            return f"column {i + 1} ({COLUMNS[i]}) is {echo(field)}, not a number{hint}"
         if not math.isfinite(value) or not math.isfinite(np.float32(value)):
-            return f"column {i + 1} ({COLUMNS[i]}) is {field!r}, not a finite number"
+            return f"column {i + 1} ({COLUMNS[i]}) is {echo(field)}, not a finite number"
     if float(fields[0]) not in (0.0, 1.0):
-        return f"label is {fields[0]!r}, expected 0 or 1"
+        return f"label is {echo(fields[0])}, expected 0 or 1"
     return None
 
 
 # --- Parquet ---------------------------------------------------------------
 
-def open_parquet(path) -> pq.ParquetFile:
-    """A Parquet file (local path, or a remote one read by ranged GETs through `files`).
+# Parquet is read page by page through a buffer of this size per column, in batches of
+# PARQUET_BATCH_ROWS, so memory does not grow with the row group: reading 3M rows of SUSY floats
+# written as one row group peaked at 413 MiB whole (pyarrow's default: the row group's column
+# chunks read and pre-buffered at once), at 165 MiB streamed, against 134-178 MiB in 64K-row groups
+# (VmHWM of a process that reads the file, pyarrow 25.0.1; docs/evaluation.md, "Memory").
+PARQUET_BUFFER_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 65536
+# A remote row group up to this size (compressed) is pre-buffered and the next one fetched while
+# one is decoded: few large GETs, about two row groups in memory. A larger one is streamed like a
+# local file (one GET per PARQUET_BUFFER_BYTES per column), slower but bounded.
+REMOTE_PREFETCH_MAX_BYTES = 64 << 20
 
-    For a remote file pyarrow's pre-buffering (on by default) coalesces the
-    column chunks of a row group into few large ranged reads.
-    """
+
+def open_parquet(path) -> pq.ParquetFile:
+    """A Parquet file (local path, or a remote one read by ranged GETs through `files`), opened to
+    be read in bounded memory whatever its row-group size."""
     path = str(path)
-    if not files.is_remote(path):
-        try:
-            return pq.ParquetFile(files.local_path(path))
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(path, None, f"not a readable Parquet file: {err}") from err
-    # A shard opens a file it splits twice (to plan, to read); the footer is fetched once.
-    source = files.open_random(path)
     try:
-        return _RemoteParquetFile(source, metadata=_remote_parquet_metadata(path))
+        if not files.is_remote(path):
+            return pq.ParquetFile(files.local_path(path), buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+        # A shard opens a file it splits twice (to plan, to read); the footer is fetched once.
+        metadata = _remote_parquet_metadata(path)
+        source = files.open_random(path)
+        if largest_row_group_bytes(metadata) <= REMOTE_PREFETCH_MAX_BYTES:
+            return _RemoteParquetFile(source, metadata=metadata)
+        return pq.ParquetFile(source, metadata=metadata, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(path, None, f"not a readable Parquet file: {err}") from err
+        raise DataError(path, None, f"not a readable Parquet file: {scrub(str(err))}") from err
+
+
+def largest_row_group_bytes(metadata: pq.FileMetaData) -> int:
+    """The compressed size of the file's largest row group (what pre-buffering one holds)."""
+    return max((sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+                for group in map(metadata.row_group, range(metadata.num_row_groups))), default=0)
 
 
 class _RemoteParquetFile(pq.ParquetFile):
@@ -293,7 +330,7 @@ def _remote_parquet_metadata(uri: str) -> pq.FileMetaData:
         with files.open_random(uri) as f:
             return pq.ParquetFile(f).metadata
     except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(uri, None, f"not a readable Parquet file: {err}") from err
+        raise DataError(uri, None, f"not a readable Parquet file: {scrub(str(err))}") from err
 
 
 def _iter_parquet(path, skip: int, keep_text: bool) -> Iterator[Batch]:
@@ -307,14 +344,15 @@ def iter_parquet_row_groups(parquet: pq.ParquetFile, row_groups: Sequence[int], 
     """Yield validated batches from the given row groups (rows before `skip` are left out)."""
     names = parquet.schema_arrow.names
     if len(names) != N_COLUMNS:
-        raise DataError(path, None, f"expected {N_COLUMNS} columns, found {len(names)}: {names}")
+        raise DataError(path, None, f"expected {N_COLUMNS} columns, found {len(names)}: {echo(names)}")
     offsets = np.concatenate([[0], np.cumsum([parquet.metadata.row_group(i).num_rows
                                               for i in range(parquet.num_row_groups)])])
     prefetch = getattr(parquet, "prefetch_row_group", None)
     wanted = [g for g in row_groups if offsets[g + 1] > skip]
     for k, group in enumerate(wanted):
         row = int(offsets[group])
-        for i, record_batch in enumerate(parquet.iter_batches(row_groups=[group], use_threads=False)):
+        for i, record_batch in enumerate(parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group],
+                                                              use_threads=False)):
             if i == 0 and prefetch is not None and k + 1 < len(wanted):
                 # This group's bytes are in (pre-buffered before its first batch): fetch the next.
                 prefetch(wanted[k + 1])

@@ -1,4 +1,4 @@
-"""Errors that carry their exit code (contracts.md §1): a leaf module, imported by every stage.
+"""Errors that carry their exit code (contracts.md §1): imported by every stage, imports only redaction.
 
 - `BadInput` (exit 2): the input or the options are wrong; retrying the same thing cannot help,
   so a Job's podFailurePolicy ends it (FailJob / FailIndex). `DataError` and its kinds.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from typing import ClassVar
+
+from .redaction import display_uri
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 1, 2, 3
 
@@ -34,10 +36,11 @@ def exit_code(err: BaseException) -> int:
 
 
 class DataError(BadInput):
-    """A data file that is not valid SUSY input; the message names file and line."""
+    """A data file that is not valid SUSY input; the message names file and line (the file as
+    `redaction.display_uri` shows a location: no user, password or query)."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, problem: str, unit: str = "line"):
-        self.path = str(path)
+        self.path = display_uri(str(path), path=True)
         self.line = line
         self.problem = problem
         where = f"{self.path}, {unit} {line}" if line is not None else self.path

@@ -52,6 +52,7 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from .errors import DataError, StorageDenied, StorageUnavailable
+from .redaction import display_uri, scrub
 
 LOCAL_SCHEMES = ("", "file")
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "https", "http")
@@ -164,13 +165,13 @@ def _fail(uri: str, err: OSError, doing: str) -> Exception:
                  "GOOGLE_APPLICATION_CREDENTIALS)")
         return StorageDenied(uri, None, f"access denied while {doing}: {where} ({_short(text)})")
     if any(code in text for code in _UNAVAILABLE):
-        return StorageUnavailable(f"{uri}: object storage unreachable while {doing}, after {ATTEMPTS} "
+        return StorageUnavailable(f"{display_uri(uri, path=True)}: object storage unreachable while {doing}, after {ATTEMPTS} "
                                   f"attempts ({_short(text)})")
     return err
 
 
 def _short(text: str) -> str:
-    return text.split("(Request ID")[0].strip()[:300]
+    return scrub(text.split("(Request ID")[0].strip(), limit=300)
 
 
 def _missing_problem(uri: str) -> str:

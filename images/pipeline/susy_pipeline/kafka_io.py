@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from .data import Batch
 from .errors import BadInput
+from .progress import Progress
 from .streams import ReadAhead
 from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging
 
@@ -78,8 +79,21 @@ class Production:
 
 # Measured here, sending 90,000 prepared rows at 500 rows per message took about
 # 0.23 s with 4-8 MiB record batches against 0.31 s with 1 MiB: fewer produce
-# requests for the broker to answer.
+# requests for the broker to answer. A record batch is capped by the broker's message limit
+# too (below), so against a broker at Kafka's defaults the batches are 1 MiB.
 PRODUCER_BATCH_BYTES = 8 << 20
+# The largest message (record batch) a broker takes: Kafka's message.max.bytes, default 1048588
+# (1 MiB and the 12-byte log overhead), per topic max.message.bytes; the broker compares each
+# record *batch* with it (core/src/main/scala/kafka/log/UnifiedLog.scala, analyzeAndValidateRecords:
+# RecordTooLargeException, MESSAGE_TOO_LARGE to the producer). The producer keeps every message,
+# and every record batch, at or under `max_message_bytes`: `--rows-per-message` rows, or fewer
+# where they would not fit. Raise it (produce --max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES)
+# only with the broker's limit.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+# A record batch's own header is 61 bytes (magic v2) and a record's framing under 30 (varint
+# lengths, offset and timestamp deltas, no headers): what a message's rows may use is the limit
+# less this.
+RECORD_OVERHEAD_BYTES = 128
 # File batches (about 1 MiB of text each) parsed ahead of the sends, so the
 # reader keeps going while the sending threads hold the GIL.
 READ_AHEAD_BATCHES = 8
@@ -127,12 +141,14 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: floa
         admin.close()
 
 
-def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator[tuple[list[bytes], list[bytes], int]]:
+def message_batches(batches: Iterable[Batch], rows_per_message: int,
+                    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[tuple[list[bytes], list[bytes], int]]:
     """Rows -> Kafka (keys, values, rows) in the seed's wire format; see decode.py.
 
     A message of k rows is its rows' labels joined by "," (key) and their
     feature text joined by "\n" (value); a batch's last message may hold fewer
-    rows. The joins run in pyarrow, not Python, so they hold the GIL (which
+    rows, and so does one whose `rows_per_message` rows would not fit in
+    `max_message_bytes`. The joins run in pyarrow, not Python, so they hold the GIL (which
     the producer's pure-Python sends need) only briefly.
     """
     for batch in batches:
@@ -140,33 +156,67 @@ def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator
             raise ValueError("producer batches must be read with keep_text=True")
         keys = pa.array(np.where(batch.labels == 1, "1", "0"), pa.string())
         values = batch.feature_text
-        if rows_per_message > 1:
-            offsets = pa.array(np.append(np.arange(0, len(batch), rows_per_message), len(batch)), pa.int32())
+        # A row costs its text, its label and their two separators.
+        row_bytes = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64) + 3
+        bounds = message_bounds(row_bytes, rows_per_message, max_message_bytes, first_row=batch.first_row)
+        if len(bounds) - 1 < len(batch):
+            offsets = pa.array(bounds, pa.int32())
             keys = pc.binary_join(pa.ListArray.from_arrays(offsets, keys), ",")
             values = pc.binary_join(pa.ListArray.from_arrays(offsets, values), "\n")
         yield keys.cast(pa.binary()).to_pylist(), values.cast(pa.binary()).to_pylist(), len(batch)
+
+
+def message_bounds(row_bytes: np.ndarray, rows_per_message: int, max_message_bytes: int, *,
+                   first_row: int = 0) -> np.ndarray:
+    """Where each message starts (and where the last ends) in a batch of rows of these sizes: at
+    most `rows_per_message` rows, and at most `max_message_bytes` with the record's overhead.
+
+    Raises BadInput for a row that does not fit in a message by itself."""
+    room = max_message_bytes - RECORD_OVERHEAD_BYTES
+    n = len(row_bytes)
+    if n and int(row_bytes.max()) > room:
+        row = int(np.argmax(row_bytes > room))
+        raise BadInput(f"row {first_row + row} is {int(row_bytes[row]):,} bytes as a Kafka message, over the "
+                       f"limit of {max_message_bytes:,} bytes per message (--max-message-bytes, env "
+                       "KAFKA_MAX_MESSAGE_BYTES; the broker's message.max.bytes)")
+    if not n or int(row_bytes.max()) * rows_per_message <= room:  # the usual case: every message fits
+        return np.append(np.arange(0, n, rows_per_message), n)
+    bounds, size, count = [0], 0, 0
+    for i, cost in enumerate(row_bytes.tolist()):
+        if count == rows_per_message or size + cost > room:
+            bounds.append(i)
+            size, count = 0, 0
+        size += cost
+        count += 1
+    bounds.append(n)
+    return np.array(bounds)
 
 
 PRODUCER_CLIENTS = ("confluent", "kafka-python")
 
 
 def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions: int = 1,
-            rows_per_message: int = 1, progress_every_s: float = 2.0, client: str = "confluent",
-            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None) -> Production:
+            rows_per_message: int = 1, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+            progress_every_s: float = 2.0, client: str = "confluent",
+            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None,
+            progress: Progress | None = None) -> Production:
     """Stream rows into `topic` and return exactly what was written.
 
     `client` sends through confluent-kafka (librdkafka 2.x, the default) or kafka-python;
     `producer_options` are that client's own settings (librdkafka's `message.timeout.ms`,
-    kafka-python's `delivery_timeout_ms`) over ours.
+    kafka-python's `delivery_timeout_ms`) over ours. `progress` (default: rows of unknown total)
+    hears of every batch sent: a bar on a terminal, a log line every `progress_every_s` elsewhere.
     """
     if rows_per_message < 1:
         raise ValueError("rows_per_message must be >= 1")
+    if max_message_bytes <= RECORD_OVERHEAD_BYTES:
+        raise BadInput(f"--max-message-bytes must be over {RECORD_OVERHEAD_BYTES}, got {max_message_bytes}")
     if client not in PRODUCER_CLIENTS:
         raise BadInput(f"producer client {client!r}: expected one of {', '.join(PRODUCER_CLIENTS)}")
     started = time.perf_counter()
     # Reading and parsing the file (pyarrow, GIL released) starts now, beside the
     # broker round trips below, and then overlaps the sends.
-    messages = ReadAhead(message_batches(batches, rows_per_message), depth=READ_AHEAD_BATCHES,
+    messages = ReadAhead(message_batches(batches, rows_per_message, max_message_bytes), depth=READ_AHEAD_BATCHES,
                           name="produce-read")
     security = security or KafkaSecurity.from_env()
     sender = None
@@ -176,12 +226,12 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
             # Made before the topic: librdkafka's idempotent producer asks for its producer id on
             # a 500 ms timer (seen here in its debug log: "Starting PID FSM timer"), which then
             # runs beside the topic admin and the file read.
-            sender = _ConfluentSender(bootstrap, topic, security, producer_options or {})
+            sender = _ConfluentSender(bootstrap, topic, security, max_message_bytes, producer_options or {})
         # The topic admin stays kafka-python's (one call, simpler than librdkafka's futures): it
         # also turns a broker that does not answer into exit 3 before any message is sent.
         partitions = ensure_topic(bootstrap, topic, partitions, security=security)
         if sender is None:
-            sender = _KafkaPythonSender(bootstrap, topic, security, producer_options or {})
+            sender = _KafkaPythonSender(bootstrap, topic, security, max_message_bytes, producer_options or {})
         sender.partitions = partitions
     except BaseException:
         messages.close()  # stop the reader thread
@@ -190,27 +240,29 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
         raise
 
     result = Production(topic=topic, rows_per_message=rows_per_message)
-    next_log = started + progress_every_s
+    progress = progress or Progress(f"produce {topic}", log_every_s=progress_every_s, logger=log)
     try:
         for keys, values, rows in messages:  # the next batches parse meanwhile
             sender.send(keys, values)
             result.rows += rows
             if sender.failures:
                 break
-            now = time.perf_counter()
-            if now >= next_log:
-                log.info("produced %d rows to %s (%.0f rows/s)", result.rows, topic,
-                         result.rows / (now - started))
-                next_log = now + progress_every_s
+            progress.update(result.rows)
         if not sender.failures:
             result.partitions = sender.finish()  # flushes; a failure reported meanwhile is kept
+    except sender.too_large_errors as err:
+        raise _too_large(topic, bootstrap, max_message_bytes, err) from err
     except sender.client_errors as err:
         raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {err}") from err
     finally:
+        progress.close()
         messages.close()
         sender.close()
     if sender.failures:
-        raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {sender.failures[0]}")
+        failure = sender.failures[0]
+        if sender.is_too_large(failure):
+            raise _too_large(topic, bootstrap, max_message_bytes, failure)
+        raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {sender.describe(failure)}")
     result.seconds = time.perf_counter() - started
     result.messages = sender.sent
     written = sum(end - start for start, end in result.partitions.values())
@@ -233,13 +285,16 @@ class _KafkaPythonSender:
     from `pending`, in order, once done: no callback per message (at one row per message,
     callbacks cost about a tenth of the producer's time)."""
 
-    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity, options: Mapping[str, Any]):
+    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity, max_message_bytes: int,
+                 options: Mapping[str, Any]):
         from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
         self.client_errors = (KafkaError,)
-        settings = dict(acks="all", enable_idempotence=True, linger_ms=20, batch_size=PRODUCER_BATCH_BYTES,
-                        max_request_size=16 << 20, retries=5, client_id="susy-producer")
+        self.too_large_errors = (MessageSizeTooLargeError, RecordListTooLargeError)
+        settings = dict(acks="all", enable_idempotence=True, linger_ms=20,
+                        batch_size=min(PRODUCER_BATCH_BYTES, max_message_bytes),
+                        max_request_size=max(16 << 20, max_message_bytes), retries=5, client_id="susy-producer")
         settings.update(security.kafka_python())
         settings.update(options)
         self.producer = _connect(bootstrap, lambda: KafkaProducer(bootstrap_servers=bootstrap, **settings))
@@ -271,6 +326,13 @@ class _KafkaPythonSender:
             elif future.exception is not None:
                 self.failures.append(future.exception)
 
+    def is_too_large(self, failure: Any) -> bool:
+        return isinstance(failure, self.too_large_errors)
+
+    @staticmethod
+    def describe(failure: Any) -> str:
+        return repr(failure)
+
     def finish(self) -> dict[int, list[int]]:
         self.producer.flush()
         self._check_done(wait=True)
@@ -297,28 +359,33 @@ class _ConfluentSender:
     Measured here on one-row messages: per-message `produce` calls with a Python callback each ran
     at about a fifth of the rate of `produce_batch` without them."""
 
-    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity, options: Mapping[str, Any]):
-        from confluent_kafka import KafkaException, Producer
+    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity, max_message_bytes: int,
+                 options: Mapping[str, Any]):
+        from confluent_kafka import KafkaError, KafkaException, Producer
 
         self.client_errors = (KafkaException,)
+        self.too_large_errors = ()  # librdkafka reports them per message, below
+        self._too_large_codes = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE)
         settings = {"bootstrap.servers": bootstrap, "client.id": "susy-producer", "enable.idempotence": True,
                     "acks": "all", "linger.ms": 20,
+                    # librdkafka's own cap on a request and on a message: ours (the broker's
+                    # message.max.bytes), so that an over-sized message is refused here, by name.
+                    "message.max.bytes": max_message_bytes,
+                    "batch.size": min(PRODUCER_BATCH_BYTES, max_message_bytes),
                     "queue.buffering.max.messages": 2 * CONFLUENT_QUEUE_MESSAGES,
                     "queue.buffering.max.kbytes": 2 * CONFLUENT_QUEUE_BYTES >> 10,
                     "logger": log,  # librdkafka's log lines through Python logging, not raw to stderr
                     **librdkafka_settings(security.librdkafka()), **options}
-        # librdkafka's default batch.size (1,000,000 bytes) stays: Apache Kafka refuses record
-        # batches over its message.max.bytes, 1 MiB by default.
         self.producer = _confluent_client(Producer, settings)
         self.topic, self.partitions = topic, 1  # set once the topic is known
         self.first: dict[int, int] = {}
         self.end: dict[int, int] = {}
-        self.failures: list[str] = []
+        self.failures: list[Any] = []  # confluent_kafka.KafkaError
         self.sent = 0
 
     def _delivered(self, err, message) -> None:
         if err is not None:
-            self.failures.append(err.str())
+            self.failures.append(err)
             return
         partition, offset = message.partition(), message.offset()
         self.first[partition] = min(self.first.get(partition, offset), offset)
@@ -343,16 +410,20 @@ class _ConfluentSender:
             batch[-1]["callback"] = self._delivered
             queued = self.producer.produce_batch(self.topic, batch, partition=partition)
             if queued != len(batch):
-                refused = next((m["_error"] for m in batch if "_error" in m), "not queued")
-                self.failures.append(f"librdkafka queued {queued} of {len(batch)} messages: {refused}")
+                self.failures.append(next((m["_error"] for m in batch if "_error" in m), None))
                 return
         self.sent += count
         self.producer.poll(0)
 
+    def is_too_large(self, failure: Any) -> bool:
+        return failure is not None and failure.code() in self._too_large_codes
+
+    @staticmethod
+    def describe(failure: Any) -> str:
+        return failure.str() if failure is not None else "librdkafka did not queue every message"
+
     def finish(self) -> dict[int, list[int]]:
-        left = self.producer.flush()  # waits for every delivery report (bounded by message.timeout.ms)
-        if left:
-            self.failures.append(f"{left} messages still unacknowledged")
+        self.producer.flush()  # waits for every delivery report (bounded by message.timeout.ms)
         return {p: [self.first[p], self.end[p]] for p in sorted(self.first) if p in self.end}
 
     def close(self) -> None:
@@ -383,6 +454,17 @@ def _confluent_client(make: Callable[[dict], T], settings: dict[str, Any]) -> T:
         raise BadInput(f"Kafka client settings refused: {err.args[0].str()}") from None
     except ValueError as err:  # confluent-kafka's own checks (a consumer without group.id)
         raise BadInput(f"Kafka client settings refused: {err}") from None
+
+
+def _too_large(topic: str, bootstrap: str, max_message_bytes: int, err: Any) -> BadInput:
+    """A message refused as too large (by the broker, or by the client's own limit: kafka-python's
+    max_request_size, librdkafka's message.max.bytes): bad input, exit 2: the same message sent
+    again is refused again. `err` is kafka-python's exception or librdkafka's KafkaError."""
+    cause = err.name() if callable(getattr(err, "name", None)) else type(err).__name__
+    return BadInput(f"producing to {topic} at {bootstrap}: a message was refused as too large "
+                    f"({cause}); messages here are at most {max_message_bytes:,} bytes "
+                    "(--max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES): set it at or under the broker's "
+                    "message.max.bytes (the topic's max.message.bytes), or lower --rows-per-message")
 
 
 # --- reading ---------------------------------------------------------------
@@ -527,7 +609,16 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
                 continue
             dataset = tfio.IODataset.from_kafka(topic, partition=partition, start=start, stop=end,
                                                 servers=bootstrap, configuration=list(configuration))
+            read = 0
             for values, keys in dataset.batch(read_batch).as_numpy_iterator():
+                read += len(keys)
+                if read > end - start:
+                    # Seen against tansu with the settings above: a read from offset 160 to 170 gave
+                    # offsets 0..169 (the start is not honoured, the stop is). Never train on rows
+                    # outside the range; confluent-kafka and kafka-python seek exactly.
+                    raise BadInput(f"tensorflow-io read more than the {end - start} messages of {topic} "
+                                   f"partition {partition} offsets {start}..{end - 1}: this broker does "
+                                   "not honour its start offset; use --reader confluent or kafka-python")
                 yield keys.astype(object), values.astype(object)
 
     what = f"tensorflow-io read of {topic} {dict(ranges)} at {bootstrap}"

@@ -25,6 +25,7 @@ from .decode import decode_batch
 from . import precision as precision_lib
 from .kafka_io import RawBatch
 from .model import TrainConfig, build_model, compile_model, trainable_params
+from .progress import Progress, bars_wanted
 from .schema import N_FEATURES
 
 log = logging.getLogger(__name__)
@@ -197,24 +198,62 @@ class CountingSource:
         self.rows_last_pass = rows
 
 
-class _ProgressLog(keras.callbacks.Callback):
-    """Logs one line per epoch: rows/s and the metrics Keras computed."""
+EpochReport = Callable[[dict[str, Any]], None]
 
-    def __init__(self, train_rows: int):
+
+def epoch_facts(epoch: int, epochs: int, seconds: float, train_rows: int, logs: dict[str, Any]) -> dict[str, Any]:
+    """What one finished epoch reports (log line, heartbeat): epoch k of N, loss, validation AUC."""
+    def number(key: str) -> float | None:
+        value = logs.get(key)
+        return None if value is None else round(float(value), 6)
+
+    return {"kind": "trainer", "epoch": epoch, "epochs": epochs, "loss": number("loss"),
+            "val_loss": number("val_loss"), "val_auc": number("val_auc"),
+            "epoch_seconds": round(seconds, 3), "train_rows": train_rows,
+            "rows_per_second": round(train_rows / max(seconds, 1e-9), 1)}
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    """One line per epoch (rows/s and the metrics Keras computed) and `report(epoch_facts)`; on a
+    terminal, a bar per epoch over its rows as well (`progress.Progress`).
+
+    Batch hooks only when a bar is drawn: elsewhere Keras runs no Python between batches for it.
+    """
+
+    def __init__(self, train_rows: int, epochs: int, batch_size: int, report: EpochReport | None = None):
         super().__init__()
-        self.train_rows = train_rows
+        self.train_rows, self.epochs, self.batch_size = train_rows, epochs, batch_size
+        self.report = report
         self.started = 0.0
         self.seconds: list[float] = []
+        self.bar: Progress | None = None
+        if bars_wanted():
+            self.on_train_batch_end = self._batch_end  # type: ignore[method-assign]
+
+    def on_train_begin(self, logs=None):
+        if self.report is not None:
+            self.report({**epoch_facts(0, self.epochs, 0.0, self.train_rows, {}), "rows_per_second": None})
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
+        if bars_wanted():
+            self.bar = Progress(f"epoch {epoch + 1}/{self.epochs}", self.train_rows or None, logger=log)
+
+    def _batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(min((batch + 1) * self.batch_size, self.train_rows or (batch + 1) * self.batch_size))
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         self.seconds.append(round(seconds, 3))
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-        log.info("epoch %d: %.2f s, %.0f rows/s, %s", epoch + 1, seconds,
+        log.info("epoch %d/%d: %.2f s, %.0f rows/s, %s", epoch + 1, self.epochs, seconds,
                  self.train_rows / max(seconds, 1e-9), metrics)
+        if self.report is not None:
+            self.report(epoch_facts(epoch + 1, self.epochs, seconds, self.train_rows, logs or {}))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -247,12 +286,13 @@ def holdout_auc(model, validation: tuple[np.ndarray, np.ndarray] | None, precisi
 
 
 def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None = None, parent=None,
-          precision: str = "fp32"):
+          report: EpochReport | None = None, precision: str = "fp32"):
     """Train a model on the stream; return (model, facts for the model record).
 
-    `precision` "mixed_bf16" trains under Keras's mixed_bfloat16 policy (float32 weights, the
-    hidden layers' products in bfloat16; the Normalization and the output layer in float32, see
-    precision.py); the facts then hold the held-out AUC in both precisions.
+    `report` gets `epoch_facts` when training starts (epoch 0) and after every epoch (the
+    trainer's heartbeat). `precision` "mixed_bf16" trains under Keras's mixed_bfloat16 policy
+    (float32 weights, the hidden layers' products in bfloat16; the Normalization and the output
+    layer in float32, see precision.py); the facts then hold the held-out AUC in both precisions.
 
     With `parent` (a loaded Keras model of the same architecture), training continues from its
     weights and keeps its Normalization statistics (the weights were learned on inputs
@@ -264,6 +304,14 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
     source = CountingSource(source)
     needs_pass = (config.model.normalize and parent is None) or config.validation_every
     summary = summarize_stream(source, config, expected_rows) if needs_pass else None
+    if summary is None and expected_rows is None:
+        # Rows given as offsets (`train --offsets`): their count is not known in advance, and Keras
+        # trains otherwise on a dataset of unknown length (measured: other weights, same seed and
+        # rows), so the stream is counted first; the model is the one its production would give.
+        for _ in source():
+            pass
+        expected_rows = source.rows_last_pass
+        log.info("stream: %d rows, counted before training", expected_rows)
     if summary:
         log.info("stream: %d rows (%d train, %d validation), statistics pass %.2f s",
                  summary.rows, summary.train_rows, summary.validation_rows, summary.seconds)
@@ -281,7 +329,8 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
     log.info("model: %d trainable parameters, hidden %s, dropout %.2f",
              trainable_params(model), list(config.model.hidden), config.model.dropout)
     mode = "max" if config.monitor.endswith("auc") else "min"
-    progress = _ProgressLog(summary.train_rows if summary else expected_rows or 0)
+    progress = _EpochProgress(summary.train_rows if summary else expected_rows or 0, config.epochs,
+                              config.batch_size, report)
     callbacks: list[Any] = [progress]
     if summary and summary.validation is not None and config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience,

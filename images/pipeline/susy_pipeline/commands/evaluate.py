@@ -28,6 +28,7 @@ from .. import options, scoring
 from ..errors import BadInput
 from ..evaluation import ENSEMBLE_METHODS, MAX_MODELS
 from ..precision import EVALUATION_PRECISIONS
+from ..heartbeat import HEARTBEAT_ENV, HEARTBEAT_SECONDS
 from ..schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE
 from ..scoring import SCORING_THREADS, evaluate_shard
 from ..shards import STRIPE_ROWS
@@ -85,7 +86,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--allow-bf16", action="store_true", default=options.env("SUSY_ALLOW_BF16", "") in TRUE_WORDS,
                    help="the run's opt-in that lets --precision auto take bf16 (env SUSY_ALLOW_BF16=true)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
-                   help="log rows done and rows/s this often (default %(default)s)")
+                   help="log rows done and rows/s this often when stderr is not a terminal (on a "
+                        "terminal a progress bar shows them; default %(default)s)")
+    p.add_argument("--heartbeat-seconds", type=float, default=None,
+                   help="write this shard's progress (rows scored and planned, rows/s) to the store "
+                        f"this often, for the operator's status; 0: never (env {HEARTBEAT_ENV}; "
+                        f"default {HEARTBEAT_SECONDS:g})")
     options.add_store(p)
     p.set_defaults(run=run)
     return p
@@ -104,14 +110,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shard_index=args.shard_index, shard_count=args.shard_count, skip=args.skip, limit=args.limit,
         chunk_rows=args.chunk_rows, stripe_rows=args.stripe_rows, model_threads=args.model_threads,
         scoring_threads=args.scoring_threads, progress_seconds=args.progress_seconds,
-        precision=args.precision, allow_bf16=args.allow_bf16, store_uri=args.store, database=args.database)
+        precision=args.precision, allow_bf16=args.allow_bf16, heartbeat_seconds=args.heartbeat_seconds,
+        store_uri=args.store, database=args.database)
 
 
 def evaluate(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_index: int,
              shard_count: int = 1, ensemble: str | None = None, skip: int = 0, limit: int | None = None,
              chunk_rows: int = DEFAULT_CHUNK_ROWS, stripe_rows: int = STRIPE_ROWS,
              model_threads: int | None = None, scoring_threads: int = SCORING_THREADS,
-             progress_seconds: float = 10.0, precision: str = "auto", allow_bf16: bool = False,
+             progress_seconds: float = 10.0, heartbeat_seconds: float | None = None,
+             precision: str = "auto", allow_bf16: bool = False,
              store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict[str, Any]:
     """Score one shard (`scoring.evaluate_shard`), upsert its result; return it without histograms."""
     with open_store(store_uri, database) as store:
@@ -119,7 +127,8 @@ def evaluate(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluatio
             store, model_ref=model_ref, ensemble=ensemble, inputs=inputs, evaluation=evaluation,
             shard_index=shard_index, shard_count=shard_count, skip=skip, limit=limit, chunk_rows=chunk_rows,
             stripe_rows=stripe_rows, model_threads=model_threads, scoring_threads=scoring_threads,
-            progress_seconds=progress_seconds, precision=precision, allow_bf16=allow_bf16)
+            progress_seconds=progress_seconds, heartbeat_seconds=heartbeat_seconds, precision=precision,
+            allow_bf16=allow_bf16)
     return summary(result)
 
 

@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where test files and reports go (default: %(default)s)")
     p.add_argument("--bootstrap", default=options.env("KAFKA_BOOTSTRAP"),
                    help="Kafka bootstrap (env KAFKA_BOOTSTRAP; default: start an embedded broker)")
-    p.add_argument("--topic", default=options.env("KAFKA_TOPIC", DEFAULT_TOPIC), help="topic (env KAFKA_TOPIC; default: %(default)s)")
+    options.add_topic(p)
     options.add_store(p)
     p.set_defaults(run=run)
 
@@ -162,8 +162,8 @@ def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evalu
 
     Each shard is `python -m susy_pipeline evaluate ... --shard-index i`; with
     `cpus`, shard i is pinned to core `cpus[i % len(cpus)]` (as a CPU limit
-    of 1 would hold it); without `store_uri` each shard opens the store `evaluate`
-    would by default. Returns the shards' printed summaries; raises
+    of 1 would hold it); `store_uri` reaches the shards as MONGODB_URI (not on their
+    command line); without it each shard opens the store `evaluate` would by default. Returns the shards' printed summaries; raises
     RuntimeError naming every failed shard with the tail of its stderr.
     """
     procs = []
@@ -171,15 +171,18 @@ def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evalu
     model_args = [arg for ref in refs for arg in ("--model", str(ref))]
     if ensemble:
         model_args += ["--ensemble", ensemble]
+    # The store URI (its password, its TLS key password) goes by environment, never on the command
+    # line, which every user of the machine can read (/proc/PID/cmdline, ps).
+    env = {**os.environ, "MONGODB_URI": store_uri} if store_uri else None
     for i in range(shard_count):
         cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", *model_args,
                "--data", *inputs, "--evaluation", evaluation, "--shard-index", str(i),
                "--shard-count", str(shard_count), "--chunk-rows", str(chunk_rows),
-               *(["--store", store_uri] if store_uri else []), "--database", database, *extra_args]
+               "--database", database, *extra_args]
         if cpus:
             cmd = ["taskset", "-c", str(cpus[i % len(cpus)]), *cmd]
         err = tempfile.TemporaryFile()
-        procs.append((i, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err), err))
+        procs.append((i, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env), err))
     summaries, failures = [], []
     for i, proc, err in procs:
         out, _ = proc.communicate(timeout=timeout_s)

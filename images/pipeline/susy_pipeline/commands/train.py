@@ -24,6 +24,15 @@ run's rows. The parent's recorded settings are the defaults; an option that
 would change its network (--hidden, --dropout, a --recipe of another shape) is
 refused. The new model's record names the parent (`parent_model_id`);
 `models --lineage ID` prints the chain.
+
+Data already in Kafka: `--offsets TOPIC:P=START-END[,P=START-END...]` (end
+exclusive, as the producer records them) trains on exactly those offsets, written
+by anyone, instead of a production record; or a JSON file of the lineage's shape
+`{"topic": T, "partitions": {"0": [START, END]}}`. START may be `parent`: where
+the --warm-start model stopped on that partition (its lineage), so a model is
+continued on the data that arrived after it. Offsets past the log end, a
+partition that does not exist or offsets deleted by retention are refused (exit
+2) naming the offsets the log holds; nothing is trained on part of a range.
 """
 from __future__ import annotations
 
@@ -33,11 +42,13 @@ from typing import Sequence
 
 from .. import options
 from ..kafka_io import READERS, Production
+from ..kafka_offsets import OffsetRequest, check_ranges, log_offsets, parse_offsets
 from ..kafka_security import KafkaSecurity
 from ..continual import warm_start_config
 from ..model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
 from ..precision import TRAINING_PRECISIONS
 from ..errors import BadInput
+from ..heartbeat import TRAINER_SOURCE, Heartbeat
 from ..schema import DEFAULT_DATABASE
 from ..store import open_store
 
@@ -52,6 +63,13 @@ def _widths(text: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
     return widths
+
+
+def _offsets(text: str) -> OffsetRequest:
+    try:
+        return parse_offsets(text)
+    except BadInput as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue training this stored model (id, ISO-8601 timestamp or latest:RUN) "
                         "on this run's rows: its weights and standardization, its settings as the "
                         "defaults (env SUSY_WARM_START)")
+    p.add_argument("--offsets", type=_offsets, default=options.env("SUSY_OFFSETS"), metavar="SPEC",
+                   help="train on these offsets of data already in Kafka, not on a production record: "
+                        "TOPIC:P=START-END[,P=START-END...] (END exclusive; START may be 'parent', "
+                        "where the --warm-start model stopped) or a JSON file {topic, partitions} "
+                        "(env SUSY_OFFSETS)")
     p.add_argument("--epochs", type=options.positive, help="maximum epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=options.positive, help="default: the recipe's")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default: the recipe's)")
@@ -104,7 +127,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     librdkafka = [s for s in options.env("SUSY_LIBRDKAFKA", "").split(",") if s] + args.librdkafka
-    return train(run_name=args.run_name, bootstrap=args.bootstrap, reader=args.reader, recipe=args.recipe,
+    return train(run_name=args.run_name, offsets=args.offsets, bootstrap=args.bootstrap, reader=args.reader, recipe=args.recipe,
                  warm_start=args.warm_start, epochs=args.epochs, batch_size=args.batch_size,
                  learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
                  patience=args.patience, validation_every=args.validation_every, monitor=args.monitor,
@@ -118,8 +141,10 @@ def train(*, run_name: str, bootstrap: str, reader: str = "confluent", recipe: s
           hidden: tuple[int, ...] | None = None, patience: int | None = None,
           validation_every: int | None = None, monitor: str | None = None, seed: int | None = None,
           model_threads: int | None = None, read_timeout: float = 120.0, librdkafka: Sequence[str] = (),
-          precision: str = "fp32", store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
-    """Train on the offsets `produce` recorded for `run_name`, save the model; return its record.
+          precision: str = "fp32", store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+          offsets: OffsetRequest | None = None) -> dict:
+    """Train on the offsets `produce` recorded for `run_name` (or on `offsets`), save the model;
+    return its record.
 
     A hyper-parameter left None is the recipe's (or, with `warm_start`, the parent's);
     `librdkafka` adds settings for the librdkafka readers (tfio, confluent).
@@ -147,35 +172,54 @@ def train(*, run_name: str, bootstrap: str, reader: str = "confluent", recipe: s
         else:
             recipe = recipe or "tuned"
             config = with_overrides(RECIPES[recipe], **overrides)
-        production = store.get_production(run_name)
-        if production is None:
-            raise BadInput(f"no producer record for run {run_name!r}: run `produce --run-name "
-                              f"{run_name}` first")
-        ranges = Production.ranges(production)
+        if offsets is not None:
+            topic, ranges, expected_rows = _checked_offsets(offsets, parent_meta, bootstrap, security)
+            partitions = {str(p): list(r) for p, r in sorted(ranges.items())}
+            source_facts = {"offsets": partitions}
+        else:
+            production = store.get_production(run_name)
+            if production is None:
+                raise BadInput(f"no producer record for run {run_name!r}: run `produce --run-name "
+                               f"{run_name}` first, or give --offsets")
+            topic, ranges = production["topic"], Production.ranges(production)
+            expected_rows, partitions = int(production["rows"]), production["partitions"]
+            source_facts = production.get("source")
         read = READERS[reader]
         extra = {}
         if reader in ("tfio", "confluent"):
             extra["configuration"] = list(librdkafka)
-        log.info("training run %s from %s %s via %s, recipe %s", run_name, production["topic"],
+        log.info("training run %s from %s %s via %s, recipe %s", run_name, topic,
                  ranges, reader, recipe)
 
         def source():
-            return read(bootstrap, production["topic"], ranges, timeout_s=read_timeout,
+            return read(bootstrap, topic, ranges, timeout_s=read_timeout,
                         security=security, **extra)
 
-        model, facts = train_model(source, config, expected_rows=int(production["rows"]), parent=parent,
-                                   precision=precision)
+        heartbeat = Heartbeat(store, run_name, TRAINER_SOURCE, dict, every_s=0)  # written per epoch
+        model, facts = train_model(source, config, expected_rows=expected_rows, parent=parent,
+                                   report=heartbeat.write, precision=precision)
         record = {
             "run": run_name,
             "recipe": recipe,
             "parent_model_id": parent_meta["model_id"] if parent_meta else None,
             "hyperparameters": config.to_dict(),
             "reader": reader,
-            "lineage": {"topic": production["topic"], "partitions": production["partitions"],
-                        "bootstrap": bootstrap, "source": production.get("source"),
+            "lineage": {"topic": topic, "partitions": partitions,
+                        "bootstrap": bootstrap, "source": source_facts,
                         "security": security.describe()},
             **facts,
         }
         model_id = store.save_model(record, model_to_bytes(model))
     log.info("saved model %s (run %s)", model_id, run_name)
     return {"model_id": model_id, **record}
+
+
+def _checked_offsets(offsets: OffsetRequest, parent_meta: dict | None, bootstrap: str,
+                     security: KafkaSecurity) -> tuple[str, dict[int, tuple[int, int]], None]:
+    """The exact ranges `offsets` names, checked whole against the log before anything is read.
+    The row count is not known in advance (a message may carry several rows): None."""
+    ranges = offsets.resolve(parent_meta)
+    if not any(end > start for start, end in ranges.values()):
+        raise BadInput(f"--offsets names no offsets to train on: {offsets.topic} {ranges}")
+    check_ranges(offsets.topic, ranges, log_offsets(bootstrap, offsets.topic, security=security))
+    return offsets.topic, ranges, None

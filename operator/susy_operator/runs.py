@@ -1,0 +1,341 @@
+"""What every kind of run shares while the operator reconciles it: the store, following one step's
+Job, failing a run, model references, and the bookkeeping that keeps two handlers of one run apart.
+
+The kinds' own behaviour is in `training_run.py` and `evaluation_run.py`; `handlers.py` only wires
+kopf to them. The rules they all keep:
+- Jobs have fixed names and are created only when absent (409 = already there), so a retry or a
+  restart between "create Job" and "write status" is harmless. Creating a Job always precedes the
+  status patch that records it.
+- Every phase transition posts an Event. A spec that cannot run ends in phase Failed with a
+  Failed condition naming the problem, and a kopf.PermanentError.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import kopf
+
+from susy_operator import builders, config, crd, k8s, metrics, progress as progress_lib, spec as spec_lib, \
+    status as st, steps
+
+CONFIG = config.load()
+# How often a running CR looks at its Jobs. Each tick of a running CR is one GET of one Job.
+POLL_SECONDS = CONFIG.poll_seconds
+
+
+# --- store access -------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def model_store() -> Any:
+    """The operator's one connection to the model store (opened on first use, then kept)."""
+    from susy_pipeline import store  # no TensorFlow, no Kafka (contracts.md §2)
+
+    if CONFIG.store_uri is None:
+        raise kopf.TemporaryError("MONGODB_URI is not set for the operator", delay=60)
+    return store.open_store(CONFIG.store_uri, database=CONFIG.database)
+
+
+# The condition that says how the current step goes, by phase (TrainingRun and EvaluationRun).
+_STEP_CONDITION = {crd.PRODUCING: crd.PRODUCED, crd.TRAINING: crd.TRAINED, crd.EVALUATING: crd.EVALUATED,
+                   crd.PENDING: crd.MODEL_RESOLVED}
+
+
+def store_errors_are_temporary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A store that is down for a moment is a reason to retry soon, not kopf's default 60 s backoff;
+    meanwhile the current step's condition says StoreUnavailable (kopf applies a handler's patch
+    on a failed attempt too: kopf/_core/engines/daemons.py for timers, processing.py for the rest).
+    Wraps a kopf handler (kopf calls it with keyword arguments only); functools.wraps keeps the
+    handler's name, which kopf takes as its id (kopf/_core/intents/registries.py get_callable_id)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from susy_pipeline.store import ModelNotFound, StoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except ModelNotFound:
+            raise
+        except StoreError as error:
+            status, patch = kwargs.get("status") or {}, kwargs.get("patch")
+            condition = _STEP_CONDITION.get(status.get("phase"))
+            if patch is not None and condition is not None:
+                patch.status["conditions"] = st.with_condition(
+                    status, condition, False, reason=crd.REASON_STORE_UNAVAILABLE, message=f"model store: {error}",
+                    now=st.now_rfc3339(), generation=(kwargs.get("meta") or {}).get("generation"))
+            raise kopf.TemporaryError(f"model store: {error}", delay=max(min(POLL_SECONDS, 30), 5)) from error
+    return wrapper
+
+
+# --- model references ---------------------------------------------------------------------------
+
+class Wait(Exception):
+    """The model reference cannot be resolved yet (its TrainingRun is still running)."""
+
+
+class Unresolvable(Exception):
+    """The model reference names no model, and never will: the run fails with `reason`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _age_seconds(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+
+
+def resolve_model(namespace: str, ref: spec_lib.ModelReference, created: str | None) -> str:
+    """The model id a reference (an EvaluationRun's model, a TrainingRun's warm start) names now.
+    Raises Wait or Unresolvable."""
+    from susy_pipeline.store import ModelNotFound
+
+    if ref.training_run is not None:
+        tr = k8s.read_training_run(namespace, ref.training_run)
+        action, reason, detail = steps.training_run_reference(
+            ref.training_run, namespace, tr, _age_seconds(created), CONFIG.missing_run_grace_seconds)
+        if action == steps.WAIT:
+            raise Wait(detail)
+        if action == steps.FAIL:
+            raise Unresolvable(reason, detail)
+        store_ref = detail
+    else:
+        store_ref = ref.store_ref
+    try:
+        return str(model_store().resolve_model(store_ref)["model_id"])
+    except ModelNotFound as error:
+        raise Unresolvable(crd.REASON_MODEL_NOT_FOUND, f"no model for {ref.describe()}: {error}") from error
+
+
+# --- acting on a run ----------------------------------------------------------------------------
+
+def owner(body: Mapping[str, Any]) -> builders.Owner:
+    return builders.Owner.from_body(body)
+
+
+def ensure_job(body: kopf.Body, job: dict[str, Any], logger: kopf.Logger) -> tuple[dict[str, Any], bool]:
+    """Create-if-absent at the edge. A same-named Job of an older CR instance is not ours: wait."""
+    kopf.adopt(job, owner=body)
+    existing, created = k8s.create_job_if_absent(job)
+    if not k8s.owned_by(existing, body["metadata"]["uid"]):
+        raise kopf.TemporaryError(f"Job {job['metadata']['name']} belongs to an older {body['kind']} "
+                                  "of the same name; waiting for its garbage collection", delay=5)
+    if created:
+        metrics.JOBS_CREATED.labels(step=metrics.step_of(job["metadata"]["labels"][crd.LABEL_COMPONENT])).inc()
+        logger.info(f"Created Job {job['metadata']['name']}.")
+        kopf.event(body, type="Normal", reason=crd.EVENT_JOB_CREATED,
+                   message=f"Created Job {job['metadata']['name']}")
+    return existing, created
+
+
+def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reason: str, message: str,
+         generation: int | None, condition: str | None = None) -> None:
+    """Phase Failed with its condition; `condition` (the step that failed) is set False with the same reason."""
+    now = st.now_rfc3339()
+    patch.status.update(st.failed_patch(status, reason=reason, message=message, now=now, generation=generation))
+    if condition is not None:
+        patch.status["conditions"] = st.with_condition(
+            {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
+            now=now, generation=generation)
+    kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
+    evaluation = status.get("evaluation") if body.get("kind") == crd.EVALUATION_KIND else None
+    if evaluation:
+        # An evaluation that failed for good will never finish: its model may be deleted again
+        # without --force (store.release_evaluation keeps the shard results). Here, not in
+        # evaluation_run.py, because a failed step (follow_step) and an invalid spec fail it too.
+        try:
+            model_store().release_evaluation(evaluation)
+        except Exception as error:  # noqa: BLE001 - the failure is recorded either way
+            logging.getLogger(__name__).warning("cannot release evaluation %s in the store: %s", evaluation, error)
+
+
+def parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
+               status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> Any:
+    """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler."""
+    try:
+        return parse(spec)
+    except spec_lib.SpecError as error:
+        fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, message=str(error), generation=generation)
+        raise kopf.PermanentError(f"invalid spec: {error}") from error
+
+
+# --- two handlers of one run ----------------------------------------------------------------------
+
+# Phase transitions this process wrote, by CR uid: (phase, monotonic time). The timer and the
+# wake-up handler can both look at a CR before kopf has applied the other one's patch; the one
+# that sees the older phase steps aside for a moment rather than doing the transition twice.
+_written_phases: dict[str, tuple[str, float]] = {}
+_STALE_SECONDS = 30.0
+
+
+class RunLocks:
+    """One lock per run while a handler holds or waits for it: the timer and the wake-up handler
+    reconcile a run one at a time. A run's entry goes when no handler is using it, so the registry
+    holds only the runs being reconciled at this moment, however many have come and gone."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._entries: dict[str, tuple[threading.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.contextmanager
+    def hold(self, uid: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._entries.get(uid) or (threading.Lock(), 0)
+            self._entries[uid] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._entries[uid]
+                if users == 1:
+                    del self._entries[uid]
+                else:
+                    self._entries[uid] = (lock, users - 1)
+
+
+run_locks = RunLocks()
+
+
+def stale(uid: str, status: Mapping[str, Any]) -> bool:
+    """This process wrote a newer phase for the run than `status` shows, moments ago: step aside."""
+    written = _written_phases.get(uid)
+    return (written is not None and written[0] != status.get("phase")
+            and time.monotonic() - written[1] < _STALE_SECONDS)
+
+
+def wrote_phase(uid: str, phase: str) -> None:
+    """Record a phase transition this process has just patched (read by `stale`)."""
+    now = time.monotonic()
+    for old in [u for u, (_, t) in _written_phases.items() if now - t > _STALE_SECONDS]:
+        del _written_phases[old]  # kopf has long applied those patches
+    _written_phases[uid] = (phase, now)
+
+
+# --- following one step's Job ---------------------------------------------------------------------
+
+def _job_pods(job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    meta = job.get("metadata") or {}
+    try:
+        return k8s.list_job_pods(meta["namespace"], meta["name"])
+    except Exception as err:  # noqa: BLE001 - the Job's own state still drives the run
+        logging.getLogger(__name__).warning("cannot list the pods of Job %s: %s", meta.get("name"), err)
+        return []
+
+
+def _may_have_pods_not_starting(job: Mapping[str, Any] | None) -> bool:
+    """Only a Job with an active pod that is not ready can have one that cannot start: list pods then."""
+    job_status = (job or {}).get("status") or {}
+    return int(job_status.get("active") or 0) > int(job_status.get("ready") or 0)
+
+
+def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callable[[], dict[str, Any]],
+                status: Mapping[str, Any], patch: kopf.Patch, logger: kopf.Logger, generation: int | None,
+                output_present: Callable[[], bool]) -> tuple[bool, dict[str, Any], dict[str, Any] | None]:
+    """Observe the step's Job and act on `steps.decide`: (done, its summary in status.jobs, the Job)."""
+    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    job = k8s.read_job(namespace, job_name)
+    if job is not None and not k8s.owned_by(job, uid):
+        raise kopf.TemporaryError(f"Job {job_name} belongs to an older {body['kind']} of the same name; "
+                                  "waiting for its garbage collection", delay=5)
+    recorded = (status.get("jobs") or {}).get(step.component)
+    now = st.now_rfc3339()
+    not_starting = st.pods_not_starting(_job_pods(job)) if _may_have_pods_not_starting(job) else []
+    decision = steps.decide(step, job, recorded, output_present=output_present, not_starting=not_starting,
+                            now=now, grace_seconds=CONFIG.pod_start_grace_seconds)
+    if decision.action == steps.CREATE:
+        job, _ = ensure_job(body, build(), logger)
+    summary = st.job_summary(job) if job is not None else {**(recorded or {}), "state": "Complete"}
+    if decision.not_starting:
+        summary["notStarting"] = dict(decision.not_starting)
+    if recorded != summary:
+        patch.status["jobs"] = {step.component: summary}
+        if recorded and recorded.get("notStarting") and not decision.not_starting:
+            patch.status["jobs"] = {step.component: {**summary, "notStarting": None}}
+    if decision.action == steps.FAIL:
+        message = decision.message
+        if st.job_state(job) == "Failed":  # the Job says only that it failed; its pods say why
+            problems = st.describe_pods(st.pods_failed(_job_pods(job or {})))
+            if problems:
+                message += "; " + "; ".join(problems)
+        fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
+              condition=step.condition)
+        metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
+        return False, summary, job
+    current = st.get_condition(status, step.condition) or {}
+    if decision.action == steps.WAIT and not decision.not_starting and job is not None and current.get("reason") in (
+            crd.REASON_STORE_UNAVAILABLE, crd.REASON_POD_NOT_STARTING):
+        # The store is back, or the pod started: say so instead of the old trouble.
+        patch.status["conditions"] = st.with_condition(
+            status, step.condition, False, reason=crd.REASON_JOB_RUNNING,
+            message=f"Job {job['metadata']['name']} running", now=now, generation=generation)
+    if decision.not_starting and decision.not_starting != (recorded or {}).get("notStarting"):
+        if (recorded or {}).get("notStarting", {}).get("reason") != decision.reason:
+            kopf.event(body, type="Warning", reason=crd.EVENT_POD_NOT_STARTING,
+                       message=f"{decision.message}; the run fails if this lasts "
+                               f"{CONFIG.pod_start_grace_seconds:.0f} s")
+        patch.status["conditions"] = st.with_condition(
+            status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
+            now=now, generation=generation)
+    if decision.action == steps.DONE:
+        seconds = metrics.job_seconds(job)
+        if seconds is not None:
+            metrics.STEP_DURATION.labels(step=metrics.step_of(step.component)).observe(seconds)
+    return decision.action == steps.DONE, summary, job
+
+
+# --- heartbeats: live progress and stalled pods ------------------------------------------------------
+
+def _running_pod(pods: list[dict[str, Any]], source: str) -> str | None:
+    """The running pod a heartbeat source is (an evaluator shard by its completion index)."""
+    index = progress_lib.shard_index(source)
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        if index is None or labels.get("batch.kubernetes.io/job-completion-index") == str(index):
+            return str(pod["metadata"]["name"])
+    return None
+
+
+def follow_heartbeats(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, run: str,
+                      job: Mapping[str, Any] | None,
+                      summarize: Callable[[list[dict[str, Any]]], dict[str, Any] | None]) -> None:
+    """Fold the run's heartbeats into status.progress (`summarize`, from progress.py), on the poll the
+    run makes anyway. A source silent for CONFIG.heartbeat_stale_seconds whose pod still runs goes
+    into status.progress.stalled, with one Warning Event (HeartbeatStopped) naming it and its pod
+    when it first stalls; it is not failed for that (the Job's own deadline and retries apply)."""
+    beats = model_store().heartbeats(run)
+    progress = summarize(beats)
+    if progress is None:
+        return
+    previous = status.get("progress") or {}
+    stalled = progress_lib.stalled_sources(beats, datetime.datetime.now(datetime.timezone.utc),
+                                           CONFIG.heartbeat_stale_seconds)
+    pods = _job_pods(job) if stalled and job is not None else []
+    names = []
+    for source, age in stalled:
+        pod = _running_pod(pods, source)
+        if pod is None:
+            continue  # its pod ended (the Job's state says how) or has not been seen yet
+        names.append(source)
+        if source not in (previous.get("stalled") or []):
+            metrics.HEARTBEATS_MISSED.labels(source=source.partition("-")[0]).inc()
+            kopf.event(body, type="Warning", reason=crd.EVENT_HEARTBEAT_STOPPED,
+                       message=f"{progress_lib.describe_source(source)} has sent no heartbeat for {age:.0f} s "
+                               f"while its pod {pod} is running: stuck, or starved of CPU?")
+    progress["stalled"] = names
+    if progress != previous:
+        patch.status["progress"] = progress

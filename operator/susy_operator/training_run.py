@@ -1,0 +1,177 @@
+"""A TrainingRun: producer Job -> trainer Job -> model id (steps.TRAINING_STEPS).
+
+`start` (on create and on operator start) validates the spec, resolves a warm-start parent and
+creates the producer Job; it does nothing for a run that has already started (status.runName set),
+so a restarted operator never re-runs a step. `reconcile` (the timer, and the wake-up when a Job
+or pod of the run changes) follows the current step's Job and on success starts the next step.
+What both kinds share (following a Job, failing, the store) is in `runs.py`; the kopf wiring in
+`handlers.py`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from susy_operator import builders, crd, metrics, progress as progress_lib, runs, spec as spec_lib, status as st, \
+    steps
+from susy_operator.runs import CONFIG
+
+
+def _parse(spec: Mapping[str, Any]) -> spec_lib.TrainingRunSpec:
+    return spec_lib.parse_training_run(spec, allowed_volume_types=CONFIG.allowed_volume_types)
+
+
+def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+          namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Writes status.runName, phase Producing and the Produced condition, and creates the producer
+    Job; an invalid spec ends in Failed."""
+    if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
+        return  # already started: `reconcile` follows it from here
+    generation = meta.get("generation")
+    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parent: list[tuple[str, bool, str, str]] = []
+    if parsed.model.warm_start is not None:
+        parent_id = _resolve_parent(body, parsed, status, patch, generation)
+        if parent_id is None:
+            return  # failed
+        patch.status["parentModelId"] = parent_id
+        parent = [(crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED,
+                   f"warm start: {parsed.model.warm_start.describe()} is {parent_id}")]
+    run = spec_lib.run_name(namespace, name, uid)
+    job, _ = runs.ensure_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config), logger)
+    now = st.now_rfc3339()
+    patch.status.update({
+        "phase": crd.PRODUCING,
+        "runName": run,
+        "startTime": now,
+        "observedGeneration": generation,
+        "jobs": {crd.PRODUCER: st.job_summary(job)},
+        "conditions": st.with_conditions(status, [
+            *parent,
+            (crd.PRODUCED, False, crd.REASON_JOB_CREATED, f"producer Job {job['metadata']['name']} created"),
+            (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer"),
+            (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, "producing"),
+        ], now=now, generation=generation),
+    })
+    kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
+               message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job['metadata']['name']}")
+
+
+def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: Mapping[str, Any],
+                    patch: kopf.Patch, generation: int | None) -> str | None:
+    """spec.model.warmStart as a model id whose network the spec does not contradict; None once the
+    run has failed (unknown parent, or a contradicting field, named). A trainingRun reference not
+    yet succeeded: phase Pending, condition ModelResolved False, and kopf retries (TemporaryError)."""
+    from susy_pipeline.continual import contradictions
+    from susy_pipeline.errors import BadInput
+
+    ref = parsed.model.warm_start
+    assert ref is not None
+    now = st.now_rfc3339()
+    try:
+        parent_id = runs.resolve_model(body["metadata"]["namespace"], ref, body["metadata"].get("creationTimestamp"))
+    except runs.Wait as wait:
+        conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
+                                       message=f"warm start: {wait}", now=now, generation=generation)
+        if status.get("phase") != crd.PENDING or conditions != st.conditions(status):
+            kopf.event(body, type="Normal", reason=crd.EVENT_WAITING, message=f"warm start: {wait}")
+            patch.status["phase"] = crd.PENDING
+            patch.status["conditions"] = conditions
+        raise kopf.TemporaryError(f"warm start: {wait}", delay=runs.POLL_SECONDS)
+    except runs.Unresolvable as error:
+        runs.fail(body, status, patch, reason=error.reason, message=f"warm start: {error.message}",
+                  generation=generation, condition=crd.MODEL_RESOLVED)
+        return None
+    try:
+        problems = contradictions(runs.model_store().resolve_model(parent_id), recipe=parsed.model.recipe,
+                                  hidden=parsed.model.hidden, dropout=parsed.model.dropout)
+    except BadInput as error:  # a parent whose record has no hyper-parameters
+        problems = [("warmStart", str(error))]
+    if problems:
+        runs.fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, generation=generation,
+                  message="; ".join(f"spec.model.{field} contradicts the warm-start parent, model {parent_id}: {why}"
+                                    for field, why in problems))
+        return None
+    return parent_id
+
+
+def _training_output(step: steps.Step, run: str) -> bool:
+    store = runs.model_store()
+    return (store.get_production(run) is not None) if step.component == crd.PRODUCER \
+        else bool(store.list_models(run=run))
+
+
+def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+              namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Follow the current step's Job (steps.TRAINING_STEPS); on success start the next step. Writes
+    status.jobs, rowsProduced and kafka (offsets) after producing, modelId at the end."""
+    generation = meta.get("generation")
+    run = status.get("runName")
+    step = steps.training_step(status.get("phase"))
+    if not run or step is None or runs.stale(uid, status):
+        return
+    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    owner = runs.owner(body)
+    build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
+    parent_id = () if step.component == crd.PRODUCER else (status.get("parentModelId"),)
+    done, summary, job = runs.follow_step(body, step, builders.job_name(name, step.component),
+                                          lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
+                                          patch, logger,
+                                          generation, output_present=lambda: _training_output(step, run))
+    if step.component == crd.TRAINER and patch.status.get("phase") != crd.FAILED:
+        # Epoch k of N from the trainer's heartbeat (written per epoch), on this poll.
+        runs.follow_heartbeats(body, status, patch, run, None if done else job, progress_lib.training_progress)
+    if not done:
+        return
+    now = st.now_rfc3339()
+    store = runs.model_store()
+    job_name = summary.get("name", builders.job_name(name, step.component))
+    if step.component == crd.PRODUCER:
+        production = store.get_production(run)
+        if production is None:
+            runs.fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation,
+                      condition=step.condition,
+                      message=f"producer Job {job_name} succeeded but the store has no production record for run {run}")
+            return
+        trainer, _ = runs.ensure_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config,
+                                                                status.get("parentModelId")), logger)
+        rows = int(production.get("rows") or 0)
+        offsets = st.kafka_offsets(production)
+        patch.status.update({
+            "phase": crd.TRAINING,
+            "rowsProduced": rows,
+            "kafka": {"topic": production.get("topic", parsed.kafka.topic), "offsets": offsets},
+            "jobs": {crd.PRODUCER: summary, crd.TRAINER: st.job_summary(trainer)},
+            "conditions": st.with_conditions(status, [
+                (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {parsed.kafka.topic}"),
+                (crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {trainer['metadata']['name']} created"),
+            ], now=now, generation=generation),
+        })
+        runs.wrote_phase(uid, crd.TRAINING)
+        kopf.event(body, type="Normal", reason=crd.EVENT_STEP_SUCCEEDED,
+                   message=f"Phase {crd.TRAINING}: producer wrote {rows} rows; trainer Job "
+                           f"{trainer['metadata']['name']}")
+        return
+
+    models = store.list_models(run=run)
+    if not models:
+        runs.fail(body, status, patch, reason=crd.REASON_RECORD_MISSING, generation=generation,
+                  condition=step.condition,
+                  message=f"trainer Job {job_name} succeeded but the store has no model for run {run}")
+        return
+    model_id = str(models[0]["model_id"])  # newest first
+    patch.status.update({
+        "phase": crd.SUCCEEDED,
+        "modelId": model_id,
+        "completionTime": now,
+        "observedGeneration": generation,
+        "conditions": st.with_conditions(status, [
+            (crd.TRAINED, True, crd.REASON_JOB_SUCCEEDED, f"model {model_id}"),
+            (crd.SUCCEEDED_CONDITION, True, crd.REASON_JOB_SUCCEEDED, f"model {model_id}"),
+        ], now=now, generation=generation),
+    })
+    runs.wrote_phase(uid, crd.SUCCEEDED)
+    metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
+    kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")

@@ -1,0 +1,222 @@
+"""Issue 26, the pure parts: spec.suspend, Kueue queues and priorities, the CR's own TTL. Spec parsing,
+the Job builders, the step decision for suspended Jobs, the held phases and their conditions."""
+from __future__ import annotations
+
+import pytest
+
+from susy_operator import builders, config, crd, finalizers, spec as spec_lib, status as st, steps
+
+OWNER = builders.Owner(kind=crd.TRAINING_KIND, name="susy-train", namespace="team-a",
+                       uid="0f6e3c52-8d1b-4d8e-9a55-1f2e3d4c5b6a")
+OWNER_ER = builders.Owner(kind=crd.EVALUATION_KIND, name="susy-eval", namespace="team-a",
+                          uid="7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
+CONFIG = builders.JobConfig(image="susy-pipeline:test", kafka_bootstrap="kafka:9092", store_secret="store",
+                            database="db")
+RUN = "team-a.susy-train.0f6e3c52"
+NOW = "2026-12-05T10:00:00Z"
+TR = {"dataset": {"uri": "/opt/susy/data/susy-sample.csv.gz"}}
+ER = {"model": {"trainingRun": "susy-train"}, "dataset": {"uris": ["/d.csv"]}, "shards": 2}
+
+
+def all_jobs(spec: dict, labels: dict | None = None) -> list[dict]:
+    training = spec_lib.parse_training_run({**TR, **spec}, labels=labels)
+    evaluation = spec_lib.parse_evaluation_run({**ER, **spec}, labels=labels)
+    return [builders.producer_job(OWNER, training, RUN, CONFIG), builders.trainer_job(OWNER, training, RUN, CONFIG),
+            builders.evaluator_job(OWNER_ER, evaluation, "e", "ab" * 16, CONFIG)]
+
+
+# --- spec ---------------------------------------------------------------------------------------
+
+def test_the_scheduling_fields_are_optional_and_parsed() -> None:
+    assert spec_lib.parse_training_run(TR).scheduling == spec_lib.Scheduling()
+    parsed = spec_lib.parse_evaluation_run({**ER, "suspend": True, "queueName": "team-a",
+                                            "priorityClassName": "batch.low", "workloadPriorityClassName": "low",
+                                            "ttlSecondsAfterFinished": 0})
+    assert parsed.scheduling == spec_lib.Scheduling(suspend=True, queue_name="team-a", priority_class_name="batch.low",
+                                                    workload_priority_class_name="low", ttl_seconds_after_finished=0)
+    assert parsed.scheduling.queued
+
+
+def test_kueue_labels_on_the_resource_stand_for_the_fields() -> None:
+    labels = {crd.LABEL_KUEUE_QUEUE: "team-a", crd.LABEL_KUEUE_PRIORITY: "low", "team": "physics"}
+    scheduling = spec_lib.parse_training_run(TR, labels=labels).scheduling
+    assert (scheduling.queue_name, scheduling.workload_priority_class_name) == ("team-a", "low")
+    same = spec_lib.parse_training_run({**TR, "queueName": "team-a"}, labels=labels).scheduling
+    assert same.queue_name == "team-a"
+
+
+@pytest.mark.parametrize("spec, labels, problem", [
+    ({"suspend": "yes"}, {}, "spec.suspend must be true or false"),
+    ({"queueName": "Team_A"}, {}, "spec.queueName 'Team_A' does not match"),
+    ({"queueName": "a" * 64}, {}, "spec.queueName must be at most 63 characters"),
+    ({"queueName": "a"}, {crd.LABEL_KUEUE_QUEUE: "b"}, "spec.queueName 'a' and the label kueue.x-k8s.io/queue-name"),
+    ({}, {crd.LABEL_KUEUE_PRIORITY: "Low!"}, "metadata.labels[kueue.x-k8s.io/priority-class]"),
+    ({"priorityClassName": "-x"}, {}, "spec.priorityClassName '-x' does not match"),
+    ({"ttlSecondsAfterFinished": -1}, {}, "spec.ttlSecondsAfterFinished must be >= 0"),
+])
+def test_bad_scheduling_fields_are_named(spec: dict, labels: dict, problem: str) -> None:
+    for parse, base in ((spec_lib.parse_training_run, TR), (spec_lib.parse_evaluation_run, ER)):
+        with pytest.raises(spec_lib.SpecError) as error:
+            parse({**base, **spec}, labels=labels)
+        assert any(p.startswith(problem) for p in error.value.problems), error.value.problems
+
+
+def test_the_operator_wide_ttl_default_is_off_unless_set() -> None:
+    assert config.load({}).run_ttl_seconds_after_finished is None
+    assert config.load({"SUSY_RUN_TTL_SECONDS_AFTER_FINISHED": "3600"}).run_ttl_seconds_after_finished == 3600
+    with pytest.raises(ValueError, match="SUSY_RUN_TTL_SECONDS_AFTER_FINISHED"):
+        config.load({"SUSY_RUN_TTL_SECONDS_AFTER_FINISHED": "1h"})
+
+
+# --- builders ----------------------------------------------------------------------------------
+
+def test_jobs_without_scheduling_fields_are_unchanged() -> None:
+    for job in all_jobs({}):
+        assert "suspend" not in job["spec"] and "priorityClassName" not in job["spec"]["template"]["spec"]
+        assert not any(key.startswith("kueue.x-k8s.io/") for key in job["metadata"]["labels"])
+
+
+def test_a_queued_run_creates_every_job_suspended_with_kueues_labels() -> None:
+    for job in all_jobs({"queueName": "team-a", "workloadPriorityClassName": "low", "priorityClassName": "batch"}):
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"][crd.LABEL_KUEUE_QUEUE] == "team-a"
+        assert job["metadata"]["labels"][crd.LABEL_KUEUE_PRIORITY] == "low"
+        # Kueue reads both from the Job, not its pods; the pods keep the run's selector labels only.
+        assert crd.LABEL_KUEUE_QUEUE not in job["spec"]["template"]["metadata"]["labels"]
+        assert job["spec"]["template"]["spec"]["priorityClassName"] == "batch"
+
+
+def test_a_suspended_run_without_a_queue_creates_suspended_jobs_without_kueue_labels() -> None:
+    for job in all_jobs({"suspend": True, "workloadPriorityClassName": "low", "priorityClassName": "batch"}):
+        assert job["spec"]["suspend"] is True
+        # Without a queue Kueue ignores a Job, so its priority label would mean nothing.
+        assert crd.LABEL_KUEUE_PRIORITY not in job["metadata"]["labels"]
+        assert job["spec"]["template"]["spec"]["priorityClassName"] == "batch"
+
+
+# --- steps: a suspended Job is held, never failed for its pods ----------------------------------
+
+def job(suspend: bool | None = None, **status: object) -> dict:
+    body: dict = {"metadata": {"name": "susy-train-producer"}, "spec": {}, "status": dict(status)}
+    if suspend is not None:
+        body["spec"]["suspend"] = suspend
+    return body
+
+
+UNSCHEDULABLE = [("susy-train-producer-x", "Unschedulable", "0/3 nodes are available")]
+
+
+def test_a_suspended_job_waits_held_past_any_grace_and_forgets_the_pods_clock() -> None:
+    recorded = {"name": "susy-train-producer", "state": "Running",
+                "notStarting": {"since": "2026-12-05T08:00:00Z", "reason": "Unschedulable", "message": "m"}}
+    for not_starting in ((), UNSCHEDULABLE):
+        decision = steps.decide(steps.TRAINING_STEPS[0], job(suspend=True), recorded, output_present=lambda: False,
+                                not_starting=not_starting, now=NOW, grace_seconds=1)
+        assert (decision.action, decision.held, decision.not_starting) == (steps.WAIT, True, None)
+    # The same Job running with the same pod, two hours on: the grace period has run out.
+    running = steps.decide(steps.TRAINING_STEPS[0], job(suspend=False, active=1), recorded,
+                           output_present=lambda: False, not_starting=UNSCHEDULABLE, now=NOW, grace_seconds=300)
+    assert running.action == steps.FAIL and not running.held
+
+
+def test_a_finished_job_is_never_held() -> None:
+    complete = job(suspend=True, conditions=[{"type": "Complete", "status": "True"}])
+    assert not st.job_suspended(complete) and st.job_summary(complete).get("suspended") is None
+    assert steps.decide(steps.TRAINING_STEPS[0], complete, None, output_present=lambda: False, now=NOW,
+                        grace_seconds=1).action == steps.DONE
+    assert steps.hold(spec_lib.Scheduling(suspend=True), complete, None) == steps.Hold(None)
+    assert st.job_summary(job(suspend=True))["suspended"] is True
+
+
+QUEUED = spec_lib.Scheduling(queue_name="team-a")
+
+
+@pytest.mark.parametrize("scheduling, the_job, recorded, expected", [
+    # Without a queue, the operator suspends and resumes the Job itself.
+    (spec_lib.Scheduling(), job(suspend=False), None, (None, None, True)),
+    (spec_lib.Scheduling(suspend=True), job(suspend=False), None, (crd.SUSPENDED, steps.SUSPEND_JOB, True)),
+    (spec_lib.Scheduling(suspend=True), job(suspend=True), None, (crd.SUSPENDED, None, True)),
+    (spec_lib.Scheduling(suspend=True), None, None, (crd.SUSPENDED, None, True)),
+    (spec_lib.Scheduling(), job(suspend=True), None, (None, steps.RESUME_JOB, True)),
+    # With one, Kueue owns spec.suspend: the operator waits for admission, and holds a run through
+    # the Kueue Workload; a Job not yet created waits for spec.suspend to be cleared.
+    (QUEUED, job(suspend=True), None, (crd.QUEUED, None, True)),
+    (QUEUED, None, None, (crd.QUEUED, None, True)),
+    (QUEUED, job(suspend=False), None, (None, None, True)),
+    (spec_lib.Scheduling(queue_name="team-a", suspend=True), job(suspend=False), None,
+     (crd.SUSPENDED, steps.DEACTIVATE_WORKLOAD, False)),
+    (spec_lib.Scheduling(queue_name="team-a", suspend=True), job(suspend=True), {"workloadDeactivated": True},
+     (crd.SUSPENDED, None, False)),
+    (spec_lib.Scheduling(queue_name="team-a", suspend=True), None, None, (crd.SUSPENDED, None, False)),
+    (QUEUED, job(suspend=True), {"workloadDeactivated": True}, (crd.QUEUED, steps.ACTIVATE_WORKLOAD, True)),
+])
+def test_hold(scheduling, the_job, recorded, expected) -> None:
+    held = steps.hold(scheduling, the_job, recorded)
+    assert (held.phase, held.action, held.create) == expected
+    if held.phase == crd.QUEUED:
+        assert held.message.startswith(crd.QUEUED_MESSAGE)
+
+
+def test_held_phases_are_followed_and_name_their_step() -> None:
+    for phase in crd.HELD_PHASES:
+        assert finalizers.is_followed({"phase": phase}, {})
+        assert steps.step_phase({"phase": phase, "stepPhase": crd.TRAINING}) == crd.TRAINING
+    assert steps.step_phase({"phase": crd.PRODUCING}) == crd.PRODUCING
+
+
+def test_queued_then_admitted_conditions_phase_and_events() -> None:
+    status = {"phase": crd.PRODUCING, "conditions": []}
+    patch, events = st.held_patch(status, crd.QUEUED, crd.PRODUCING, crd.QUEUED_MESSAGE, now=NOW)
+    assert patch["phase"] == crd.QUEUED and patch["stepPhase"] == crd.PRODUCING
+    assert patch["message"] == crd.QUEUED_MESSAGE
+    queued = st.get_condition(patch, crd.QUEUED_CONDITION)
+    assert (queued["status"], queued["reason"], queued["message"]) == ("True", crd.REASON_WAITING_FOR_ADMISSION,
+                                                                       crd.QUEUED_MESSAGE)
+    assert [reason for reason, _ in events] == [crd.EVENT_QUEUED]
+    status = {**status, **patch}
+    assert st.held_patch(status, crd.QUEUED, crd.PRODUCING, crd.QUEUED_MESSAGE, now=NOW) == ({}, [])  # idempotent
+    patch, events = st.held_patch(status, None, crd.PRODUCING, "", now="2026-12-05T10:05:00Z")
+    assert patch["phase"] == crd.PRODUCING and patch["stepPhase"] is None and patch["message"] is None
+    admitted = st.get_condition(patch, crd.QUEUED_CONDITION)
+    assert (admitted["status"], admitted["reason"]) == ("False", crd.REASON_ADMITTED)
+    assert [reason for reason, _ in events] == [crd.EVENT_ADMITTED]
+
+
+def test_suspended_then_resumed() -> None:
+    status = {"phase": crd.TRAINING, "conditions": []}
+    patch, events = st.held_patch(status, crd.SUSPENDED, crd.TRAINING, "Suspended (spec.suspend)", now=NOW)
+    assert (patch["phase"], patch["stepPhase"]) == (crd.SUSPENDED, crd.TRAINING)
+    assert st.is_true(patch, crd.SUSPENDED_CONDITION) and [r for r, _ in events] == [crd.EVENT_SUSPENDED]
+    patch, events = st.held_patch({**status, **patch}, None, crd.TRAINING, "", now=NOW)
+    assert patch["phase"] == crd.TRAINING and not st.is_true(patch, crd.SUSPENDED_CONDITION)
+    assert st.get_condition(patch, crd.SUSPENDED_CONDITION)["reason"] == crd.REASON_RESUMED
+    assert [r for r, _ in events] == [crd.EVENT_RESUMED]
+    assert st.held_patch({"phase": crd.TRAINING}, None, crd.TRAINING, "", now=NOW) == ({}, [])
+
+
+# --- the CR's own TTL ----------------------------------------------------------------------------
+
+def test_ttl_counts_from_completion_and_only_for_finished_runs() -> None:
+    done = {"phase": crd.SUCCEEDED, "completionTime": "2026-12-05T09:59:00Z"}
+    assert steps.ttl_seconds_left(done, 120, NOW) == 60
+    assert steps.ttl_seconds_left(done, 0, NOW) == -60
+    assert steps.ttl_seconds_left({**done, "phase": crd.FAILED}, 60, NOW) == 0
+    assert steps.ttl_seconds_left(done, None, NOW) is None
+    assert steps.ttl_seconds_left({"phase": crd.TRAINING}, 0, NOW) is None
+    assert steps.ttl_seconds_left({"phase": crd.SUSPENDED}, 0, NOW) is None
+
+
+def test_a_training_run_named_by_an_unfinished_run_is_kept() -> None:
+    runs = [
+        {"kind": "EvaluationRun", "metadata": {"name": "e1"}, "spec": {"model": {"trainingRun": "t"}},
+         "status": {"phase": crd.PENDING}},
+        {"kind": "EvaluationRun", "metadata": {"name": "e2"}, "spec": {"models": [{"id": "0" * 32},
+                                                                                  {"trainingRun": "t"}]}},
+        {"kind": "TrainingRun", "metadata": {"name": "t2"}, "spec": {"model": {"warmStart": {"trainingRun": "t"}}},
+         "status": {"phase": crd.QUEUED}},
+        {"kind": "EvaluationRun", "metadata": {"name": "done"}, "spec": {"model": {"trainingRun": "t"}},
+         "status": {"phase": crd.SUCCEEDED}},
+        {"kind": "EvaluationRun", "metadata": {"name": "other"}, "spec": {"model": {"trainingRun": "u"}}},
+    ]
+    assert steps.runs_naming("t", runs) == ["EvaluationRun/e1", "EvaluationRun/e2", "TrainingRun/t2"]
+    assert steps.runs_naming("v", runs) == []
