@@ -273,7 +273,7 @@ def test_message_bounds_split_only_what_does_not_fit():
 
 @pytest.mark.parametrize("client, options, cause", [
     ("kafka-python", {"max_request_size": 64 << 10}, "MessageSizeTooLargeError"),
-    ("confluent", {"message.max.bytes": 64 << 10}, "_MSG_SIZE_TOO_LARGE"),
+    ("confluent", {"message.max.bytes": 64 << 10}, "MSG_SIZE_TOO_LARGE"),
 ])
 def test_a_message_refused_as_too_large_is_bad_input_naming_the_limit(kafka_broker, sample, client, options, cause):
     """A broker's MessageSizeTooLarge (MESSAGE_TOO_LARGE, what Kafka answers for a record batch over
@@ -281,7 +281,7 @@ def test_a_message_refused_as_too_large_is_bad_input_naming_the_limit(kafka_brok
     enforces no limit, so the refusal here is the client's own, set under what the producer was told
     the limit is (as a broker whose message.max.bytes is lower than --max-message-bytes would):
     kafka-python's max_request_size, which it enforces in send() with the same
-    MessageSizeTooLargeError, and librdkafka's message.max.bytes (its local _MSG_SIZE_TOO_LARGE)."""
+    MessageSizeTooLargeError, and librdkafka's message.max.bytes (MSG_SIZE_TOO_LARGE, the broker's code)."""
     from susy_pipeline.errors import EXIT_BAD_INPUT, BadInput, exit_code
 
     with pytest.raises(BadInput) as caught:

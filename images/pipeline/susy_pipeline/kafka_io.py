@@ -365,7 +365,8 @@ class _ConfluentSender:
 
         self.client_errors = (KafkaException,)
         self.too_large_errors = ()  # librdkafka reports them per message, below
-        self._too_large_codes = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE)
+        # librdkafka answers a message over its message.max.bytes with the broker's own code.
+        self._too_large_codes = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
         settings = {"bootstrap.servers": bootstrap, "client.id": "susy-producer", "enable.idempotence": True,
                     "acks": "all", "linger.ms": 20,
                     # librdkafka's own cap on a request and on a message: ours (the broker's
