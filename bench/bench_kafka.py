@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 
 from bench_pipeline import CORES, cpu_seconds, delete_topic, make_file, producer_ceiling, read_encode_seconds  # noqa: E402
-from common import cpu_model  # noqa: E402
+from common import cpu_model, print_table  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -163,10 +163,7 @@ def main() -> None:
 
     print(f"\nKafka clients, {rows:,} rows, 1 row per message, {args.partitions} partitions, median of {repeats} "
           f"({CORES} cores, {cpu_model()})\n")
-    print("| stage vs limit | stage | limit | ratio | target |")
-    print("|---|---|---|---|---|")
-    for row in out:
-        print("| " + " | ".join(row) + " |")
+    print_table(("stage vs limit", "stage", "limit", "ratio", "target"), out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ def cpu_model() -> str:
         return "unknown"
 
 
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A markdown table on stdout: what every benchmark prints."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def process_cpu_seconds() -> float:
     """CPU seconds this process has used so far, every thread counted (user + system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
