@@ -3,10 +3,14 @@
 Readers (--reader), each reading exactly the offsets `produce` recorded:
 - `confluent` (default): confluent-kafka 2.16.1, librdkafka 2.16.0. Apache Kafka 0.8 to 4.x,
   Kafka 4 (KRaft) included: it asks the broker's ApiVersions and uses the newest version both
-  support (src/rdkafka_request.c, rd_kafka_broker_ApiVersion_supported), so KIP-896's removals
-  in Kafka 4.0 (Fetch v0-v3, ListOffsets v0, Produce v0-v2, ...) never reach it. The fastest.
+  support (librdkafka src/rdkafka_broker.c, rd_kafka_broker_ApiVersion_supported; Fetch up to
+  v16, src/rdkafka_fetcher.c), so KIP-896's removals in Kafka 4.0 (Fetch v0-v3, ListOffsets v0,
+  Produce v0-v2, ...; apache/kafka clients/src/main/resources/common/message/*Request.json)
+  never reach it. The fastest.
 - `tfio`: tensorflow-io 0.37.1, the seed's TensorFlow-native path; its bundled librdkafka 1.5.0
-  reads Apache Kafka 2.x to 3.9 (ZooKeeper or KRaft mode) with default settings, not Kafka 4.
+  reads Apache Kafka 2.x to 3.9 (ZooKeeper or KRaft mode) with default settings, not Kafka 4:
+  its feature table (v1.5.0 src/rdkafka_feature.c) ties SASL and the group consumer to
+  SaslHandshake v0 and JoinGroup/FindCoordinator v0, which 4.0 removed.
   Only tansu, the test broker, needs the tfio settings api.version.request=false and
   broker.version.fallback=0.9.0 (--librdkafka).
 - `kafka-python`: kafka-python 3.0, pure Python: Kafka 0.8 to 4.3.
