@@ -2,7 +2,7 @@
 
   python -m bench [NAME ...]     run the named ones (default: all), in this order:
                                  pipeline, kafka, evaluate, precision, models, object_storage,
-                                 operator, heartbeats
+                                 operator, heartbeats, continual
   python -m bench --help         this text; each script has its own --help
                                  (python bench/bench_NAME.py --help)
 
@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NAMES = ("pipeline", "kafka", "evaluate", "precision", "models", "object_storage", "operator", "heartbeats")
+NAMES = ("pipeline", "kafka", "evaluate", "precision", "models", "object_storage", "operator", "heartbeats",
+         "continual")
 
 
 def main(argv: list[str]) -> int:

@@ -24,6 +24,10 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+def store_env(store_uri: str) -> dict[str, str]:
+    """This process's environment with the store URI as MONGODB_URI: a child process gets it there,
+    never on its command line, which every user of the machine can read (ps, /proc/PID/cmdline)."""
+    return {**os.environ, "MONGODB_URI": store_uri}
 
 
 def process_cpu_seconds() -> float:

@@ -73,11 +73,12 @@ def test_kopf_adds_its_finalizer_only_for_the_timers_and_their_filter_drops_rele
     ours = [h for h in [*registry._spawning.get_all_handlers(), *registry._changing.get_all_handlers()]
             if h.fn.__module__ == handlers.__name__]
     requiring = {h.id for h in ours if h.requires_finalizer}
-    assert requiring == {"reconcile"}
+    assert requiring == {"reconcile", "reconcile_continual"}
     assert {h.selector.any_name for h in ours if h.requires_finalizer} == {crd.TRAINING_PLURAL,
-                                                                          crd.EVALUATION_PLURAL}
+                                                                          crd.EVALUATION_PLURAL, crd.CONTINUAL_PLURAL}
     for handler in ours:
         if handler.requires_finalizer:
+            # A ContinualTraining has no phase while it follows its stream: followed until released.
             assert handler.when(status={"phase": crd.TRAINING}, annotations={})
             assert not handler.when(status={"phase": crd.TRAINING}, annotations={finalizers.RELEASED_ANNOTATION: "T"})
 

@@ -105,6 +105,8 @@ def test_job_env_takes_the_store_uri_from_the_secret(component: str) -> None:
     assert "value" not in env["MONGODB_URI"]
     assert env["KAFKA_BOOTSTRAP"]["value"] == "kafka.susy:9092"
     assert env["SUSY_DATABASE"]["value"] == "bigdata"
+    # The store namespace is the custom resource's own: every record the Job writes carries it.
+    assert env["SUSY_NAMESPACE"]["value"] == job["metadata"]["namespace"]
     names = [e["name"] for e in container(job)["env"]]
     assert len(names) == len(set(names))
     if component != "evaluator":
@@ -276,7 +278,7 @@ def test_service_account_and_pull_policy_come_from_the_operator_config() -> None
 def test_training_defaults() -> None:
     spec = spec_lib.parse_training_run({"dataset": {"uri": "x"}})
     assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
-    assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=3)  # as the platform chart creates trainData
+    assert spec.kafka == spec_lib.Kafka(topic=None, partitions=3)  # the run's own topic (builders.topic)
     assert spec.model == spec_lib.ModelParams(recipe="seed")
     assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "confluent")
     assert spec.run_policy == spec_lib.RunPolicy()
@@ -357,7 +359,7 @@ def test_pure_modules_import_neither_kopf_nor_a_client() -> None:
     import pathlib
 
     root = pathlib.Path(builders.__file__).parent
-    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py"):
+    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py", "tenancy.py"):
         tree = ast.parse((root / name).read_text())
         imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
@@ -383,7 +385,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
     assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
                      for handler_id in ("reclaim", "reconcile", observed, "count_run")},
-                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL)}
+                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL),
+                   ("reclaim", crd.CONTINUAL_PLURAL), ("reconcile_continual", crd.CONTINUAL_PLURAL)}
 
 
 def test_handlers_module_is_only_kopf_wiring() -> None:
@@ -412,7 +415,8 @@ def test_builder_input_is_not_mutated() -> None:
 
 
 def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
-    """The operator image installs only the `operator` extra: no TensorFlow, Kafka, pandas."""
+    """The operator image installs only the `operator` extra: no TensorFlow, pandas; kafka-python
+    only for a ContinualTraining's offsets (kafka_offsets.log_offsets imports it when called)."""
     import subprocess
     import sys
 
@@ -438,6 +442,13 @@ def test_the_operator_command_answers_help_with_or_without_run(argv, capsys) -> 
 def test_the_operator_defaults_name_what_the_platform_chart_creates() -> None:
     cfg = config.load({})
     assert (cfg.kafka_bootstrap, cfg.store_secret) == ("susy-platform-kafka:9092", "susy-platform-mongodb")
+
+
+def test_susy_namespace_in_a_runs_env_is_refused() -> None:
+    """A user's env cannot move a run into another namespace's models."""
+    with pytest.raises(spec_lib.SpecError, match=r"env\[0\]\.name SUSY_NAMESPACE is set by the operator"):
+        spec_lib.parse_training_run({"dataset": {"uri": "x.csv"},
+                                     "env": [{"name": "SUSY_NAMESPACE", "value": "another-team"}]})
 
 
 def test_susy_reader_in_a_training_runs_env_is_refused_for_spec_reader() -> None:
@@ -584,3 +595,26 @@ def test_evaluator_row_range_only_when_set() -> None:
     assert command[command.index("--limit") + 1] == "10000"
     with pytest.raises(spec_lib.SpecError, match="spec.dataset.limit must be >= 1"):
         evaluation_spec(dataset={"uris": ["/d.csv.gz"], "limit": 0})
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_every_container_reports_its_cause_as_a_termination_message(component: str) -> None:
+    """The pipeline writes its one-line error to /dev/termination-log; a container that dies before
+    it can leaves its log's tail (FallbackToLogsOnError), which the operator copies into the CR."""
+    for c in ALL_JOBS[component]()["spec"]["template"]["spec"]["containers"]:
+        assert c["terminationMessagePath"] == "/dev/termination-log"
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_echoed_spec_values_are_bounded_and_redacted() -> None:
+    """A spec error is the Failed condition, the Message column and an Event: a field's value is
+    echoed at most redaction.MAX_ECHO_CHARS long, never with a password (issue 22 §4)."""
+    bad = "mongodb://app:storePw7781@db:27017/?tlsCertificateKeyFilePassword=tlsKeyPw5523"
+    with pytest.raises(spec_lib.SpecError) as caught:
+        spec_lib.parse_training_run({"dataset": {"uri": "/d.csv"}, "kafka": {"topic": bad}, "epochs": "ten",
+                                     "reader": "r" * 5000})
+    message = str(caught.value)
+    assert "storePw7781" not in message and "tlsKeyPw5523" not in message and len(message) < 600, message
+    assert "spec.kafka.topic 'mongodb://db:27017/' does not match" in message
+    assert f"got '{'r' * 64}'... (5000 characters)" in message
+    assert "spec.epochs must be an integer, got 'ten'" in message

@@ -66,7 +66,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
     # shard pod has started (the shards claim it again; an upsert).
     for distinct in dict.fromkeys(ids):
-        runs.model_store().claim_model(evaluation, distinct, parsed.shards)
+        runs.model_store(namespace).claim_model(evaluation, distinct, parsed.shards)
     job, _ = runs.ensure_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
                                                           CONFIG.job_config), logger)
     resolved = "; ".join(f"{ref.describe()} is {i}" for ref, i in zip(parsed.references, ids))
@@ -97,7 +97,7 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation, enforce_tenancy=True)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,
@@ -114,7 +114,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     """Retry model resolution while Pending; then follow the evaluator Job (steps.EVALUATION_STEP)
     into status.shards, and on completion aggregate the shard results from the store into
     accuracy, auc, logLoss, rows, confusion and shardResults."""
-    from susy_pipeline.evaluation import IncompleteEvaluation, aggregate
+    from susy_pipeline.evaluation import IncompleteEvaluation, aggregate_stored
 
     generation = meta.get("generation")
     evaluation = status.get("evaluation")
@@ -130,7 +130,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         body, step, job_name,
         lambda: builders.evaluator_job(runs.owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
-        output_present=lambda: len(runs.model_store().shard_results(evaluation)) >= parsed.shards)
+        output_present=lambda: runs.model_store(namespace).count_shard_results(evaluation) >= parsed.shards)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
         patch.status["shards"] = shards
@@ -140,9 +140,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                                    lambda beats: progress_lib.evaluation_progress(beats, parsed.shards))
         return
     now = st.now_rfc3339()
-    results = runs.model_store().shard_results(evaluation)
     try:
-        aggregated = aggregate(results, parsed.shards)
+        # One shard result at a time, only the fields it needs: 1000 shards of 8 models stay
+        # within the operator's memory limit (issue 22; docs/evaluation.md has the measurement).
+        aggregated = aggregate_stored(runs.model_store(namespace), evaluation, parsed.shards)
     except IncompleteEvaluation as error:
         runs.fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
                   condition=crd.EVALUATED,
@@ -164,10 +165,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         "completionTime": now,
         "observedGeneration": generation,
         **metrics,
-        "shardResults": st.shard_summaries(results),
+        "shardResults": st.shard_summaries(aggregated["shards"]),
         # The aggregate's rows exactly, whatever the last heartbeats said.
         "progress": {**progress_lib.final_evaluation_progress(
-            progress_lib.evaluation_progress(runs.model_store().heartbeats(evaluation), parsed.shards),
+            progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
             metrics["rows"]), "stalled": []},
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,

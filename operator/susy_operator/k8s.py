@@ -8,7 +8,9 @@ API calls made here (charts/susy-operator's Role must grant them; tests/test_ope
   create, get  batch/jobs
   get          susy.dev/trainingruns
   list         pods (a Job's, by the Job controller's job-name label: why they fail or cannot start)
+  get          secrets, persistentvolumeclaims (metadata only: the allow label a run's Secret or claim needs)
   patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
+  create, get, list, delete  susy.dev/trainingruns, evaluationruns (a ContinualTraining's children)
 kopf watches (list, watch) the custom resources and the operator's own Jobs and pods.
 and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
   list, patch  susy.dev/trainingruns, susy.dev/evaluationruns
@@ -111,10 +113,39 @@ def wake_owner(plural: str, namespace: str, name: str, observed: str) -> None:
     merge_patch_custom_object(plural, namespace, name, {"metadata": {"annotations": {crd.ANNOTATION_OBSERVED: observed}}})
 
 
+# Ask for the object's metadata alone (a meta.k8s.io PartialObjectMetadata): a Secret's data never
+# reaches the operator, only its labels (kubernetes docs, concepts/overview/kubernetes-api
+# "API concepts": "Alternate representations of resources"; an API server that cannot serve it
+# answers with the whole object, as the second media type asks).
+METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"}
+
+
+def read_labels(kind: str, namespace: str, name: str) -> dict[str, str] | None:
+    """The labels of a Secret or PersistentVolumeClaim (`kind`), None when it does not exist."""
+    api = CoreV1Api(_api())
+    try:
+        if kind == "Secret":
+            response = api.read_namespaced_secret(name, namespace, _headers=METADATA_ONLY, _preload_content=False)
+        else:
+            response = api.read_namespaced_persistent_volume_claim(name, namespace, _headers=METADATA_ONLY,
+                                                                   _preload_content=False)
+        metadata = _json(response)["metadata"]
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(metadata.get("labels") or {})
+
+
 def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
+    return read_custom_object(crd.TRAINING_PLURAL, namespace, name)
+
+
+def read_custom_object(child_plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A TrainingRun or EvaluationRun, None if absent."""
     api = CustomObjectsApi(_api())
     try:
-        return _json(api.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.TRAINING_PLURAL,
+        return _json(api.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, child_plural,
                                                       name, _preload_content=False))
     except ApiException as exc:
         if exc.status == 404:
@@ -122,14 +153,43 @@ def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def list_custom_objects(plural: str, namespace: str | None) -> list[dict[str, Any]]:
-    """Every TrainingRun or EvaluationRun in one namespace, or in all (namespace None)."""
+def create_custom_object_if_absent(child_plural: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create a TrainingRun or EvaluationRun; if one of that name exists (409), return it. (object, created)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     api = CustomObjectsApi(_api())
+    try:
+        return _json(api.create_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, child_plural, body,
+                                                         _preload_content=False)), True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    existing = read_custom_object(child_plural, namespace, name)
+    if existing is None:
+        raise ApiException(status=409, reason=f"{child_plural} {name} is being replaced")
+    return existing, False
+
+
+def delete_custom_object(child_plural: str, namespace: str, name: str) -> None:
+    """Delete a TrainingRun or EvaluationRun (its Jobs go with it, by ownerReferences); gone is no error."""
+    api = CustomObjectsApi(_api())
+    try:
+        api.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, child_plural, name,
+                                            _preload_content=False)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def list_custom_objects(plural: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    """Every TrainingRun or EvaluationRun in one namespace, or in all (namespace None); with
+    `label_selector`, those it selects."""
+    api = CustomObjectsApi(_api())
+    selector = {"label_selector": label_selector} if label_selector else {}
     if namespace is None:
-        listed = api.list_cluster_custom_object(crd.GROUP, crd.VERSION, plural, _preload_content=False)
+        listed = api.list_cluster_custom_object(crd.GROUP, crd.VERSION, plural, _preload_content=False, **selector)
     else:
         listed = api.list_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural,
-                                                   _preload_content=False)
+                                                   _preload_content=False, **selector)
     return list(_json(listed).get("items") or [])
 
 
