@@ -6,7 +6,8 @@ Readers (--reader), each reading exactly the offsets `produce` recorded:
   support (librdkafka src/rdkafka_broker.c, rd_kafka_broker_ApiVersion_supported; Fetch up to
   v16, src/rdkafka_fetcher.c), so KIP-896's removals in Kafka 4.0 (Fetch v0-v3, ListOffsets v0,
   Produce v0-v2, ...; apache/kafka clients/src/main/resources/common/message/*Request.json)
-  never reach it. The fastest.
+  never reach it. The fastest, and the default here and in the operator (a TrainingRun's
+  spec.reader) because it reads every Kafka the platform chart runs, Kafka 4 included.
 - `tfio`: tensorflow-io 0.37.1, the seed's TensorFlow-native path; its bundled librdkafka 1.5.0
   reads Apache Kafka 2.x to 3.9 (ZooKeeper or KRaft mode) with default settings, not Kafka 4:
   its feature table (v1.5.0 src/rdkafka_feature.c) ties SASL and the group consumer to
