@@ -167,9 +167,9 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         **metrics,
         "shardResults": st.shard_summaries(aggregated["shards"]),
         # The aggregate's rows exactly, whatever the last heartbeats said.
-        "progress": {**progress_lib.final_evaluation_progress(
+        "progress": progress_lib.without_none({**progress_lib.final_evaluation_progress(
             progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
-            metrics["rows"]), "stalled": []},
+            metrics["rows"]), "stalled": []}),
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,
              f"{metrics['rows']} rows in {parsed.shards} shards, accuracy {metrics['accuracy']}"),
@@ -177,7 +177,8 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
-    metrics_lib.ROWS_SCORED.inc(metrics["rows"])
+    if metrics_lib.first_time(uid, "succeeded"):
+        metrics_lib.ROWS_SCORED.inc(metrics["rows"])
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED,
                message=f"Phase {crd.SUCCEEDED}: accuracy {metrics['accuracy']}, AUC {metrics['auc']}, "
                        f"{metrics['rows']} rows")

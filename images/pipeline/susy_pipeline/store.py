@@ -1068,7 +1068,11 @@ class MongoStore(Store):
             try:
                 return self._aliases.find_one_and_update(query, update, upsert=expected_model_id is None,
                                                          return_document=ReturnDocument.BEFORE)
-            except DuplicateKeyError:  # another first set inserted it meanwhile: now it exists
+            except DuplicateKeyError:
+                # Two first sets at once: the unique index lets one insert, the other fails and is
+                # retried as an update, as MongoDB's manual says of upserts (mongodb/docs
+                # source/includes/extracts-parameter-upsert.yaml, "uniquely indexed"; servers since
+                # 4.4 retry it themselves when the key equals the filter, SERVER-47212).
                 return self._aliases.find_one_and_update(query, update, return_document=ReturnDocument.BEFORE)
 
         before = self._call("moving an alias", move)
