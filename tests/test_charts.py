@@ -66,9 +66,11 @@ PLURALS = ("trainingruns", "evaluationruns")
 EXPECTED_RULES = [
     ([GROUP], ["trainingruns", "evaluationruns"], ["list", "watch", "patch"]),
     ([GROUP], ["trainingruns"], ["get"]),
+    ([GROUP], ["trainingruns", "evaluationruns"], ["delete"]),
     ([GROUP], ["trainingruns/status", "evaluationruns/status"], ["patch"]),
     ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers"], ["update"]),
-    (["batch"], ["jobs"], ["create", "get", "list", "watch"]),
+    (["batch"], ["jobs"], ["create", "get", "list", "watch", "patch"]),
+    (["kueue.x-k8s.io"], ["workloads"], ["list", "patch"]),
     ([""], ["pods"], ["list", "watch"]),
     ([""], ["events"], ["create"]),
 ]
@@ -686,6 +688,8 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
             method = node.func.attr
             if method in CLIENT_CALLS:
                 calls.add(CLIENT_CALLS[method])
+            elif method in CUSTOM_OBJECT_CALLS and any(getattr(a, "id", "") == "KUEUE_GROUP" for a in node.args):
+                calls.add(("kueue.x-k8s.io", "workloads", CUSTOM_OBJECT_CALLS[method]))  # k8s.py: Kueue's Workloads
             elif method in CUSTOM_OBJECT_CALLS:
                 verb = CUSTOM_OBJECT_CALLS[method]
                 plurals = {PLURAL_CONSTANTS.get(getattr(a, "attr", getattr(a, "id", "")), "")
@@ -751,6 +755,21 @@ def test_operator_role_matches_the_crds() -> None:
             if version.get("served"):
                 assert "status" in version.get("subresources", {}), \
                     f"{crd['metadata']['name']} {version['name']}: the Role patches /status"
+
+
+def test_the_run_ttl_default_is_off_and_reaches_the_operator_when_set(helm: str) -> None:
+    from susy_operator import config
+
+    def operator_env(*sets: str) -> dict[str, str]:
+        (dep,) = by_kind(render(helm, OPERATOR, None, *sets), "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+    assert config.load(operator_env()).run_ttl_seconds_after_finished is None
+    assert config.load(operator_env("runTtlSecondsAfterFinished=604800")).run_ttl_seconds_after_finished == 604800
+    refused = subprocess.run([helm, "template", "x", str(OPERATOR), "--set", "runTtlSecondsAfterFinished=1h"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "runTtlSecondsAfterFinished: 1h is not a whole number" in refused.stderr
 
 
 def test_operator_deployment(helm: str) -> None:

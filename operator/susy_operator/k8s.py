@@ -6,6 +6,9 @@ the same shapes the builders produce and the tests compare.
 
 API calls made here (charts/susy-operator's Role must grant them; tests/test_operator_rbac.py):
   create, get  batch/jobs
+  patch        batch/jobs (spec.suspend: a run suspended or resumed without a queue)
+  list, patch  kueue.x-k8s.io/workloads (spec.active: a queued run suspended or resumed)
+  list, delete susy.dev/trainingruns, evaluationruns (a finished run past its TTL; what names it)
   get          susy.dev/trainingruns
   list         pods (a Job's, by the Job controller's job-name label: why they fail or cannot start)
   patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
@@ -91,6 +94,62 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
         if exc.status == 404:
             return None
         raise
+
+
+def set_job_suspend(namespace: str, name: str, suspend: bool) -> bool:
+    """Suspend (the Job controller removes its pods) or resume a Job. False when it is gone."""
+    api = BatchV1Api(_api())
+    try:
+        api.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+# Kueue's Workload API (kubernetes-sigs/kueue apis/kueue/v1beta1/workload_types.go, `spec.active`;
+# v1beta1 is served by every release from 0.6 to 0.19 and main, where v1beta2 is stored). Kueue
+# labels the Workload of a Job with the Job's uid (pkg/controller/constants/constants.go, JobUIDLabel).
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta1"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+def set_kueue_workloads_active(namespace: str, job_uid: str, active: bool) -> int:
+    """Set spec.active on the Kueue Workload(s) of one Job; how many there were. 0 without Kueue
+    (its API is not served: 404) or before Kueue has made the Workload."""
+    api = CustomObjectsApi(_api())
+    try:
+        listed = api.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+                                                   label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}",
+                                                   _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return 0
+        raise
+    workloads = list(_json(listed).get("items") or [])
+    for workload in workloads:
+        api.patch_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+                                           workload["metadata"]["name"], {"spec": {"active": active}},
+                                           _content_type="application/merge-patch+json", _preload_content=False)
+    return len(workloads)
+
+
+def delete_custom_object(plural: str, namespace: str, name: str, uid: str) -> bool:
+    """Delete one TrainingRun or EvaluationRun, only the instance `uid` (a precondition: one re-created
+    under the same name is not touched); its Jobs go with it (ownerReferences). False when gone."""
+    api = CustomObjectsApi(_api())
+    try:
+        api.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name,
+                                            body={"preconditions": {"uid": uid},
+                                                  "propagationPolicy": "Background"},
+                                            _preload_content=False)
+    except ApiException as exc:
+        if exc.status in (404, 409):
+            return False
+        raise
+    return True
 
 
 def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:

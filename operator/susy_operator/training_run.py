@@ -18,8 +18,8 @@ from susy_operator import builders, crd, runs, spec as spec_lib, status as st, s
 from susy_operator.runs import CONFIG
 
 
-def _parse(spec: Mapping[str, Any]) -> spec_lib.TrainingRunSpec:
-    return spec_lib.parse_training_run(spec, allowed_volume_types=CONFIG.allowed_volume_types)
+def _parse(spec: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> spec_lib.TrainingRunSpec:
+    return spec_lib.parse_training_run(spec, allowed_volume_types=CONFIG.allowed_volume_types, labels=labels)
 
 
 def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
@@ -29,7 +29,7 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation)
     parent: list[tuple[str, bool, str, str]] = []
     if parsed.model.warm_start is not None:
         parent_id = _resolve_parent(body, parsed, status, patch, generation)
@@ -39,7 +39,9 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         parent = [(crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED,
                    f"warm start: {parsed.model.warm_start.describe()} is {parent_id}")]
     run = spec_lib.run_name(namespace, name, uid)
-    job, _ = runs.ensure_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config), logger)
+    job = runs.ensure_step_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
+                               parsed.scheduling, logger)
+    job_name = builders.job_name(name, crd.PRODUCER)
     now = st.now_rfc3339()
     patch.status.update({
         "phase": crd.PRODUCING,
@@ -49,13 +51,14 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         "jobs": {crd.PRODUCER: st.job_summary(job)},
         "conditions": st.with_conditions(status, [
             *parent,
-            (crd.PRODUCED, False, crd.REASON_JOB_CREATED, f"producer Job {job['metadata']['name']} created"),
+            (crd.PRODUCED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
+             f"producer Job {job_name} {'created' if job else 'to be created when spec.suspend is cleared'}"),
             (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer"),
             (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, "producing"),
         ], now=now, generation=generation),
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
-               message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job['metadata']['name']}")
+               message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job_name}")
 
 
 def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: Mapping[str, Any],
@@ -108,17 +111,18 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     status.jobs, rowsProduced and kafka (offsets) after producing, modelId at the end."""
     generation = meta.get("generation")
     run = status.get("runName")
-    step = steps.training_step(status.get("phase"))
+    step = steps.training_step(steps.step_phase(status))
     if not run or step is None or runs.stale(uid, status):
         return
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation)
     owner = runs.owner(body)
     build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
     parent_id = () if step.component == crd.PRODUCER else (status.get("parentModelId"),)
     done, summary, _ = runs.follow_step(body, step, builders.job_name(name, step.component),
                                         lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
                                         patch, logger,
-                                        generation, output_present=lambda: _training_output(step, run))
+                                        generation, output_present=lambda: _training_output(step, run),
+                                        scheduling=parsed.scheduling)
     if not done:
         return
     now = st.now_rfc3339()
@@ -131,8 +135,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                       condition=step.condition,
                       message=f"producer Job {job_name} succeeded but the store has no production record for run {run}")
             return
-        trainer, _ = runs.ensure_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config,
-                                                                status.get("parentModelId")), logger)
+        trainer = runs.ensure_step_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config,
+                                                                  status.get("parentModelId")),
+                                       parsed.scheduling, logger)
+        trainer_name = builders.job_name(name, crd.TRAINER)
         rows = int(production.get("rows") or 0)
         offsets = st.kafka_offsets(production)
         patch.status.update({
@@ -142,13 +148,14 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
             "jobs": {crd.PRODUCER: summary, crd.TRAINER: st.job_summary(trainer)},
             "conditions": st.with_conditions(status, [
                 (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {parsed.kafka.topic}"),
-                (crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {trainer['metadata']['name']} created"),
+                (crd.TRAINED, False, crd.REASON_JOB_CREATED if trainer else crd.REASON_SUSPENDED,
+                 f"trainer Job {trainer_name} "
+                 f"{'created' if trainer else 'to be created when spec.suspend is cleared'}"),
             ], now=now, generation=generation),
         })
         runs.wrote_phase(uid, crd.TRAINING)
         kopf.event(body, type="Normal", reason=crd.EVENT_STEP_SUCCEEDED,
-                   message=f"Phase {crd.TRAINING}: producer wrote {rows} rows; trainer Job "
-                           f"{trainer['metadata']['name']}")
+                   message=f"Phase {crd.TRAINING}: producer wrote {rows} rows; trainer Job {trainer_name}")
         return
 
     models = store.list_models(run=run)
