@@ -72,6 +72,7 @@ EXPECTED_RULES = [
     (["batch"], ["jobs"], ["create", "get", "list", "watch", "patch"]),
     (["kueue.x-k8s.io"], ["workloads"], ["list", "patch"]),
     ([""], ["pods"], ["list", "watch"]),
+    ([""], ["secrets", "persistentvolumeclaims"], ["get"]),
     ([""], ["events"], ["create"]),
 ]
 PEERING_RULE = (["kopf.dev"], ["kopfpeerings"], ["get", "list", "watch", "patch"])
@@ -111,6 +112,7 @@ CLIENT_CALLS = {
     "create_namespaced_event": ("", "events", "create"),
     "read_namespaced_secret": ("", "secrets", "get"),
     "list_namespaced_secret": ("", "secrets", "list"),
+    "read_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "get"),
     "read_namespaced_config_map": ("", "configmaps", "get"),
 }
 CUSTOM_OBJECT_CALLS = {
@@ -657,7 +659,9 @@ def test_operator_role_is_namespaced_and_exact(helm: str) -> None:
                                     "namespace": NAMESPACE}]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-        assert "secrets" not in rule["resources"], "the operator reads its store URI from env, not the API"
+        # The operator reads its store URI from env, not the API; of a Secret it reads only the
+        # metadata of one a run names (its allow label), never a list or a watch.
+        assert "secrets" not in rule["resources"] or rule["verbs"] == ["get"]
 
 
 def test_operator_role_variants(helm: str) -> None:
@@ -681,6 +685,8 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
     """(group, resource, verb) of every kubernetes-client call in operator/susy_operator/*.py."""
     calls: set[tuple[str, str, str]] = set()
     for path in sorted(OPERATOR_SRC.glob("*.py")):
+        if path.name == "kubectl_plugin.py":
+            continue  # `kubectl susy` runs as its user, with the user's kubeconfig and RBAC
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
@@ -968,9 +974,7 @@ def test_kafka_sasl_scram_listener_and_its_user(helm: str, tmp_path: Path) -> No
     tls_dir.mkdir()
     (tls_dir / "tls.key").write_text("-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n")
     (tls_dir / "tls.crt").write_text("-----BEGIN CERTIFICATE-----\ncert\n-----END CERTIFICATE-----\n")
-    configs = tmp_path / "kafka-configs.sh"
-    configs.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$STUB_OUT/configs-args"\n')
-    configs.chmod(0o755)
+    configs = scram_stub(tmp_path, "kafka-configs.sh")
     script = kafka["command"][2].replace("/etc/kafka/tls/", f"{tls_dir}/")
     assert script.count("configs=/opt/kafka/bin/kafka-configs.sh\n") == 1
     script = script.replace("configs=/opt/kafka/bin/kafka-configs.sh\n", f"configs={configs}\n")
@@ -990,14 +994,35 @@ def test_kafka_sasl_scram_listener_and_its_user(helm: str, tmp_path: Path) -> No
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
     assert props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"] == (
         "org.apache.kafka.common.security.scram.ScramLoginModule required;")
-    assert (tmp_path / "configs-args").read_text().split("\n")[:-1] == [
+    # The password reaches kafka-configs.sh in a file only this user may read, gone once used.
+    scram_file = str(tmp_path / "conf" / "scram.properties")
+    assert (tmp_path / "kafka-configs.sh.args").read_text().split("\n")[:-1] == [
         "--zookeeper", props["zookeeper.connect"], "--alter", "--entity-type", "users", "--entity-name", "susy",
-        "--add-config", "SCRAM-SHA-512=[password=pw42]"]
+        "--add-config-file", scram_file]
+    assert (tmp_path / "kafka-configs.sh.file").read_text() == "SCRAM-SHA-512=password=pw42\n"
+    assert (tmp_path / "kafka-configs.sh.mode").read_text().strip() == "600"
+    assert not Path(scram_file).exists()
     assert "pw42" not in "\n".join(f"{k}={v}" for k, v in props.items())
+    # The authorizer: nobody but the brokers (User:ANONYMOUS, on the plaintext listener) may change users.
+    assert props["authorizer.class.name"] == "kafka.security.authorizer.AclAuthorizer"
+    assert props["super.users"] == "User:ANONYMOUS"
     service = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"] == svc)
     assert {"name": "client-sasl", "port": 9094, "targetPort": "client-sasl"} in service["spec"]["ports"]
     (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
-    assert {"protocol": "TCP", "port": "client-sasl"} in policy["spec"]["ingress"][0]["ports"]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "client-sasl"}]
+
+
+def scram_stub(folder: Path, name: str) -> Path:
+    """A Kafka tool stub that records its arguments (NAME.args) and, for --add-config-file, the
+    file's content (NAME.file) and permission bits (NAME.mode), before the script deletes it."""
+    stub = folder / name
+    stub.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{folder}/{name}.args"\n'
+                    'while [[ $# -gt 0 ]]; do\n'
+                    f'  if [[ $1 == --add-config-file ]]; then cat "$2" > "{folder}/{name}.file"; '
+                    f'stat -c %a "$2" > "{folder}/{name}.mode"; fi\n'
+                    '  shift\ndone\n')
+    stub.chmod(0o755)
+    return stub
 
 
 def test_kafka_sasl_without_tls_is_sasl_plaintext(helm: str) -> None:
@@ -1017,3 +1042,30 @@ def test_kafka_sasl_refuses_what_cannot_work(helm: str, sets: tuple[str, ...], m
     args = [helm, "template", "t", str(PLATFORM)] + [a for s in sets for a in ("--set", s)]
     out = subprocess.run(args, capture_output=True, text=True)
     assert out.returncode != 0 and message.replace("\\", "") in out.stderr.replace("\\", ""), out.stderr
+
+
+def test_operator_tenancy_values_reach_the_operators_settings(helm: str) -> None:
+    """tenancy.*, store.perNamespaceSecret, store.perNamespaceDatabase and watchAllNamespaces, as the
+    operator reads them from the rendered Deployment's env (config.load), and nothing by default."""
+    from susy_operator import config
+
+    def operator_env(*sets: str) -> dict[str, str]:
+        (dep,) = by_kind(render(helm, OPERATOR, None, *sets), "Deployment")
+        return {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+
+    cfg = config.load(operator_env(
+        "tenancy.allowedImages={registry.example/susy/*,registry.example/other@sha256:*}",
+        "tenancy.allowedEnv={OMP_*}", "tenancy.allowedSecrets={s3-*}", "tenancy.allowedClaims={data}",
+        "store.perNamespaceSecret.name=team-store", "store.perNamespaceSecret.key=mongodb-uri",
+        "store.perNamespaceDatabase=susy-{namespace}", "watchAllNamespaces=true"))
+    policy = cfg.tenancy
+    assert policy.allowed_images == ("registry.example/susy/*", "registry.example/other@sha256:*")
+    assert (policy.allowed_env, policy.allowed_secrets, policy.allowed_claims) == (("OMP_*",), ("s3-*",), ("data",))
+    assert "team-store" in policy.operator_secrets and "susy-platform-mongodb" in policy.operator_secrets
+    jobs = cfg.job_config
+    assert (jobs.store_secret, jobs.store_secret_key, jobs.database_for("team-a")) == (
+        "team-store", "mongodb-uri", "susy-team-a")
+    assert cfg.watch_all_namespaces
+    default = config.load(operator_env())
+    assert default.tenancy.allowed_images == () and default.tenancy.default_image == "susy-pipeline:0.1.0"
+    assert default.job_config.store_secret == "susy-platform-mongodb" and not default.watch_all_namespaces

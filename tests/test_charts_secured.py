@@ -433,9 +433,13 @@ def test_kraft_tls_and_scram_listeners_by_the_image_env_rule(helm: str) -> None:
     service = next(s for s in by_kind(objs, "Service") if s["metadata"]["name"] == svc)
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
         ("client", 9092), ("client-tls", 9093), ("client-sasl", 9094), ("controller", 9095)}
+    # Clients reach the SCRAM listener only: on the TLS one (no client certificate) and the
+    # plaintext one every connection is User:ANONYMOUS, the authorizer's super user.
     (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
-    assert {"protocol": "TCP", "port": "client-tls"} in policy["spec"]["ingress"][0]["ports"]
-    assert {"protocol": "TCP", "port": "client-sasl"} in policy["spec"]["ingress"][0]["ports"]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "client-sasl"}]
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["super.users"] == "User:ANONYMOUS"
+    assert "allow.everyone.if.no.acl.found" not in props  # its default, false: ACLs decide
 
 
 def test_kraft_sasl_without_tls_is_sasl_plaintext(helm: str) -> None:
@@ -504,52 +508,45 @@ def test_kraft_prepare_writes_the_pem_keystore_kafka_reads(helm: str, tmp_path: 
     assert handshake(keystore, tmp_path / "tls" / "ca.crt", f"{name}-2.{svc}.{NAMESPACE}.svc.cluster.local")
 
 
-def test_kraft_prepare_formats_storage_with_the_scram_user(helm: str, tmp_path: Path) -> None:
-    """kafka.sasl in KRaft: before the image's launcher runs, `kafka-storage.sh format --add-scram` (a stub
-    here records its arguments) with the node's id, the cluster id, the voters and the log directory the
-    broker itself uses, so the launcher's own format finds the directory formatted (docker/jvm/launch
-    accepts "already formatted")."""
+def test_kraft_prepare_writes_no_user_and_takes_no_password(helm: str) -> None:
+    """kafka.sasl in KRaft: the init container only writes the keystore. `kafka-storage.sh format
+    --add-scram` would put the password on a command line; the topic Job sets the user instead."""
     sts, kafka = _kafka(render(helm, PLATFORM, SECURED_KRAFT))
-    name = sts["metadata"]["name"]
-    issue(tmp_path / "tls", ["x"])
     init = _prepare(sts)
-    proc, _ = _run_prepare(init, tmp_path, f"{name}-2", "2", "susy", "pw42")
-    assert proc.returncode == 0, proc.stderr
-    assert "pw42" not in proc.stdout + proc.stderr
-    fmt = _properties((tmp_path / "tmp" / "format.properties").read_text())
-    broker = broker_properties(pod_env(kafka, f"{name}-2", "2"))
-    for key in ("node.id", "process.roles", "controller.quorum.voters", "controller.listener.names",
-                "log.dirs", "inter.broker.listener.name"):
-        assert fmt[key] == broker[key], key
-    assert fmt["listeners"] == "PLAINTEXT://0.0.0.0:9092,CONTROLLER://0.0.0.0:9095"
-    assert _listeners(fmt["advertised.listeners"]) == {
-        k: v for k, v in _listeners(broker["advertised.listeners"]).items() if k in ("PLAINTEXT", "CONTROLLER")}
-    _kafka_config_checks(fmt)
-    args = (tmp_path / "bin" / "kafka-storage.sh.args").read_text().split("\n")[:-1]
-    cluster_id = pod_env(kafka, "x-0", "0")["CLUSTER_ID"]
-    assert args == ["format", "--ignore-formatted", "--cluster-id", cluster_id, "--config",
-                    str(tmp_path / "tmp" / "format.properties"), "--add-scram",
-                    "SCRAM-SHA-256=[name=susy,password=pw42]"]
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert env == {"SASL_USERNAME": {"name": "susy-platform-kafka-scram", "key": "username"},
-                   "SASL_PASSWORD": {"name": "susy-platform-kafka-scram", "key": "password"}}
-    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
-    assert mounts["data"] == "/var/lib/kafka/data" == {m["name"]: m["mountPath"] for m in kafka["volumeMounts"]}["data"]
-    assert init["securityContext"]["readOnlyRootFilesystem"] is True and mounts["tmp"] == "/tmp"
+    assert "kafka-storage.sh" not in init["command"][2] and "SASL" not in init["command"][2]
+    assert "env" not in init
+    sts, _ = _kafka(render(helm, PLATFORM, PLATFORM / "ci" / "kraft-values.yaml", "kafka.sasl.enabled=true",
+                           "kafka.sasl.secretName=s"))
+    assert "initContainers" not in sts["spec"]["template"]["spec"]
+
+
+def _run_topic_job(job: dict, tmp_path: Path, user: str, password: str) -> subprocess.CompletedProcess[str]:
+    """The topic Job's script with the Kafka tools stubbed (kafka-configs.sh also keeps the file it
+    was given, test_charts.scram_stub) and its scratch file in tmp_path."""
+    from test_charts import scram_stub
+
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    bin_dir = tmp_path / "bin"
+    _stub(bin_dir, "kafka-topics.sh")
+    _stub(bin_dir, "kafka-acls.sh")
+    scram_stub(bin_dir, "kafka-configs.sh")
+    script = _substitute(c["command"][2], {"/opt/kafka/bin/": f"{bin_dir}/"})
+    script = script.replace("/tmp/scram.properties", str(tmp_path / "scram.properties"))
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    return _run(script, {**env, "SASL_USERNAME": user, "SASL_PASSWORD": password})
 
 
 @pytest.mark.parametrize("user, password, message", [
     ("susy", "pw,iterations=1", "the password in the Secret susy-platform-kafka-scram (kafka.sasl.secretName) must be"),
     ("su=sy", "pw42", "the user name in the Secret susy-platform-kafka-scram (kafka.sasl.secretName) must be"),
 ])
-def test_kraft_prepare_refuses_a_user_the_scram_syntax_cannot_carry(helm: str, tmp_path: Path, user: str,
-                                                                    password: str, message: str) -> None:
-    sts, _ = _kafka(render(helm, PLATFORM, SECURED_KRAFT))
-    issue(tmp_path / "tls", ["x"])
-    proc, _ = _run_prepare(_prepare(sts), tmp_path, "k-0", "0", user, password)
+def test_kraft_topic_job_refuses_a_user_the_scram_syntax_cannot_carry(helm: str, tmp_path: Path, user: str,
+                                                                      password: str, message: str) -> None:
+    (job,) = by_kind(render(helm, PLATFORM, SECURED_KRAFT), "Job")
+    proc = _run_topic_job(job, tmp_path, user, password)
     assert proc.returncode == 1 and message in proc.stderr
     assert password not in proc.stderr
-    assert not (tmp_path / "bin" / "kafka-storage.sh.args").exists()
+    assert not (tmp_path / "bin" / "kafka-configs.sh.args").exists()
 
 
 def test_kraft_tls_only_prepares_the_keystore_alone(helm: str, tmp_path: Path) -> None:
@@ -568,30 +565,76 @@ def test_kraft_tls_only_prepares_the_keystore_alone(helm: str, tmp_path: Path) -
 
 
 def test_kraft_topic_job_sets_the_scram_user_on_every_install_and_upgrade(helm: str, tmp_path: Path) -> None:
-    """The brokers format the user only into empty log directories; the post-install/post-upgrade Job
-    sets it again through the plaintext listener (kafka-configs.sh --bootstrap-server, stubbed here)."""
+    """KRaft: the post-install/post-upgrade Job sets the user through the plaintext listener
+    (kafka-configs.sh --bootstrap-server, stubbed here), the password in a file only its user may read
+    (never an argument), deleted once used; then the user's ACLs, in both modes."""
     objs = render(helm, PLATFORM, SECURED_KRAFT)
     (job,) = by_kind(objs, "Job")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    (c,) = job["spec"]["template"]["spec"]["containers"]
-    bin_dir = tmp_path / "bin"
-    _stub(bin_dir, "kafka-topics.sh")
-    _stub(bin_dir, "kafka-configs.sh")
-    script = _substitute(c["command"][2], {"/opt/kafka/bin/": f"{bin_dir}/"})
-    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
-    proc = _run(script, {**env, "SASL_USERNAME": "susy", "SASL_PASSWORD": "pw42"})
+    proc = _run_topic_job(job, tmp_path, "susy", "pw42")
     assert proc.returncode == 0, proc.stderr
     assert "pw42" not in proc.stdout + proc.stderr
-    args = (bin_dir / "kafka-configs.sh.args").read_text().split("\n")[:-1]
-    assert args == ["--bootstrap-server", env["BOOTSTRAP"], "--alter", "--entity-type", "users", "--entity-name",
-                    "susy", "--add-config", "SCRAM-SHA-256=[password=pw42]"]
-    assert env["BOOTSTRAP"].endswith(":9092"), "the plaintext listener"
+    bin_dir = tmp_path / "bin"
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    bootstrap = {e["name"]: e["value"] for e in c["env"] if "value" in e}["BOOTSTRAP"]
+    scram_file = str(tmp_path / "scram.properties")
+    assert (bin_dir / "kafka-configs.sh.args").read_text().split("\n")[:-1] == [
+        "--bootstrap-server", bootstrap, "--alter", "--entity-type", "users", "--entity-name", "susy",
+        "--add-config-file", scram_file]
+    assert (bin_dir / "kafka-configs.sh.file").read_text() == "SCRAM-SHA-256=password=pw42\n"
+    assert (bin_dir / "kafka-configs.sh.mode").read_text().strip() == "600"
+    assert not Path(scram_file).exists()
+    assert bootstrap.endswith(":9092"), "the plaintext listener"
+    # The last kafka-acls.sh call (the stub keeps one): consume any topic with any group.
+    assert (bin_dir / "kafka-acls.sh.args").read_text().split("\n")[:-1] == [
+        "--bootstrap-server", bootstrap, "--add", "--allow-principal", "User:susy", "--consumer", "--topic", "*",
+        "--group", "*"]
+    assert "--producer --topic '*'" in c["command"][2]
+    assert "--cluster" not in c["command"][2], "nothing on the cluster: no AlterUserScramCredentials"
     secret_env = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     assert secret_env == {"SASL_USERNAME", "SASL_PASSWORD"}
-    # ZooKeeper mode sets the user in ZooKeeper at each broker start instead.
+    # ZooKeeper mode: the brokers set the user in ZooKeeper; the Job sets its ACLs, and never sees the password.
     (job,) = by_kind(render(helm, PLATFORM, SECURED), "Job")
     (c,) = job["spec"]["template"]["spec"]["containers"]
-    assert "kafka-configs.sh" not in c["command"][2] and not [e for e in c["env"] if e["name"].startswith("SASL_")]
+    assert "kafka-configs.sh" not in c["command"][2] and "kafka-acls.sh" in c["command"][2]
+    assert [e["name"] for e in c["env"] if e["name"].startswith("SASL_")] == ["SASL_USERNAME"]
+
+
+def test_no_kafka_tool_gets_a_password_as_an_argument(helm: str) -> None:
+    """Every container script of the secured platform: the SCRAM password is written to a file by
+    bash's printf (a builtin, no process), never passed to a command."""
+    for values in (SECURED, SECURED_KRAFT):
+        for obj in render(helm, PLATFORM, values):
+            for c in containers(obj):
+                script = " ".join(c.get("command", []) + c.get("args", []))
+                uses = [line.strip() for line in script.splitlines() if "$SASL_PASSWORD" in line]
+                assert all(line.startswith(("( umask 077; printf ", "[[ $SASL_PASSWORD =~")) for line in uses), uses
+
+
+def test_secured_network_policy_keeps_clients_off_the_unauthenticated_listeners(helm: str) -> None:
+    """Plaintext, the TLS listener beside SASL and the controller port: only this release's brokers,
+    topic Job and test pods, selected in the platform's namespace. A pod carrying the pipeline's label
+    (which any user who creates pods can set) reaches the SASL port alone."""
+    objs = render(helm, PLATFORM, SECURED_KRAFT, "networkPolicy.clientNamespaces={team-a}")
+    (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
+    clients, plaintext, brokers = policy["spec"]["ingress"]
+    assert clients["ports"] == [{"protocol": "TCP", "port": "client-sasl"}]
+    assert {"app.kubernetes.io/managed-by": "susy-operator"} in [f["podSelector"]["matchLabels"] for f in clients["from"]]
+    assert plaintext["ports"] == [{"protocol": "TCP", "port": "client"}]
+    assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for f in plaintext["from"]] == [
+        "kafka-topics", "test"]
+    assert all(set(f) == {"podSelector"} for f in plaintext["from"] + brokers["from"]), "no other namespace"
+    assert all(f["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "susy-platform"
+               for f in plaintext["from"] + brokers["from"])
+    assert "ports" not in brokers and brokers["from"][0]["podSelector"]["matchLabels"][
+        "app.kubernetes.io/component"] == "kafka"
+    # TLS alone: clients on the TLS port (it authenticates nobody; docs/deploy.md says so).
+    objs = render(helm, PLATFORM, SECURED, "kafka.sasl.enabled=false")
+    (policy,) = [p for p in by_kind(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "client-tls"}]
+    # Plaintext platform: as before, the client port for the pipeline, the operator, the topic Job and tests.
+    (policy,) = [p for p in by_kind(render(helm, PLATFORM), "NetworkPolicy") if p["metadata"]["name"].endswith("-kafka")]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": "client"}]
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -27,3 +27,21 @@ def test_every_shard_count_option_reads_the_same_variable(command, monkeypatch) 
     monkeypatch.setenv("SUSY_EVALUATION", "e")
     args = cli.parser().parse_args([command])  # defaults are read when the parser is built
     assert args.shard_count == 4
+
+
+@pytest.mark.parametrize("command", ["produce", "train", "run-local"])
+@pytest.mark.parametrize("topic", [".", "..", "...", "t" * 250, "my topic"])
+def test_topic_names_kafka_refuses_are_usage_errors(command, topic, capsys):
+    """`.` and `..` reached the embedded broker, and the trainer's kafka-python then failed on them
+    with exit 1 (issue 22 §8); now every command that takes --topic refuses them as Kafka does
+    (Topic.validate, clients/src/main/java/org/apache/kafka/common/internals/Topic.java)."""
+    with pytest.raises(SystemExit) as caught:  # the option is checked as it is read, before the rest
+        cli.parser().parse_args([command, "--topic", topic])
+    assert caught.value.code == 2
+    assert "is not a Kafka topic name" in capsys.readouterr().err
+
+
+def test_a_legal_topic_name_with_periods_passes():
+    args = cli.parser().parse_args(["produce", "--topic", "team.a-run_1", "--bootstrap", "b:9092", "--run-name", "r",
+                                    "--data", "x.csv"])
+    assert args.topic == "team.a-run_1"

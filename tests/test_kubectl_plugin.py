@@ -162,8 +162,9 @@ def test_models_job_takes_only_the_store_settings_of_the_operators_job() -> None
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "susy_pipeline", "models", "list", "--table"]
     assert container["image"] == "registry/susy:1" and pod["serviceAccountName"] == "runner"
-    assert {e["name"] for e in container["env"]} == {crd.ENV_STORE_URI, crd.ENV_DATABASE, "HOME", "MPLCONFIGDIR",
-                                                     "PYTHONUNBUFFERED"}
+    # The store's URI (a secretKeyRef), database and namespace scope, and where the pod may write.
+    assert {e["name"] for e in container["env"]} == {crd.ENV_STORE_URI, crd.ENV_DATABASE, "SUSY_NAMESPACE", "HOME",
+                                                     "MPLCONFIGDIR", "PYTHONUNBUFFERED"}
     assert "envFrom" not in container, "neither the dataset's credentials nor Kafka's"
     assert {v["name"] for v in pod["volumes"]} == {"scratch", "store-ca"}
     assert job["metadata"]["labels"][crd.LABEL_MANAGED_BY] == "kubectl-susy"  # not the operator's to watch

@@ -155,6 +155,21 @@ def test_three_shards_over_s3_equal_the_local_run_exactly(world, s3_env, fmt, la
         assert fetched[0] < fetched[1] < fetched[2] <= total * 1.02
 
 
+def test_a_remote_row_group_over_the_prefetch_bound_is_streamed_with_the_same_rows(world, s3_env, monkeypatch):
+    """A row group larger than data.REMOTE_PREFETCH_MAX_BYTES is not pre-buffered whole (an old
+    tool's one huge row group): the file is read page by page, and the rows are the same."""
+    from susy_pipeline import data
+
+    uri = f"s3://{BUCKET}/single/" + sorted(p.name for p in (world["local"] / "single").glob("*.parquet"))[0]
+    expected = list(data.iter_batches(world["local"] / "single" / uri.rsplit("/", 1)[1]))
+    monkeypatch.setattr(data, "REMOTE_PREFETCH_MAX_BYTES", 0)
+    data.forget_remote_metadata()
+    assert not hasattr(data.open_parquet(uri), "prefetch_row_group")
+    streamed = list(data.iter_batches(uri))
+    assert np.array_equal(np.concatenate([b.features for b in streamed]),
+                          np.concatenate([b.features for b in expected]))
+
+
 def test_globs_list_sorted_and_each_object_once(world, s3_env):
     listed = files.resolve([f"s3://{BUCKET}/files/*.parquet",
                             f"s3://{BUCKET}/files/susy-test-x3-00001-of-00003.parquet"])

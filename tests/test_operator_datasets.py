@@ -6,6 +6,8 @@ emulator, with the test Job runner's pods.
   does), SUSY_DATA_SECRET names it, and no credential is in the Job;
 - a volume type the operator does not allow: Failed (InvalidSpec) naming the field, no Job; the
   same spec runs once SUSY_ALLOWED_VOLUME_TYPES allows it.
+The Secrets and claims here carry the label that opens them to runs (tenancy.LABEL_ALLOW_RUNS);
+tests/test_operator_tenancy_emulator.py has the refusals.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import json
 
 import pytest
 
-from susy_operator import crd
+from susy_operator import crd, tenancy
 from support import fakes
 from support.fixtures import NAMESPACE, cluster, condition, evaluation_run, operator, store_uri  # noqa: F401
 from support.harness import Cluster
@@ -25,6 +27,15 @@ PVC = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "susy
        "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": False}]}
 
 
+OPEN_TO_RUNS = {tenancy.LABEL_ALLOW_RUNS: "true"}
+
+
+def open_claim(cluster: Cluster, name: str) -> None:
+    cluster.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name, "namespace": NAMESPACE, "labels": OPEN_TO_RUNS},
+                    "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+
+
 def _model(store_uri: str) -> str:
     from susy_pipeline import store as store_lib
 
@@ -34,6 +45,7 @@ def _model(store_uri: str) -> str:
 def test_a_pvc_backed_evaluation_run_mounts_the_claim_read_only_in_every_shard(
         cluster: Cluster, operator, store_uri: str) -> None:
     runner = cluster.start_runner(executor=fakes.executor)
+    open_claim(cluster, "susy-data")
     operator()
     cluster.create(evaluation_run("er-pvc", {"trainingRun": "tr"}, dataset={"uris": ["/data/susy/*.parquet"]},
                                   shards=3, **PVC))
@@ -62,7 +74,7 @@ def fakes_training_run() -> dict:
 def test_the_datasets_secret_reaches_the_pods_through_env_from(cluster: Cluster, operator, store_uri: str) -> None:
     runner = cluster.start_runner(executor=fakes.executor)
     cluster.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                    "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE},
+                    "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE, "labels": OPEN_TO_RUNS},
                     "stringData": {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "s3cr3t",
                                    "not a variable": "skipped"}})
     operator()
@@ -84,8 +96,11 @@ def test_the_datasets_secret_reaches_the_pods_through_env_from(cluster: Cluster,
 
 
 def test_a_missing_dataset_secret_keeps_the_pods_from_starting(cluster: Cluster, operator, store_uri: str) -> None:
+    """A Secret the operator's setting allows by name is not looked up: if it is missing, the pods
+    cannot start, and the run says why. (A name allowed only by a label must exist: the operator
+    reads the label, and refuses a missing one at once.)"""
     cluster.start_runner(executor=fakes.executor)
-    operator()
+    operator(SUSY_ALLOWED_SECRETS="absent")
     cluster.create(evaluation_run("er-nosecret", {"id": _model(store_uri)}, shards=1,
                                   dataset={"uris": ["s3://b/x.parquet"], "secretName": "absent"}))
     def not_starting():
@@ -144,7 +159,8 @@ def test_a_secret_backed_s3_evaluation_run_end_to_end_against_moto(
             scale(str(SAMPLE), "s3://susy-data/scaled", times=1, files=2, formats=["parquet"])
         model_id, _ = small_model_in_store(store_uri, "s3-e2e")
         cluster.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                        "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE}, "stringData": server.env()})
+                        "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE, "labels": OPEN_TO_RUNS},
+                        "stringData": server.env()})
         runner = cluster.start_runner()
         operator()
         cluster.create(evaluation_run("er-s3", {"id": model_id}, shards=2, chunkRows=4096, dataset={

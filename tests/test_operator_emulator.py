@@ -48,8 +48,9 @@ def test_training_then_evaluation_with_stand_in_pods(cluster: Cluster, operator,
     uid = created["metadata"]["uid"]
     assert st["runName"] == f"{NAMESPACE}.tr.{uid[:8]}"
     assert st["rowsProduced"] == 2000
-    assert st["kafka"] == {"topic": "trainData", "offsets": [{"partition": 0, "start": 0, "end": 1000},
-                                                             {"partition": 1, "start": 0, "end": 1000}]}
+    # No spec.kafka.topic: the run's own (tenancy.default_topic).
+    assert st["kafka"] == {"topic": f"susy-{NAMESPACE}-tr", "offsets": [{"partition": 0, "start": 0, "end": 1000},
+                                                                        {"partition": 1, "start": 0, "end": 1000}]}
     store = store_lib.open_store(store_uri)
     assert st["modelId"] == store.list_models(run=st["runName"])[0]["model_id"]
     assert {c["type"]: c["status"] for c in st["conditions"]} == {

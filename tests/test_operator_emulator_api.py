@@ -194,7 +194,7 @@ def test_custom_resources_are_defaulted_and_pruned(api: Cluster) -> None:
     spec = created["spec"]
     assert "bogus" not in spec and spec["epochs"] == 3  # unknown fields pruned
     assert spec["dataset"] == {"uri": "/data/susy.csv.gz", "skip": 0, "limit": 10000}
-    assert spec["kafka"] == {"topic": "trainData", "partitions": 3}  # `default: {}`, then its own defaults
+    assert spec["kafka"] == {"partitions": 3}  # `default: {}`, then its own defaults (no topic: the run's own)
     # model: `default: {}` with no recipe default: a warm start takes its parent's recipe, else the operator
     # applies seed (spec.py), so the schema must not fill one in.
     assert spec["model"] == {} and spec["reader"] == "tfio"

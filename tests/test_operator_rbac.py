@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from susy_operator import crd
+from susy_operator import crd, tenancy
 from support import fakes
 from support.emulator import operator_calls
 from support.fixtures import NAMESPACE, cluster, evaluation_run, operator, store_uri, training_run  # noqa: F401
@@ -46,6 +46,8 @@ EXPECTED_CALLS = {
     ("list", "kueue.x-k8s.io", "workloads"), ("patch", "kueue.x-k8s.io", "workloads"),
     # k8s.delete_custom_object: a finished run past its TTL (spec.ttlSecondsAfterFinished).
     ("delete", crd.GROUP, crd.TRAINING_PLURAL), ("delete", crd.GROUP, crd.EVALUATION_PLURAL),
+    # k8s.read_labels: whether the Secret and the claim a run names are open to runs (tenancy.py).
+    ("get", "", "secrets"), ("get", "", "persistentvolumeclaims"),
 }
 
 # Granted without being called: where the OwnerReferencesPermissionEnforcement admission plugin is
@@ -79,7 +81,15 @@ def granted_calls(helm: str) -> set[tuple[str, str, str]]:
 def recorded_calls(cluster: Cluster, operator) -> set[tuple[str, str, str]]:
     cluster.start_runner(executor=fakes.executor, fail_first={("crash-producer", 0)})
     operator(args=("--standalone", "--namespace", NAMESPACE), SUSY_MISSING_RUN_GRACE_SECONDS="1")
-    cluster.create(training_run("tr"))
+    open_to_runs = {"namespace": NAMESPACE, "labels": {tenancy.LABEL_ALLOW_RUNS: "true"}}
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", **open_to_runs},
+                    "stringData": {"AWS_REGION": "eu-west-1"}})
+    cluster.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", **open_to_runs},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    tr = training_run("tr", volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+                      volumeMounts=[{"name": "data", "mountPath": "/data"}])
+    tr["spec"]["dataset"]["secretName"] = "creds"  # the Secret's and the claim's labels are read
+    cluster.create(tr)
     cluster.create(evaluation_run("er", {"trainingRun": "tr"}))  # reads the TrainingRun
     bad = training_run("bad")
     del bad["spec"]["dataset"]

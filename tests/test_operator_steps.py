@@ -2,6 +2,8 @@
 reference rule, and the status helpers the handlers use (status.py)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from susy_operator import crd, status as st, steps
@@ -127,3 +129,29 @@ def test_status_helpers_hold_the_store_contract() -> None:
     summaries = st.shard_summaries([{"shard_index": 1, "rows": 4, "correct": 3, "seconds": 1, "rows_per_second": 4},
                                     {"shard_index": 0, "rows": 0}])
     assert [s["index"] for s in summaries] == [0, 1] and summaries[1]["accuracy"] == 0.75
+
+
+def test_a_failed_step_names_its_pods_termination_message_first_redacted(monkeypatch) -> None:
+    """Issue 22 §8: a run whose producer exited 2 said only "Container exited with code 2"; the
+    cause was in the pod's log. The kubelet puts the container's termination message (the
+    pipeline's one-line error) in state.terminated.message, or lastState for a restarted container;
+    the Failed message leads with it, redacted and bounded like every condition message."""
+    monkeypatch.setenv("MONGODB_URI", "mongodb://app:storePw7781@db:27017/?tlsCertificateKeyFilePassword=tlsKeyPw5523")
+    cause = "/data/susy.csv.gz: no data rows after skipping 30000"
+    pods = [
+        {"metadata": {"name": "p-0", "creationTimestamp": "1"}, "status": {"phase": "Failed", "containerStatuses": [
+            {"state": {"terminated": {"exitCode": 2, "reason": "Error", "message": cause}}}]}},
+        {"metadata": {"name": "p-1", "creationTimestamp": "2"}, "status": {"phase": "Running", "containerStatuses": [
+            {"state": {"running": {}}, "lastState": {"terminated": {
+                "exitCode": 3, "reason": "Error",
+                "message": "store at mongodb://app:storePw7781@db:27017/?tlsCertificateKeyFilePassword=tlsKeyPw5523 "
+                           "down; key tlsKeyPw5523"}}}]}},
+    ]
+    message = st.failed_job_message("Job p: Container p exited with code 2 (podFailurePolicy)", st.pods_failed(pods))
+    assert message.startswith(f"pod p-0: Error (exit code 2): {cause}; pod p-1: Error (exit code 3): ")
+    assert message.endswith("; Job p: Container p exited with code 2 (podFailurePolicy)")
+    shown = st.failed_patch({}, reason="PodFailurePolicy", message=message, now="T")
+    text = json.dumps(shown)
+    assert "storePw7781" not in text and "tlsKeyPw5523" not in text and "mongodb://db:27017" in text
+    assert shown["message"].startswith(f"pod p-0: Error (exit code 2): {cause}")
+    assert len(st.shown("x\n" * 3000)) == st.MESSAGE_LIMIT

@@ -255,7 +255,7 @@ def test_service_account_and_pull_policy_come_from_the_operator_config() -> None
 def test_training_defaults() -> None:
     spec = spec_lib.parse_training_run({"dataset": {"uri": "x"}})
     assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
-    assert spec.kafka == spec_lib.Kafka(topic="trainData", partitions=3)  # as the platform chart creates trainData
+    assert spec.kafka == spec_lib.Kafka(topic=None, partitions=3)  # the run's own topic (builders.topic)
     assert spec.model == spec_lib.ModelParams(recipe="seed")
     assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "tfio")
     assert spec.run_policy == spec_lib.RunPolicy()
@@ -336,7 +336,7 @@ def test_pure_modules_import_neither_kopf_nor_a_client() -> None:
     import pathlib
 
     root = pathlib.Path(builders.__file__).parent
-    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py"):
+    for name in ("crd.py", "spec.py", "builders.py", "status.py", "config.py", "finalizers.py", "tenancy.py"):
         tree = ast.parse((root / name).read_text())
         imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
@@ -361,7 +361,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
     observed = f"reconcile/metadata.annotations.{crd.ANNOTATION_OBSERVED}"
     assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
-                     for handler_id in ("reclaim", "reconcile", observed, "reconcile/spec.suspend", "expire")},
+                     for handler_id in ("reclaim", "reconcile", observed, "count_run", "reconcile/spec.suspend",
+                                        "expire")},
                    ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL)}
 
 
@@ -563,3 +564,26 @@ def test_evaluator_row_range_only_when_set() -> None:
     assert command[command.index("--limit") + 1] == "10000"
     with pytest.raises(spec_lib.SpecError, match="spec.dataset.limit must be >= 1"):
         evaluation_spec(dataset={"uris": ["/d.csv.gz"], "limit": 0})
+
+
+@pytest.mark.parametrize("component", sorted(ALL_JOBS))
+def test_every_container_reports_its_cause_as_a_termination_message(component: str) -> None:
+    """The pipeline writes its one-line error to /dev/termination-log; a container that dies before
+    it can leaves its log's tail (FallbackToLogsOnError), which the operator copies into the CR."""
+    for c in ALL_JOBS[component]()["spec"]["template"]["spec"]["containers"]:
+        assert c["terminationMessagePath"] == "/dev/termination-log"
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_echoed_spec_values_are_bounded_and_redacted() -> None:
+    """A spec error is the Failed condition, the Message column and an Event: a field's value is
+    echoed at most redaction.MAX_ECHO_CHARS long, never with a password (issue 22 §4)."""
+    bad = "mongodb://app:storePw7781@db:27017/?tlsCertificateKeyFilePassword=tlsKeyPw5523"
+    with pytest.raises(spec_lib.SpecError) as caught:
+        spec_lib.parse_training_run({"dataset": {"uri": "/d.csv"}, "kafka": {"topic": bad}, "epochs": "ten",
+                                     "reader": "r" * 5000})
+    message = str(caught.value)
+    assert "storePw7781" not in message and "tlsKeyPw5523" not in message and len(message) < 600, message
+    assert "spec.kafka.topic 'mongodb://db:27017/' does not match" in message
+    assert f"got '{'r' * 64}'... (5000 characters)" in message
+    assert "spec.epochs must be an integer, got 'ten'" in message

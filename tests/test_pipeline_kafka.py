@@ -181,3 +181,52 @@ def test_settings_the_client_refuses_are_bad_input_not_an_unreachable_broker(kaf
     with pytest.raises(BadInput, match="Kafka client settings refused: .*incompatible with user-provided retries=0"):
         kafka_io.produce(iter_batches(sample, limit=10, keep_text=True), bootstrap=kafka_broker, topic="refused",
                          producer_options={"retries": 0})
+
+
+def test_rows_per_message_is_cut_so_every_message_fits_the_byte_limit(kafka_broker, sample):
+    """10,000 rows per message (the CRD's maximum) made messages of about 4 MiB, over Kafka's
+    default 1 MiB message.max.bytes (issue 22 §7). Now a message holds fewer rows where they would
+    not fit: every message read back is at most the limit, and every row arrives once. (tansu takes
+    messages of any size, so the limit here is the producer's own: a 64 KiB one.)"""
+    limit = 64 << 10
+    production = kafka_io.produce(iter_batches(sample, limit=5000, keep_text=True), bootstrap=kafka_broker,
+                                  topic="bounded", partitions=1, rows_per_message=10_000,
+                                  max_message_bytes=limit)
+    raw = list(kafka_io.kafka_python_batches(kafka_broker, "bounded", production.partitions, timeout_s=30))
+    keys = [k for batch_keys, _ in raw for k in batch_keys]
+    values = [v for _, batch_values in raw for v in batch_values]
+    sizes = [len(k) + len(v) for k, v in zip(keys, values)]
+    assert len(keys) == production.messages > 5000 * 400 // limit  # cut: not one message of 5,000 rows
+    assert max(sizes) + kafka_io.RECORD_OVERHEAD_BYTES <= limit
+    assert sum(len(k.split(b",")) for k in keys) == 5000 == sum(len(v.split(b"\n")) for v in values)
+    assert decoded(raw).shape == (5000, 19)
+
+
+def test_message_bounds_split_only_what_does_not_fit():
+    from susy_pipeline.errors import BadInput
+
+    rows = np.full(10, 100)
+    np.testing.assert_array_equal(kafka_io.message_bounds(rows, 4, 1 << 20), [0, 4, 8, 10])
+    # 3 rows of 100 bytes fit in 300 + the record overhead; the fourth starts a new message.
+    np.testing.assert_array_equal(kafka_io.message_bounds(rows, 4, 300 + kafka_io.RECORD_OVERHEAD_BYTES),
+                                  [0, 3, 6, 9, 10])
+    with pytest.raises(BadInput, match=r"row 12 is 100 bytes as a Kafka message, over the limit of 200 bytes"):
+        kafka_io.message_bounds(np.array([10, 10, 100]), 1, 200, first_row=10)
+
+
+def test_a_message_refused_as_too_large_is_bad_input_naming_the_limit(kafka_broker, sample):
+    """A broker's MessageSizeTooLarge (MESSAGE_TOO_LARGE, what Kafka answers for a record batch over
+    message.max.bytes) was reported as an unreachable broker, exit 3, and retried in vain. tansu
+    enforces no limit, so the refusal here is kafka-python's own: its max_request_size, which it
+    enforces in send() with the same MessageSizeTooLargeError, set under what the producer was told
+    the limit is (as a broker whose message.max.bytes is lower than --max-message-bytes would)."""
+    from susy_pipeline.errors import EXIT_BAD_INPUT, BadInput, exit_code
+
+    with pytest.raises(BadInput) as caught:
+        kafka_io.produce(iter_batches(sample, limit=2000, keep_text=True), bootstrap=kafka_broker,
+                         topic="too-large", rows_per_message=1000, max_message_bytes=1 << 20,
+                         producer_options={"max_request_size": 64 << 10})
+    message = str(caught.value)
+    assert exit_code(caught.value) == EXIT_BAD_INPUT
+    assert "refused as too large (MessageSizeTooLargeError)" in message
+    assert "at most 1,048,576 bytes (--max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES)" in message

@@ -222,3 +222,15 @@ def test_mongodb_that_is_down_fails_clearly_after_bounded_retries():
 def test_store_uris():
     with pytest.raises(ValueError, match="expected mongodb://"):
         open_store("redis://x")
+
+
+def test_a_heartbeat_is_one_document_per_source_overwritten(store):
+    for rows in (0, 500, 1_000):
+        store.put_heartbeat("ev", "shard-1", {"rows_done": rows, "rows_planned": 1_000})
+    store.put_heartbeat("ev", "shard-0", {"rows_done": 7})
+    store.put_heartbeat("other", "shard-0", {"rows_done": 9})
+    beats = store.heartbeats("ev")
+    assert [(b["source"], b["rows_done"]) for b in beats] == [("shard-0", 7), ("shard-1", 1_000)]
+    assert all(b["run"] == "ev" and b["updated_at"].endswith("Z") for b in beats)
+    assert [b["rows_done"] for b in store.heartbeats("other")] == [9]
+    assert store.heartbeats("nothing") == []

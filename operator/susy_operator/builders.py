@@ -12,13 +12,16 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from susy_operator import crd
+from susy_operator import crd, tenancy
 from susy_operator.spec import EvaluationRunSpec, RunPolicy, Scheduling, TrainingRunSpec, Volumes
 
 PIPELINE_MODULE = ("python", "-m", "susy_pipeline")
 SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/tmp"
 RUN_AS_USER = 10001
+# MongoDB: "Database names cannot be empty and must have fewer than 64 characters" (its manual,
+# "Naming Restrictions"); namespaces are ASCII, so characters are bytes here.
+MAX_DATABASE_NAME = 63
 
 # Defaults when a CR sets no resources: the trainer and evaluator load TensorFlow.
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, Any]] = {
@@ -64,6 +67,22 @@ class JobConfig:
     store_ca_secret: str | None = None
     # Its one key mounted, as STORE_CA_PATH/ca.crt (a cert-manager Secret also holds tls.key).
     store_ca_key: str = "ca.crt"
+    # namespace_database: the database of each namespace's records, "{namespace}" replaced by the
+    # run's namespace (e.g. "susy-{namespace}"); None: `database` for every namespace.
+    namespace_database: str | None = None
+
+    def database_for(self, namespace: str) -> str:
+        """The database of a namespace's records. MongoDB refuses names of 64 bytes or more: a
+        longer one is cut and ends in a hash of the whole, so two namespaces never share one."""
+        if not self.namespace_database:
+            return self.database
+        name = self.namespace_database.replace("{namespace}", namespace)
+        if len(name) <= MAX_DATABASE_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return f"{name[: MAX_DATABASE_NAME - len(digest) - 1]}-{digest}"
+    # The heartbeat interval for pipeline pods (SUSY_HEARTBEAT_SECONDS); None: the pipeline's default.
+    heartbeat_seconds: float | None = None
 
 
 KAFKA_SECRET_PATH = "/etc/susy/kafka"
@@ -185,14 +204,17 @@ def merge_env(base: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str, str]
     return result
 
 
-def pipeline_env(config: JobConfig, run_name: str | None = None,
+def pipeline_env(config: JobConfig, namespace: str, run_name: str | None = None,
                  data_secret_name: str | None = None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": crd.ENV_KAFKA_BOOTSTRAP, "value": config.kafka_bootstrap},
-        # The store URI holds credentials: only a reference to the Secret goes into the Job.
+        # The store URI holds credentials: only a reference to the Secret goes into the Job. A
+        # secretKeyRef names a Secret of the pod's own namespace: with the chart's
+        # store.perNamespaceSecret that is each team's own MongoDB user (config.py).
         {"name": crd.ENV_STORE_URI, "valueFrom": {"secretKeyRef": {
             "name": config.store_secret, "key": config.store_secret_key}}},
-        {"name": crd.ENV_DATABASE, "value": config.database},
+        {"name": crd.ENV_DATABASE, "value": config.database_for(namespace)},
+        {"name": crd.ENV_NAMESPACE, "value": namespace},
         # TensorFlow, Keras and matplotlib write caches under HOME; the root filesystem is read-only.
         {"name": "HOME", "value": SCRATCH_PATH},
         {"name": "MPLCONFIGDIR", "value": f"{SCRATCH_PATH}/matplotlib"},
@@ -200,6 +222,8 @@ def pipeline_env(config: JobConfig, run_name: str | None = None,
     ]
     if run_name is not None:
         env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
+    if config.heartbeat_seconds is not None:
+        env.append({"name": crd.ENV_HEARTBEAT_SECONDS, "value": f"{config.heartbeat_seconds:g}"})
     env += data_secret(data_secret_name)[1]
     return env
 
@@ -237,6 +261,11 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
                 "capabilities": {"drop": ["ALL"]},
             },
             "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}],
+            # The pipeline writes its one-line error to /dev/termination-log (cli.py); a container
+            # that dies before it can (a crash, an OOM kill) leaves the tail of its log instead.
+            # The operator copies the message into the CR's Failed condition and Event.
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }],
         "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}],
     }
@@ -279,20 +308,25 @@ def _job(*, owner: Owner, component: str, config: JobConfig, image: str | None, 
     }
 
 
+def topic(owner: Owner, spec: TrainingRunSpec) -> str:
+    """The run's topic: spec.kafka.topic, or its own (tenancy.default_topic)."""
+    return spec.kafka.topic or tenancy.default_topic(owner.namespace, owner.name)
+
+
 def producer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobConfig) -> dict[str, Any]:
     """The Job that streams the dataset's row range into Kafka and records the offsets."""
     command = [*PIPELINE_MODULE, "produce",
                "--data", spec.dataset.uri,
                "--skip", str(spec.dataset.skip),
                "--limit", str(spec.dataset.limit),
-               "--topic", spec.kafka.topic,
+               "--topic", topic(owner, spec),
                "--partitions", str(spec.kafka.partitions),
                "--run-name", run_name]
     if spec.kafka.rows_per_message is not None:
         command += ["--rows-per-message", str(spec.kafka.rows_per_message)]
     return _job(owner=owner, component=crd.PRODUCER, config=config, image=spec.producer_image,
                 command=command,
-                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, owner.namespace, run_name, spec.dataset.secret_name), spec.env),
                 resources=spec.producer_resources, policy=spec.run_policy,
                 job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
                 secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
@@ -321,7 +355,7 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
     # the run sees what the run's spec names, as a TFJob's replicas share their pod template.
     return _job(owner=owner, component=crd.TRAINER, config=config, image=spec.trainer_image,
                 command=command,
-                env=merge_env(pipeline_env(config, run_name, spec.dataset.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, owner.namespace, run_name, spec.dataset.secret_name), spec.env),
                 resources=spec.trainer_resources, policy=spec.run_policy,
                 job_spec={"completions": 1, "parallelism": 1}, volumes=spec.volumes,
                 secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
@@ -356,6 +390,6 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     policy = dataclasses.replace(spec.run_policy,
                                  backoff_limit=spec.shards * (spec.backoff_limit_per_index + 1))
     return _job(owner=owner, component=crd.EVALUATOR, config=config, image=spec.image, command=command,
-                env=merge_env(pipeline_env(config, data_secret_name=spec.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, owner.namespace, data_secret_name=spec.secret_name), spec.env),
                 resources=spec.resources, policy=policy, job_spec=job_spec, volumes=spec.volumes,
                 read_only_volumes=True, secret_name=spec.secret_name, scheduling=spec.scheduling)

@@ -5,7 +5,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 
-from susy_operator import crd, spec
+from susy_operator import crd, spec, tenancy
 from susy_operator.builders import JobConfig
 from susy_pipeline.schema import DEFAULT_DATABASE
 
@@ -56,19 +56,63 @@ class OperatorConfig:
     # allowedVolumeTypes). Empty by default: hostPath reads the node's files, and a configMap
     # is cluster configuration, so a cluster administrator opts in.
     allowed_volume_types: frozenset[str] = spec.ALWAYS_ALLOWED_VOLUME_TYPES
+    # watch_all_namespaces: the operator serves every namespace (SUSY_WATCH_ALL_NAMESPACES=true; the
+    # chart sets it with watchAllNamespaces, beside kopf's --all-namespaces). A TrainingRun then
+    # looks for runs of its topic in every namespace, since one Kafka serves them all.
+    watch_all_namespaces: bool = False
+    # namespace_store_secret / namespace_store_key: per-namespace store credentials (the chart's
+    # store.perNamespaceSecret.name and .key; SUSY_STORE_NAMESPACE_SECRET, SUSY_STORE_NAMESPACE_KEY).
+    # When set, every Job reads MONGODB_URI from that Secret in its run's namespace, so each team
+    # has its own MongoDB user; the operator keeps its own URI (store_uri) to read every namespace.
+    namespace_store_secret: str | None = None
+    namespace_store_key: str = crd.STORE_SECRET_KEY
+    # namespace_database: each namespace's database, "{namespace}" replaced by the run's namespace
+    # (SUSY_NAMESPACE_DATABASE; the chart's store.perNamespaceDatabase, e.g. "susy-{namespace}").
+    # None: `database` for all, records told apart by their namespace field alone.
+    namespace_database: str | None = None
+    # The tenancy settings (tenancy.Policy; the chart's tenancy.* values): glob patterns, comma-separated.
+    # allowed_images (SUSY_ALLOWED_IMAGES): images a CR may name besides `image`.
+    allowed_images: tuple[str, ...] = ()
+    # allowed_env (SUSY_ALLOWED_ENV): the only env names a CR may set; empty: any unreserved name.
+    allowed_env: tuple[str, ...] = ()
+    # allowed_secrets, allowed_claims (SUSY_ALLOWED_SECRETS, SUSY_ALLOWED_CLAIMS): Secrets and
+    # PersistentVolumeClaims any run may use, besides those labelled susy.dev/allow-runs=true.
+    allowed_secrets: tuple[str, ...] = ()
+    allowed_claims: tuple[str, ...] = ()
     # run_ttl_seconds_after_finished: how long a finished TrainingRun or EvaluationRun is kept before
     # the operator deletes it, unless its spec.ttlSecondsAfterFinished says otherwise
     # (SUSY_RUN_TTL_SECONDS_AFTER_FINISHED; the chart's runTtlSecondsAfterFinished). None: kept
     # forever. Its models, evaluations and aliases stay in the store.
     run_ttl_seconds_after_finished: int | None = None
+    # metrics_port: where the operator serves Prometheus metrics, /metrics (SUSY_METRICS_PORT; the
+    # chart's metrics.port). 0: not served.
+    metrics_port: int = 8000
+    # heartbeat_stale_seconds: how long a running shard's or trainer's heartbeat may stay unchanged
+    # before the run gets a Warning Event naming it (SUSY_HEARTBEAT_STALE_SECONDS; the chart's
+    # heartbeatStaleSeconds). Shards beat every 5 s, so 60 s is twelve missed beats.
+    heartbeat_stale_seconds: float = 60.0
+    # heartbeat_seconds: the heartbeat interval given to evaluator pods (SUSY_HEARTBEAT_SECONDS in
+    # their env); None leaves the pipeline's default (5 s).
+    heartbeat_seconds: float | None = None
 
     @property
     def job_config(self) -> JobConfig:
-        return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap, store_secret=self.store_secret,
-                         store_secret_key=self.store_secret_key, database=self.database,
+        return JobConfig(image=self.image, kafka_bootstrap=self.kafka_bootstrap,
+                         store_secret=self.namespace_store_secret or self.store_secret,
+                         store_secret_key=self.namespace_store_key if self.namespace_store_secret
+                         else self.store_secret_key,
+                         database=self.database, namespace_database=self.namespace_database,
                          image_pull_policy=self.image_pull_policy, service_account=self.job_service_account,
                          kafka_secret=self.kafka_secret, store_ca_secret=self.store_ca_secret,
-                         store_ca_key=self.store_ca_key)
+                         store_ca_key=self.store_ca_key, heartbeat_seconds=self.heartbeat_seconds)
+
+    @property
+    def tenancy(self) -> tenancy.Policy:
+        own = {self.store_secret, self.namespace_store_secret, self.kafka_secret, self.store_ca_secret}
+        return tenancy.Policy(default_image=self.image, allowed_images=self.allowed_images,
+                              allowed_env=self.allowed_env, allowed_secrets=self.allowed_secrets,
+                              allowed_claims=self.allowed_claims,
+                              operator_secrets=frozenset(name for name in own if name))
 
 
 def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -91,9 +135,38 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         store_ca_key=env.get("SUSY_STORE_CA_KEY") or "ca.crt",
         max_workers=int(env.get("SUSY_MAX_WORKERS", "16")),
         allowed_volume_types=allowed_volume_types(env.get("SUSY_ALLOWED_VOLUME_TYPES", "")),
+        watch_all_namespaces=env.get("SUSY_WATCH_ALL_NAMESPACES", "").lower() == "true",
+        namespace_store_secret=env.get("SUSY_STORE_NAMESPACE_SECRET") or None,
+        namespace_store_key=env.get("SUSY_STORE_NAMESPACE_KEY") or crd.STORE_SECRET_KEY,
+        namespace_database=namespace_database(env.get("SUSY_NAMESPACE_DATABASE", "")),
+        allowed_images=patterns(env.get("SUSY_ALLOWED_IMAGES", "")),
+        allowed_env=patterns(env.get("SUSY_ALLOWED_ENV", "")),
+        allowed_secrets=patterns(env.get("SUSY_ALLOWED_SECRETS", "")),
+        allowed_claims=patterns(env.get("SUSY_ALLOWED_CLAIMS", "")),
         run_ttl_seconds_after_finished=_seconds_or_none("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED",
                                                         env.get("SUSY_RUN_TTL_SECONDS_AFTER_FINISHED", "")),
+        metrics_port=int(env.get("SUSY_METRICS_PORT", "8000")),
+        heartbeat_stale_seconds=float(env.get("SUSY_HEARTBEAT_STALE_SECONDS", "60")),
+        heartbeat_seconds=float(env["SUSY_HEARTBEAT_SECONDS"]) if env.get("SUSY_HEARTBEAT_SECONDS") else None,
     )
+
+
+def patterns(value: str) -> tuple[str, ...]:
+    """A comma-separated list of glob patterns, as the chart joins a list value."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def namespace_database(value: str) -> str | None:
+    """SUSY_NAMESPACE_DATABASE: it must contain "{namespace}" (else every namespace would share one
+    database under a per-namespace name) and none of the characters MongoDB refuses in a database
+    name (/\\. "$, its "Naming Restrictions"); builders.JobConfig.database_for keeps the result
+    under MongoDB's 64-byte limit."""
+    if not value:
+        return None
+    if "{namespace}" not in value or any(c in value for c in '/\\. "$'):
+        raise ValueError(f"SUSY_NAMESPACE_DATABASE {value!r} must contain {{namespace}} and none of "
+                         "/ \\ . space \" $ (a MongoDB database name)")
+    return value
 
 
 def _seconds_or_none(name: str, value: str) -> int | None:

@@ -74,6 +74,11 @@ REASON_MODEL_RESOLVED: Final = "ModelResolved"
 REASON_AGGREGATED: Final = "Aggregated"
 REASON_AGGREGATION_FAILED: Final = "AggregationFailed"
 REASON_STORE_UNAVAILABLE: Final = "StoreUnavailable"
+# The operator's tenancy settings refuse the spec (tenancy.py): an image, an env name, a Secret,
+# a claim or a dataset path the CR's author may not use. The message names the field and the setting.
+REASON_NOT_ALLOWED: Final = "NotAllowed"
+# Another TrainingRun, older, has not finished producing into the same topic: this one waits.
+REASON_TOPIC_BUSY: Final = "TopicBusy"
 REASON_SUSPENDED: Final = "SpecSuspended"
 REASON_RESUMED: Final = "Resumed"
 REASON_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
@@ -114,6 +119,8 @@ EVENT_STEP_SUCCEEDED: Final = "StepSucceeded"
 EVENT_SUCCEEDED: Final = "Succeeded"
 EVENT_FAILED: Final = "Failed"
 EVENT_POD_NOT_STARTING: Final = "PodNotStarting"
+# A running shard's or trainer's heartbeat stopped while its pod runs (progress.py).
+EVENT_HEARTBEAT_STOPPED: Final = "HeartbeatStopped"
 EVENT_WAITING: Final = "Waiting"
 EVENT_SUSPENDED: Final = "Suspended"
 EVENT_RESUMED: Final = "Resumed"
@@ -164,10 +171,14 @@ ENV_KAFKA_BOOTSTRAP: Final = "KAFKA_BOOTSTRAP"
 ENV_STORE_URI: Final = "MONGODB_URI"
 ENV_DATABASE: Final = "SUSY_DATABASE"
 ENV_RUN_NAME: Final = "SUSY_RUN_NAME"
+# The run's namespace: the store scopes every record the Job writes or reads to it.
+ENV_NAMESPACE: Final = "SUSY_NAMESPACE"
 ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
 # The name of the dataset's credentials Secret (spec.dataset.secretName), so the pipeline's
 # errors name the Secret to fix (susy_pipeline/files.py SECRET_ENV).
 ENV_DATA_SECRET: Final = "SUSY_DATA_SECRET"
+# The pipeline pods' heartbeat interval (susy_pipeline/heartbeat.py), when the operator sets one.
+ENV_HEARTBEAT_SECONDS: Final = "SUSY_HEARTBEAT_SECONDS"
 # The default key of the store URI in its Secret (contracts.md §4); the chart's store.secretKey
 # replaces it for the operator and every Job (SUSY_STORE_URI_KEY).
 STORE_SECRET_KEY: Final = "uri"
@@ -175,7 +186,7 @@ STORE_SECRET_KEY: Final = "uri"
 # SUSY_READER too: the trainer's reader is spec.reader (the operator passes --reader, which wins
 # over the variable), so setting it in spec.env would look like it works and change nothing.
 RESERVED_ENV: Final = frozenset({ENV_KAFKA_BOOTSTRAP, ENV_STORE_URI, ENV_DATABASE, ENV_RUN_NAME, ENV_JOB_INDEX,
-                                 "SUSY_READER", "SUSY_DATA_SECRET"})
+                                 ENV_NAMESPACE, "SUSY_READER", "SUSY_DATA_SECRET"})
 
 # Exit code the pipeline uses for bad input (contracts.md §1): retrying cannot help.
 EXIT_BAD_INPUT: Final = 2

@@ -15,7 +15,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, crd, runs, spec as spec_lib, status as st, steps
+from susy_operator import builders, crd, metrics as metrics_lib, progress as progress_lib, runs, \
+    spec as spec_lib, status as st, steps
 from susy_operator.runs import CONFIG
 
 
@@ -65,7 +66,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
     # shard pod has started (the shards claim it again; an upsert).
     for distinct in dict.fromkeys(ids):
-        runs.model_store().claim_model(evaluation, distinct, parsed.shards)
+        runs.model_store(body["metadata"]["namespace"]).claim_model(evaluation, distinct, parsed.shards)
     job = runs.ensure_step_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
                                                             CONFIG.job_config), parsed.scheduling, logger)
     job_name = builders.job_name(body["metadata"]["name"], crd.EVALUATOR, parsed.shards)
@@ -96,7 +97,8 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation,
+                             enforce_tenancy=True)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,
@@ -129,15 +131,18 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         body, step, job_name,
         lambda: builders.evaluator_job(runs.owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
-        output_present=lambda: len(runs.model_store().shard_results(evaluation)) >= parsed.shards,
+        output_present=lambda: len(runs.model_store(namespace).shard_results(evaluation)) >= parsed.shards,
         scheduling=parsed.scheduling)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
         patch.status["shards"] = shards
     if not done:
+        if patch.status.get("phase") != crd.FAILED:
+            runs.follow_heartbeats(body, status, patch, evaluation, job,
+                                   lambda beats: progress_lib.evaluation_progress(beats, parsed.shards))
         return
     now = st.now_rfc3339()
-    results = runs.model_store().shard_results(evaluation)
+    results = runs.model_store(namespace).shard_results(evaluation)
     try:
         aggregated = aggregate(results, parsed.shards)
     except IncompleteEvaluation as error:
@@ -162,6 +167,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         "observedGeneration": generation,
         **metrics,
         "shardResults": st.shard_summaries(results),
+        # The aggregate's rows exactly, whatever the last heartbeats said.
+        "progress": {**progress_lib.final_evaluation_progress(
+            progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
+            metrics["rows"]), "stalled": []},
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,
              f"{metrics['rows']} rows in {parsed.shards} shards, accuracy {metrics['accuracy']}"),
@@ -169,6 +178,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
+    metrics_lib.ROWS_SCORED.inc(metrics["rows"])
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED,
                message=f"Phase {crd.SUCCEEDED}: accuracy {metrics['accuracy']}, AUC {metrics['auc']}, "
                        f"{metrics['rows']} rows")

@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from susy_operator import crd, evaluation_run, finalizers, k8s, runs, status as st, training_run
+from susy_operator import crd, evaluation_run, finalizers, k8s, metrics, runs, status as st, training_run
 from susy_operator.runs import CONFIG, POLL_SECONDS
 
 # The annotation a Job or pod event sets on its run (a tuple: the key itself has dots).
@@ -66,11 +66,14 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # (`expire` deletes its own CR from inside it) is checked again only after this many seconds
     # (kopf _core/engines/daemons.py stop_daemons; the default, 60, kept a CR past its TTL a minute).
     settings.background.cancellation_polling = 2
+    # Prometheus scrapes /metrics on a port of its own (the chart's metrics.port), not kopf's
+    # liveness port: a slow scrape never delays a liveness probe.
+    metrics.serve(CONFIG.metrics_port)
     if CONFIG.store_uri is None:
         logger.warning("MONGODB_URI is not set: runs will wait at their first store read.")
     else:
         try:
-            runs.model_store()  # connect (and import the store module) now, not inside the first CR's handler
+            runs.connect_store()  # connect (and import the store module) now, not inside the first CR's handler
         except Exception as error:  # noqa: BLE001 - the handlers retry; the operator must still start
             logger.warning(f"The store is not reachable yet: {error}")
 
@@ -155,6 +158,15 @@ def expire(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, nam
     """Triggered every POLL_SECONDS for a finished run with a TTL (spec.ttlSecondsAfterFinished or
     the operator's default): `runs.expire` deletes it once the TTL has passed. Writes no status."""
     runs.expire(body, spec, status, name, namespace, uid, logger)
+
+
+@kopf.on.event(*TRAINING)
+@kopf.on.event(*EVALUATION)
+def count_run(type: str, body: kopf.Body, uid: str, **_: Any) -> None:
+    """Triggered by every change of a run (and its deletion): keeps the `susy_operator_runs{kind,
+    phase}` gauge (metrics.py). Writes nothing."""
+    metrics.observe_run(uid, body.get("kind", ""), (body.get("status") or {}).get("phase"),
+                        deleted=type == "DELETED")
 
 
 # --- waking a run when its Job or pods change ------------------------------------------------------

@@ -11,6 +11,7 @@ API calls made here (charts/susy-operator's Role must grant them; tests/test_ope
   list, delete susy.dev/trainingruns, evaluationruns (a finished run past its TTL; what names it)
   get          susy.dev/trainingruns
   list         pods (a Job's, by the Job controller's job-name label: why they fail or cannot start)
+  get          secrets, persistentvolumeclaims (metadata only: the allow label a run's Secret or claim needs)
   patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
 kopf watches (list, watch) the custom resources and the operator's own Jobs and pods.
 and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
@@ -168,6 +169,30 @@ def wake_owner(plural: str, namespace: str, name: str, observed: str) -> None:
     An unchanged value changes nothing (no event). A missing owner is no error: it is being deleted.
     """
     merge_patch_custom_object(plural, namespace, name, {"metadata": {"annotations": {crd.ANNOTATION_OBSERVED: observed}}})
+
+
+# Ask for the object's metadata alone (a meta.k8s.io PartialObjectMetadata): a Secret's data never
+# reaches the operator, only its labels (kubernetes docs, concepts/overview/kubernetes-api
+# "API concepts": "Alternate representations of resources"; an API server that cannot serve it
+# answers with the whole object, as the second media type asks).
+METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"}
+
+
+def read_labels(kind: str, namespace: str, name: str) -> dict[str, str] | None:
+    """The labels of a Secret or PersistentVolumeClaim (`kind`), None when it does not exist."""
+    api = CoreV1Api(_api())
+    try:
+        if kind == "Secret":
+            response = api.read_namespaced_secret(name, namespace, _headers=METADATA_ONLY, _preload_content=False)
+        else:
+            response = api.read_namespaced_persistent_volume_claim(name, namespace, _headers=METADATA_ONLY,
+                                                                   _preload_content=False)
+        metadata = _json(response)["metadata"]
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(metadata.get("labels") or {})
 
 
 def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:

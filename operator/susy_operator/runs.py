@@ -22,7 +22,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, config, crd, k8s, spec as spec_lib, status as st, steps
+from susy_operator import builders, config, crd, k8s, metrics, progress as progress_lib, spec as spec_lib, \
+    status as st, steps, tenancy
 
 CONFIG = config.load()
 # How often a running CR looks at its Jobs. Each tick of a running CR is one GET of one Job.
@@ -31,14 +32,26 @@ POLL_SECONDS = CONFIG.poll_seconds
 
 # --- store access -------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def model_store() -> Any:
-    """The operator's one connection to the model store (opened on first use, then kept)."""
+def model_store(namespace: str) -> Any:
+    """The model store as a run of `namespace` sees it: its database (the chart's
+    store.perNamespaceDatabase, else store.database), through the operator's own URI."""
+    return _open_store(CONFIG.job_config.database_for(namespace))
+
+
+@functools.lru_cache(maxsize=64)
+def _open_store(database: str) -> Any:
+    """One connection per database (opened on first use, then kept)."""
     from susy_pipeline import store  # no TensorFlow, no Kafka (contracts.md §2)
 
     if CONFIG.store_uri is None:
         raise kopf.TemporaryError("MONGODB_URI is not set for the operator", delay=60)
-    return store.open_store(CONFIG.store_uri, database=CONFIG.database)
+    return store.open_store(CONFIG.store_uri, database=database)
+
+
+def connect_store() -> None:
+    """Open the store of the shared database now (and import the store module), not inside the
+    first CR's handler."""
+    _open_store(CONFIG.database)
 
 
 # The condition that says how the current step goes, by phase (TrainingRun and EvaluationRun).
@@ -110,7 +123,7 @@ def resolve_model(namespace: str, ref: spec_lib.ModelReference, created: str | N
     else:
         store_ref = ref.store_ref
     try:
-        return str(model_store().resolve_model(store_ref)["model_id"])
+        return str(model_store(namespace).resolve_model(store_ref)["model_id"])
     except ModelNotFound as error:
         raise Unresolvable(crd.REASON_MODEL_NOT_FOUND, f"no model for {ref.describe()}: {error}") from error
 
@@ -129,6 +142,7 @@ def ensure_job(body: kopf.Body, job: dict[str, Any], logger: kopf.Logger) -> tup
         raise kopf.TemporaryError(f"Job {job['metadata']['name']} belongs to an older {body['kind']} "
                                   "of the same name; waiting for its garbage collection", delay=5)
     if created:
+        metrics.JOBS_CREATED.labels(step=metrics.step_of(job["metadata"]["labels"][crd.LABEL_COMPONENT])).inc()
         logger.info(f"Created Job {job['metadata']['name']}.")
         kopf.event(body, type="Normal", reason=crd.EVENT_JOB_CREATED,
                    message=f"Created Job {job['metadata']['name']}")
@@ -159,26 +173,35 @@ def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reaso
         patch.status["conditions"] = st.with_condition(
             {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
             now=now, generation=generation)
-    kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=f"{reason}: {message}")
+    kopf.event(body, type="Warning", reason=crd.EVENT_FAILED, message=st.shown(f"{reason}: {message}"))
     evaluation = status.get("evaluation") if body.get("kind") == crd.EVALUATION_KIND else None
     if evaluation:
         # An evaluation that failed for good will never finish: its model may be deleted again
         # without --force (store.release_evaluation keeps the shard results). Here, not in
         # evaluation_run.py, because a failed step (follow_step) and an invalid spec fail it too.
         try:
-            model_store().release_evaluation(evaluation)
+            model_store(body["metadata"]["namespace"]).release_evaluation(evaluation)
         except Exception as error:  # noqa: BLE001 - the failure is recorded either way
             logging.getLogger(__name__).warning("cannot release evaluation %s in the store: %s", evaluation, error)
 
 
 def parse_spec(parse: Callable[[Mapping[str, Any]], Any], body: kopf.Body, spec: kopf.Spec,
-               status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> Any:
-    """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler."""
+               status: Mapping[str, Any], patch: kopf.Patch, generation: int | None, *,
+               enforce_tenancy: bool = False) -> Any:
+    """The parsed spec; an invalid one ends the CR in Failed (InvalidSpec) and stops the handler.
+    With `enforce_tenancy` (where a run starts: its spec cannot change afterwards, the CRD's
+    `self == oldSelf`), what the operator's tenancy settings refuse ends it in Failed (NotAllowed)."""
     try:
-        return parse(spec)
+        parsed = parse(spec)
+        if enforce_tenancy:
+            namespace = body["metadata"]["namespace"]
+            tenancy.enforce(parsed, CONFIG.tenancy, lambda kind, name: k8s.read_labels(kind, namespace, name))
+        return parsed
     except spec_lib.SpecError as error:
-        fail(body, status, patch, reason=crd.REASON_INVALID_SPEC, message=str(error), generation=generation)
-        raise kopf.PermanentError(f"invalid spec: {error}") from error
+        reason = getattr(error, "reason", crd.REASON_INVALID_SPEC)
+        fail(body, status, patch, reason=reason, message=str(error), generation=generation)
+        what = "not allowed" if reason == crd.REASON_NOT_ALLOWED else "invalid spec"
+        raise kopf.PermanentError(f"{what}: {error}") from error
 
 
 # --- two handlers of one run ----------------------------------------------------------------------
@@ -319,11 +342,10 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
     if decision.action == steps.FAIL:
         message = decision.message
         if st.job_state(job) == "Failed":  # the Job says only that it failed; its pods say why
-            problems = st.describe_pods(st.pods_failed(_job_pods(job or {})))
-            if problems:
-                message += "; " + "; ".join(problems)
+            message = st.failed_job_message(message, st.pods_failed(_job_pods(job or {})))
         fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
               condition=step.condition)
+        metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
         return False, summary, job
     current = st.get_condition(status, step.condition) or {}
     if decision.action == steps.WAIT and not decision.not_starting and job is not None and current.get("reason") in (
@@ -335,13 +357,17 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
     if decision.not_starting and decision.not_starting != (recorded or {}).get("notStarting"):
         if (recorded or {}).get("notStarting", {}).get("reason") != decision.reason:
             kopf.event(body, type="Warning", reason=crd.EVENT_POD_NOT_STARTING,
-                       message=f"{decision.message}; the run fails if this lasts "
-                               f"{CONFIG.pod_start_grace_seconds:.0f} s")
+                       message=st.shown(f"{decision.message}; the run fails if this lasts "
+                                        f"{CONFIG.pod_start_grace_seconds:.0f} s"))
         patch.status["conditions"] = st.with_condition(
             status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
             now=now, generation=generation)
     if decision.action == steps.WAIT:
         hold_phase(body, status, patch, held, step, now=now, generation=generation)
+    if decision.action == steps.DONE:
+        seconds = metrics.job_seconds(job)
+        if seconds is not None:
+            metrics.STEP_DURATION.labels(step=metrics.step_of(step.component)).observe(seconds)
     return decision.action == steps.DONE, summary, job
 
 
@@ -349,7 +375,7 @@ def reconcile(reconciler: Callable[..., None], body: kopf.Body, spec: kopf.Spec,
               meta: kopf.Meta, name: str, namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
     """One look at a running run: its kind's `reconciler`, one handler at a time per run, then
     `settle_hold` (the Suspended and Queued conditions of a run that is no longer held)."""
-    with run_locks.hold(uid):
+    with run_locks.hold(uid), metrics.RECONCILE_DURATION.labels(kind=body["kind"]).time():
         if stale(uid, status):
             return  # the other handler's patch is not applied yet
         reconciler(body, spec, status, meta, name, namespace, uid, patch, logger)
@@ -432,3 +458,48 @@ def expire(body: kopf.Body, spec: Mapping[str, Any], status: Mapping[str, Any], 
                        "its models and results stay in the store")
     if k8s.delete_custom_object(_PLURALS[body["kind"]], namespace, name, uid):
         logger.info(f"Deleted {ttl} s after it finished.")
+
+
+# --- heartbeats: live progress and stalled pods ------------------------------------------------------
+
+def _running_pod(pods: list[dict[str, Any]], source: str) -> str | None:
+    """The running pod a heartbeat source is (an evaluator shard by its completion index)."""
+    index = progress_lib.shard_index(source)
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        if index is None or labels.get("batch.kubernetes.io/job-completion-index") == str(index):
+            return str(pod["metadata"]["name"])
+    return None
+
+
+def follow_heartbeats(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, run: str,
+                      job: Mapping[str, Any] | None,
+                      summarize: Callable[[list[dict[str, Any]]], dict[str, Any] | None]) -> None:
+    """Fold the run's heartbeats into status.progress (`summarize`, from progress.py), on the poll the
+    run makes anyway. A source silent for CONFIG.heartbeat_stale_seconds whose pod still runs goes
+    into status.progress.stalled, with one Warning Event (HeartbeatStopped) naming it and its pod
+    when it first stalls; it is not failed for that (the Job's own deadline and retries apply)."""
+    beats = model_store(body["metadata"]["namespace"]).heartbeats(run)
+    progress = summarize(beats)
+    if progress is None:
+        return
+    previous = status.get("progress") or {}
+    stalled = progress_lib.stalled_sources(beats, datetime.datetime.now(datetime.timezone.utc),
+                                           CONFIG.heartbeat_stale_seconds)
+    pods = _job_pods(job) if stalled and job is not None else []
+    names = []
+    for source, age in stalled:
+        pod = _running_pod(pods, source)
+        if pod is None:
+            continue  # its pod ended (the Job's state says how) or has not been seen yet
+        names.append(source)
+        if source not in (previous.get("stalled") or []):
+            metrics.HEARTBEATS_MISSED.labels(source=source.partition("-")[0]).inc()
+            kopf.event(body, type="Warning", reason=crd.EVENT_HEARTBEAT_STOPPED,
+                       message=f"{progress_lib.describe_source(source)} has sent no heartbeat for {age:.0f} s "
+                               f"while its pod {pod} is running: stuck, or starved of CPU?")
+    progress["stalled"] = names
+    if progress != previous:
+        patch.status["progress"] = progress

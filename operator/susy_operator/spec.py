@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 # Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
-from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, DEFAULT_TOPIC
+from susy_pipeline.redaction import echo
+from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, TOPIC_PATTERN
 
 READERS: Final = ("tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
-TOPIC_PATTERN: Final = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 K8S_SUBDOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -115,7 +115,8 @@ class Volumes:
 
 @dataclasses.dataclass(frozen=True)
 class Kafka:
-    topic: str = DEFAULT_TOPIC
+    # topic: None means the run's own (tenancy.default_topic: susy-<namespace>-<name>).
+    topic: str | None = None
     partitions: int = DEFAULT_PARTITIONS
     rows_per_message: int | None = None
 
@@ -238,11 +239,11 @@ class _Reader:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problems.append(f"{path}.{key} must be an integer, got {value!r}")
+            self.problems.append(f"{path}.{key} must be an integer, got {echo(value)}")
             return default
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            self.problems.append(f"{path}.{key} must be {bound}, got {value}")
+            self.problems.append(f"{path}.{key} must be {bound}, got {echo(value)}")
             return default
         return value
 
@@ -252,10 +253,10 @@ class _Reader:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.problems.append(f"{path}.{key} must be a number, got {value!r}")
+            self.problems.append(f"{path}.{key} must be a number, got {echo(value)}")
             return None
         if not exclusive_min < value <= maximum:
-            self.problems.append(f"{path}.{key} must be in ({exclusive_min}, {maximum}], got {value}")
+            self.problems.append(f"{path}.{key} must be in ({exclusive_min}, {maximum}], got {echo(value)}")
             return None
         return float(value)
 
@@ -268,13 +269,13 @@ class _Reader:
                 self.problems.append(f"{path}.{key} is required")
             return default if value is None else None
         if not isinstance(value, str):
-            self.problems.append(f"{path}.{key} must be a string, got {value!r}")
+            self.problems.append(f"{path}.{key} must be a string, got {echo(value)}")
             return default
         if choices is not None and value not in choices:
-            self.problems.append(f"{path}.{key} must be one of {', '.join(choices)}, got {value!r}")
+            self.problems.append(f"{path}.{key} must be one of {', '.join(choices)}, got {echo(value)}")
             return default
         if pattern is not None and not pattern.match(value):
-            self.problems.append(f"{path}.{key} {value!r} does not match {pattern.pattern}")
+            self.problems.append(f"{path}.{key} {echo(value)} does not match {pattern.pattern}")
             return default
         return value
 
@@ -288,7 +289,7 @@ class _Reader:
         for part in ("requests", "limits"):
             for name, quantity in (value.get(part) or {}).items():
                 if isinstance(quantity, bool) or not QUANTITY_PATTERN.match(str(quantity)):
-                    self.problems.append(f"{path}.{key}.{part}.{name}: {quantity!r} is not a quantity")
+                    self.problems.append(f"{path}.{key}.{part}.{name}: {echo(quantity)} is not a quantity")
         return value
 
     def env(self, data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -356,12 +357,12 @@ class _Reader:
                 self.problems.append(f"{path} must be an object")
                 continue
             if mount.get("name") not in declared:
-                self.problems.append(f"{path}.name {mount.get('name')!r} names no volume in {self.root}.volumes")
+                self.problems.append(f"{path}.name {echo(mount.get('name'))} names no volume in {self.root}.volumes")
                 continue
             mount_path = mount.get("mountPath")
             if not isinstance(mount_path, str) or not MOUNT_PATH_PATTERN.match(mount_path) or any(
                     part in (".", "..") for part in mount_path.split("/")):
-                self.problems.append(f"{path}.mountPath must be an absolute path without . or .., got {mount_path!r}")
+                self.problems.append(f"{path}.mountPath must be an absolute path without . or .., got {echo(mount_path)}")
                 continue
             normal = mount_path.rstrip("/")
             reserved = [r for r in RESERVED_MOUNT_PATHS if normal == r or normal.startswith(r + "/")]
@@ -393,7 +394,7 @@ class _Reader:
         if value is None:
             return False
         if not isinstance(value, bool):
-            self.problems.append(f"{path}.{key} must be true or false, got {value!r}")
+            self.problems.append(f"{path}.{key} must be true or false, got {echo(value)}")
             return False
         return value
 
@@ -406,11 +407,11 @@ class _Reader:
             self.problems.append(f"{self.root}.{key} must be at most {max_length} characters (a label value)")
             return None
         if labelled is not None and value is not None and labelled != value:
-            self.problems.append(f"{self.root}.{key} {value!r} and the label {label}={labelled!r} disagree: "
+            self.problems.append(f"{self.root}.{key} {echo(value)} and the label {label}={echo(labelled)} disagree: "
                                  "name it one way")
             return None
         if value is None and labelled is not None and not K8S_NAME_PATTERN.match(labelled):
-            self.problems.append(f"metadata.labels[{label}] {labelled!r} does not match {K8S_NAME_PATTERN.pattern}")
+            self.problems.append(f"metadata.labels[{label}] {echo(labelled)} does not match {K8S_NAME_PATTERN.pattern}")
             return None
         return value or labelled
 
@@ -440,7 +441,7 @@ class _Reader:
             try:
                 datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
             except ValueError:
-                self.problems.append(f"{path}.timestamp {timestamp!r} is not an RFC 3339 date-time")
+                self.problems.append(f"{path}.timestamp {echo(timestamp)} is not an RFC 3339 date-time")
         training_run = self.string(data, path, "trainingRun", pattern=K8S_NAME_PATTERN)
         return ModelReference(id=model_id, timestamp=timestamp, training_run=training_run)
 
@@ -491,7 +492,7 @@ def parse_training_run(spec: Mapping[str, Any], *,
     parsed = TrainingRunSpec(
         dataset=dataset,
         kafka=Kafka(
-            topic=r.string(kafka, "spec.kafka", "topic", DEFAULT_TOPIC, pattern=TOPIC_PATTERN) or DEFAULT_TOPIC,
+            topic=r.string(kafka, "spec.kafka", "topic", pattern=TOPIC_PATTERN),
             partitions=r.integer(kafka, "spec.kafka", "partitions", DEFAULT_PARTITIONS,
                                  minimum=1, maximum=MAX_PARTITIONS) or DEFAULT_PARTITIONS,
             rows_per_message=r.integer(kafka, "spec.kafka", "rowsPerMessage", None, minimum=1, maximum=10000),

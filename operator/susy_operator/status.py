@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from susy_operator import crd
+from susy_pipeline import redaction
 
 MESSAGE_LIMIT = 1024  # metav1.Condition allows 32768; keep `kubectl describe` readable.
 
@@ -35,8 +36,11 @@ def is_true(status: Mapping[str, Any] | None, type_: str) -> bool:
     return condition is not None and condition.get("status") == "True"
 
 
-def truncate(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+def shown(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A message as a condition, status.message or an Event shows it: one line, at most `limit`
+    characters, URIs as scheme and hosts and this process's secrets masked (susy_pipeline.redaction):
+    it may quote a pod's termination message or a store error."""
+    return redaction.one_line(message, limit=limit)
 
 
 def with_condition(status: Mapping[str, Any] | None, type_: str, value: bool, *, reason: str,
@@ -51,12 +55,12 @@ def with_condition(status: Mapping[str, Any] | None, type_: str, value: bool, *,
                 "type": type_,
                 "status": new_status,
                 "reason": reason,
-                "message": truncate(message),
+                "message": shown(message),
                 "lastTransitionTime": now if changed else condition.get("lastTransitionTime", now),
                 **({"observedGeneration": generation} if generation is not None else {}),
             }
             return result
-    result.append({"type": type_, "status": new_status, "reason": reason, "message": truncate(message),
+    result.append({"type": type_, "status": new_status, "reason": reason, "message": shown(message),
                    "lastTransitionTime": now,
                    **({"observedGeneration": generation} if generation is not None else {})})
     return result
@@ -78,7 +82,7 @@ def failed_patch(status: Mapping[str, Any] | None, *, reason: str, message: str,
     return {
         "phase": crd.FAILED,
         "completionTime": now,
-        "message": truncate(message),
+        "message": shown(message),
         "conditions": with_conditions(status, [
             (crd.FAILED_CONDITION, True, reason, message),
             (crd.SUCCEEDED_CONDITION, False, reason, message),
@@ -175,16 +179,26 @@ def pods_not_starting(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str,
 
 def pods_failed(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
     """(pod, cause, message) for each container that ended with a non-zero exit: the kubelet's reason
-    (OOMKilled, Error, DeadlineExceeded) with the exit code. The Job says only that it failed."""
+    (OOMKilled, Error, DeadlineExceeded) with the exit code, and the container's termination message
+    (the pipeline's one-line error, or its log's tail: terminationMessagePolicy FallbackToLogsOnError).
+    The Job says only that it failed. A container the kubelet restarted has it in lastState."""
     found = []
     for pod in _pods_oldest_first(pods):
         name = pod.get("metadata", {}).get("name", "?")
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (container.get("state") or {}).get("terminated") or {}
+            terminated = ((container.get("state") or {}).get("terminated")
+                          or (container.get("lastState") or {}).get("terminated") or {})
             if terminated and terminated.get("exitCode", 0) != 0:
                 found.append((name, f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode')})",
                               terminated.get("message") or ""))
     return found
+
+
+def failed_job_message(job_message: str, failed: Sequence[tuple[str, str, str]]) -> str:
+    """Why a step whose Job failed failed: its pods' causes first (the termination message says what
+    to fix, "skip 30000 is past the end of x.csv"), then the Job controller's own words ("Container
+    exited with code 2"), so that a cut message keeps the cause."""
+    return "; ".join([*describe_pods(failed), job_message])
 
 
 def describe_pods(problems: Sequence[tuple[str, str, str]], limit: int = 3) -> list[str]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import kopf
 
-from susy_operator import builders, crd, runs, spec as spec_lib, status as st, steps
+from susy_operator import builders, crd, k8s, metrics, progress as progress_lib, runs, spec as spec_lib, \
+    status as st, steps, tenancy
 from susy_operator.runs import CONFIG
 
 
@@ -29,7 +30,8 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation,
+                             enforce_tenancy=True)
     parent: list[tuple[str, bool, str, str]] = []
     if parsed.model.warm_start is not None:
         parent_id = _resolve_parent(body, parsed, status, patch, generation)
@@ -38,6 +40,7 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         patch.status["parentModelId"] = parent_id
         parent = [(crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED,
                    f"warm start: {parsed.model.warm_start.describe()} is {parent_id}")]
+    _wait_for_topic(body, status, patch, generation)
     run = spec_lib.run_name(namespace, name, uid)
     job = runs.ensure_step_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
                                parsed.scheduling, logger)
@@ -59,6 +62,32 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
                message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job_name}")
+
+
+def _wait_for_topic(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> None:
+    """Returns when no older TrainingRun still has to produce into this run's topic (one producer
+    per topic at a time: tenancy.topic_holder); until then phase Pending, condition Produced False
+    with reason TopicBusy, and kopf retries (TemporaryError). Runs of every namespace the operator
+    may list count, since a topic is the whole Kafka cluster's; another namespace's run is not named."""
+    listed = k8s.list_custom_objects(crd.TRAINING_PLURAL, None if CONFIG.watch_all_namespaces
+                                     else body["metadata"]["namespace"])
+    holder = tenancy.topic_holder(body, listed)
+    if holder is None:
+        return
+    topic = tenancy.run_topic(body)
+    other = holder["metadata"]
+    who = (f"TrainingRun {other['name']}" if other["namespace"] == body["metadata"]["namespace"]
+           else "a TrainingRun of another namespace")
+    message = (f"topic {topic}: {who}, created earlier, has not finished producing into it; one producer per "
+               f"topic at a time (leave spec.kafka.topic unset for the run's own topic)")
+    now = st.now_rfc3339()
+    conditions = st.with_condition(status, crd.PRODUCED, False, reason=crd.REASON_TOPIC_BUSY, message=message,
+                                   now=now, generation=generation)
+    if status.get("phase") != crd.PENDING or conditions != st.conditions(status):
+        kopf.event(body, type="Normal", reason=crd.EVENT_WAITING, message=message)
+        patch.status["phase"] = crd.PENDING
+        patch.status["conditions"] = conditions
+    raise kopf.TemporaryError(message, delay=runs.POLL_SECONDS)
 
 
 def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: Mapping[str, Any],
@@ -87,8 +116,9 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
                   generation=generation, condition=crd.MODEL_RESOLVED)
         return None
     try:
-        problems = contradictions(runs.model_store().resolve_model(parent_id), recipe=parsed.model.recipe,
-                                  hidden=parsed.model.hidden, dropout=parsed.model.dropout)
+        parent = runs.model_store(body["metadata"]["namespace"]).resolve_model(parent_id)
+        problems = contradictions(parent, recipe=parsed.model.recipe, hidden=parsed.model.hidden,
+                                  dropout=parsed.model.dropout)
     except BadInput as error:  # a parent whose record has no hyper-parameters
         problems = [("warmStart", str(error))]
     if problems:
@@ -99,8 +129,8 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
     return parent_id
 
 
-def _training_output(step: steps.Step, run: str) -> bool:
-    store = runs.model_store()
+def _training_output(step: steps.Step, run: str, namespace: str) -> bool:
+    store = runs.model_store(namespace)
     return (store.get_production(run) is not None) if step.component == crd.PRODUCER \
         else bool(store.list_models(run=run))
 
@@ -118,15 +148,18 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     owner = runs.owner(body)
     build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
     parent_id = () if step.component == crd.PRODUCER else (status.get("parentModelId"),)
-    done, summary, _ = runs.follow_step(body, step, builders.job_name(name, step.component),
-                                        lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
-                                        patch, logger,
-                                        generation, output_present=lambda: _training_output(step, run),
-                                        scheduling=parsed.scheduling)
+    done, summary, job = runs.follow_step(body, step, builders.job_name(name, step.component),
+                                          lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
+                                          patch, logger,
+                                          generation, output_present=lambda: _training_output(step, run, namespace),
+                                          scheduling=parsed.scheduling)
+    if step.component == crd.TRAINER and patch.status.get("phase") != crd.FAILED:
+        # Epoch k of N from the trainer's heartbeat (written per epoch), on this poll.
+        runs.follow_heartbeats(body, status, patch, run, None if done else job, progress_lib.training_progress)
     if not done:
         return
     now = st.now_rfc3339()
-    store = runs.model_store()
+    store = runs.model_store(namespace)
     job_name = summary.get("name", builders.job_name(name, step.component))
     if step.component == crd.PRODUCER:
         production = store.get_production(run)
@@ -144,10 +177,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         patch.status.update({
             "phase": crd.TRAINING,
             "rowsProduced": rows,
-            "kafka": {"topic": production.get("topic", parsed.kafka.topic), "offsets": offsets},
+            "kafka": {"topic": production.get("topic", builders.topic(owner, parsed)), "offsets": offsets},
             "jobs": {crd.PRODUCER: summary, crd.TRAINER: st.job_summary(trainer)},
             "conditions": st.with_conditions(status, [
-                (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {parsed.kafka.topic}"),
+                (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {builders.topic(owner, parsed)}"),
                 (crd.TRAINED, False, crd.REASON_JOB_CREATED if trainer else crd.REASON_SUSPENDED,
                  f"trainer Job {trainer_name} "
                  f"{'created' if trainer else 'to be created when spec.suspend is cleared'}"),
@@ -176,4 +209,5 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
+    metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")

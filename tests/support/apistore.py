@@ -88,6 +88,7 @@ CORE_KINDS = (
     Kind("", "v1", "events", "Event"),
     Kind("", "v1", "secrets", "Secret"),
     Kind("", "v1", "configmaps", "ConfigMap"),
+    Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
     Kind("", "v1", "pods", "Pod", status_subresource=True),
     Kind("batch", "v1", "jobs", "Job", status_subresource=True),
     Kind("events.k8s.io", "v1", "events", "Event"),

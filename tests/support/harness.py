@@ -43,6 +43,7 @@ PLURAL_PATHS = {
     crd.EVALUATION_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     "jobs": "/apis/batch/v1",
     "secrets": "/api/v1",
+    "persistentvolumeclaims": "/api/v1",
     "events": "/api/v1",
     "pods": "/api/v1",
     "workloads": f"/apis/{KUEUE_WORKLOAD.group}/{KUEUE_WORKLOAD.version}",
@@ -117,7 +118,8 @@ class Cluster:
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL,
-                  "Secret": "secrets", "Job": "jobs", "Workload": "workloads"}[obj["kind"]]
+                  "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims", "Job": "jobs",
+                  "Workload": "workloads"}[obj["kind"]]
         ns = obj["metadata"].get("namespace", "default")
         return self.request("POST", f"{PLURAL_PATHS[plural]}/namespaces/{ns}/{plural}", obj)
 
@@ -213,6 +215,8 @@ class OperatorProcess:
             "SUSY_TEST_API_SERVER": self.url,
             "KUBECONFIG": str(self.workdir / "no-kubeconfig"),  # never a real cluster
             "SUSY_POLL_SECONDS": "0.25",
+            # No /metrics server unless a test asks (several operators run at once in some tests).
+            "SUSY_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }

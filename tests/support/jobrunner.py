@@ -15,7 +15,9 @@ startTime, active, succeeded, failed, completedIndexes / failedIndexes, then the
 conditions (SuccessCriteriaMet + Complete, or FailureTarget + Failed with BackoffLimitExceeded /
 FailedIndexes / PodFailurePolicy / DeadlineExceeded). Each pod is also published as a Pod object
 (the Job controller's labels and ownerReference; phase and containerStatuses as the kubelet
-reports them), so the operator can read why a pod failed.
+reports them, with the termination message it reads from the container's message file or, with
+FallbackToLogsOnError, its log: `pods.termination_message`), so the operator can read why a pod
+failed.
 
 Honoured: completions, parallelism, completionMode Indexed, backoffLimit, backoffLimitPerIndex,
 podFailurePolicy rules on exit codes (FailJob, FailIndex, Ignore, Count), activeDeadlineSeconds
@@ -51,7 +53,7 @@ from typing import Any
 
 import aiohttp
 
-from support.pods import ContainerRuntime, PodOutcome, PodStartError
+from support.pods import ContainerRuntime, PodOutcome, PodStartError, termination_message
 
 USER_AGENT = "susy-test-jobrunner/1.0"
 Executor = Callable[[dict[str, Any], int, dict[str, str]], Awaitable[int | None]]
@@ -135,6 +137,7 @@ class PodRun:
     log: str | None = None
     started: float | None = None   # loop time
     finished: float | None = None
+    pid: int | None = None         # the local process (a test may SIGSTOP it: a hung pod)
 
 
 class JobRunner:
@@ -508,13 +511,21 @@ class JobRunner:
                                           labels={"susy.test/job": meta["name"],
                                                   "susy.test/index": str(index if index is not None else 0)})
         (self.workdir / "home").mkdir(exist_ok=True)
+        # The container's terminationMessagePath, as a file of its own for this pod (the pipeline
+        # writes there when SUSY_TERMINATION_LOG names it; in a pod, /dev/termination-log).
+        message_file = self.workdir / f"{run.pod}.{meta['namespace']}.termination-log"
+        message_file.unlink(missing_ok=True)
+        env = {**run.env, "SUSY_TERMINATION_LOG": str(message_file)}
         with open(log, "wb") as out:
-            process = await asyncio.create_subprocess_exec(*run.command, env=run.env, stdout=out, stderr=out,
+            process = await asyncio.create_subprocess_exec(*run.command, env=env, stdout=out, stderr=out,
                                                            cwd=self.cwd)
+            run.pid = process.pid
             try:
                 code = await process.wait()
             except asyncio.CancelledError:
                 process.kill()
                 await process.wait()
                 raise
-        return PodOutcome(code, "Completed" if code == 0 else "Error")
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        return PodOutcome(code, "Completed" if code == 0 else "Error",
+                          termination_message(container, message_file, log, code))

@@ -54,6 +54,28 @@ class PodOutcome:
     message: str = ""
 
 
+# How the kubelet fills containerStatuses[].state.terminated.message (pkg/kubelet/kuberuntime/
+# kuberuntime_container.go, getTerminationMessage and readLastStringFromContainerLogs; the limits in
+# pkg/kubelet/container/runtime.go): the last 4096 bytes of the file at terminationMessagePath;
+# with terminationMessagePolicy FallbackToLogsOnError, when that file is empty and the container
+# failed, the last 80 lines of its log, at most their last 2048 bytes.
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+MAX_TERMINATION_LOG_BYTES = 2048
+MAX_TERMINATION_LOG_LINES = 80
+
+
+def termination_message(container: Mapping[str, Any], message_file: Path | None, log: Path, exit_code: int) -> str:
+    """The termination message the kubelet would publish for a container that has ended."""
+    data = b""
+    if message_file is not None and message_file.is_file():
+        data = message_file.read_bytes()[-MAX_TERMINATION_MESSAGE_BYTES:]
+    if not data and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError" \
+            and log.is_file():
+        lines = log.read_bytes().splitlines(keepends=True)[-MAX_TERMINATION_LOG_LINES:]
+        data = b"".join(lines)[-MAX_TERMINATION_LOG_BYTES:]
+    return data.decode(errors="replace")
+
+
 _MEMORY_SUFFIXES = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
                     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 
@@ -237,7 +259,10 @@ class ContainerRuntime:
         await self._docker("rm", "--force", name, check=False)
         if state == "true":
             return PodOutcome(exit_code, "OOMKilled", f"container exceeded its memory limit (exit {exit_code})")
-        return PodOutcome(exit_code, "Completed" if exit_code == 0 else "Error")
+        # The file the container wrote at its terminationMessagePath stays inside it (a tmpfs /dev):
+        # only the kubelet's fallback to the log's tail is emulated here.
+        return PodOutcome(exit_code, "Completed" if exit_code == 0 else "Error",
+                          termination_message(pod_spec["containers"][0], None, log, exit_code))
 
     def remove_all(self) -> None:
         """Remove every container this runtime started (teardown)."""

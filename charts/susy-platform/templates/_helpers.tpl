@@ -215,3 +215,36 @@ quote the argument, password included. The message names the Secret, never the v
 [[ $SASL_USERNAME =~ ^[A-Za-z0-9._-]+$ ]] || { echo "kafka: the user name in the Secret {{ .Values.kafka.sasl.secretName }} (kafka.sasl.secretName) must be letters, digits, '.', '_' or '-'" >&2; exit 1; }
 [[ $SASL_PASSWORD =~ ^[A-Za-z0-9]+$ ]] || { echo "kafka: the password in the Secret {{ .Values.kafka.sasl.secretName }} (kafka.sasl.secretName) must be letters and digits" >&2; exit 1; }
 {{- end }}
+
+{{/*
+Shell lines that write the kafka.sasl user's SCRAM credential for `kafka-configs.sh --alter
+--entity-type users --add-config-file "$scram"` into .file, readable by this container's user
+alone (umask 077), and set $scram to its path. printf is bash's builtin: the password never is an
+argument of a process, where every process of the node could read it (/proc/PID/cmdline). The
+line is a Java properties entry, `MECHANISM=password=...`: kafka-configs.sh loads the file with
+Utils.loadProps and matches each SCRAM value against "(?:iterations=...,)?password=(.*)", with
+--zookeeper and --bootstrap-server alike (apache/kafka 3.9 core/src/main/scala/kafka/admin/
+ConfigCommand.scala: parseConfigsToBeAdded, preProcessScramCredentials,
+alterUserScramCredentialConfigs). Delete the file once used. Pass a dict with "ctx" and "file".
+*/}}
+{{- define "susy-platform.kafka.scramFile" -}}
+{{- include "susy-platform.kafka.saslUserCheck" .ctx }}
+scram={{ .file | quote }}
+( umask 077; printf '%s=password=%s\n' {{ .ctx.Values.kafka.sasl.mechanism | quote }} "$SASL_PASSWORD" > "$scram" )
+{{- end }}
+
+{{/*
+susy-platform.kafka.authorizer (documentation only). With kafka.sasl the brokers run an authorizer:
+AclAuthorizer in ZooKeeper mode, StandardAuthorizer in KRaft mode. Without one, Kafka allows every
+request (core/src/main/scala/kafka/server/AuthHelper.scala: `authorizer.forall`), so the SCRAM
+client user could change any user's credentials: AlterUserScramCredentials asks only for ALTER on
+the cluster (ControllerApis.handleAlterUserScramCredentials in KRaft, KafkaApis.
+handleAlterUserScramCredentialsRequest in ZooKeeper mode). super.users=User:ANONYMOUS: the brokers
+and KRaft controllers talk to each other on the plaintext listeners, where every connection is
+User:ANONYMOUS (clients/.../authenticator/DefaultKafkaPrincipalBuilder.java; the TLS listener too,
+without client certificates), and so does the topic Job; the NetworkPolicy
+(kafka-networkpolicy.yaml) keeps every other pod off those ports. allow.everyone.if.no.acl.found
+keeps its default, false (StandardAuthorizer.getDefaultResult; AclAuthorizer), so the client user
+may do only what the topic Job grants it: topics' Write, Create, Describe and Read, and Read on
+consumer groups (kafka-acls.sh --producer, --consumer), nothing on the cluster.
+*/}}

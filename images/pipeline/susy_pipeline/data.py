@@ -262,24 +262,40 @@ def line_problem(text: str) -> str | None:
 
 # --- Parquet ---------------------------------------------------------------
 
-def open_parquet(path) -> pq.ParquetFile:
-    """A Parquet file (local path, or a remote one read by ranged GETs through `files`).
+# Parquet is read page by page through a buffer of this size per column, in batches of
+# PARQUET_BATCH_ROWS, so memory does not grow with the row group: reading 3M rows of SUSY floats
+# written as one row group peaked at 413 MiB whole (pyarrow's default: the row group's column
+# chunks read and pre-buffered at once), at 165 MiB streamed, against 134-178 MiB in 64K-row groups
+# (VmHWM of a process that reads the file, pyarrow 25.0.1; docs/evaluation.md, "Memory").
+PARQUET_BUFFER_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 65536
+# A remote row group up to this size (compressed) is pre-buffered and the next one fetched while
+# one is decoded: few large GETs, about two row groups in memory. A larger one is streamed like a
+# local file (one GET per PARQUET_BUFFER_BYTES per column), slower but bounded.
+REMOTE_PREFETCH_MAX_BYTES = 64 << 20
 
-    For a remote file pyarrow's pre-buffering (on by default) coalesces the
-    column chunks of a row group into few large ranged reads.
-    """
+
+def open_parquet(path) -> pq.ParquetFile:
+    """A Parquet file (local path, or a remote one read by ranged GETs through `files`), opened to
+    be read in bounded memory whatever its row-group size."""
     path = str(path)
-    if not files.is_remote(path):
-        try:
-            return pq.ParquetFile(files.local_path(path))
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(path, None, f"not a readable Parquet file: {scrub(str(err))}") from err
-    # A shard opens a file it splits twice (to plan, to read); the footer is fetched once.
-    source = files.open_random(path)
     try:
-        return _RemoteParquetFile(source, metadata=_remote_parquet_metadata(path))
+        if not files.is_remote(path):
+            return pq.ParquetFile(files.local_path(path), buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+        # A shard opens a file it splits twice (to plan, to read); the footer is fetched once.
+        metadata = _remote_parquet_metadata(path)
+        source = files.open_random(path)
+        if largest_row_group_bytes(metadata) <= REMOTE_PREFETCH_MAX_BYTES:
+            return _RemoteParquetFile(source, metadata=metadata)
+        return pq.ParquetFile(source, metadata=metadata, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(path, None, f"not a readable Parquet file: {scrub(str(err))}") from err
+
+
+def largest_row_group_bytes(metadata: pq.FileMetaData) -> int:
+    """The compressed size of the file's largest row group (what pre-buffering one holds)."""
+    return max((sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+                for group in map(metadata.row_group, range(metadata.num_row_groups))), default=0)
 
 
 class _RemoteParquetFile(pq.ParquetFile):
@@ -335,7 +351,8 @@ def iter_parquet_row_groups(parquet: pq.ParquetFile, row_groups: Sequence[int], 
     wanted = [g for g in row_groups if offsets[g + 1] > skip]
     for k, group in enumerate(wanted):
         row = int(offsets[group])
-        for i, record_batch in enumerate(parquet.iter_batches(row_groups=[group], use_threads=False)):
+        for i, record_batch in enumerate(parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group],
+                                                              use_threads=False)):
             if i == 0 and prefetch is not None and k + 1 < len(wanted):
                 # This group's bytes are in (pre-buffered before its first batch): fetch the next.
                 prefetch(wanted[k + 1])

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from .data import Batch
 from .errors import BadInput
+from .progress import Progress
 from .streams import ReadAhead
 from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging
 
@@ -76,8 +77,21 @@ class Production:
 
 # Measured here, sending 90,000 prepared rows at 500 rows per message took about
 # 0.23 s with 4-8 MiB record batches against 0.31 s with 1 MiB: fewer produce
-# requests for the broker to answer.
+# requests for the broker to answer. A record batch is capped by the broker's message limit
+# too (below), so against a broker at Kafka's defaults the batches are 1 MiB.
 PRODUCER_BATCH_BYTES = 8 << 20
+# The largest message (record batch) a broker takes: Kafka's message.max.bytes, default 1048588
+# (1 MiB and the 12-byte log overhead), per topic max.message.bytes; the broker compares each
+# record *batch* with it (core/src/main/scala/kafka/log/UnifiedLog.scala, analyzeAndValidateRecords:
+# RecordTooLargeException, MESSAGE_TOO_LARGE to the producer). The producer keeps every message,
+# and every record batch, at or under `max_message_bytes`: `--rows-per-message` rows, or fewer
+# where they would not fit. Raise it (produce --max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES)
+# only with the broker's limit.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+# A record batch's own header is 61 bytes (magic v2) and a record's framing under 30 (varint
+# lengths, offset and timestamp deltas, no headers): what a message's rows may use is the limit
+# less this.
+RECORD_OVERHEAD_BYTES = 128
 # File batches (about 1 MiB of text each) parsed ahead of the sends, so the
 # reader keeps going while the sending threads hold the GIL.
 READ_AHEAD_BATCHES = 8
@@ -125,12 +139,14 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: floa
         admin.close()
 
 
-def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator[tuple[list[bytes], list[bytes], int]]:
+def message_batches(batches: Iterable[Batch], rows_per_message: int,
+                    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[tuple[list[bytes], list[bytes], int]]:
     """Rows -> Kafka (keys, values, rows) in the seed's wire format; see decode.py.
 
     A message of k rows is its rows' labels joined by "," (key) and their
     feature text joined by "\n" (value); a batch's last message may hold fewer
-    rows. The joins run in pyarrow, not Python, so they hold the GIL (which
+    rows, and so does one whose `rows_per_message` rows would not fit in
+    `max_message_bytes`. The joins run in pyarrow, not Python, so they hold the GIL (which
     the producer's pure-Python sends need) only briefly.
     """
     for batch in batches:
@@ -138,29 +154,66 @@ def message_batches(batches: Iterable[Batch], rows_per_message: int) -> Iterator
             raise ValueError("producer batches must be read with keep_text=True")
         keys = pa.array(np.where(batch.labels == 1, "1", "0"), pa.string())
         values = batch.feature_text
-        if rows_per_message > 1:
-            offsets = pa.array(np.append(np.arange(0, len(batch), rows_per_message), len(batch)), pa.int32())
+        # A row costs its text, its label and their two separators.
+        row_bytes = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64) + 3
+        bounds = message_bounds(row_bytes, rows_per_message, max_message_bytes, first_row=batch.first_row)
+        if len(bounds) - 1 < len(batch):
+            offsets = pa.array(bounds, pa.int32())
             keys = pc.binary_join(pa.ListArray.from_arrays(offsets, keys), ",")
             values = pc.binary_join(pa.ListArray.from_arrays(offsets, values), "\n")
         yield keys.cast(pa.binary()).to_pylist(), values.cast(pa.binary()).to_pylist(), len(batch)
 
 
+def message_bounds(row_bytes: np.ndarray, rows_per_message: int, max_message_bytes: int, *,
+                   first_row: int = 0) -> np.ndarray:
+    """Where each message starts (and where the last ends) in a batch of rows of these sizes: at
+    most `rows_per_message` rows, and at most `max_message_bytes` with the record's overhead.
+
+    Raises BadInput for a row that does not fit in a message by itself."""
+    room = max_message_bytes - RECORD_OVERHEAD_BYTES
+    n = len(row_bytes)
+    if n and int(row_bytes.max()) > room:
+        row = int(np.argmax(row_bytes > room))
+        raise BadInput(f"row {first_row + row} is {int(row_bytes[row]):,} bytes as a Kafka message, over the "
+                       f"limit of {max_message_bytes:,} bytes per message (--max-message-bytes, env "
+                       "KAFKA_MAX_MESSAGE_BYTES; the broker's message.max.bytes)")
+    if not n or int(row_bytes.max()) * rows_per_message <= room:  # the usual case: every message fits
+        return np.append(np.arange(0, n, rows_per_message), n)
+    bounds, size, count = [0], 0, 0
+    for i, cost in enumerate(row_bytes.tolist()):
+        if count == rows_per_message or size + cost > room:
+            bounds.append(i)
+            size, count = 0, 0
+        size += cost
+        count += 1
+    bounds.append(n)
+    return np.array(bounds)
+
+
 def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions: int = 1,
-            rows_per_message: int = 1, progress_every_s: float = 2.0,
-            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None) -> Production:
-    """Stream rows into `topic` and return exactly what was written."""
+            rows_per_message: int = 1, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+            progress_every_s: float = 2.0, producer_options: Mapping[str, Any] | None = None,
+            security: KafkaSecurity | None = None, progress: Progress | None = None) -> Production:
+    """Stream rows into `topic` and return exactly what was written.
+
+    `progress` (default: rows of unknown total) hears of every batch sent: a bar on a terminal, a
+    log line every `progress_every_s` elsewhere.
+    """
     from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
     if rows_per_message < 1:
         raise ValueError("rows_per_message must be >= 1")
+    if max_message_bytes <= RECORD_OVERHEAD_BYTES:
+        raise BadInput(f"--max-message-bytes must be over {RECORD_OVERHEAD_BYTES}, got {max_message_bytes}")
     started = time.perf_counter()
     # Reading and parsing the file (pyarrow, GIL released) starts now, beside the
     # broker round trips below, and then overlaps the sends.
-    messages = ReadAhead(message_batches(batches, rows_per_message), depth=READ_AHEAD_BATCHES,
+    messages = ReadAhead(message_batches(batches, rows_per_message, max_message_bytes), depth=READ_AHEAD_BATCHES,
                           name="produce-read")
-    options = dict(acks="all", enable_idempotence=True, linger_ms=20, batch_size=PRODUCER_BATCH_BYTES,
-                   max_request_size=16 << 20, retries=5, client_id="susy-producer")
+    options = dict(acks="all", enable_idempotence=True, linger_ms=20,
+                   batch_size=min(PRODUCER_BATCH_BYTES, max_message_bytes),
+                   max_request_size=max(16 << 20, max_message_bytes), retries=5, client_id="susy-producer")
     security = security or KafkaSecurity.from_env()
     options.update(security.kafka_python())
     options.update(producer_options or {})
@@ -189,7 +242,7 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
             elif future.exception is not None:
                 failures.append(future.exception)
 
-    next_log = started + progress_every_s
+    progress = progress or Progress(f"produce {topic}", log_every_s=progress_every_s, logger=log)
     n_messages = 0
     try:
         for keys, values, rows in messages:  # the next batches parse meanwhile
@@ -207,19 +260,20 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
             check_done()
             if failures:
                 break
-            now = time.perf_counter()
-            if now >= next_log:
-                log.info("produced %d rows to %s (%.0f rows/s)", result.rows, topic,
-                         result.rows / (now - started))
-                next_log = now + progress_every_s
+            progress.update(result.rows)
         producer.flush()
         check_done(wait=True)
+    except (MessageSizeTooLargeError, RecordListTooLargeError) as err:
+        raise _too_large(topic, bootstrap, max_message_bytes, err) from err
     except KafkaError as err:
         raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {err}") from err
     finally:
+        progress.close()
         messages.close()
         producer.close(timeout=10)
     if failures:
+        if isinstance(failures[0], (MessageSizeTooLargeError, RecordListTooLargeError)):
+            raise _too_large(topic, bootstrap, max_message_bytes, failures[0])
         raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {failures[0]!r}")
     result.seconds = time.perf_counter() - started
     result.messages = n_messages
@@ -232,6 +286,15 @@ def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions:
              result.rows, n_messages, topic, result.seconds, result.rows / max(result.seconds, 1e-9),
              result.partitions)
     return result
+
+
+def _too_large(topic: str, bootstrap: str, max_message_bytes: int, err: BaseException) -> BadInput:
+    """A message refused as too large (by the broker, or by the client's own max_request_size):
+    bad input, exit 2: the same message sent again is refused again."""
+    return BadInput(f"producing to {topic} at {bootstrap}: a message was refused as too large "
+                    f"({type(err).__name__}); messages here are at most {max_message_bytes:,} bytes "
+                    "(--max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES): set it at or under the broker's "
+                    "message.max.bytes (the topic's max.message.bytes), or lower --rows-per-message")
 
 
 # --- reading ---------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .schema import DEFAULT_DATABASE, DEFAULT_TOPIC
+from .redaction import echo
+from .schema import DEFAULT_DATABASE, DEFAULT_TOPIC, TOPIC_PATTERN
 from .store import DEFAULT_EMBEDDED_URI
 
 
@@ -30,7 +31,11 @@ def add_store(p: argparse.ArgumentParser) -> None:
 def add_kafka(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", default=env("KAFKA_BOOTSTRAP"), required=not env("KAFKA_BOOTSTRAP"),
                    help="Kafka bootstrap servers host:port (env KAFKA_BOOTSTRAP)")
-    p.add_argument("--topic", default=env("KAFKA_TOPIC", DEFAULT_TOPIC),
+    add_topic(p)
+
+
+def add_topic(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic", type=topic_name, default=env("KAFKA_TOPIC", DEFAULT_TOPIC),
                    help="Kafka topic (env KAFKA_TOPIC; default: %(default)s)")
 
 
@@ -48,6 +53,15 @@ def add_evaluation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-count", type=positive, default=env("SUSY_SHARD_COUNT"),
                    help="expected shard count (env SUSY_SHARD_COUNT; default: as the shards recorded it)")
     add_store(p)
+
+
+def topic_name(text: str) -> str:
+    """A Kafka topic name that Kafka itself accepts (schema.TOPIC_PATTERN), else a usage error (exit 2)."""
+    if not TOPIC_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{echo(text)} is not a Kafka topic name: ASCII letters, digits, '.', '_' and '-', 1 to 249 "
+            "characters, not periods only (Apache Kafka's Topic.validate)")
+    return text
 
 
 def non_negative(text: str) -> int:

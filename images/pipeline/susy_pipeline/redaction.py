@@ -72,14 +72,16 @@ def scrub(text: str, *, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 def echo(value: Any, *, limit: int = MAX_ECHO_CHARS) -> str:
-    """A value from the input, for an error message: quoted, bounded, redacted; never control text."""
-    text = value if isinstance(value, str) else str(value)
+    """A value from the input, for an error message, as `repr` shows it (a string quoted), bounded,
+    redacted; never control text."""
+    text = value if isinstance(value, str) else repr(value)
     if not text.isprintable():
         return f"<{len(text)} characters of non-printable text, not shown>"
+    quoted = repr if isinstance(value, str) else str
     shown = scrub(text, limit=10 * limit)
     if len(shown) > limit:
-        return repr(shown[:limit]) + f"... ({len(text)} characters)"
-    return repr(shown)
+        return quoted(shown[:limit]) + f"... ({len(text)} characters)"
+    return quoted(shown)
 
 
 def one_line(text: str, *, limit: int = MAX_MESSAGE_CHARS) -> str:

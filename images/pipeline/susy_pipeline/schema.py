@@ -5,6 +5,7 @@ features, 9-18 high-level features derived from them.
 """
 from __future__ import annotations
 
+import re
 from typing import Final
 
 LABEL: Final = "label"
@@ -26,6 +27,12 @@ SAMPLE_TRAIN_ROWS: Final = 10_979
 SAMPLE_TEST_ROWS: Final = SAMPLE_ROWS - SAMPLE_TRAIN_ROWS
 
 DEFAULT_TOPIC: Final = "trainData"
+# A legal Kafka topic name, as Apache Kafka's Topic.validate checks it
+# (clients/src/main/java/org/apache/kafka/common/internals/Topic.java: INVALID_CHARS,
+# MAX_NAME_LENGTH = 249, containsOnlyPeriods): ASCII letters, digits, '.', '_' and '-', 1 to 249
+# characters, not periods only. The embedded broker took "." and "..", and the trainer's
+# kafka-python then failed on them with exit 1.
+TOPIC_PATTERN: Final = re.compile(r"^(?!\.+$)[a-zA-Z0-9._-]{1,249}$")
 DEFAULT_DATABASE: Final = "bigdata"
 # Rows per evaluator model call: a 16,384-row call ran about 2.5x faster per
 # core here than a 65,536-row one (its activations stay in cache).

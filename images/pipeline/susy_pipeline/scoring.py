@@ -52,6 +52,8 @@ from .evaluation import (ENSEMBLE, ENSEMBLE_METHODS, HISTOGRAM_BINS, MAX_MODELS,
 from .schema import DEFAULT_CHUNK_ROWS, N_FEATURES
 from .streams import ReadAhead
 from .errors import BadInput
+from .heartbeat import Heartbeat, heartbeat_seconds as default_heartbeat_seconds, shard_source
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -280,12 +282,14 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
                    scoring_threads: int = SCORING_THREADS, progress_seconds: float = 10.0,
                    bins: int = HISTOGRAM_BINS, model=None, model_record: dict | None = None,
                    models: Sequence[tuple[Any, dict]] | None = None, ensemble: str | None = None,
-                   warmup_calls: int = WARMUP_CALLS) -> dict[str, Any]:
+                   warmup_calls: int = WARMUP_CALLS, heartbeat_seconds: float | None = None) -> dict[str, Any]:
     """Score one shard with every model `model_ref` names, upsert its result into `store`, and
     return the result.
 
     `model`/`model_record` (one model) or `models` (a (Keras model, record) per reference) skip
-    loading from the store (tests, benchmarks). Raises `data.DataError` on bad input (file and
+    loading from the store (tests, benchmarks). While it scores, a heartbeat (rows done and
+    planned, rows/s) goes to the store every `heartbeat_seconds` (default SUSY_HEARTBEAT_SECONDS
+    or 5 s; 0: none), and progress to stderr (`progress.Progress`). Raises `data.DataError` on bad input (file and
     line) and `ModelNotFound` naming an unknown reference, before anything is stored.
     """
     from .store import utc_now
@@ -355,14 +359,33 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
     log.info("%s: model%s %s loaded in %.1f s", name, "" if len(distinct) == 1 else "s",
              ", ".join(distinct), startup)
 
+    planned, exact = shards_lib.planned_shard_rows(pieces)
+    progress = Progress(name, planned, estimated=not exact, log_every_s=progress_seconds, logger=log)
+
+    def beat(finished: bool = False) -> dict[str, Any]:
+        return {"kind": "shard", "shard_index": shard_index, "shard_count": shard_count,
+                "rows_done": progress.done, "rows_planned": progress.done if finished else planned,
+                "rows_planned_estimated": not (exact or finished),
+                "rows_per_second": round(progress.rate(), 1), "started_at": started_at,
+                "finished": finished}
+
+    # Started (its first write, 0 rows) before the clock: the shard's rows/s counts streaming only.
+    heartbeat = Heartbeat(store, evaluation, shard_source(shard_index), beat,
+                          default_heartbeat_seconds(heartbeat_seconds)).start()
     t1 = time.monotonic()
     cpu1 = _cpu_seconds()
     timing: dict[str, float] = {}
     reading = _Timed(iter_chunks(pieces, chunk_rows))
-    with ReadAhead(reading, depth=scoring_threads + 1, name="shard-reader") as chunks:
-        tallies = _score_chunks(chunks, score, bins, lambda rows: log.info(
-            "%s: %d rows done, %.0f rows/s", name, rows, rows / (time.monotonic() - t1)),
-            progress_seconds, workers=scoring_threads, new_tally=new_tally, timing=timing)
+    try:
+        with ReadAhead(reading, depth=scoring_threads + 1, name="shard-reader") as chunks:
+            progress.started = t1
+            # Every chunk counts (a few ns); `progress` and the heartbeat thread decide how often
+            # anyone hears of it.
+            tallies = _score_chunks(chunks, score, bins, progress.update, 0.0, workers=scoring_threads,
+                                    new_tally=new_tally, timing=timing)
+    finally:
+        progress.close()
+        heartbeat.stop()
     seconds = time.monotonic() - t1
     if single:
         tally, entries = tallies, None
@@ -416,5 +439,8 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
         "started_at": started_at,
         "finished_at": utc_now(),
     }
+    result["heartbeats_written"] = heartbeat.writes
     store.put_shard_result(evaluation, shard_index, result)
+    if heartbeat.every_s > 0:
+        heartbeat.write({**beat(finished=True), "rows_per_second": round(rows_per_second, 1)})
     return result

@@ -46,6 +46,8 @@ PRODUCTIONS_COLLECTION = "Productions"
 SHARD_RESULTS_COLLECTION = "ShardResults"
 # Which evaluation scores which model (one record per evaluation and model): see claim_model.
 EVALUATIONS_COLLECTION = "Evaluations"
+# What a running shard or trainer last reported (one document per source, overwritten): see put_heartbeat.
+HEARTBEATS_COLLECTION = "Heartbeats"
 # GridFS's default chunk size (255 KiB): below 256 KiB, so a chunk with its document fits in
 # one 256 KiB power-of-two allocation in MongoDB's storage.
 CHUNK_BYTES = 255 * 1024
@@ -234,6 +236,19 @@ class Store:
 
     def shard_results(self, evaluation: str) -> list[dict[str, Any]]:
         """Every stored shard result of an evaluation, by shard index."""
+        raise NotImplementedError
+
+    def put_heartbeat(self, run: str, source: str, beat: dict[str, Any]) -> None:
+        """Overwrite the one heartbeat document of `source` (`shard-3`, `trainer`) in `run`.
+
+        A running evaluator shard or trainer calls it every few seconds (or per epoch); the
+        operator folds a run's heartbeats into its status. One document per source, replaced,
+        never appended: a run's heartbeats are as many documents as it has shards.
+        """
+        raise NotImplementedError
+
+    def heartbeats(self, run: str) -> list[dict[str, Any]]:
+        """The last heartbeat of every source of `run`, by source."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -464,6 +479,13 @@ class EmbeddedStore(Store):
         rows = self._select(SHARD_RESULTS_COLLECTION, "run = ?", (evaluation,), order="id")
         return sorted((body for body, _ in rows), key=lambda r: r["shard_index"])
 
+    def put_heartbeat(self, run, source, beat):
+        body = {**beat, "run": run, "source": source, "updated_at": utc_now()}
+        self._upsert(HEARTBEATS_COLLECTION, f"{run}/{source}", run, body["updated_at"], body)
+
+    def heartbeats(self, run):
+        return [body for body, _ in self._select(HEARTBEATS_COLLECTION, "run = ?", (run,), order="id")]
+
     def claim_model(self, evaluation, model_id, shard_count):
         body = {"evaluation": evaluation, "model_id": model_id, "shard_count": int(shard_count),
                 "claimed_at": utc_now()}
@@ -523,6 +545,8 @@ class MongoStore(Store):
         self._productions = db.get_collection(PRODUCTIONS_COLLECTION, write_concern=majority)
         self._shards = db.get_collection(SHARD_RESULTS_COLLECTION, write_concern=majority)
         self._evaluations = db.get_collection(EVALUATIONS_COLLECTION, write_concern=majority)
+        # A lost heartbeat is replaced by the next one a few seconds later: w=1 is enough.
+        self._heartbeats = db.get_collection(HEARTBEATS_COLLECTION)
         # GridFS bucket MLModels: MLModels.files (one document per model, _id = the model id) and
         # MLModels.chunks (CHUNK_BYTES each); made on first use, so constructing needs no server.
         self._db, self._majority = db, majority
@@ -548,6 +572,7 @@ class MongoStore(Store):
                     self._models.create_index([("created_at", -1)])
                     self._shards.create_index([("evaluation", 1), ("shard_index", 1)])
                     self._evaluations.create_index([("model_id", 1)])
+                    self._heartbeats.create_index([("run", 1), ("source", 1)])
                     self._indexed = True
                 return fn()
             except self._errors as err:
@@ -653,6 +678,16 @@ class MongoStore(Store):
     def shard_results(self, evaluation):
         docs = self._call("reading shard results", lambda: list(
             self._shards.find({"evaluation": evaluation}).sort([("shard_index", 1)])))
+        return [self._strip(d) for d in docs]
+
+    def put_heartbeat(self, run, source, beat):
+        doc = {**beat, "run": run, "source": source, "updated_at": utc_now()}
+        self._call("recording a heartbeat", lambda: self._heartbeats.replace_one(
+            {"_id": f"{run}/{source}"}, doc, upsert=True))
+
+    def heartbeats(self, run):
+        docs = self._call("reading heartbeats", lambda: list(
+            self._heartbeats.find({"run": run}).sort([("source", 1)])))
         return [self._strip(d) for d in docs]
 
     def claim_model(self, evaluation, model_id, shard_count):

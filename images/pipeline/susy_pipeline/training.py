@@ -24,6 +24,7 @@ from .cpus import all_but_one, configure_threads
 from .decode import decode_batch
 from .kafka_io import RawBatch
 from .model import TrainConfig, build_model, compile_model, trainable_params
+from .progress import Progress, bars_wanted
 from .schema import N_FEATURES
 
 log = logging.getLogger(__name__)
@@ -196,28 +197,70 @@ class CountingSource:
         self.rows_last_pass = rows
 
 
-class _ProgressLog(keras.callbacks.Callback):
-    """Logs one line per epoch: rows/s and the metrics Keras computed."""
+EpochReport = Callable[[dict[str, Any]], None]
 
-    def __init__(self, train_rows: int):
+
+def epoch_facts(epoch: int, epochs: int, seconds: float, train_rows: int, logs: dict[str, Any]) -> dict[str, Any]:
+    """What one finished epoch reports (log line, heartbeat): epoch k of N, loss, validation AUC."""
+    def number(key: str) -> float | None:
+        value = logs.get(key)
+        return None if value is None else round(float(value), 6)
+
+    return {"kind": "trainer", "epoch": epoch, "epochs": epochs, "loss": number("loss"),
+            "val_loss": number("val_loss"), "val_auc": number("val_auc"),
+            "epoch_seconds": round(seconds, 3), "train_rows": train_rows,
+            "rows_per_second": round(train_rows / max(seconds, 1e-9), 1)}
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    """One line per epoch (rows/s and the metrics Keras computed) and `report(epoch_facts)`; on a
+    terminal, a bar per epoch over its rows as well (`progress.Progress`).
+
+    Batch hooks only when a bar is drawn: elsewhere Keras runs no Python between batches for it.
+    """
+
+    def __init__(self, train_rows: int, epochs: int, batch_size: int, report: EpochReport | None = None):
         super().__init__()
-        self.train_rows = train_rows
+        self.train_rows, self.epochs, self.batch_size = train_rows, epochs, batch_size
+        self.report = report
         self.started = 0.0
         self.seconds: list[float] = []
+        self.bar: Progress | None = None
+        if bars_wanted():
+            self.on_train_batch_end = self._batch_end  # type: ignore[method-assign]
+
+    def on_train_begin(self, logs=None):
+        if self.report is not None:
+            self.report({**epoch_facts(0, self.epochs, 0.0, self.train_rows, {}), "rows_per_second": None})
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
+        if bars_wanted():
+            self.bar = Progress(f"epoch {epoch + 1}/{self.epochs}", self.train_rows or None, logger=log)
+
+    def _batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(min((batch + 1) * self.batch_size, self.train_rows or (batch + 1) * self.batch_size))
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         self.seconds.append(round(seconds, 3))
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-        log.info("epoch %d: %.2f s, %.0f rows/s, %s", epoch + 1, seconds,
+        log.info("epoch %d/%d: %.2f s, %.0f rows/s, %s", epoch + 1, self.epochs, seconds,
                  self.train_rows / max(seconds, 1e-9), metrics)
+        if self.report is not None:
+            self.report(epoch_facts(epoch + 1, self.epochs, seconds, self.train_rows, logs or {}))
 
 
-def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None = None, parent=None):
+def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None = None, parent=None,
+          report: EpochReport | None = None):
     """Train a model on the stream; return (model, facts for the model record).
+
+    `report` gets `epoch_facts` when training starts (epoch 0) and after every epoch (the
+    trainer's heartbeat).
 
     With `parent` (a loaded Keras model of the same architecture), training continues from its
     weights and keeps its Normalization statistics (the weights were learned on inputs
@@ -250,7 +293,8 @@ def train(source: RawSource, config: TrainConfig, *, expected_rows: int | None =
     log.info("model: %d trainable parameters, hidden %s, dropout %.2f",
              trainable_params(model), list(config.model.hidden), config.model.dropout)
     mode = "max" if config.monitor.endswith("auc") else "min"
-    progress = _ProgressLog(summary.train_rows if summary else expected_rows or 0)
+    progress = _EpochProgress(summary.train_rows if summary else expected_rows or 0, config.epochs,
+                              config.batch_size, report)
     callbacks: list[Any] = [progress]
     if summary and summary.validation is not None and config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode, patience=config.patience,

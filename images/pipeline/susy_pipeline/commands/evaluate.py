@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from .. import options, scoring
 from ..errors import BadInput
 from ..evaluation import ENSEMBLE_METHODS, MAX_MODELS
+from ..heartbeat import HEARTBEAT_ENV, HEARTBEAT_SECONDS
 from ..schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE
 from ..scoring import SCORING_THREADS, evaluate_shard
 from ..shards import STRIPE_ROWS
@@ -71,7 +72,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="model calls in flight at once, each on its own chunk (env SUSY_SCORING_THREADS; "
                         "default %(default)s; totals do not depend on it)")
     p.add_argument("--progress-seconds", type=float, default=10.0,
-                   help="log rows done and rows/s this often (default %(default)s)")
+                   help="log rows done and rows/s this often when stderr is not a terminal (on a "
+                        "terminal a progress bar shows them; default %(default)s)")
+    p.add_argument("--heartbeat-seconds", type=float, default=None,
+                   help="write this shard's progress (rows scored and planned, rows/s) to the store "
+                        f"this often, for the operator's status; 0: never (env {HEARTBEAT_ENV}; "
+                        f"default {HEARTBEAT_SECONDS:g})")
     options.add_store(p)
     p.set_defaults(run=run)
     return p
@@ -90,22 +96,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shard_index=args.shard_index, shard_count=args.shard_count, skip=args.skip, limit=args.limit,
         chunk_rows=args.chunk_rows, stripe_rows=args.stripe_rows, model_threads=args.model_threads,
         scoring_threads=args.scoring_threads, progress_seconds=args.progress_seconds,
-        store_uri=args.store, database=args.database)
+        heartbeat_seconds=args.heartbeat_seconds, store_uri=args.store, database=args.database)
 
 
 def evaluate(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_index: int,
              shard_count: int = 1, ensemble: str | None = None, skip: int = 0, limit: int | None = None,
              chunk_rows: int = DEFAULT_CHUNK_ROWS, stripe_rows: int = STRIPE_ROWS,
              model_threads: int | None = None, scoring_threads: int = SCORING_THREADS,
-             progress_seconds: float = 10.0, store_uri: str | None = None,
-             database: str = DEFAULT_DATABASE) -> dict[str, Any]:
+             progress_seconds: float = 10.0, heartbeat_seconds: float | None = None,
+             store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict[str, Any]:
     """Score one shard (`scoring.evaluate_shard`), upsert its result; return it without histograms."""
     with open_store(store_uri, database) as store:
         result = evaluate_shard(
             store, model_ref=model_ref, ensemble=ensemble, inputs=inputs, evaluation=evaluation,
             shard_index=shard_index, shard_count=shard_count, skip=skip, limit=limit, chunk_rows=chunk_rows,
             stripe_rows=stripe_rows, model_threads=model_threads, scoring_threads=scoring_threads,
-            progress_seconds=progress_seconds)
+            progress_seconds=progress_seconds, heartbeat_seconds=heartbeat_seconds)
     return summary(result)
 
 

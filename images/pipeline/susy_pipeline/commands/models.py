@@ -32,8 +32,12 @@ from typing import Any
 from .. import options
 from ..continual import ancestry
 from ..errors import BadInput
+from ..progress import Progress
 from ..schema import DEFAULT_DATABASE
 from ..store import ModelRef, open_store
+
+# Bytes written per step of `models export` (its progress bar moves per step).
+EXPORT_PIECE_BYTES = 1 << 20
 
 # Shown by `models list --table` (the JSON has every field of each record).
 _COLUMNS = ("model_id", "created_at", "run", "rows", "val_auc", "size")
@@ -143,8 +147,10 @@ def export_model(*, ref: str, out: str, store_uri: str | None = None,
     # Written beside the target and renamed: the file appears whole or not at all.
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".export-", suffix=".keras")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb") as f, Progress(f"export {meta['model_id']}", len(data),
+                                                 unit="bytes") as progress:
+            for start in range(0, len(data), EXPORT_PIECE_BYTES):
+                progress.advance(f.write(data[start:start + EXPORT_PIECE_BYTES]))
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600

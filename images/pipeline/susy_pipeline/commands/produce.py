@@ -20,10 +20,12 @@ import threading
 from typing import Iterator
 
 from .. import kafka_io, options
-from ..data import iter_batches
+from ..data import file_format, iter_batches
 from ..errors import BadInput
 from ..pacing import paced
+from ..progress import Progress
 from ..redaction import display_uri
+from ..shards import Piece, planned_rows
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
 from ..store import open_store, utc_now
 
@@ -45,6 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-message", type=options.positive,
                    default=int(options.env("SUSY_ROWS_PER_MESSAGE", 1)),
                    help="rows per Kafka message (env SUSY_ROWS_PER_MESSAGE; default: %(default)s, the seed's format)")
+    p.add_argument("--max-message-bytes", type=options.positive,
+                   default=int(options.env("KAFKA_MAX_MESSAGE_BYTES", kafka_io.DEFAULT_MAX_MESSAGE_BYTES)),
+                   help="largest Kafka message (record batch) sent: a message holds fewer than "
+                        "--rows-per-message rows where they would not fit; at most the broker's "
+                        "message.max.bytes (env KAFKA_MAX_MESSAGE_BYTES; default: %(default)s, Kafka's)")
     p.add_argument("--rate", type=float, default=options.env("SUSY_RATE"), metavar="ROWS_PER_SECOND",
                    help="send at this steady rate, a live stream (env SUSY_RATE; default: as fast as "
                         "the broker takes them)")
@@ -59,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> dict:
     return produce(data=args.data, skip=args.skip, limit=None if args.limit is None else int(args.limit),
                    partitions=args.partitions, rows_per_message=args.rows_per_message,
+                   max_message_bytes=args.max_message_bytes,
                    bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
                    store_uri=args.store, database=args.database,
                    rate=args.rate, loop=args.loop)
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
             limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
+            max_message_bytes: int = kafka_io.DEFAULT_MAX_MESSAGE_BYTES,
             store_uri: str | None = None, database: str = DEFAULT_DATABASE, rate: float | None = None,
             loop: bool = False) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`.
@@ -83,14 +92,26 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
 
         batches = read() if rate is None else paced(read, rate, rows_per_message=rows_per_message,
                                                      repeat=loop, stop=stop)
+        # A paced, looping stream has no end to count towards: its bar shows rows and rows/s.
+        planned, estimated = rows_to_send(data, skip, limit) if not loop else (None, False)
+        progress = Progress(f"produce {topic}", planned, estimated=estimated, log_every_s=2.0, logger=log)
         production = kafka_io.produce(batches, bootstrap=bootstrap, topic=topic, partitions=partitions,
-                                      rows_per_message=rows_per_message)
+                                      rows_per_message=rows_per_message, max_message_bytes=max_message_bytes,
+                                      progress=progress)
         record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
         if rate is not None:
             record["source"].update(rate=rate, loop=loop, stopped_by_signal=stop.is_set())
         store.put_production(run_name, record)
     return {"run": run_name, **record}
+
+
+def rows_to_send(data: str, skip: int, limit: int | None) -> tuple[int, bool]:
+    """(rows `produce` will send, estimated): rows after `skip` (exact for Parquet, from bytes for
+    CSV), at most `limit`. For the progress bar only."""
+    rows, exact = planned_rows(Piece(data, file_format(data)))
+    rows = max(0, rows - skip)
+    return (rows if limit is None else min(rows, limit)), not exact
 
 
 @contextlib.contextmanager

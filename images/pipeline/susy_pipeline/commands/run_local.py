@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where test files and reports go (default: %(default)s)")
     p.add_argument("--bootstrap", default=options.env("KAFKA_BOOTSTRAP"),
                    help="Kafka bootstrap (env KAFKA_BOOTSTRAP; default: start an embedded broker)")
-    p.add_argument("--topic", default=options.env("KAFKA_TOPIC", DEFAULT_TOPIC), help="topic (env KAFKA_TOPIC; default: %(default)s)")
+    options.add_topic(p)
     options.add_store(p)
     p.set_defaults(run=run)
 

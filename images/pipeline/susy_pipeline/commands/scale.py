@@ -35,6 +35,7 @@ from .. import data, options
 from .. import files as storage  # `files` is scale's option for the number of files
 from ..schema import COLUMNS, SAMPLE_TRAIN_ROWS
 from ..errors import BadInput
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,20 @@ def scale(source: str, out: str, *, times: int = 15, files: int = 4,
     storage.prepare_output_dir(out)
     written: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
-    for fmt in formats:
-        written[fmt] = []
-        for j in range(files):
-            lo, hi = total * j // files, total * (j + 1) // files
-            path = storage.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}")
-            with _output(path) as sink:
-                if fmt == "csv.gz":
-                    _write_csv_gz(sink, lines, lo, hi, gzip_level)
-                else:
-                    _write_parquet(sink, table, lo, hi, row_group_rows)
-            written[fmt].append(path)
-            log.info("scale: wrote %s (%d rows)", path, hi - lo)
-        sizes[fmt] = sum(storage.size(p) for p in written[fmt])
+    with Progress(f"scale x{times}", total * len(formats), logger=log) as progress:
+        for fmt in formats:
+            written[fmt] = []
+            for j in range(files):
+                lo, hi = total * j // files, total * (j + 1) // files
+                path = storage.join(out, f"susy-test-x{times}-{j:05d}-of-{files:05d}.{fmt}")
+                with _output(path) as sink:
+                    if fmt == "csv.gz":
+                        _write_csv_gz(sink, lines, lo, hi, gzip_level, progress)
+                    else:
+                        _write_parquet(sink, table, lo, hi, row_group_rows, progress)
+                written[fmt].append(path)
+                log.info("scale: wrote %s (%d rows)", path, hi - lo)
+            sizes[fmt] = sum(storage.size(p) for p in written[fmt])
     return {"source": source, "source_rows": n, "times": times, "rows": total, "files": written,
             "bytes": sizes, "seconds": round(time.monotonic() - started, 3)}
 
@@ -158,14 +160,18 @@ def _cycle(n: int, lo: int, hi: int, block: int) -> Iterator[np.ndarray]:
         yield np.arange(a, min(hi, a + block)) % n
 
 
-def _write_csv_gz(sink: BinaryIO, lines: list[bytes], lo: int, hi: int, level: int) -> None:
+def _write_csv_gz(sink: BinaryIO, lines: list[bytes], lo: int, hi: int, level: int,
+                  progress: Progress) -> None:
     n = len(lines)
     with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=level) as f:
         for idx in _cycle(n, lo, hi, 65_536):
             f.write(b"".join(lines[i] for i in idx.tolist()))
+            progress.advance(len(idx))
 
 
-def _write_parquet(sink: BinaryIO, table: pa.Table, lo: int, hi: int, row_group_rows: int) -> None:
+def _write_parquet(sink: BinaryIO, table: pa.Table, lo: int, hi: int, row_group_rows: int,
+                   progress: Progress) -> None:
     with pq.ParquetWriter(sink, table.schema) as writer:
         for idx in _cycle(table.num_rows, lo, hi, row_group_rows):
             writer.write_table(table.take(pa.array(idx)), row_group_size=row_group_rows)
+            progress.advance(len(idx))

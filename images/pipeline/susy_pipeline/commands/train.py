@@ -37,6 +37,7 @@ from ..kafka_security import KafkaSecurity
 from ..continual import warm_start_config
 from ..model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
 from ..errors import BadInput
+from ..heartbeat import TRAINER_SOURCE, Heartbeat
 from ..schema import DEFAULT_DATABASE
 from ..store import open_store
 
@@ -178,7 +179,9 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
             return read(bootstrap, topic, ranges, timeout_s=read_timeout,
                         security=security, **extra)
 
-        model, facts = train_model(source, config, expected_rows=expected_rows, parent=parent)
+        heartbeat = Heartbeat(store, run_name, TRAINER_SOURCE, dict, every_s=0)  # written per epoch
+        model, facts = train_model(source, config, expected_rows=expected_rows, parent=parent,
+                                   report=heartbeat.write)
         record = {
             "run": run_name,
             "recipe": recipe,
