@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -100,13 +101,8 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
 def set_job_suspend(namespace: str, name: str, suspend: bool) -> bool:
     """Suspend (the Job controller removes its pods) or resume a Job. False when it is gone."""
     api = BatchV1Api(_api())
-    try:
-        api.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
+    return _applied(lambda: api.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}},
+                                                     _preload_content=False), tolerated=(404,))
 
 
 # Kueue's Workload API (kubernetes-sigs/kueue apis/kueue/v1beta1/workload_types.go, `spec.active`;
@@ -141,16 +137,10 @@ def delete_custom_object(plural: str, namespace: str, name: str, uid: str) -> bo
     """Delete one TrainingRun or EvaluationRun, only the instance `uid` (a precondition: one re-created
     under the same name is not touched); its Jobs go with it (ownerReferences). False when gone."""
     api = CustomObjectsApi(_api())
-    try:
-        api.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name,
-                                            body={"preconditions": {"uid": uid},
-                                                  "propagationPolicy": "Background"},
-                                            _preload_content=False)
-    except ApiException as exc:
-        if exc.status in (404, 409):
-            return False
-        raise
-    return True
+    return _applied(lambda: api.delete_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, plural, name,
+        body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"}, _preload_content=False),
+        tolerated=(404, 409))
 
 
 def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
@@ -220,12 +210,18 @@ def list_custom_objects(plural: str, namespace: str | None) -> list[dict[str, An
 def merge_patch_custom_object(plural: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
     """Apply a JSON merge patch. False when the object changed since it was read (409) or is gone (404)."""
     api = CustomObjectsApi(_api())
+    return _applied(lambda: api.patch_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, plural, name, patch, _content_type="application/merge-patch+json",
+        _preload_content=False), tolerated=(404, 409))
+
+
+def _applied(call: Callable[[], Any], *, tolerated: tuple[int, ...]) -> bool:
+    """Make one write; False when the API answers one of `tolerated` (the object is gone: 404, or
+    changed since it was read: 409), any other refusal raised."""
     try:
-        api.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name, patch,
-                                           _content_type="application/merge-patch+json",
-                                           _preload_content=False)
+        call()
     except ApiException as exc:
-        if exc.status in (404, 409):
+        if exc.status in tolerated:
             return False
         raise
     return True

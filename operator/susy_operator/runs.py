@@ -169,6 +169,9 @@ def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reaso
     """Phase Failed with its condition; `condition` (the step that failed) is set False with the same reason."""
     now = st.now_rfc3339()
     patch.status.update(st.failed_patch(status, reason=reason, message=message, now=now, generation=generation))
+    # The other handler of this run, holding a status read before this patch, steps aside (`stale`)
+    # instead of failing the run a second time (a second Event, the failure counted twice).
+    wrote_phase(body["metadata"]["uid"], crd.FAILED)
     if condition is not None:
         patch.status["conditions"] = st.with_condition(
             {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
