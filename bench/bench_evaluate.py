@@ -34,7 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 
-from common import add_shard_options, cpu_model  # noqa: E402
+from common import add_shard_options, cpu_model, store_env  # noqa: E402
 
 SEED_ROWS_PER_S = 6_700       # 7772.76 s for about 52 million rows
 TARGET_CSV_GZ = 300_000
@@ -48,9 +48,9 @@ TARGET_VS_FORWARD = {"parquet": 0.85, "csv.gz": 0.7}
 
 def forward_pass(args, paths) -> dict:
     """forward_pass.py's figures: the forward pass's rows/s and the per-row costs of reading and scoring."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "forward_pass.py"), "--store", args.store,
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "forward_pass.py"),
                           "--model", args.model, "--chunk-rows", str(args.chunk_rows), "--data", *paths],
-                         capture_output=True, text=True, cwd=ROOT)
+                         capture_output=True, text=True, cwd=ROOT, env=store_env(args.store))
     if out.returncode != 0:
         sys.exit(f"forward_pass.py failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -112,7 +112,7 @@ def scaled(work: str, times: int, files: int) -> dict[str, list[str]]:
 
 
 def shard_cmd(args, paths, evaluation, index, count, cpu=None) -> list[str]:
-    cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", args.model, "--store", args.store,
+    cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", args.model,
            "--data", *paths, "--evaluation", evaluation, "--shard-index", str(index),
            "--shard-count", str(count), "--chunk-rows", str(args.chunk_rows)]
     return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
@@ -121,7 +121,7 @@ def shard_cmd(args, paths, evaluation, index, count, cpu=None) -> list[str]:
 def run_shards(args, paths, evaluation, count, cpus=None) -> list[dict]:
     """Start `count` shard processes at once; return their printed summaries."""
     procs = [subprocess.Popen(shard_cmd(args, paths, evaluation, i, count, None if cpus is None else cpus[i]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=store_env(args.store))
              for i in range(count)]
     out = []
     for p in procs:

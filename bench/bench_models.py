@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from bench_evaluate import scaled  # noqa: E402
-from common import cpu_model  # noqa: E402
+from common import cpu_model, store_env  # noqa: E402
 
 KS = (1, 2, 4)
 
@@ -67,11 +67,11 @@ def train_models(store_uri: str, count: int) -> list[str]:
 def one_pass(args, paths: list[str], models: list[str], evaluation: str, ensemble: bool = False) -> dict:
     """One shard process scoring `models`; its summary plus `wall` (seconds with start-up)."""
     cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", *[a for m in models for a in ("--model", m)],
-           *(["--ensemble", "mean"] if ensemble else []), "--store", args.store, "--data", *paths,
+           *(["--ensemble", "mean"] if ensemble else []), "--data", *paths,
            "--evaluation", evaluation, "--shard-index", "0", "--shard-count", "1",
            "--chunk-rows", str(args.chunk_rows)]
     started = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=store_env(args.store))
     if done.returncode != 0:
         sys.exit(f"evaluate failed ({done.returncode}): {done.stderr[-2000:]}")
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall": time.monotonic() - started}

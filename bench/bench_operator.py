@@ -93,7 +93,7 @@ def request_rate(runs: int, window: float, poll: str | None) -> tuple[float, dic
         cluster = Cluster(workdir).start()
         cluster.create_store_secret(NAMESPACE, SECRET, store_uri)
         cluster.start_runner(executor=_never_ends)
-        model_id = store_lib.open_store(store_uri).save_model({"run": "bench"}, b"weights")
+        model_id = store_lib.open_store(store_uri, namespace=NAMESPACE).save_model({"run": "bench"}, b"weights")
         operator = _operator(cluster, workdir, store_uri, poll)
         try:
             _wait_watch(cluster, crd.EVALUATION_PLURAL)

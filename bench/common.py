@@ -18,6 +18,12 @@ def cpu_model() -> str:
         return "unknown"
 
 
+def store_env(store_uri: str) -> dict[str, str]:
+    """This process's environment with the store URI as MONGODB_URI: a child process gets it there,
+    never on its command line, which every user of the machine can read (ps, /proc/PID/cmdline)."""
+    return {**os.environ, "MONGODB_URI": store_uri}
+
+
 def process_cpu_seconds() -> float:
     """CPU seconds this process has used so far, every thread counted (user + system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -1,6 +1,6 @@
 """The evaluator's limit: the forward pass alone over the same chunks, the data already in memory.
 
-    python bench/forward_pass.py --store URI --model REF --chunk-rows N --data FILES...
+    MONGODB_URI=URI python bench/forward_pass.py --model REF --chunk-rows N --data FILES...
 
 A fresh process, set up as one evaluator shard is (the same thread settings, scorer, chunking,
 tally and scoring threads), that first reads every chunk of the data into memory, then times only
@@ -28,7 +28,8 @@ from common import process_cpu_seconds  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", default=os.environ.get("MONGODB_URI"), required=not os.environ.get("MONGODB_URI"),
+                   help="model store (env MONGODB_URI, as bench_evaluate.py passes it)")
     p.add_argument("--model", required=True)
     p.add_argument("--chunk-rows", type=int, required=True)
     p.add_argument("--data", nargs="+", required=True)

@@ -116,7 +116,10 @@ def test_label_and_field_selectors(store: ApiStore) -> None:
 def test_custom_resources_are_admitted_from_their_crd(store: ApiStore) -> None:
     runs = kind(store, "trainingruns")
     created = store.create(runs, "ns", training_run("t", unknownField=1))
-    assert "unknownField" not in created["spec"] and created["spec"]["kafka"]["topic"] == "trainData"
+    # Defaults come from the schema (partitions: 3); the topic has none, so that each run's own
+    # topic is chosen by the operator (susy-<namespace>-<name>, issue 22).
+    assert "unknownField" not in created["spec"] and created["spec"]["kafka"]["partitions"] == 3
+    assert "topic" not in created["spec"]["kafka"]
     with pytest.raises(ApiError) as invalid:
         store.create(runs, "ns", training_run("u", epochs=0))
     assert invalid.value.code == 422 and "spec.epochs" in invalid.value.status["message"]

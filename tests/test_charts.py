@@ -59,16 +59,15 @@ KAFKA_MODE_ANNOTATION = "susy.example.org/kafka-mode"
 SENSITIVE_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|_URI$|^MONGODB_URI$|CREDENTIAL|SECRET_KEY)")
 
 GROUP = "susy.dev"
-PLURALS = ("trainingruns", "evaluationruns")
+PLURALS = ("trainingruns", "evaluationruns", "continualtrainings")
 
 # The operator's Role, rule by rule (apiGroups, resources, verbs). Widening it must be a
 # deliberate edit here and in charts/susy-operator/templates/role.yaml.
 EXPECTED_RULES = [
-    ([GROUP], ["trainingruns", "evaluationruns"], ["list", "watch", "patch"]),
-    ([GROUP], ["trainingruns"], ["get"]),
-    ([GROUP], ["trainingruns", "evaluationruns"], ["delete"]),
-    ([GROUP], ["trainingruns/status", "evaluationruns/status"], ["patch"]),
-    ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers"], ["update"]),
+    ([GROUP], ["trainingruns", "evaluationruns", "continualtrainings"], ["list", "watch", "patch"]),
+    ([GROUP], ["trainingruns", "evaluationruns"], ["create", "get", "list", "delete"]),
+    ([GROUP], ["trainingruns/status", "evaluationruns/status", "continualtrainings/status"], ["patch"]),
+    ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers", "continualtrainings/finalizers"], ["update"]),
     (["batch"], ["jobs"], ["create", "get", "list", "watch", "patch"]),
     (["kueue.x-k8s.io"], ["workloads"], ["list", "patch"]),
     ([""], ["pods"], ["list", "watch"]),
@@ -127,7 +126,10 @@ CUSTOM_OBJECT_CALLS = {
     "patch_namespaced_custom_object_status": "patch/status",
     "replace_namespaced_custom_object_status": "update/status",
 }
-PLURAL_CONSTANTS = {"TRAINING_PLURAL": "trainingruns", "EVALUATION_PLURAL": "evaluationruns"}
+# A name in a call's arguments -> the plurals it can be. k8s.py's `child_plural` parameters carry
+# a ContinualTraining's children only (continual_training.py passes TRAINING_PLURAL or EVALUATION_PLURAL).
+PLURAL_CONSTANTS = {"TRAINING_PLURAL": {"trainingruns"}, "EVALUATION_PLURAL": {"evaluationruns"},
+                    "CONTINUAL_PLURAL": {"continualtrainings"}, "child_plural": {"trainingruns", "evaluationruns"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,10 +700,9 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
                 calls.add(("kueue.x-k8s.io", "workloads", CUSTOM_OBJECT_CALLS[method]))  # k8s.py: Kueue's Workloads
             elif method in CUSTOM_OBJECT_CALLS:
                 verb = CUSTOM_OBJECT_CALLS[method]
-                plurals = {PLURAL_CONSTANTS.get(getattr(a, "attr", getattr(a, "id", "")), "")
-                           for a in node.args} | {a.value for a in node.args
-                                                  if isinstance(a, ast.Constant) and a.value in PLURALS}
-                plurals.discard("")
+                plurals = {p for a in node.args
+                           for p in PLURAL_CONSTANTS.get(getattr(a, "attr", getattr(a, "id", "")), ())} | \
+                    {a.value for a in node.args if isinstance(a, ast.Constant) and a.value in PLURALS}
                 for plural in plurals or set(PLURALS):
                     if verb.endswith("/status"):
                         calls.add((GROUP, f"{plural}/status", verb.split("/")[0]))
@@ -801,6 +802,23 @@ def test_operator_deployment(helm: str) -> None:
     objs = render(helm, OPERATOR, OPERATOR / "ci" / "cluster-values.yaml")
     (c,) = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["--peering=susy", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--verbose"]
+
+
+def test_operator_reads_kafka_with_the_jobs_security_settings(helm: str) -> None:
+    """kafka.secretName: the operator (which reads a ContinualTraining's topic offsets itself) gets
+    the Secret's variables and files as the Jobs do (builders._secret_mounts: envFrom, and the files
+    read-only at /etc/susy/kafka, where the Secret's KAFKA_SSL_CA_FILE points)."""
+    (dep,) = by_kind(render(helm, OPERATOR, None, "kafka.secretName=kafka-client-tls"), "Deployment")
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "kafka-client-tls"}}]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    from susy_operator import builders
+    assert mounts["kafka-client"] == {"name": "kafka-client", "mountPath": builders.KAFKA_SECRET_PATH, "readOnly": True}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["kafka-client"]["secret"]["secretName"] == "kafka-client-tls"
+    (plain,) = by_kind(render(helm, OPERATOR), "Deployment")
+    assert "envFrom" not in plain["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_operator_standalone_refuses_two_replicas(helm: str) -> None:

@@ -100,7 +100,7 @@ class DockerCluster:
                                           run_id=self.run_id)
 
     def store(self) -> store_lib.Store:
-        return store_lib.open_store(f"sqlite:///{self.store_host}/store.sqlite3")
+        return store_lib.open_store(f"sqlite:///{self.store_host}/store.sqlite3", namespace=NAMESPACE)
 
     def docker_ps(self, **labels: str) -> list[str]:
         filters = [f"--filter=label={k.replace('_', '.', 1)}={v}" for k, v in labels.items()]
@@ -222,7 +222,7 @@ def test_training_and_sharded_evaluation_in_containers(docker_cluster: DockerClu
 
     single = _run_pipeline(dc, "evaluate", "--model", st["modelId"], "--data", IMAGE_SAMPLE,
                            "--evaluation", "single-process", "--shard-index", "0", "--shard-count", "1",
-                           "--chunk-rows", "4096", "--store", dc.store_uri)
+                           "--chunk-rows", "4096", "--store", dc.store_uri, "--namespace", NAMESPACE)
     assert single.returncode == 0, single.stderr[-3000:]
     expected = evaluation_lib.aggregate(dc.store().shard_results("single-process"), 1)
     assert es["rows"] == expected["rows"] == 20979
@@ -379,3 +379,39 @@ def test_a_pvc_backed_evaluation_reads_through_the_mounted_claim(docker_cluster:
     assert pvc["status"]["rows"] == 10_000
     for key in ("rows", "accuracy", "auc", "logLoss", "confusion"):
         assert pvc["status"][key] == image["status"][key], key
+
+
+def test_one_continual_generation_in_containers(docker_cluster: DockerCluster) -> None:
+    """A ContinualTraining's first generation, every pod and the operator a container: rows written
+    to a topic by a producer container (someone else's stream), the operator reads the topic's
+    offsets itself, its child TrainingRun's trainer reads exactly those offsets (tfio with the
+    tansu settings: the first generation starts at offset 0), and the alias points at the model."""
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if not dc.operator.running():
+        dc.operator.start().wait_healthy(dc.liveness_port)
+    topic = f"docker-ct-{dc.run_id}"
+    produced = _run_pipeline(dc, "produce", "--data", IMAGE_SAMPLE, "--limit", "3000", "--rows-per-message", "10",
+                             "--partitions", "2", "--topic", topic, "--bootstrap", dc.kafka, "--run-name",
+                             "someone-elses-stream", "--store", dc.store_uri)
+    assert produced.returncode == 0, produced.stderr[-3000:]
+    cluster.create({"apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND,
+                    "metadata": {"name": "ct", "namespace": NAMESPACE},
+                    "spec": {"kafka": {"topic": topic, "rowsPerMessage": 10}, "trigger": {"everyRows": 3000},
+                             "model": {"recipe": "seed"}, "epochs": 1, "reader": "tfio",
+                             "env": [{"name": "SUSY_LIBRDKAFKA", "value": ",".join(TFIO_TANSU_SETTINGS)}],
+                             "evaluation": {"dataset": {"uris": [IMAGE_SAMPLE], "skip": 10979, "limit": 4000}},
+                             "alias": "docker-ct"}})
+
+    def first_decision() -> dict[str, Any] | None:
+        status = (cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "ct") or {}).get("status") or {}
+        return status if (status.get("lastDecision") or {}).get("generation") == 1 else None
+    status = cluster.wait_for(first_decision, 400, "the first generation")
+    assert status["lastDecision"]["decision"] == crd.PROMOTED, (status, dc.failed_logs())
+    tr = cluster.get(crd.TRAINING_PLURAL, NAMESPACE, "ct-g1-train")
+    assert tr["status"]["phase"] == crd.SUCCEEDED and tr["status"]["modelId"] == status["champion"]["modelId"]
+    offsets = {str(o["partition"]): [o["start"], o["end"]] for o in tr["spec"]["source"]["kafka"]["offsets"]}
+    production = dc.store().get_production("someone-elses-stream")
+    # Every message the producer wrote, and nothing else (the trigger counts offsets x rowsPerMessage).
+    assert offsets == production["partitions"] and status["rowsConsumed"] >= 3000
+    assert dc.store().in_namespace(NAMESPACE).get_alias("docker-ct")["model_id"] == status["champion"]["modelId"]
+    assert cluster.job_creations()[(NAMESPACE, "ct-g1-train-trainer")] == 1

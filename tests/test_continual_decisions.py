@@ -17,16 +17,6 @@ def at(seconds: float) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def merged(status: dict, patch: dict) -> dict:
-    out = dict(status)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
-    return out
-
-
 class Loop:
     """The reconciler's side of the loop, in memory: decisions applied, children made up."""
 
@@ -48,7 +38,7 @@ class Loop:
             self.training = {"status": {"phase": crd.TRAINING}}
         if decision.action == ct.CREATE_EVALUATION:
             self.evaluation = {"status": {"phase": crd.EVALUATING}}
-        self.status = merged(self.status, ct.transition(self.status, decision, name="ct", now=at(now),
+        self.status = ct.merged(self.status, ct.transition(self.status, decision, name="ct", now=at(now),
                                                          rows_per_message=1, history_limit=self.history_limit))
         return decision
 
@@ -218,3 +208,75 @@ def test_child_names_are_fixed_per_generation():
     assert ct.training_run_name("live", 3) == "live-g3-train"
     assert ct.evaluation_run_name("live", 3) == "live-g3-eval"
     assert len(ct.training_run_name("x" * 63, 1234)) <= 63
+
+
+# --- the children and the specs ------------------------------------------------------------------
+
+def _ct_spec(**extra):
+    from susy_operator import spec as spec_lib
+
+    spec = {"kafka": {"topic": "live", "rowsPerMessage": 10}, "trigger": {"everyRows": 500},
+            "model": {"recipe": "seed", "hidden": [16, 8], "learningRate": 0.01},
+            "evaluation": {"dataset": {"uris": ["/opt/susy/data/susy-sample.csv.gz"], "skip": 10979},
+                           "metric": "logLoss", "margin": 0.01},
+            "alias": "live", "reader": "kafka-python", "env": [{"name": "A", "value": "1"}], **extra}
+    return spec_lib.parse_continual_training(spec)
+
+
+def test_the_children_are_valid_resources_the_operator_accepts():
+    """A generation's TrainingRun (offsets, warm start from the champion) and EvaluationRun
+    (champion and challenger) validate against their CRDs and parse."""
+    from susy_operator import builders, spec as spec_lib
+    from test_crds import errors
+
+    parsed = _ct_spec()
+    first = ct.training_run_child("live", "ns", parsed, 1, {0: (0, 100), 1: (0, 90)}, None)
+    later = ct.training_run_child("live", "ns", parsed, 2, {0: (100, 150)}, "a" * 32)
+    evaluation = ct.evaluation_run_child("live", "ns", parsed, 2, "a" * 32, "b" * 32)
+    for child in (first, later, evaluation):
+        assert errors(child["kind"], child) == [], child["metadata"]["name"]
+        assert child["metadata"]["labels"][crd.LABEL_CONTINUAL_TRAINING] == "live"
+    assert first["metadata"]["name"] == "live-g1-train" and evaluation["metadata"]["name"] == "live-g2-eval"
+    first_spec = spec_lib.parse_training_run(first["spec"])
+    assert first_spec.model.hidden == (16, 8) and first_spec.model.warm_start is None
+    later_spec = spec_lib.parse_training_run(later["spec"])
+    assert later_spec.model.warm_start.id == "a" * 32 and later_spec.model.hidden is None
+    assert later_spec.model.learning_rate == 0.01 and later_spec.env == (("A", "1"),)
+    assert later_spec.source.offsets_text == "live:0=100-150"
+    job = builders.trainer_job(builders.Owner(crd.TRAINING_KIND, "live-g2-train", "ns", "u" * 36), later_spec,
+                               "ns.live-g2-train.uuuuuuuu",
+                               builders.JobConfig(image="i", kafka_bootstrap="k:9092", store_secret="s", database="d"),
+                               "a" * 32)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--offsets") + 1] == "live:0=100-150"
+    assert command[command.index("--warm-start") + 1] == "a" * 32
+    assert spec_lib.parse_evaluation_run(evaluation["spec"]).models[1].id == "b" * 32
+
+
+def test_invalid_continual_specs_name_the_field():
+    from susy_operator import spec as spec_lib
+
+    with pytest.raises(spec_lib.SpecError) as err:
+        _ct_spec(trigger={}, alias="Not An Alias", evaluation={"dataset": {"uris": []}, "margin": 2})
+    text = str(err.value)
+    assert "spec.trigger needs everyRows, everySeconds or both" in text
+    assert "spec.alias" in text and "spec.evaluation.margin must be a number in [0, 1]" in text
+    assert "spec.evaluation.dataset.uris must list" in text
+
+
+def test_a_trainingrun_source_reads_offsets_and_leaves_out_the_producer():
+    from susy_operator import spec as spec_lib, steps
+
+    parsed = spec_lib.parse_training_run({"source": {"kafka": {"topic": "live", "offsets": [
+        {"partition": 1, "end": 50}, {"partition": 0, "start": 10, "end": 20}]}},
+        "model": {"warmStart": {"id": "a" * 32}}})
+    assert parsed.source.offsets_text == "live:0=10-20,1=parent-50"
+    assert [s.component for s in steps.training_steps(True)] == [crd.TRAINER]
+    assert [s.component for s in steps.training_steps(False)] == [crd.PRODUCER, crd.TRAINER]
+    with pytest.raises(spec_lib.SpecError, match="start may be left out only with spec.model.warmStart"):
+        spec_lib.parse_training_run({"source": {"kafka": {"topic": "live", "offsets": [{"partition": 0, "end": 5}]}}})
+    with pytest.raises(spec_lib.SpecError, match="spec.dataset and spec.source are both given"):
+        spec_lib.parse_training_run({"dataset": {"uri": "x"}, "source": {"kafka": {"topic": "live", "offsets": [
+            {"partition": 0, "start": 0, "end": 5}]}}})
+    with pytest.raises(spec_lib.SpecError, match="spec.dataset is required"):
+        spec_lib.parse_training_run({})

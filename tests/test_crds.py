@@ -29,7 +29,10 @@ def load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-CRD_FILES = {crd.TRAINING_KIND: CRDS / "trainingruns.yaml", crd.EVALUATION_KIND: CRDS / "evaluationruns.yaml"}
+CRD_FILES = {crd.TRAINING_KIND: CRDS / "trainingruns.yaml", crd.EVALUATION_KIND: CRDS / "evaluationruns.yaml",
+             crd.CONTINUAL_KIND: CRDS / "continualtrainings.yaml"}
+PARSERS = {crd.TRAINING_KIND: spec_lib.parse_training_run, crd.EVALUATION_KIND: spec_lib.parse_evaluation_run,
+           crd.CONTINUAL_KIND: spec_lib.parse_continual_training}
 
 
 def openapi_schema(kind: str) -> dict[str, Any]:
@@ -64,17 +67,19 @@ def test_crd_shape(kind: str) -> None:
     doc = load(CRD_FILES[kind])
     assert doc["apiVersion"] == "apiextensions.k8s.io/v1" and doc["kind"] == "CustomResourceDefinition"
     names = doc["spec"]["names"]
-    plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL}[kind]
+    plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL,
+              crd.CONTINUAL_KIND: crd.CONTINUAL_PLURAL}[kind]
     assert doc["metadata"]["name"] == f"{plural}.{crd.GROUP}"
     assert (doc["spec"]["group"], doc["spec"]["scope"]) == (crd.GROUP, "Namespaced")
     assert (names["kind"], names["plural"]) == (kind, plural)
-    assert names["shortNames"] == [{"TrainingRun": "tr", "EvaluationRun": "er"}[kind]]
+    assert names["shortNames"] == [{"TrainingRun": "tr", "EvaluationRun": "er", "ContinualTraining": "ct"}[kind]]
     (version,) = doc["spec"]["versions"]
     assert (version["name"], version["served"], version["storage"]) == (crd.VERSION, True, True)
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     expected = {"TrainingRun": ["Phase", "Model", "Rows", "Epoch", "Val-AUC", "Age"],
-                "EvaluationRun": ["Phase", "Shards", "Progress", "Accuracy", "AUC", "Best", "Age"]}[kind]
+                "EvaluationRun": ["Phase", "Shards", "Progress", "Accuracy", "AUC", "Best", "Age"],
+                "ContinualTraining": ["Generation", "Champion", "Metric", "Last-Decision", "Age"]}[kind]
     assert columns == expected
     # kopf's status writes survive pruning (STYLE.md, kopf anchor: docs/walkthrough/updates.rst).
     assert version["schema"]["openAPIV3Schema"]["properties"]["status"]["x-kubernetes-preserve-unknown-fields"]
@@ -154,7 +159,11 @@ def test_every_example_evaluationrun_scores_only_held_out_rows() -> None:
     the sample skips them, and no example TrainingRun trains past them."""
     for path in [*EXAMPLE_FILES, *sorted((ROOT / "hack" / "e2e").glob("*.yaml"))]:
         doc = load(path)
-        ds = doc["spec"]["dataset"]
+        if doc["kind"] == crd.CONTINUAL_KIND:  # trains on a stream; its held-out set is an EvaluationRun's
+            ds = doc["spec"]["evaluation"]["dataset"]
+            assert ds["uris"] == ["/opt/susy/data/susy-sample.csv.gz"] and ds.get("skip", 0) >= 10_979, path
+            continue
+        ds = doc["spec"].get("dataset") or {"skip": 0, "limit": 0}  # spec.source: rows already in Kafka
         if doc["kind"] == crd.TRAINING_KIND:
             assert ds.get("skip", 0) + ds.get("limit", spec_lib.DEFAULT_LIMIT) <= 10_979, path
         elif any(u.endswith("susy-sample.csv.gz") for u in ds["uris"]):
@@ -178,8 +187,7 @@ def test_example_validates_against_its_crd_and_the_operator(path: Path) -> None:
     doc = load(path)
     assert doc["apiVersion"] == crd.API_VERSION
     assert errors(doc["kind"], doc) == []
-    parse = spec_lib.parse_training_run if doc["kind"] == crd.TRAINING_KIND else spec_lib.parse_evaluation_run
-    parse(doc["spec"])  # the operator accepts it too
+    PARSERS[doc["kind"]](doc["spec"])  # the operator accepts it too
     for rule_path, rule in cel_rules(doc["kind"]):
         if "oldSelf" not in rule["rule"] and value_at(doc, rule_path) is not None:  # absent, or a transition rule: not run on create
             assert evaluate_rule(rule["rule"], value_at(doc, rule_path), None), f"{path.name}: {rule['rule']}"
@@ -197,7 +205,10 @@ def test_full_examples_set_every_spec_field() -> None:
         for key, node in schema["properties"].items():
             # An EvaluationRun names its model(s) one way: the full example by `model`, the
             # leaderboard example by `models` and `ensemble`.
-            assert key in spec or (kind == crd.EVALUATION_KIND and key in ("model", "models", "ensemble")), \
+            # A TrainingRun reads a file (dataset) or offsets already in Kafka (source): the full
+            # example the former, trainingrun-offsets.yaml the latter.
+            assert key in spec or (kind == crd.EVALUATION_KIND and key in ("model", "models", "ensemble")) \
+                or (kind == crd.TRAINING_KIND and key == "source"), \
                 f"{name} lacks spec.{key}"
             if node.get("type") == "object" and "properties" in node and key in spec and key not in ("model",):
                 missing = set(node["properties"]) - set(spec[key])
@@ -220,7 +231,6 @@ def er(**spec: Any) -> dict[str, Any]:
 
 BAD_BY_SCHEMA = {
     "tr: no spec": {"apiVersion": crd.API_VERSION, "kind": crd.TRAINING_KIND, "metadata": {"name": "t"}},
-    "tr: no dataset": tr(dataset=None),
     "tr: empty uri": tr(dataset={"uri": ""}),
     "tr: negative skip": tr(dataset={"uri": "x", "skip": -1}),
     "tr: zero limit": tr(dataset={"uri": "x", "limit": 0}),
@@ -336,9 +346,9 @@ SCHEDULING_FIELDS = ("queueName", "priorityClassName", "workloadPriorityClassNam
 IMMUTABLE_TR = immutable_rule(crd.TRAINING_KIND)
 IMMUTABLE_ER = immutable_rule(crd.EVALUATION_KIND)
 PARALLELISM = "!has(self.parallelism) || self.parallelism <= self.shards"
-ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun)].filter(x, x).size() == 1"
-RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_RUN_NAME', "
-                "'JOB_COMPLETION_INDEX', 'SUSY_READER', 'SUSY_DATA_SECRET']))")
+ONE_MODEL = "[has(self.id), has(self.timestamp), has(self.trainingRun), has(self.alias)].filter(x, x).size() == 1"
+RESERVED_ENV = ("self.all(e, !(e.name in ['KAFKA_BOOTSTRAP', 'MONGODB_URI', 'SUSY_DATABASE', 'SUSY_NAMESPACE', "
+                "'SUSY_RUN_NAME', 'JOB_COMPLETION_INDEX', 'SUSY_READER', 'SUSY_DATA_SECRET']))")
 
 ONE_SOURCE = "[has(self.persistentVolumeClaim), has(self.configMap), has(self.hostPath)].filter(x, x).size() == 1"
 OWN_VOLUMES = "!(self.name in ['scratch', 'kafka-client', 'store-ca'])"
@@ -350,10 +360,42 @@ MOUNTS_NAME_VOLUMES = ("!has(self.volumeMounts) || self.volumeMounts.all(m, has(
                        "self.volumes.exists(v, v.name == m.name))")
 
 MODEL_OR_MODELS = "has(self.model) != has(self.models)"
+DATASET_OR_SOURCE = "has(self.dataset) != has(self.source)"
+PARTITION_ONCE = "self.all(a, self.filter(b, b.partition == a.partition).size() == 1)"
+START_NOT_AFTER_END = "!has(self.start) || self.start <= self.end"
+CONTINUAL_NAME_RULE = "self.metadata.name.size() <= 50 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+A_TRIGGER = "has(self.everyRows) || has(self.everySeconds)"
 ENSEMBLE_RULE = "!has(self.ensemble) || (has(self.models) && size(self.models) >= 2)"
 
 # Every rule with its cases: (self, oldSelf or None for a create, expected).
 CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
+    DATASET_OR_SOURCE: [
+        ({"dataset": {"uri": "a"}}, None, True),
+        ({"source": {"kafka": {"topic": "t", "offsets": [{"partition": 0, "end": 1}]}}}, None, True),
+        ({}, None, False),
+        ({"dataset": {"uri": "a"}, "source": {"kafka": {"topic": "t", "offsets": []}}}, None, False),
+    ],
+    PARTITION_ONCE: [
+        ([{"partition": 0, "end": 5}, {"partition": 1, "end": 5}], None, True),
+        ([{"partition": 0, "end": 5}, {"partition": 0, "end": 9}], None, False),
+    ],
+    START_NOT_AFTER_END: [
+        ({"partition": 0, "end": 5}, None, True),
+        ({"partition": 0, "start": 5, "end": 5}, None, True),
+        ({"partition": 0, "start": 6, "end": 5}, None, False),
+    ],
+    CONTINUAL_NAME_RULE: [
+        ({"metadata": {"name": "live"}}, None, True),
+        ({"metadata": {"name": "a" * 50}}, None, True),
+        ({"metadata": {"name": "a" * 51}}, None, False),
+        ({"metadata": {"name": "9lives"}}, None, False),
+    ],
+    A_TRIGGER: [
+        ({"everyRows": 5}, None, True),
+        ({"everySeconds": 5}, None, True),
+        ({"everyRows": 5, "everySeconds": 5}, None, True),
+        ({}, None, False),
+    ],
     MODEL_OR_MODELS: [
         ({"model": {"trainingRun": "t"}}, None, True),
         ({"models": [{"trainingRun": "t"}]}, None, True),
@@ -402,7 +444,9 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ({"id": "0" * 32}, None, True),
         ({"timestamp": "2026-11-24T10:00:00Z"}, None, True),
         ({"trainingRun": "t"}, None, True),
+        ({"alias": "champion"}, None, True),
         ({}, None, False),
+        ({"id": "0" * 32, "alias": "champion"}, None, False),
         ({"id": "0" * 32, "trainingRun": "t"}, None, False),
         ({"id": "0" * 32, "timestamp": "2026-11-24T10:00:00Z", "trainingRun": "t"}, None, False),
     ],
@@ -413,6 +457,7 @@ CEL_CASES: dict[str, list[tuple[Any, Any, bool]]] = {
         ([{"name": "A", "value": "1"}, {"name": "KAFKA_BOOTSTRAP", "value": "x"}], None, False),
         ([{"name": "SUSY_READER", "value": "kafka-python"}], None, False),
         ([{"name": "SUSY_DATA_SECRET", "value": "s"}], None, False),
+        ([{"name": "SUSY_NAMESPACE", "value": "another-team"}], None, False),
     ],
     ONE_SOURCE: [
         ({"name": "d", "persistentVolumeClaim": {"claimName": "c"}}, None, True),
@@ -462,9 +507,15 @@ PYTHON_EQUIVALENTS = {
               == {k: v for k, v in o.items() if k not in MUTABLE_SPEC_FIELDS})
        for rule in (IMMUTABLE_TR, IMMUTABLE_ER)},
     MODEL_OR_MODELS: lambda s, o: ("model" in s) != ("models" in s),
+    DATASET_OR_SOURCE: lambda s, o: ("dataset" in s) != ("source" in s),
+    PARTITION_ONCE: lambda s, o: len({e["partition"] for e in s}) == len(s),
+    START_NOT_AFTER_END: lambda s, o: "start" not in s or s["start"] <= s["end"],
+    CONTINUAL_NAME_RULE: lambda s, o: len(s["metadata"]["name"]) <= 50
+    and spec_lib.re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", s["metadata"]["name"]) is not None,
+    A_TRIGGER: lambda s, o: "everyRows" in s or "everySeconds" in s,
     ENSEMBLE_RULE: lambda s, o: "ensemble" not in s or len(s.get("models") or ()) >= 2,
     PARALLELISM: lambda s, o: "parallelism" not in s or s["parallelism"] <= s["shards"],
-    ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun")) == 1,
+    ONE_MODEL: lambda s, o: sum(k in s for k in ("id", "timestamp", "trainingRun", "alias")) == 1,
     RESERVED_ENV: lambda s, o: all(e["name"] not in crd.RESERVED_ENV for e in s),
     ONE_SOURCE: lambda s, o: sum(k in s for k in spec_lib.VOLUME_TYPES) == 1,
     OWN_VOLUMES: lambda s, o: s["name"] not in spec_lib.RESERVED_VOLUME_NAMES,

@@ -44,8 +44,8 @@ def susy(config: str, *argv: str) -> tuple[int, str, str]:
 async def logging_executor(job: dict[str, Any], index: int, env: dict[str, str]) -> int | None:
     """fakes.executor, each pod writing a line or two of log; the models Job runs for real."""
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
-    if command[3:5] == ["models", "list"]:
-        return None  # `susy-pipeline models list --table` itself, as a process against the store
+    if "models list" in " ".join(command):
+        return None  # `susy-pipeline models list` and `models alias list` themselves, against the store
     with open(env["SUSY_TEST_POD_LOG"], "a") as log:
         log.write(f"{command[3]} started\n{command[3]} done (index {index})\n")
     return await fakes.executor(job, index, env)
@@ -63,7 +63,9 @@ def finished_runs(cluster: Cluster, operator) -> Cluster:
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-def test_get_logs_leaderboard_and_models(finished_runs: Cluster, tmp_path: Path) -> None:
+def test_get_logs_leaderboard_and_models(finished_runs: Cluster, tmp_path: Path, store_uri: str) -> None:
+    from susy_pipeline.store import open_store
+
     cluster = finished_runs
     config = kubeconfig(cluster, tmp_path)
     tr = cluster.get("trainingruns", NAMESPACE, "tr")
@@ -92,9 +94,13 @@ def test_get_logs_leaderboard_and_models(finished_runs: Cluster, tmp_path: Path)
     assert header.split() == ["RANK", "REFERENCE", "MODEL", "AUC", "ACCURACY", "LOG-LOSS", "ROWS"]
     assert first.split()[:4] == ["1*", "trainingRun:tr", model_id, f"{er['status']['auc']:.4f}"]
 
+    with open_store(store_uri, "bigdata", namespace=NAMESPACE) as store:
+        store.set_alias("champion", model_id, set_by="test")
     code, out, err = susy(config, "models")
     assert code == 0, err
-    assert model_id in out and "model_id" in out.splitlines()[0]
+    header, row = out.splitlines()
+    assert header.split() == ["MODEL", "CREATED", "RUN", "ROWS", "VAL-AUC", "ALIASES"]
+    assert row.split()[0] == model_id and row.split()[2] == tr["status"]["runName"] and row.split()[-1] == "champion"
     assert not [j for j in cluster.list("jobs", NAMESPACE) if j["metadata"]["name"].startswith("susy-models-")], \
         "the models Job is deleted once read"
 
@@ -160,7 +166,7 @@ def test_models_job_takes_only_the_store_settings_of_the_operators_job() -> None
     job = kubectl_plugin.models_job(template, "ns", "abc123")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "susy_pipeline", "models", "list", "--table"]
+    assert container["command"] == kubectl_plugin.MODELS_COMMAND
     assert container["image"] == "registry/susy:1" and pod["serviceAccountName"] == "runner"
     # The store's URI (a secretKeyRef), database and namespace scope, and where the pod may write.
     assert {e["name"] for e in container["env"]} == {crd.ENV_STORE_URI, crd.ENV_DATABASE, "SUSY_NAMESPACE", "HOME",

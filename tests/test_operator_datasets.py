@@ -39,7 +39,7 @@ def open_claim(cluster: Cluster, name: str) -> None:
 def _model(store_uri: str) -> str:
     from susy_pipeline import store as store_lib
 
-    return store_lib.open_store(store_uri).save_model({"run": "datasets"}, b"not-a-real-model")
+    return store_lib.open_store(store_uri, namespace=NAMESPACE).save_model({"run": "datasets"}, b"not-a-real-model")
 
 
 def test_a_pvc_backed_evaluation_run_mounts_the_claim_read_only_in_every_shard(
@@ -157,7 +157,7 @@ def test_a_secret_backed_s3_evaluation_run_end_to_end_against_moto(
             for key, value in server.env().items():
                 m.setenv(key, value)
             scale(str(SAMPLE), "s3://susy-data/scaled", times=1, files=2, formats=["parquet"])
-        model_id, _ = small_model_in_store(store_uri, "s3-e2e")
+        model_id, _ = small_model_in_store(store_uri, namespace=NAMESPACE, run="s3-e2e")
         cluster.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                         "metadata": {"name": "susy-data-s3", "namespace": NAMESPACE, "labels": OPEN_TO_RUNS},
                         "stringData": server.env()})
@@ -169,7 +169,7 @@ def test_a_secret_backed_s3_evaluation_run_end_to_end_against_moto(
         logs = {run.log: open(run.log).read()[-2000:] for run in runner.runs if run.log and run.exit_code}
         assert er["status"]["phase"] == crd.SUCCEEDED, (er["status"], logs)
         assert er["status"]["rows"] == 10_000  # the sample's held-out rows, once
-        results = store_lib.open_store(store_uri).shard_results(er["status"]["evaluation"])
+        results = store_lib.open_store(store_uri, namespace=NAMESPACE).shard_results(er["status"]["evaluation"])
         assert aggregate(results, 2)["rows"] == 10_000
         assert all(r["rows"] > 0 and r["remote_bytes_read"] > 0 for r in results)
         assert all(run.env["SUSY_DATA_SECRET"] == "susy-data-s3" for run in runner.runs)

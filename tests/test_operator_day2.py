@@ -119,7 +119,7 @@ def test_an_evaluation_claims_its_model_from_the_start_and_releases_it_when_it_f
 
     cluster.start_runner(executor=never_ends)
     operator()
-    store = store_lib.open_store(store_uri)
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
     model_id = store.save_model({"run": "r"}, b"weights")
     cluster.create(evaluation_run("held", {"id": model_id}, shards=2))
     er = cluster.wait_phase("evaluationruns", NAMESPACE, "held", {crd.EVALUATING}, 30)

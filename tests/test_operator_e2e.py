@@ -53,7 +53,7 @@ def test_training_and_sharded_evaluation_end_to_end(cluster: Cluster, operator, 
     st = tr["status"]
     assert st["rowsProduced"] == TRAIN_ROWS
     assert sum(o["end"] - o["start"] for o in st["kafka"]["offsets"]) == TRAIN_ROWS  # one row per message
-    store = store_lib.open_store(store_uri)
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
     model = store.resolve_model(st["modelId"])
     assert model["run"] == st["runName"]
 
@@ -73,7 +73,8 @@ def test_training_and_sharded_evaluation_end_to_end(cluster: Cluster, operator, 
         [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", st["modelId"], "--data", str(SAMPLE),
          "--evaluation", "single-process", "--shard-index", "0", "--shard-count", "1", "--chunk-rows", "4096",
          "--skip", "10979"],
-        env={**os.environ, "MONGODB_URI": store_uri, "HOME": str(tmp_path)}, cwd=str(REPO),
+        env={**os.environ, "MONGODB_URI": store_uri, "SUSY_NAMESPACE": NAMESPACE, "HOME": str(tmp_path)},
+        cwd=str(REPO),
         capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
     expected = evaluation_lib.aggregate(store.shard_results("single-process"), 1)

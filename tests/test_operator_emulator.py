@@ -51,7 +51,7 @@ def test_training_then_evaluation_with_stand_in_pods(cluster: Cluster, operator,
     # No spec.kafka.topic: the run's own (tenancy.default_topic).
     assert st["kafka"] == {"topic": f"susy-{NAMESPACE}-tr", "offsets": [{"partition": 0, "start": 0, "end": 1000},
                                                                         {"partition": 1, "start": 0, "end": 1000}]}
-    store = store_lib.open_store(store_uri)
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
     assert st["modelId"] == store.list_models(run=st["runName"])[0]["model_id"]
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
         crd.PRODUCED: "True", crd.TRAINED: "True", crd.SUCCEEDED_CONDITION: "True"}
@@ -131,7 +131,7 @@ def test_operator_killed_between_steps_resumes_without_duplicate_jobs(cluster: C
 def test_one_shard_fails_once_and_its_retry_counts_once(cluster: Cluster, operator, store_uri: str) -> None:
     runner = cluster.start_runner(executor=fakes.executor, fail_first={("er-eval", 1)})
     operator()
-    store = store_lib.open_store(store_uri)
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
     model_id = store.save_model({"run": "somebody-else"}, b"weights")
     cluster.create(evaluation_run("er", {"id": model_id}, shards=3, parallelism=2))
     er = succeeded(cluster, "evaluationruns", "er")
@@ -158,7 +158,7 @@ def failed_at(obj: dict, step: str, reason: str) -> str:
 def test_a_shard_out_of_retries_fails_the_run(cluster: Cluster, operator, store_uri: str) -> None:
     cluster.start_runner(executor=fakes.executor, fail_first={("er-eval", 2)})
     operator()
-    model_id = store_lib.open_store(store_uri).save_model({"run": "r"}, b"weights")
+    model_id = store_lib.open_store(store_uri, namespace=NAMESPACE).save_model({"run": "r"}, b"weights")
     cluster.create(evaluation_run("er", {"id": model_id}, backoffLimitPerIndex=0))
     er = cluster.wait_phase("evaluationruns", NAMESPACE, "er", TERMINAL, 30)
     assert "failed indexes: 2" in failed_at(er, crd.EVALUATED, "FailedIndexes")
@@ -215,7 +215,7 @@ def test_invalid_specs_end_in_failed_with_the_reason(cluster: Cluster, operator,
     # check still matters for an object the API server stored before its CRD said so (Helm never
     # upgrades CRDs; a rule added later is not applied to what is stored): those are put straight
     # into the emulator's store, past admission, and must still end in Failed, not in a Job.
-    refused = {"no-dataset": "spec.dataset: Required value",
+    refused = {"no-dataset": "name the rows one way: dataset (a file the producer writes to Kafka first) or source",
                "zero-shards": "spec.shards: Invalid value: 0: spec.shards in body should be greater than or equal to 1",
                "too-parallel": "spec: Invalid value: \"object\": parallelism must not exceed shards",
                "two-models": "spec.model: Invalid value: \"object\": name the model exactly one way"}
@@ -307,7 +307,7 @@ def test_the_longest_evaluation_run_name_with_the_most_shards_gets_its_job(clust
     hostname `<job>-999` must still be a DNS label, or the API server refuses the Job (the emulator
     applies ValidateJob's rule)."""
     operator()
-    model_id = store_lib.open_store(store_uri).save_model({"run": "r"}, b"weights")
+    model_id = store_lib.open_store(store_uri, namespace=NAMESPACE).save_model({"run": "r"}, b"weights")
     name = "e" * 62 + "9"
     cluster.create(evaluation_run(name, {"id": model_id}, shards=spec_lib.MAX_SHARDS, parallelism=1))
     er = cluster.wait_phase("evaluationruns", NAMESPACE, name, {crd.EVALUATING, crd.FAILED}, 20)

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 def test_fifty_evaluation_runs_at_once(cluster: Cluster, operator, store_uri: str, capsys, record_property) -> None:
     cluster.start_runner(executor=fakes.executor)
     operator(SUSY_POLL_SECONDS="1")  # the 50 timers' polling competes with the creates for 2 cores
-    model_id = store_lib.open_store(store_uri).save_model({"run": "load"}, b"weights")
+    model_id = store_lib.open_store(store_uri, namespace=NAMESPACE).save_model({"run": "load"}, b"weights")
     # Let the operator finish starting (its first LIST) so the latency measures handling, not start-up.
     cluster.wait_for(lambda: any(c.verb == "watch" and c.resource == crd.EVALUATION_PLURAL
                                  for c in cluster.call(lambda: list(cluster.emulator.calls))), 30, "kopf's watch")

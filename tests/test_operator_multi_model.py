@@ -142,7 +142,7 @@ def test_two_models_and_their_ensemble_end_to_end(cluster: Cluster, operator, st
         print(f"  {e['reference']:34s} AUC {e['auc']:.4f}  accuracy {e['accuracy']:.4f}")
     print(f"  best: {es['best']['reference']}")
     # Every distinct model is claimed by the evaluation.
-    store = store_lib.open_store(store_uri)
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
     for model_id in ids.values():
         assert any(e["evaluation"] == es["evaluation"] for e in store.model_evaluations(model_id))
 
@@ -199,8 +199,8 @@ def test_real_evaluator_pods_score_two_models_and_their_ensemble(cluster: Cluste
     from support.harness import REPO, SAMPLE
     from support.models import small_model_in_store
 
-    first, _ = small_model_in_store(store_uri, "narrow", hidden=(16, 8))
-    second, _ = small_model_in_store(store_uri, "wide", hidden=(64, 32))
+    first, _ = small_model_in_store(store_uri, namespace=NAMESPACE, run="narrow", hidden=(16, 8))
+    second, _ = small_model_in_store(store_uri, namespace=NAMESPACE, run="wide", hidden=(64, 32))
     cluster.start_runner()
     operator()
     er = evaluation_run("real-board", None, models=[{"id": first}, {"id": second}], ensemble="mean",
@@ -215,10 +215,11 @@ def test_real_evaluator_pods_score_two_models_and_their_ensemble(cluster: Cluste
         [sys.executable, "-m", "susy_pipeline", "evaluate", "--model", first, "--model", second, "--ensemble", "mean",
          "--data", str(SAMPLE), "--skip", "10979", "--evaluation", "one-process", "--shard-index", "0",
          "--chunk-rows", "4096"],
-        env={**os.environ, "MONGODB_URI": store_uri, "HOME": str(tmp_path)}, cwd=str(REPO),
+        env={**os.environ, "MONGODB_URI": store_uri, "SUSY_NAMESPACE": NAMESPACE, "HOME": str(tmp_path)},
+        cwd=str(REPO),
         capture_output=True, text=True, timeout=240)
     assert single.returncode == 0, single.stderr[-3000:]
-    with store_lib.open_store(store_uri) as store:
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as store:
         expected = evaluation.aggregate(store.shard_results("one-process"))
     board = es["leaderboard"]
     assert [e["reference"] for e in board] == [first, second, "ensemble"]
@@ -229,3 +230,48 @@ def test_real_evaluator_pods_score_two_models_and_their_ensemble(cluster: Cluste
     print("\nreal pods, 3 shards = one process:")
     for e in board:
         print(f"  {e['reference']:34s} AUC {e['auc']:.4f}  accuracy {e['accuracy']:.4f}  log-loss {e['logLoss']:.4f}")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_an_evaluation_run_never_resolves_another_namespaces_model(cluster: Cluster, operator,
+                                                                    store_uri: str) -> None:
+    """Two teams share the store (issue 22): team-b's models, even the newest, are not found from a
+    run in NAMESPACE by id, timestamp or latest of a run name both teams use."""
+    cluster.start_runner(executor=fakes.executor)
+    operator()
+    cluster.create(training_run("tr-own"))
+    own = cluster.wait_phase("trainingruns", NAMESPACE, "tr-own", TERMINAL, 30)["status"]
+    with store_lib.open_store(store_uri, namespace="team-b") as team_b:
+        # Newer than NAMESPACE's model, and under NAMESPACE's run name: a store-wide search takes it.
+        theirs = team_b.save_model({"run": own["runName"]}, b"team-b's weights")
+
+    cluster.create(evaluation_run("by-id", {"id": theirs}))
+    failed = cluster.wait_phase("evaluationruns", NAMESPACE, "by-id", TERMINAL, 20)
+    cond = condition(failed, crd.MODEL_RESOLVED)
+    assert failed["status"]["phase"] == crd.FAILED and cond["reason"] == crd.REASON_MODEL_NOT_FOUND
+    assert f"in namespace '{NAMESPACE}'" in cond["message"], cond
+
+    for name, ref in (("by-time", {"timestamp": "2999-01-01T00:00:00Z"}), ("by-run", {"trainingRun": "tr-own"})):
+        cluster.create(evaluation_run(name, ref))
+        done = cluster.wait_phase("evaluationruns", NAMESPACE, name, TERMINAL, 30)
+        assert done["status"]["phase"] == crd.SUCCEEDED, done["status"]
+        assert done["status"]["modelId"] == own["modelId"] != theirs
+        env = {e["name"]: e.get("value") for e in cluster.get("jobs", NAMESPACE, f"{name}-eval")[
+            "spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["SUSY_NAMESPACE"] == NAMESPACE  # the shards write NAMESPACE's records
+
+    # An alias: team-b's "champion" is not NAMESPACE's, until NAMESPACE sets its own.
+    with store_lib.open_store(store_uri, namespace="team-b") as team_b:
+        team_b.set_alias("champion", theirs, set_by="team-b")
+    cluster.create(evaluation_run("by-their-alias", {"alias": "champion"}))
+    failed = cluster.wait_phase("evaluationruns", NAMESPACE, "by-their-alias", TERMINAL, 20)
+    cond = condition(failed, crd.MODEL_RESOLVED)
+    assert cond["reason"] == crd.REASON_MODEL_NOT_FOUND and f"no alias 'champion' in namespace '{NAMESPACE}'" in \
+        cond["message"], cond
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as ours:
+        ours.set_alias("champion", own["modelId"], set_by="us")
+    cluster.create(evaluation_run("by-alias", {"alias": "champion"}))
+    done = cluster.wait_phase("evaluationruns", NAMESPACE, "by-alias", TERMINAL, 30)
+    assert done["status"]["phase"] == crd.SUCCEEDED, done["status"]
+    assert done["status"]["models"] == [{"reference": "alias:champion", "modelId": own["modelId"]}]

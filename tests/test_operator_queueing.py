@@ -355,7 +355,7 @@ def test_the_ttl_deletes_a_finished_run_and_its_model_stays_loadable(cluster: Cl
 
     async def saves_a_real_model(job: dict[str, Any], index: int, env: dict[str, str]) -> int:
         if job["metadata"]["name"].endswith("-trainer"):
-            with open_store(env["MONGODB_URI"], env.get("SUSY_DATABASE", "bigdata")) as store:
+            with open_store(env["MONGODB_URI"], env["SUSY_DATABASE"], namespace=env["SUSY_NAMESPACE"]) as store:
                 command = job["spec"]["template"]["spec"]["containers"][0]["command"]
                 store.save_model({"run": command[command.index("--run-name") + 1]}, real_model)
             return 0
@@ -377,6 +377,6 @@ def test_the_ttl_deletes_a_finished_run_and_its_model_stays_loadable(cluster: Cl
     cluster.wait_for(lambda: cluster.get("trainingruns", NAMESPACE, "tr") is None, 20, "the TTL deletion")
     cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-trainer") is None, 10, "its Jobs gone with it")
     assert cluster.get("trainingruns", NAMESPACE, "kept") is not None
-    with open_store(store_uri, "bigdata") as store:
+    with open_store(store_uri, "bigdata", namespace=NAMESPACE) as store:
         _, data = store.load_model(model_id)
     assert model_from_bytes(data).count_params() == build_model(ModelConfig(hidden=(4,), normalize=False)).count_params()

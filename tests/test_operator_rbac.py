@@ -8,6 +8,7 @@ emulator, which logs each request as RBAC sees it (verb, API group, resource[/su
 """
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,8 @@ import yaml
 from susy_operator import crd, tenancy
 from support import fakes
 from support.emulator import operator_calls
-from support.fixtures import NAMESPACE, cluster, evaluation_run, operator, store_uri, training_run  # noqa: F401
+from support.fixtures import (NAMESPACE, cluster, evaluation_run, operator, store_uri, training_run,  # noqa: F401
+                              write_messages)
 from support.harness import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +50,13 @@ EXPECTED_CALLS = {
     ("delete", crd.GROUP, crd.TRAINING_PLURAL), ("delete", crd.GROUP, crd.EVALUATION_PLURAL),
     # k8s.read_labels: whether the Secret and the claim a run names are open to runs (tenancy.py).
     ("get", "", "secrets"), ("get", "", "persistentvolumeclaims"),
+    # kopf serves the ContinualTraining; continual_training.py creates, reads and (beyond its
+    # historyLimit) deletes its generations' TrainingRuns and EvaluationRuns.
+    ("list", crd.GROUP, crd.CONTINUAL_PLURAL), ("watch", crd.GROUP, crd.CONTINUAL_PLURAL),
+    ("patch", crd.GROUP, crd.CONTINUAL_PLURAL), ("patch", crd.GROUP, f"{crd.CONTINUAL_PLURAL}/status"),
+    ("create", crd.GROUP, crd.TRAINING_PLURAL), ("delete", crd.GROUP, crd.TRAINING_PLURAL),
+    ("create", crd.GROUP, crd.EVALUATION_PLURAL), ("get", crd.GROUP, crd.EVALUATION_PLURAL),
+    ("delete", crd.GROUP, crd.EVALUATION_PLURAL),
 }
 
 # Granted without being called: where the OwnerReferencesPermissionEnforcement admission plugin is
@@ -58,6 +67,7 @@ EXPECTED_CALLS = {
 ADMISSION_GRANTS = {
     ("update", crd.GROUP, f"{crd.TRAINING_PLURAL}/finalizers"),
     ("update", crd.GROUP, f"{crd.EVALUATION_PLURAL}/finalizers"),
+    ("update", crd.GROUP, f"{crd.CONTINUAL_PLURAL}/finalizers"),
 }
 
 
@@ -78,9 +88,27 @@ def granted_calls(helm: str) -> set[tuple[str, str, str]]:
 
 
 @pytest.fixture
-def recorded_calls(cluster: Cluster, operator) -> set[tuple[str, str, str]]:
+def recorded_calls(cluster: Cluster, operator, kafka_broker: str) -> set[tuple[str, str, str]]:
     cluster.start_runner(executor=fakes.executor, fail_first={("crash-producer", 0)})
-    operator(args=("--standalone", "--namespace", NAMESPACE), SUSY_MISSING_RUN_GRACE_SECONDS="1")
+    operator(args=("--standalone", "--namespace", NAMESPACE), SUSY_MISSING_RUN_GRACE_SECONDS="1",
+             SUSY_KAFKA_BOOTSTRAP=kafka_broker)
+    # A ContinualTraining over three generations (new messages before each; the pods are fakes):
+    # the first creates a TrainingRun, the second an EvaluationRun as well, the third's end deletes
+    # the second's children (historyLimit 1).
+    topic = f"rbac-ct-{secrets.token_hex(3)}"
+    write_messages(kafka_broker, topic, 5)
+    cluster.create({"apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND,
+                    "metadata": {"name": "ct", "namespace": NAMESPACE},
+                    "spec": {"kafka": {"topic": topic}, "trigger": {"everyRows": 5}, "reader": "kafka-python",
+                             "evaluation": {"dataset": {"uris": ["/data/held-out.csv"]}}, "alias": "rbac",
+                             "historyLimit": 1}})
+    for generation in (1, 2, 3):
+        cluster.wait_for(lambda: ((cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "ct") or {}).get("status") or {}).get(
+            "lastDecision", {}).get("generation") == generation, 60, f"generation {generation}")
+        if generation < 3:
+            write_messages(kafka_broker, topic, 5)
+    cluster.wait_for(lambda: cluster.get(crd.EVALUATION_PLURAL, NAMESPACE, "ct-g2-eval") is None, 30,
+                     "generation 2's children deleted")
     open_to_runs = {"namespace": NAMESPACE, "labels": {tenancy.LABEL_ALLOW_RUNS: "true"}}
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", **open_to_runs},
                     "stringData": {"AWS_REGION": "eu-west-1"}})

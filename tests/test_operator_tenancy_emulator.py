@@ -104,9 +104,9 @@ def test_per_namespace_store_credentials(cluster: Cluster, operator, tmp_path) -
     assert (env["SUSY_DATABASE"]["value"], env["SUSY_NAMESPACE"]["value"]) == ("susy-team-b", "team-b")
     from susy_pipeline import store as store_lib
 
-    team_store = store_lib.open_store(team_uri, "susy-team-b")
+    team_store = store_lib.open_store(team_uri, "susy-team-b", namespace="team-b")
     assert team_store.resolve_model(done["status"]["modelId"])["run"] == done["status"]["runName"]
-    assert store_lib.open_store(team_uri, "bigdata").list_models() == []
+    assert store_lib.open_store(team_uri, "bigdata", namespace="team-b").list_models() == []
 
 
 def _real_producer_fake_trainer(events: list[tuple[str, str]]):

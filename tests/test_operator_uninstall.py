@@ -73,11 +73,12 @@ def test_kopf_adds_its_finalizer_only_for_the_timers_and_their_filter_drops_rele
     ours = [h for h in [*registry._spawning.get_all_handlers(), *registry._changing.get_all_handlers()]
             if h.fn.__module__ == handlers.__name__]
     requiring = {h.id for h in ours if h.requires_finalizer}
-    assert requiring == {"reconcile", "expire"}  # following a running run; a finished one's TTL
+    assert requiring == {"reconcile", "reconcile_continual", "expire"}  # running runs; a finished one's TTL
     assert {h.selector.any_name for h in ours if h.requires_finalizer} == {crd.TRAINING_PLURAL,
-                                                                          crd.EVALUATION_PLURAL}
-    # (status, spec) for which each timer runs, and so kopf holds its finalizer.
-    cases = {"reconcile": ({"phase": crd.TRAINING}, {}),
+                                                                          crd.EVALUATION_PLURAL, crd.CONTINUAL_PLURAL}
+    # (status, spec) for which each timer runs, and so kopf holds its finalizer. A ContinualTraining
+    # has no phase while it follows its stream: followed until released.
+    cases = {"reconcile": ({"phase": crd.TRAINING}, {}), "reconcile_continual": ({"phase": crd.TRAINING}, {}),
              "expire": ({"phase": crd.SUCCEEDED}, {"ttlSecondsAfterFinished": 60})}
     for handler in ours:
         if handler.requires_finalizer:

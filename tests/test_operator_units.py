@@ -105,6 +105,8 @@ def test_job_env_takes_the_store_uri_from_the_secret(component: str) -> None:
     assert "value" not in env["MONGODB_URI"]
     assert env["KAFKA_BOOTSTRAP"]["value"] == "kafka.susy:9092"
     assert env["SUSY_DATABASE"]["value"] == "bigdata"
+    # The store namespace is the custom resource's own: every record the Job writes carries it.
+    assert env["SUSY_NAMESPACE"]["value"] == job["metadata"]["namespace"]
     names = [e["name"] for e in container(job)["env"]]
     assert len(names) == len(set(names))
     if component != "evaluator":
@@ -363,7 +365,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
                      for handler_id in ("reclaim", "reconcile", observed, "count_run", "reconcile/spec.suspend",
                                         "expire")},
-                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL)}
+                   ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL),
+                   ("reclaim", crd.CONTINUAL_PLURAL), ("reconcile_continual", crd.CONTINUAL_PLURAL)}
 
 
 def test_handlers_module_is_only_kopf_wiring() -> None:
@@ -392,7 +395,8 @@ def test_builder_input_is_not_mutated() -> None:
 
 
 def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
-    """The operator image installs only the `operator` extra: no TensorFlow, Kafka, pandas."""
+    """The operator image installs only the `operator` extra: no TensorFlow, pandas; kafka-python
+    only for a ContinualTraining's offsets (kafka_offsets.log_offsets imports it when called)."""
     import subprocess
     import sys
 
@@ -418,6 +422,13 @@ def test_the_operator_command_answers_help_with_or_without_run(argv, capsys) -> 
 def test_the_operator_defaults_name_what_the_platform_chart_creates() -> None:
     cfg = config.load({})
     assert (cfg.kafka_bootstrap, cfg.store_secret) == ("susy-platform-kafka:9092", "susy-platform-mongodb")
+
+
+def test_susy_namespace_in_a_runs_env_is_refused() -> None:
+    """A user's env cannot move a run into another namespace's models."""
+    with pytest.raises(spec_lib.SpecError, match=r"env\[0\]\.name SUSY_NAMESPACE is set by the operator"):
+        spec_lib.parse_training_run({"dataset": {"uri": "x.csv"},
+                                     "env": [{"name": "SUSY_NAMESPACE", "value": "another-team"}]})
 
 
 def test_susy_reader_in_a_training_runs_env_is_refused_for_spec_reader() -> None:

@@ -25,6 +25,14 @@ def _parse(**model: Any) -> spec_lib.TrainingRunSpec:
     return spec_lib.parse_training_run({"dataset": {"uri": "x.csv"}, "model": model})
 
 
+def test_an_alias_is_a_model_reference_in_the_pipelines_syntax() -> None:
+    ref = _parse(warmStart={"alias": "champion"}).model.warm_start
+    assert ref == spec_lib.ModelReference(alias="champion")
+    assert (ref.store_ref, ref.text, ref.describe()) == ("alias:champion", "alias:champion", "the model of alias champion")
+    with pytest.raises(spec_lib.SpecError, match="spec.model.warmStart.alias"):
+        _parse(warmStart={"alias": "no spaces"})
+
+
 def test_warm_start_is_a_model_reference_and_leaves_the_recipe_to_the_parent() -> None:
     parsed = _parse(warmStart={"trainingRun": "first"})
     assert parsed.model.warm_start == spec_lib.ModelReference(training_run="first")
@@ -34,7 +42,8 @@ def test_warm_start_is_a_model_reference_and_leaves_the_recipe_to_the_parent() -
 
 
 @pytest.mark.parametrize("warm,problem", [
-    ({}, "spec.model.warmStart must name the model exactly one way (id, timestamp or trainingRun), got none"),
+    ({}, "spec.model.warmStart must name the model exactly one way (id, timestamp, trainingRun or alias), "
+           "got none"),
     ({"id": PARENT, "trainingRun": "a"}, "got id, trainingRun"),
     ({"id": "nope"}, "spec.model.warmStart.id"),
     ({"timestamp": "yesterday"}, "spec.model.warmStart.timestamp 'yesterday' is not an RFC 3339 date-time"),
@@ -89,7 +98,7 @@ def test_a_warm_started_training_run_waits_for_its_parent_and_names_it(cluster: 
     trainer = cluster.get("jobs", NAMESPACE, builders.job_name("second", crd.TRAINER))
     command = trainer["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--warm-start") + 1] == parent_id and "--recipe" not in command
-    with store_lib.open_store(store_uri) as store:
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as store:
         record = store.resolve_model(child["modelId"])
     assert record["parent_model_id"] == parent_id and record["recipe"] == "tuned"
 
@@ -104,3 +113,22 @@ def test_a_warm_started_training_run_waits_for_its_parent_and_names_it(cluster: 
     assert failed["status"]["phase"] == crd.FAILED
     assert condition(failed, crd.MODEL_RESOLVED)["reason"] == crd.REASON_MODEL_NOT_FOUND
     assert builders.job_name("third", crd.PRODUCER) not in {j["metadata"]["name"] for j in cluster.list("jobs", NAMESPACE)}
+
+    # Another team's model in the shared store is not a parent here, by id nor by timestamp.
+    with store_lib.open_store(store_uri, namespace="team-b") as team_b:
+        theirs = team_b.save_model({"run": "first", "recipe": "tuned"}, b"team-b's weights")
+    cluster.create(training_run("fifth", model={"warmStart": {"id": theirs}}))
+    failed = cluster.wait_phase("trainingruns", NAMESPACE, "fifth", {crd.SUCCEEDED, crd.FAILED}, 15)
+    assert condition(failed, crd.MODEL_RESOLVED)["reason"] == crd.REASON_MODEL_NOT_FOUND
+    assert f"in namespace '{NAMESPACE}'" in failed["status"]["message"]
+    cluster.create(training_run("sixth", model={"warmStart": {"timestamp": "2999-01-01T00:00:00Z"}}))
+    sixth = cluster.wait_phase("trainingruns", NAMESPACE, "sixth", {crd.SUCCEEDED, crd.FAILED}, 45)
+    assert sixth["status"].get("parentModelId") not in (None, theirs), sixth["status"]
+    # An alias of this namespace names the parent too (one of team-b's of the same name does not).
+    with store_lib.open_store(store_uri, namespace="team-b") as team_b:
+        team_b.set_alias("champion", theirs, set_by="team-b")
+    with store_lib.open_store(store_uri, namespace=NAMESPACE) as ours:
+        ours.set_alias("champion", parent_id, set_by="us")
+    cluster.create(training_run("seventh", model={"warmStart": {"alias": "champion"}}))
+    seventh = cluster.wait_phase("trainingruns", NAMESPACE, "seventh", {crd.SUCCEEDED, crd.FAILED}, 45)
+    assert seventh["status"]["parentModelId"] == parent_id, seventh["status"]

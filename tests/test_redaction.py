@@ -165,3 +165,24 @@ def test_run_local_shards_get_the_store_uri_by_environment_not_argv(tmp_path, mo
         assert b"evaluate" in argv and not [a for a in argv if b"sqlite" in a or a == b"--store"], argv
         assert env["MONGODB_URI"] == store_uri
     assert json.dumps(summaries)  # the shards' printed summaries came back whole
+
+
+def test_every_log_line_of_a_command_is_redacted(monkeypatch, capsys):
+    """A library's log line quoting a URI or a secret (pymongo, botocore and kafka-python all log
+    their errors) passes the command line's one filter on its way to stderr."""
+    import logging
+
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "saslPw3319")
+    root = logging.getLogger()
+    kept = root.handlers[:]
+    root.handlers[:] = []
+    try:
+        cli.configure_logging(False)
+        logging.getLogger("some.library").warning("retrying %s with password %s", STORE_URI, "saslPw3319")
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        root.handlers[:] = kept
+    err = capsys.readouterr().err
+    assert "retrying mongodb://db-0.db:27017,db-1.db:27017/models with password ***" in err
+    assert not [s for s in SECRETS if s in err]

@@ -30,7 +30,7 @@ def release_finalizers(namespace: str | None, *, attempts: int = 5) -> list[str]
     released: list[str] = []
     for attempt in range(attempts):
         held = []
-        for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL):
+        for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL, crd.CONTINUAL_PLURAL):
             for obj in k8s.list_custom_objects(plural, namespace):
                 patch = finalizers.release_patch(obj, st.now_rfc3339())
                 if patch is None:
@@ -50,8 +50,8 @@ def release_finalizers(namespace: str | None, *, attempts: int = 5) -> list[str]
 
 def release_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"susy-operator {RELEASE_COMMAND}",
-                                     description="Remove kopf's finalizer from every TrainingRun and "
-                                                 "EvaluationRun (run before the operator is uninstalled).")
+                                     description="Remove kopf's finalizer from every TrainingRun, "
+                                                 "EvaluationRun and ContinualTraining (run before the operator is uninstalled).")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--namespace", "-n", help="the namespace the operator serves")
     where.add_argument("--all-namespaces", "-A", action="store_true", help="every namespace")

@@ -337,6 +337,8 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
     """The Job that consumes exactly what the producer recorded, trains, and saves the model;
     with `parent_model_id` (spec.model.warmStart, resolved), it continues that model."""
     command = [*PIPELINE_MODULE, "train", "--run-name", run_name, "--reader", spec.reader]
+    if spec.source is not None:  # offsets already in Kafka, checked whole by the trainer
+        command += ["--offsets", spec.source.offsets_text]
     if spec.model.recipe is not None:  # None only with a warm start: the parent's recipe
         command += ["--recipe", spec.model.recipe]
     if parent_model_id is not None:

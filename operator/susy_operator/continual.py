@@ -273,6 +273,17 @@ def expired_generations(children: Sequence[tuple[int, bool]], current_generation
     return sorted({g for g, finished in children if finished and g < keep_from})
 
 
+def merged(status: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` after the merge-patch `changes` (top-level keys; None deletes), as kopf applies it."""
+    out = dict(status)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
 def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now: str, rows_per_message: int,
                history_limit: int) -> dict[str, Any]:
     """The status fields `decision` changes (a merge-patch; lists whole), once its side effect
@@ -304,7 +315,8 @@ def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now:
         last["challenger"] = dict(decision.challenger)
     if decision.champion:
         last["champion"] = dict(decision.champion)
-    entry = {**last, "offsets": ranges_list(ranges), "trainingRun": current.get("trainingRun"),
+    entry = {**last, "offsets": ranges_list(ranges), "startedAt": current.get("startedAt"),
+             "trainingRun": current.get("trainingRun"),
              "evaluationRun": current.get("evaluationRun") if decision.champion else None}
     patch: dict[str, Any] = {
         "current": None,
@@ -324,3 +336,62 @@ def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now:
     elif decision.champion is not None:  # the champion's score on the latest evaluation
         patch["champion"] = {**(status.get("champion") or {}), "value": decision.champion["value"]}
     return patch
+
+
+# --- the children ---------------------------------------------------------------------------------
+
+def child_labels(name: str, generation: int) -> dict[str, str]:
+    return {crd.LABEL_CONTINUAL_TRAINING: name, crd.LABEL_GENERATION: str(generation),
+            crd.LABEL_PART_OF: "susy", crd.LABEL_MANAGED_BY: crd.MANAGED_BY}
+
+
+def _child(kind: str, child_name: str, name: str, namespace: str, generation: int, spec: Any,
+           body_spec: dict[str, Any]) -> dict[str, Any]:
+    """A child resource: its fixed name, the generation's labels, and the resource's env."""
+    if spec.env:
+        body_spec["env"] = [{"name": k, "value": v} for k, v in spec.env]
+    return {"apiVersion": crd.API_VERSION, "kind": kind,
+            "metadata": {"name": child_name, "namespace": namespace, "labels": child_labels(name, generation)},
+            "spec": body_spec}
+
+
+def training_run_child(name: str, namespace: str, spec: Any, generation: int, ranges: Ranges,
+                       champion_id: str | None) -> dict[str, Any]:
+    """The generation's TrainingRun: exactly `ranges` of the topic (spec.source.kafka, no producer),
+    warm-started from the champion; the first generation (no champion) from the recipe.
+    `spec` is a spec.ContinualTrainingSpec. Later generations keep the champion's network and
+    recipe; the learning rate, epochs and batch size apply to every generation."""
+    model: dict[str, Any] = {}
+    if champion_id is None:
+        model["recipe"] = spec.model.recipe
+        if spec.model.hidden is not None:
+            model["hidden"] = list(spec.model.hidden)
+        if spec.model.dropout is not None:
+            model["dropout"] = spec.model.dropout
+    else:
+        model["warmStart"] = {"id": champion_id}
+    if spec.model.learning_rate is not None:
+        model["learningRate"] = spec.model.learning_rate
+    body_spec: dict[str, Any] = {
+        "source": {"kafka": {"topic": spec.topic, "offsets": ranges_list(ranges)}},
+        "model": model,
+        "reader": spec.reader,
+    }
+    for key, value in (("epochs", spec.epochs), ("batchSize", spec.batch_size)):
+        if value is not None:
+            body_spec[key] = value
+    return _child(crd.TRAINING_KIND, training_run_name(name, generation), name, namespace, generation, spec,
+                  body_spec)
+
+
+def evaluation_run_child(name: str, namespace: str, spec: Any, generation: int, champion_id: str,
+                         challenger_id: str) -> dict[str, Any]:
+    """The generation's EvaluationRun: champion and challenger scored in one pass on the held-out set."""
+    held_out = spec.evaluation
+    dataset: dict[str, Any] = {"uris": list(held_out.uris), "skip": held_out.skip}
+    if held_out.limit is not None:
+        dataset["limit"] = held_out.limit
+    if held_out.secret_name is not None:
+        dataset["secretName"] = held_out.secret_name
+    return _child(crd.EVALUATION_KIND, evaluation_run_name(name, generation), name, namespace, generation, spec,
+                  {"models": [{"id": champion_id}, {"id": challenger_id}], "dataset": dataset, "shards": spec.shards})

@@ -66,7 +66,7 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     # Claimed before any shard starts, so `models delete` refuses from now on, not only once a
     # shard pod has started (the shards claim it again; an upsert).
     for distinct in dict.fromkeys(ids):
-        runs.model_store(body["metadata"]["namespace"]).claim_model(evaluation, distinct, parsed.shards)
+        runs.model_store(namespace).claim_model(evaluation, distinct, parsed.shards)
     job = runs.ensure_step_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
                                                             CONFIG.job_config), parsed.scheduling, logger)
     job_name = builders.job_name(body["metadata"]["name"], crd.EVALUATOR, parsed.shards)

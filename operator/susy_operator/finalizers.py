@@ -54,6 +54,11 @@ def is_expiring(status: Mapping[str, Any], annotations: Mapping[str, str], ttl_s
             and RELEASED_ANNOTATION not in annotations)
 
 
+def is_released(annotations: Mapping[str, str]) -> bool:
+    """A ContinualTraining never finishes, so its timer runs until an uninstall releases it."""
+    return RELEASED_ANNOTATION in annotations
+
+
 def release_patch(obj: Mapping[str, Any], released_at: str) -> dict[str, Any] | None:
     """The merge patch that releases one CR from kopf's finalizer; None when it holds none.
 

@@ -22,14 +22,17 @@ from typing import Any
 
 import kopf
 
-from susy_operator import crd, evaluation_run, finalizers, k8s, metrics, runs, status as st, training_run
+from susy_operator import (continual_training, crd, evaluation_run, finalizers, k8s, metrics, runs, status as st,
+                           training_run)
 from susy_operator.runs import CONFIG, POLL_SECONDS
+from susy_pipeline.redaction import RedactingFilter
 
 # The annotation a Job or pod event sets on its run (a tuple: the key itself has dots).
 OBSERVED_FIELD = ("metadata", "annotations", crd.ANNOTATION_OBSERVED)
 
 TRAINING = (crd.GROUP, crd.VERSION, crd.TRAINING_PLURAL)
 EVALUATION = (crd.GROUP, crd.VERSION, crd.EVALUATION_PLURAL)
+CONTINUAL = (crd.GROUP, crd.VERSION, crd.CONTINUAL_PLURAL)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -48,6 +51,11 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # Our handlers post one Event per transition; kopf's own INFO lines ("Handler ... succeeded")
     # would double them in `kubectl describe`. Warnings and errors still become Events.
     settings.posting.level = logging.WARNING
+    # Every log line, and every Event kopf posts from one (its per-object logger "kopf.objects"),
+    # is redacted: an exception's text may quote a URI (susy_pipeline.redaction).
+    logging.getLogger("kopf.objects").addFilter(RedactingFilter())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     # The CRDs ship with the chart and exist before the operator starts: resolve them once at
     # start-up instead of watching CustomResourceDefinitions and Namespaces (less RBAC, fewer watches).
     settings.scanning.disabled = True
@@ -96,6 +104,7 @@ def _expiring(spec: Mapping[str, Any], status: Mapping[str, Any], annotations: M
 
 @kopf.on.resume(*TRAINING, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
 @kopf.on.resume(*EVALUATION, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
+@kopf.on.resume(*CONTINUAL, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
 def reclaim(annotations: kopf.Annotations, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
     """Triggered on start for a CR an uninstall released (the chart's pre-delete hook, finalizers.py):
     removes the annotation, so the reconciler timer follows the CR again. Writes no status."""
@@ -158,6 +167,25 @@ def expire(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, nam
     """Triggered every POLL_SECONDS for a finished run with a TTL (spec.ttlSecondsAfterFinished or
     the operator's default): `runs.expire` deletes it once the TTL has passed. Writes no status."""
     runs.expire(body, spec, status, name, namespace, uid, logger)
+
+
+# --- continual training ---------------------------------------------------------------------------
+
+def _continual_followed(annotations: Mapping[str, str], **_: Any) -> bool:
+    """The ContinualTraining timer's filter: until an uninstall releases it (finalizers.py)."""
+    return not finalizers.is_released(annotations)
+
+
+@kopf.timer(*CONTINUAL, interval=POLL_SECONDS, when=_continual_followed)
+@runs.store_errors_are_temporary
+def reconcile_continual(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
+                        namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Triggered every POLL_SECONDS for every ContinualTraining (it never finishes: it follows a
+    stream): `continual_training.reconcile`, which reads the topic's offsets and the current
+    generation's children, decides, acts, and writes status (generation, champion, lastDecision,
+    history, conditions Progressing and DataLost)."""
+    with runs.run_locks.hold(uid):
+        continual_training.reconcile(body, spec, status, meta, name, namespace, patch, logger)
 
 
 @kopf.on.event(*TRAINING)

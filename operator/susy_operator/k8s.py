@@ -13,6 +13,7 @@ API calls made here (charts/susy-operator's Role must grant them; tests/test_ope
   list         pods (a Job's, by the Job controller's job-name label: why they fail or cannot start)
   get          secrets, persistentvolumeclaims (metadata only: the allow label a run's Secret or claim needs)
   patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
+  create, get, list, delete  susy.dev/trainingruns, evaluationruns (a ContinualTraining's children)
 kopf watches (list, watch) the custom resources and the operator's own Jobs and pods.
 and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
   list, patch  susy.dev/trainingruns, susy.dev/evaluationruns
@@ -133,16 +134,6 @@ def set_kueue_workloads_active(namespace: str, job_uid: str, active: bool) -> in
     return len(workloads)
 
 
-def delete_custom_object(plural: str, namespace: str, name: str, uid: str) -> bool:
-    """Delete one TrainingRun or EvaluationRun, only the instance `uid` (a precondition: one re-created
-    under the same name is not touched); its Jobs go with it (ownerReferences). False when gone."""
-    api = CustomObjectsApi(_api())
-    return _applied(lambda: api.delete_namespaced_custom_object(
-        crd.GROUP, crd.VERSION, namespace, plural, name,
-        body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"}, _preload_content=False),
-        tolerated=(404, 409))
-
-
 def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     """The pods of a Job, by the label the Job controller puts on each (`batch.kubernetes.io/job-name`,
     set since Kubernetes 1.27: kubernetes pkg/controller/job/job_controller.go)."""
@@ -186,9 +177,14 @@ def read_labels(kind: str, namespace: str, name: str) -> dict[str, str] | None:
 
 
 def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
+    return read_custom_object(crd.TRAINING_PLURAL, namespace, name)
+
+
+def read_custom_object(child_plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A TrainingRun or EvaluationRun, None if absent."""
     api = CustomObjectsApi(_api())
     try:
-        return _json(api.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.TRAINING_PLURAL,
+        return _json(api.get_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, child_plural,
                                                       name, _preload_content=False))
     except ApiException as exc:
         if exc.status == 404:
@@ -196,14 +192,43 @@ def read_training_run(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def list_custom_objects(plural: str, namespace: str | None) -> list[dict[str, Any]]:
-    """Every TrainingRun or EvaluationRun in one namespace, or in all (namespace None)."""
+def create_custom_object_if_absent(child_plural: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create a TrainingRun or EvaluationRun; if one of that name exists (409), return it. (object, created)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     api = CustomObjectsApi(_api())
+    try:
+        return _json(api.create_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, child_plural, body,
+                                                         _preload_content=False)), True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    existing = read_custom_object(child_plural, namespace, name)
+    if existing is None:
+        raise ApiException(status=409, reason=f"{child_plural} {name} is being replaced")
+    return existing, False
+
+
+def delete_custom_object(child_plural: str, namespace: str, name: str, uid: str | None = None) -> bool:
+    """Delete a TrainingRun or EvaluationRun (its Jobs go with it, by ownerReferences); with `uid`,
+    only that instance (a precondition: one re-created under the same name is not touched). False
+    when it is gone (404), or with `uid` is another instance (409)."""
+    api = CustomObjectsApi(_api())
+    options = {"propagationPolicy": "Background", **({"preconditions": {"uid": uid}} if uid else {})}
+    return _applied(lambda: api.delete_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, child_plural, name, body=options, _preload_content=False),
+        tolerated=(404, 409) if uid else (404,))
+
+
+def list_custom_objects(plural: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    """Every TrainingRun or EvaluationRun in one namespace, or in all (namespace None); with
+    `label_selector`, those it selects."""
+    api = CustomObjectsApi(_api())
+    selector = {"label_selector": label_selector} if label_selector else {}
     if namespace is None:
-        listed = api.list_cluster_custom_object(crd.GROUP, crd.VERSION, plural, _preload_content=False)
+        listed = api.list_cluster_custom_object(crd.GROUP, crd.VERSION, plural, _preload_content=False, **selector)
     else:
         listed = api.list_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural,
-                                                   _preload_content=False)
+                                                   _preload_content=False, **selector)
     return list(_json(listed).get("items") or [])
 
 

@@ -13,8 +13,8 @@ https://kubernetes.io/docs/tasks/extend-kubectl/kubectl-plugins/). It uses your 
 verb and the resource to ask for, and goes on with the rest.
 
 `models` runs a Job in the namespace, with the image and store settings of the newest Job the
-operator made there, that prints `susy-pipeline models list --table`; it reads that Job's log and
-deletes it. A Job rather than a port-forward: the store's URI and password stay in the Secret that
+operator made there, that prints `susy-pipeline models list` and `models alias list`; it reads that
+Job's log, shows one table (each model with its aliases) and deletes the Job. A Job rather than a port-forward: the store's URI and password stay in the Secret that
 only pods read (no `get secrets` for you, nothing on your disk), the store may be anything the
 pods reach (a MongoDB replica set, Atlas, the embedded SQLite file on a volume), and it needs no
 MongoDB client on your machine. It needs `create` and `delete` on `jobs`, `list` on `pods` and
@@ -43,7 +43,8 @@ INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # The models Job: not the operator's (its watchers select managed-by=susy-operator).
 MODELS_COMPONENT = "models"
 MANAGED_BY_PLUGIN = "kubectl-susy"
-MODELS_COMMAND = ["python", "-m", "susy_pipeline", "models", "list", "--table"]
+# Two JSON documents, one a line (susy_pipeline/cli.py): the models, then the aliases.
+MODELS_COMMAND = ["sh", "-c", "python -m susy_pipeline models list && python -m susy_pipeline models alias list"]
 # What the models Job copies of the operator's env: the store and where pods may write.
 STORE_ENV = frozenset({crd.ENV_STORE_URI, crd.ENV_DATABASE, "SUSY_NAMESPACE", "HOME", "MPLCONFIGDIR",
                        "PYTHONUNBUFFERED"})
@@ -361,6 +362,31 @@ def cmd_leaderboard(cluster: Cluster, args: argparse.Namespace, out: TextIO, err
     return EXIT_OK
 
 
+def models_table(log: Sequence[str]) -> str:
+    """The models Job's two documents as one table, newest first: each model with its aliases."""
+    documents = []
+    for line in log:
+        if line.startswith("{"):
+            try:
+                documents.append(json.loads(line))
+            except ValueError:
+                continue
+    models = next((d["models"] for d in documents if "models" in d), None)
+    if models is None:
+        raise Unreadable("the models Job printed no list of models; its log:\n" + "\n".join(log))
+    aliases: dict[str, list[str]] = {}
+    for alias in next((d["aliases"] for d in documents if "aliases" in d), []):
+        aliases.setdefault(str(alias.get("model_id")), []).append(str(alias.get("name")))
+    rows = [["MODEL", "CREATED", "RUN", "ROWS", "VAL-AUC", "ALIASES"]]
+    for model in models:
+        model_id = str(model.get("model_id"))
+        rows.append([model_id, str(model.get("created_at", "-")), str(model.get("run", "-")),
+                     str(model.get("rows", "-") if model.get("rows") is not None else "-"),
+                     _number((model.get("metrics") or {}).get("val_auc")),
+                     ",".join(sorted(aliases.get(model_id, []))) or "-"])
+    return table(rows) if models else "No models in the store for this namespace."
+
+
 def models_job(template: Mapping[str, Any], namespace: str, suffix: str) -> dict[str, Any]:
     """A Job that prints the store's models, with the image, store env, store CA volume, service
     account and security context of `template` (a Job the operator made in this namespace)."""
@@ -422,12 +448,13 @@ def cmd_models(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: Tex
                 raise Unreadable(f"Job {name} did not finish in {MODELS_TIMEOUT_SECONDS} s "
                                  f"(kubectl -n {ns} describe job {name})")
             time.sleep(0.5)
-        for pod in pods_in_order(cluster.job_pods(name)):
-            for line in cluster.pod_log(pod["metadata"]["name"]):
-                print(line, file=out)
+        log = [line for pod in pods_in_order(cluster.job_pods(name))
+               for line in cluster.pod_log(pod["metadata"]["name"])]
         if "Failed" in state:
+            print("\n".join(log), file=err)
             print(f"kubectl susy models: Job {name} failed (its log is above)", file=err)
             return EXIT_INCOMPLETE
+        print(models_table(log), file=out)
         return EXIT_OK
     finally:
         try:

@@ -34,8 +34,9 @@ POLL_SECONDS = CONFIG.poll_seconds
 
 def model_store(namespace: str) -> Any:
     """The model store as a run of `namespace` sees it: its database (the chart's
-    store.perNamespaceDatabase, else store.database), through the operator's own URI."""
-    return _open_store(CONFIG.job_config.database_for(namespace))
+    store.perNamespaceDatabase, else store.database), through the operator's own URI, and in it
+    only the records of `namespace` (its models, productions, shard results and aliases)."""
+    return _open_store(CONFIG.job_config.database_for(namespace)).in_namespace(namespace)
 
 
 @functools.lru_cache(maxsize=64)

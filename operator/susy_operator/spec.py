@@ -22,6 +22,8 @@ from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, TOPIC_PATTERN
 READERS: Final = ("tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
+# As the store's ALIAS_PATTERN (susy_pipeline/store.py) and the CRDs' alias fields.
+ALIAS_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 K8S_SUBDOMAIN_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -123,34 +125,37 @@ class Kafka:
 
 @dataclasses.dataclass(frozen=True)
 class ModelReference:
-    """Exactly one of the three is set."""
+    """Exactly one of the four is set."""
     id: str | None = None
     timestamp: str | None = None
     training_run: str | None = None
+    alias: str | None = None
 
     @property
     def store_ref(self) -> str:
-        """The reference in the pipeline's syntax (contracts.md §1), for ids and timestamps."""
+        """The reference in the pipeline's syntax (contracts.md §1), for ids, timestamps and aliases."""
         if self.id is not None:
             return self.id
         if self.timestamp is not None:
             return self.timestamp
+        if self.alias is not None:
+            return f"alias:{self.alias}"
         raise ValueError("a TrainingRun reference resolves through the TrainingRun's status")
 
     @property
     def text(self) -> str:
-        """The reference as status shows it: the id, the timestamp, or `trainingRun:NAME`."""
-        if self.id is not None:
-            return self.id
-        if self.timestamp is not None:
-            return self.timestamp
-        return f"trainingRun:{self.training_run}"
+        """The reference as status shows it: the id, the timestamp, `trainingRun:NAME` or `alias:NAME`."""
+        if self.training_run is not None:
+            return f"trainingRun:{self.training_run}"
+        return self.store_ref
 
     def describe(self) -> str:
         if self.id is not None:
             return f"model id {self.id}"
         if self.timestamp is not None:
             return f"the newest model at or before {self.timestamp}"
+        if self.alias is not None:
+            return f"the model of alias {self.alias}"
         return f"the latest model of TrainingRun {self.training_run}"
 
 
@@ -163,6 +168,20 @@ class ModelParams:
     learning_rate: float | None = None
     dropout: float | None = None
     warm_start: ModelReference | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaSource:
+    """spec.source.kafka: offsets already in Kafka, read by the trainer alone (no producer step).
+    `ranges` is (partition, start, end) per partition, end exclusive; a start of None is where
+    the warm-start parent stopped on that partition (its lineage)."""
+    topic: str
+    ranges: tuple[tuple[int, int | None, int], ...]
+
+    @property
+    def offsets_text(self) -> str:
+        """The trainer's `--offsets` (susy_pipeline.kafka_offsets: TOPIC:P=START-END, START `parent`)."""
+        return f"{self.topic}:" + ",".join(f"{p}={'parent' if s is None else s}-{e}" for p, s, e in self.ranges)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +200,8 @@ class TrainingRunSpec:
     run_policy: RunPolicy = RunPolicy()
     volumes: Volumes = Volumes()
     scheduling: Scheduling = Scheduling()
+    # spec.source.kafka: train on these offsets; None: the producer writes spec.dataset first.
+    source: KafkaSource | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,12 +450,12 @@ class _Reader:
         )
 
     def model_reference(self, data: Mapping[str, Any], path: str, *, present: bool) -> ModelReference:
-        """A model named exactly one way: id, timestamp or trainingRun (`present`: the section was
-        given as an object, so naming none is a problem too)."""
-        named = [key for key in ("id", "timestamp", "trainingRun") if data.get(key) not in (None, "")]
+        """A model named exactly one way: id, timestamp, trainingRun or alias (`present`: the section
+        was given as an object, so naming none is a problem too)."""
+        named = [key for key in ("id", "timestamp", "trainingRun", "alias") if data.get(key) not in (None, "")]
         if present and len(named) != 1:
-            self.problems.append(f"{path} must name the model exactly one way (id, timestamp or trainingRun), "
-                                 f"got {', '.join(named) if named else 'none'}")
+            self.problems.append(f"{path} must name the model exactly one way (id, timestamp, trainingRun "
+                                 f"or alias), got {', '.join(named) if named else 'none'}")
         model_id = self.string(data, path, "id", pattern=MODEL_ID_PATTERN)
         timestamp = self.string(data, path, "timestamp")
         if timestamp is not None:
@@ -443,7 +464,73 @@ class _Reader:
             except ValueError:
                 self.problems.append(f"{path}.timestamp {echo(timestamp)} is not an RFC 3339 date-time")
         training_run = self.string(data, path, "trainingRun", pattern=K8S_NAME_PATTERN)
-        return ModelReference(id=model_id, timestamp=timestamp, training_run=training_run)
+        alias = self.string(data, path, "alias", pattern=ALIAS_NAME_PATTERN)
+        return ModelReference(id=model_id, timestamp=timestamp, training_run=training_run, alias=alias)
+
+    def model_params(self, model: Mapping[str, Any], path: str, *, allow_warm_start: bool = True) -> ModelParams:
+        """spec.model: the recipe and what overrides it; a warm start (`warmStart`) if allowed."""
+        hidden_raw = model.get("hidden")
+        hidden: tuple[int, ...] | None = None
+        if hidden_raw is not None:
+            if (not isinstance(hidden_raw, list) or not 1 <= len(hidden_raw) <= MAX_HIDDEN_LAYERS
+                    or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 4096 for h in hidden_raw)):
+                self.problems.append(f"{path}.hidden must be 1-{MAX_HIDDEN_LAYERS} layer widths in 1..4096")
+            else:
+                hidden = tuple(hidden_raw)
+        warm = model.get("warmStart")
+        warm_start = None
+        if warm is not None and not allow_warm_start:
+            self.problems.append(f"{path}.warmStart is not a field here")
+        elif warm is not None and not isinstance(warm, Mapping):
+            self.problems.append(f"{path}.warmStart must be an object")
+        elif warm is not None:
+            warm_start = self.model_reference(warm, f"{path}.warmStart", present=True)
+        # A warm start takes the parent's recipe unless one is named (the CRD gives recipe no default,
+        # so that an unset one reaches here as unset).
+        recipe = self.string(model, path, "recipe", None, choices=RECIPES)
+        return ModelParams(
+            recipe=recipe or (None if warm_start else DEFAULT_RECIPE),
+            hidden=hidden,
+            learning_rate=self.number(model, path, "learningRate", exclusive_min=0.0, maximum=1.0),
+            dropout=self.number(model, path, "dropout", exclusive_min=-1e-12, maximum=0.9),
+            warm_start=warm_start,
+        )
+
+    def kafka_source(self, source: Mapping[str, Any], has_warm_start: bool) -> KafkaSource | None:
+        """spec.source.kafka: a topic and one offset range per partition."""
+        path = f"{self.root}.source.kafka"
+        kafka = source.get("kafka")
+        if not isinstance(kafka, Mapping):
+            self.problems.append(f"{path} is required in {self.root}.source (a topic and its offsets)")
+            return None
+        topic = self.string(kafka, path, "topic", required=True, pattern=TOPIC_PATTERN)
+        entries = kafka.get("offsets")
+        if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_PARTITIONS:
+            self.problems.append(f"{path}.offsets must list 1 to {MAX_PARTITIONS} partitions")
+            return None
+        ranges: list[tuple[int, int | None, int]] = []
+        for i, entry in enumerate(entries):
+            where = f"{path}.offsets[{i}]"
+            if not isinstance(entry, Mapping):
+                self.problems.append(f"{where} must be an object")
+                continue
+            partition = self.integer(entry, where, "partition", None, minimum=0)
+            start = self.integer(entry, where, "start", None, minimum=0)
+            end = self.integer(entry, where, "end", None, minimum=0)
+            if partition is None or end is None:
+                self.problems.append(f"{where} needs partition and end")
+                continue
+            if start is None and not has_warm_start:
+                self.problems.append(f"{where}.start may be left out only with spec.model.warmStart "
+                                     "(it then starts where that model stopped)")
+            elif start is not None and end < start:
+                self.problems.append(f"{where}: end {end} is before start {start}")
+            if partition in {p for p, _, _ in ranges}:
+                self.problems.append(f"{where}.partition {partition} is given twice")
+            ranges.append((partition, start, end))
+        if topic is None or not ranges:
+            return None
+        return KafkaSource(topic, tuple(sorted(ranges)))
 
     def done(self) -> None:
         if self.problems:
@@ -459,7 +546,11 @@ def parse_training_run(spec: Mapping[str, Any], *,
     `labels`: the CR's labels (Kueue's queue-name and priority-class labels stand for the fields).
     """
     r = _Reader("spec")
-    ds = r.section(spec, "dataset", required=True)
+    source_raw = r.section(spec, "source")
+    if source_raw and spec.get("dataset") is not None:
+        r.problems.append("spec.dataset and spec.source are both given: a TrainingRun reads a file through its "
+                          "producer (spec.dataset) or offsets already in Kafka (spec.source), not both")
+    ds = r.section(spec, "dataset", required=not source_raw)
     kafka = r.section(spec, "kafka")
     model = r.section(spec, "model")
     images = r.section(spec, "images")
@@ -472,23 +563,8 @@ def parse_training_run(spec: Mapping[str, Any], *,
         limit=r.integer(ds, "spec.dataset", "limit", DEFAULT_LIMIT, minimum=1) or DEFAULT_LIMIT,
         secret_name=r.string(ds, "spec.dataset", "secretName", pattern=K8S_SUBDOMAIN_PATTERN),
     )
-    hidden_raw = model.get("hidden")
-    hidden: tuple[int, ...] | None = None
-    if hidden_raw is not None:
-        if (not isinstance(hidden_raw, list) or not 1 <= len(hidden_raw) <= MAX_HIDDEN_LAYERS
-                or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 4096 for h in hidden_raw)):
-            r.problems.append(f"spec.model.hidden must be 1-{MAX_HIDDEN_LAYERS} layer widths in 1..4096")
-        else:
-            hidden = tuple(hidden_raw)
-    warm = model.get("warmStart")
-    warm_start = None
-    if warm is not None and not isinstance(warm, Mapping):
-        r.problems.append("spec.model.warmStart must be an object")
-    elif warm is not None:
-        warm_start = r.model_reference(warm, "spec.model.warmStart", present=True)
-    # A warm start takes the parent's recipe unless one is named (the CRD gives recipe no default,
-    # so that an unset one reaches here as unset).
-    recipe = r.string(model, "spec.model", "recipe", None, choices=RECIPES)
+    params = r.model_params(model, "spec.model")
+    source = r.kafka_source(source_raw, params.warm_start is not None) if source_raw else None
     parsed = TrainingRunSpec(
         dataset=dataset,
         kafka=Kafka(
@@ -497,13 +573,7 @@ def parse_training_run(spec: Mapping[str, Any], *,
                                  minimum=1, maximum=MAX_PARTITIONS) or DEFAULT_PARTITIONS,
             rows_per_message=r.integer(kafka, "spec.kafka", "rowsPerMessage", None, minimum=1, maximum=10000),
         ),
-        model=ModelParams(
-            recipe=recipe or (None if warm_start else DEFAULT_RECIPE),
-            hidden=hidden,
-            learning_rate=r.number(model, "spec.model", "learningRate", exclusive_min=0.0, maximum=1.0),
-            dropout=r.number(model, "spec.model", "dropout", exclusive_min=-1e-12, maximum=0.9),
-            warm_start=warm_start,
-        ),
+        model=params,
         epochs=r.integer(spec, "spec", "epochs", None, minimum=1, maximum=1000),
         batch_size=r.integer(spec, "spec", "batchSize", None, minimum=1, maximum=65536),
         reader=r.string(spec, "spec", "reader", DEFAULT_READER, choices=READERS) or DEFAULT_READER,
@@ -515,6 +585,7 @@ def parse_training_run(spec: Mapping[str, Any], *,
         run_policy=r.run_policy(spec),
         volumes=r.volumes(spec, allowed_volume_types),
         scheduling=r.scheduling(spec, labels or {}),
+        source=source,
     )
     r.done()
     return parsed
@@ -590,3 +661,95 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
 def run_name(namespace: str, name: str, uid: str) -> str:
     """The store key of one CR instance: a re-created CR (new uid) never sees an old record."""
     return f"{namespace}.{name}.{uid[:8]}"
+
+
+# ContinualTraining (manifests/crds/continualtrainings.yaml). Defaults equal the schema's.
+DEFAULT_ROWS_PER_MESSAGE: Final = 1
+DEFAULT_HISTORY_LIMIT: Final = 5
+DEFAULT_METRIC: Final = "auc"
+CONTINUAL_METRICS: Final = ("auc", "accuracy", "logLoss")
+ALIAS_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
+MAX_CONTINUAL_NAME: Final = 50  # the children are <name>-g<N>-train / -eval, within 63 characters
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutSet:
+    uris: tuple[str, ...]
+    skip: int = DEFAULT_SKIP
+    limit: int | None = None
+    secret_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinualTrainingSpec:
+    topic: str
+    evaluation: HeldOutSet
+    alias: str
+    every_rows: int | None = None
+    every_seconds: int | None = None
+    rows_per_message: int = DEFAULT_ROWS_PER_MESSAGE
+    model: ModelParams = ModelParams()
+    epochs: int | None = None
+    batch_size: int | None = None
+    reader: str = DEFAULT_READER
+    metric: str = DEFAULT_METRIC
+    margin: float = 0.0
+    shards: int = DEFAULT_SHARDS
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+    suspend: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def parse_continual_training(spec: Mapping[str, Any]) -> ContinualTrainingSpec:
+    """Validate a ContinualTraining spec; raise SpecError naming every problem."""
+    r = _Reader("spec")
+    kafka = r.section(spec, "kafka", required=True)
+    trigger = r.section(spec, "trigger", required=True)
+    evaluation = r.section(spec, "evaluation", required=True)
+    ds = r.section(evaluation, "dataset") if evaluation else {}
+    if evaluation and not ds:
+        r.problems.append("spec.evaluation.dataset is required (the held-out set)")
+    uris = ds.get("uris") if ds else None
+    if ds and (not isinstance(uris, list) or not 1 <= len(uris) <= MAX_URIS
+               or not all(isinstance(u, str) and u for u in uris)):
+        r.problems.append(f"spec.evaluation.dataset.uris must list 1-{MAX_URIS} non-empty file URIs or globs")
+        uris = []
+    every_rows = r.integer(trigger, "spec.trigger", "everyRows", None, minimum=1)
+    every_seconds = r.integer(trigger, "spec.trigger", "everySeconds", None, minimum=1)
+    if isinstance(spec.get("trigger"), Mapping) and every_rows is None and every_seconds is None:
+        r.problems.append("spec.trigger needs everyRows, everySeconds or both")
+    margin = evaluation.get("margin", 0) if evaluation else 0
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+        r.problems.append(f"spec.evaluation.margin must be a number in [0, 1], got {margin!r}")
+        margin = 0
+    model = r.section(spec, "model")
+    params = r.model_params(model, "spec.model", allow_warm_start=False)
+    parsed = ContinualTrainingSpec(
+        topic=r.string(kafka, "spec.kafka", "topic", required=True, pattern=TOPIC_PATTERN) or "",
+        rows_per_message=r.integer(kafka, "spec.kafka", "rowsPerMessage", DEFAULT_ROWS_PER_MESSAGE,
+                                   minimum=1, maximum=10000) or DEFAULT_ROWS_PER_MESSAGE,
+        every_rows=every_rows,
+        every_seconds=every_seconds,
+        model=params,
+        epochs=r.integer(spec, "spec", "epochs", None, minimum=1, maximum=1000),
+        batch_size=r.integer(spec, "spec", "batchSize", None, minimum=1, maximum=65536),
+        reader=r.string(spec, "spec", "reader", DEFAULT_READER, choices=READERS) or DEFAULT_READER,
+        evaluation=HeldOutSet(
+            uris=tuple(uris or ()),
+            skip=r.integer(ds, "spec.evaluation.dataset", "skip", DEFAULT_SKIP, minimum=0) or 0,
+            limit=r.integer(ds, "spec.evaluation.dataset", "limit", None, minimum=1),
+            secret_name=r.string(ds, "spec.evaluation.dataset", "secretName", pattern=K8S_SUBDOMAIN_PATTERN),
+        ),
+        metric=r.string(evaluation, "spec.evaluation", "metric", DEFAULT_METRIC, choices=CONTINUAL_METRICS)
+        or DEFAULT_METRIC,
+        margin=float(margin),
+        shards=r.integer(evaluation, "spec.evaluation", "shards", DEFAULT_SHARDS, minimum=1, maximum=MAX_SHARDS)
+        or DEFAULT_SHARDS,
+        alias=r.string(spec, "spec", "alias", required=True, pattern=ALIAS_PATTERN) or "",
+        history_limit=r.integer(spec, "spec", "historyLimit", DEFAULT_HISTORY_LIMIT, minimum=1, maximum=100)
+        or DEFAULT_HISTORY_LIMIT,
+        suspend=r.boolean(spec, "spec", "suspend"),
+        env=r.env(spec),
+    )
+    r.done()
+    return parsed

@@ -1,6 +1,7 @@
 """The runs' steps as a table, and what to do next for one step: pure, no kopf, no client.
 
-A TrainingRun is two steps (producer, trainer), an EvaluationRun one (evaluator). For each, the
+A TrainingRun is two steps (producer, trainer), or the trainer alone when its spec.source names
+offsets already in Kafka (`training_steps`); an EvaluationRun is one step (evaluator). For each, the
 reconciler observes the step's Job (or its absence), what status last recorded of it, whether the
 store already holds the step's output, and the pods that cannot start; `decide` turns that into
 one action. The rules, in the order they apply:
@@ -47,6 +48,12 @@ TRAINING_STEPS: Final = (
 )
 EVALUATION_STEP: Final = Step(crd.EVALUATOR, crd.EVALUATED, crd.EVALUATING,
                               "a result for every shard of the evaluation")
+
+
+def training_steps(reads_existing_offsets: bool) -> tuple[Step, ...]:
+    """The steps a TrainingRun runs: producer and trainer, or with spec.source (offsets already in
+    Kafka) the trainer alone."""
+    return TRAINING_STEPS[1:] if reads_existing_offsets else TRAINING_STEPS
 
 
 def training_step(phase: str | None) -> Step | None:

@@ -26,7 +26,8 @@ def _parse(spec: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> 
 def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
           namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
     """Writes status.runName, phase Producing and the Produced condition, and creates the producer
-    Job; an invalid spec ends in Failed."""
+    Job (with spec.source: phase Training, status.kafka, and the trainer Job); an invalid spec
+    ends in Failed."""
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
@@ -40,28 +41,45 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         patch.status["parentModelId"] = parent_id
         parent = [(crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED,
                    f"warm start: {parsed.model.warm_start.describe()} is {parent_id}")]
-    _wait_for_topic(body, status, patch, generation)
+    if parsed.source is None:  # a run on offsets already in Kafka writes nothing: no queue
+        _wait_for_topic(body, status, patch, generation)
     run = spec_lib.run_name(namespace, name, uid)
-    job = runs.ensure_step_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
-                               parsed.scheduling, logger)
-    job_name = builders.job_name(name, crd.PRODUCER)
+    first = steps.training_steps(parsed.source is not None)[0]
+    job_name = builders.job_name(name, first.component)
+    to_create = "created" if steps.hold(parsed.scheduling, None, None).create else \
+        "to be created when spec.suspend is cleared"
+    if first.component == crd.TRAINER:
+        job = runs.ensure_step_job(body, builders.trainer_job(runs.owner(body), parsed, run, CONFIG.job_config,
+                                                              patch.status.get("parentModelId")),
+                                   parsed.scheduling, logger)
+        assert parsed.source is not None
+        waiting = [(crd.TRAINED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
+                    f"trainer Job {job_name} {to_create} for {parsed.source.offsets_text}")]
+        offsets = [{"partition": p, **({"start": s} if s is not None else {}), "end": e}
+                   for p, s, e in parsed.source.ranges]
+        extra = {"kafka": {"topic": parsed.source.topic, "offsets": offsets}}
+    else:
+        job = runs.ensure_step_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
+                                   parsed.scheduling, logger)
+        waiting = [(crd.PRODUCED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
+                    f"producer Job {job_name} {to_create}"),
+                   (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer")]
+        extra = {}
     now = st.now_rfc3339()
     patch.status.update({
-        "phase": crd.PRODUCING,
+        "phase": first.phase,
         "runName": run,
         "startTime": now,
         "observedGeneration": generation,
-        "jobs": {crd.PRODUCER: st.job_summary(job)},
+        "jobs": {first.component: st.job_summary(job)},
+        **extra,
         "conditions": st.with_conditions(status, [
-            *parent,
-            (crd.PRODUCED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
-             f"producer Job {job_name} {'created' if job else 'to be created when spec.suspend is cleared'}"),
-            (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer"),
-            (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, "producing"),
+            *parent, *waiting,
+            (crd.SUCCEEDED_CONDITION, False, crd.REASON_JOB_RUNNING, first.phase.lower()),
         ], now=now, generation=generation),
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
-               message=f"Phase {crd.PRODUCING}: run {run}, producer Job {job_name}")
+               message=f"Phase {first.phase}: run {run}, {first.component} Job {job_name}")
 
 
 def _wait_for_topic(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> None:
@@ -100,9 +118,10 @@ def _resolve_parent(body: kopf.Body, parsed: spec_lib.TrainingRunSpec, status: M
 
     ref = parsed.model.warm_start
     assert ref is not None
+    namespace = body["metadata"]["namespace"]
     now = st.now_rfc3339()
     try:
-        parent_id = runs.resolve_model(body["metadata"]["namespace"], ref, body["metadata"].get("creationTimestamp"))
+        parent_id = runs.resolve_model(namespace, ref, body["metadata"].get("creationTimestamp"))
     except runs.Wait as wait:
         conditions = st.with_condition(status, crd.MODEL_RESOLVED, False, reason=crd.REASON_WAITING_FOR_TRAINING_RUN,
                                        message=f"warm start: {wait}", now=now, generation=generation)

@@ -76,7 +76,8 @@ def expected_totals(shard_count: int) -> dict[str, Any]:
 def _run(job: dict[str, Any], index: int, env: dict[str, str]) -> int:
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     args = _args(command)
-    store = store_lib.open_store(env["MONGODB_URI"], env.get("SUSY_DATABASE", "bigdata"))
+    store = store_lib.open_store(env["MONGODB_URI"], env.get("SUSY_DATABASE", "bigdata"),
+                                 namespace=env["SUSY_NAMESPACE"])
     try:
         if args["command"] == "produce":
             partitions = int(args["partitions"])

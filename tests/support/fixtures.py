@@ -67,3 +67,14 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
         if c["type"] == type_:
             return c
     raise AssertionError(f"no {type_} condition in {obj.get('status')}")
+
+
+def write_messages(bootstrap: str, topic: str, messages: int) -> None:
+    """`messages` one-row messages on partition 0 of `topic` (created if absent): someone else's
+    stream, for a ContinualTraining whose pods are fakes (the rows are never decoded)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for _ in range(messages):
+        producer.send(topic, key=b"1", value=b"0" * 18, partition=0)
+    producer.close()

@@ -41,6 +41,7 @@ KUEUE_WORKLOAD = Kind("kueue.x-k8s.io", "v1beta1", "workloads", "Workload", stat
 PLURAL_PATHS = {
     crd.TRAINING_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     crd.EVALUATION_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
+    crd.CONTINUAL_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     "jobs": "/apis/batch/v1",
     "secrets": "/api/v1",
     "persistentvolumeclaims": "/api/v1",
@@ -118,8 +119,8 @@ class Cluster:
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL,
-                  "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims", "Job": "jobs",
-                  "Workload": "workloads"}[obj["kind"]]
+                  crd.CONTINUAL_KIND: crd.CONTINUAL_PLURAL, "Secret": "secrets",
+                  "PersistentVolumeClaim": "persistentvolumeclaims", "Job": "jobs", "Workload": "workloads"}[obj["kind"]]
         ns = obj["metadata"].get("namespace", "default")
         return self.request("POST", f"{PLURAL_PATHS[plural]}/namespaces/{ns}/{plural}", obj)
 

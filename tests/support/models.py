@@ -7,9 +7,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "susy-sample.csv.gz"
 
 
-def small_model_in_store(store_uri: str, run: str, hidden: tuple[int, ...] = (32, 16)):
+def small_model_in_store(store_uri: str, run: str, hidden: tuple[int, ...] = (32, 16), *,
+                         namespace: str = "local"):
     """Train a small model of the project's builder on the sample's training rows (one epoch), save
-    it to the store at `store_uri` under `run`; (its id, the Keras model)."""
+    it to the store at `store_uri` under `run` in `namespace`; (its id, the Keras model)."""
     import numpy as np
 
     from susy_pipeline import data
@@ -24,5 +25,5 @@ def small_model_in_store(store_uri: str, run: str, hidden: tuple[int, ...] = (32
     y = np.concatenate([b.labels for b in batches])
     model = build_model(ModelConfig(hidden=hidden), mean=x.mean(0), variance=x.var(0))
     model.fit(x, y, epochs=1, batch_size=512, verbose=0)
-    with open_store(store_uri) as store:
+    with open_store(store_uri, namespace=namespace) as store:
         return store.save_model({"run": run}, model_to_bytes(model)), model

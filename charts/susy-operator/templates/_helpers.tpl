@@ -70,7 +70,7 @@ and operator/susy_operator/crd.py.
 susy.dev
 {{- end }}
 {{- define "susy-operator.plurals" -}}
-trainingruns evaluationruns
+trainingruns evaluationruns continualtrainings
 {{- end }}
 
 {{/* "Role" or "ClusterRole", after watchAllNamespaces. */}}

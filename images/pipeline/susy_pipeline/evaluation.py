@@ -44,6 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from .errors import BadInput
+from .redaction import echo
 
 HISTOGRAM_BINS = 1 << 14
 LOSS_SCALE = 10 ** 12          # log-loss is summed in integer units of 1 / LOSS_SCALE nats
@@ -256,7 +257,7 @@ class ModelTallies:
 
     def __init__(self, count: int, ensemble: str | None = None, bins: int = HISTOGRAM_BINS) -> None:
         if ensemble is not None and ensemble not in ENSEMBLE_METHODS:
-            raise BadInput(f"unknown ensemble {ensemble!r} (known: {', '.join(ENSEMBLE_METHODS)})")
+            raise BadInput(f"unknown ensemble {echo(ensemble)} (known: {', '.join(ENSEMBLE_METHODS)})")
         self.count = count
         self.ensemble = ensemble
         self.bins = bins

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import BadInput
+from .redaction import echo
 from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker
 
 Ranges = dict[int, tuple[int, int]]
@@ -75,20 +76,20 @@ def parse_offsets(text: str) -> OffsetRequest:
         return _from_file(Path(text))
     match = _SPEC.match(text)
     if not match:
-        raise BadInput(f"--offsets {text!r}: expected TOPIC:PARTITION=START-END[,PARTITION=START-END...] "
+        raise BadInput(f"--offsets {echo(text)}: expected TOPIC:PARTITION=START-END[,PARTITION=START-END...] "
                        "(e.g. live:0=100-200,1=0-50) or a JSON file")
     partitions: dict[int, tuple[int | str, int]] = {}
     for item in match["parts"].split(","):
         part = _PART.match(item.strip())
         if not part:
-            raise BadInput(f"--offsets {text!r}: {item!r} is not PARTITION=START-END (START a number or 'parent')")
+            raise BadInput(f"--offsets {echo(text)}: {echo(item)} is not PARTITION=START-END (START a number or 'parent')")
         p = int(part["p"])
         start = part["start"] if part["start"] == PARENT else int(part["start"])
         end = int(part["end"])
         if p in partitions:
-            raise BadInput(f"--offsets {text!r}: partition {p} is given twice")
+            raise BadInput(f"--offsets {echo(text)}: partition {p} is given twice")
         if start != PARENT and end < int(start):
-            raise BadInput(f"--offsets {text!r}: partition {p} ends ({end}) before it starts ({start})")
+            raise BadInput(f"--offsets {echo(text)}: partition {p} ends ({end}) before it starts ({start})")
         partitions[p] = (start, end)
     return OffsetRequest(match["topic"], partitions)
 
@@ -101,7 +102,7 @@ def _from_file(path: Path) -> OffsetRequest:
     except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         raise BadInput(f"{path}: expected {{\"topic\": T, \"partitions\": {{\"0\": [START, END]}}}}: {err}") from None
     if not isinstance(topic, str) or not _SPEC.match(f"{topic}:x"):
-        raise BadInput(f"{path}: topic {topic!r} is not a Kafka topic name")
+        raise BadInput(f"{path}: topic {echo(topic)} is not a Kafka topic name")
     for p, (start, end) in partitions.items():
         if start < 0 or end < start:
             raise BadInput(f"{path}: partition {p}: [{start}, {end}) is not an offset range")

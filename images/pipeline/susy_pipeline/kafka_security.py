@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import BadInput, Unavailable
+from .redaction import echo
 
 class KafkaUnavailable(Unavailable, RuntimeError):
     """The broker could not be reached or refused the work (exit 3); kafka_io raises it too."""
@@ -53,12 +54,12 @@ class KafkaSecurity:
 
         protocol = (get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
         if protocol not in PROTOCOLS:
-            raise BadInput(f"KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+            raise BadInput(f"KAFKA_SECURITY_PROTOCOL={echo(protocol)}: expected one of {', '.join(PROTOCOLS)}")
         sasl = protocol.startswith("SASL_")
         mechanism = get("KAFKA_SASL_MECHANISM")
         mechanism = mechanism.upper() if mechanism else ("PLAIN" if sasl else None)
         if mechanism is not None and mechanism not in MECHANISMS:
-            raise BadInput(f"KAFKA_SASL_MECHANISM={mechanism!r}: expected one of {', '.join(MECHANISMS)}")
+            raise BadInput(f"KAFKA_SASL_MECHANISM={echo(mechanism)}: expected one of {', '.join(MECHANISMS)}")
         if mechanism is not None and not sasl:
             raise BadInput(f"KAFKA_SASL_MECHANISM={mechanism} needs KAFKA_SECURITY_PROTOCOL SASL_SSL or "
                            f"SASL_PLAINTEXT, not {protocol}")
@@ -271,7 +272,7 @@ def _sasl_login(sock: Any, server: str, security: KafkaSecurity) -> None:
 def _refused(server: str, security: KafkaSecurity, cause: str) -> BadInput:
     # The cause is the broker's own text; it never holds the password, and nor does this.
     return BadInput(f"Kafka broker {server}: refused SASL {security.mechanism} login of user "
-                    f"{security.username!r} (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD): {cause}")
+                    f"{echo(security.username)} (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD): {cause}")
 
 
 def _read(sock: Any, n: int) -> bytes:

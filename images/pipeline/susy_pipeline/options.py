@@ -8,7 +8,7 @@ import os
 
 from .redaction import echo
 from .schema import DEFAULT_DATABASE, DEFAULT_TOPIC, TOPIC_PATTERN
-from .store import DEFAULT_EMBEDDED_URI
+from .store import DEFAULT_EMBEDDED_URI, DEFAULT_NAMESPACE, check_namespace
 
 
 ENV_NAMES: list[str] = []
@@ -26,6 +26,17 @@ def add_store(p: argparse.ArgumentParser) -> None:
                         "default: the embedded store %(default)s)")
     p.add_argument("--database", default=env("SUSY_DATABASE", DEFAULT_DATABASE),
                    help="database name (env SUSY_DATABASE; default: %(default)s)")
+    p.add_argument("--namespace", type=namespace, default=env("SUSY_NAMESPACE", DEFAULT_NAMESPACE),
+                   help="the store's namespace: every record written carries it and every model "
+                        "reference resolves within it (env SUSY_NAMESPACE, which the operator sets "
+                        "to the custom resource's namespace; default: %(default)s)")
+
+
+def namespace(text: str) -> str:
+    try:
+        return check_namespace(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_kafka(p: argparse.ArgumentParser) -> None:

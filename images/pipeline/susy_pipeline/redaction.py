@@ -21,6 +21,7 @@ A leaf module (standard library only): the operator imports it too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -41,8 +42,11 @@ _URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<authority>[^/?#\s
                   r"(?P<path>[^?#\s\"'<>]*)(?:\?[^#\s\"'<>]*)?(?:#[^\s\"'<>]*)?")
 # Environment variables whose values are secrets (or URIs that may carry them).
 _SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)
-# Names that match but hold no secret: the name of the Kubernetes Secret to check (files.SECRET_ENV).
-_NOT_SECRET = frozenset({"SUSY_DATA_SECRET"})
+# Names that match but hold no secret: the name of the Kubernetes Secret to check (files.SECRET_ENV),
+# and the operator's settings that name Secrets (config.py), which its refusals must show
+# ("spec.dataset.secretName susy-store is one of the operator's own connection Secrets").
+_NOT_SECRET = frozenset({"SUSY_DATA_SECRET", "SUSY_STORE_SECRET", "SUSY_KAFKA_SECRET", "SUSY_STORE_CA_SECRET",
+                         "SUSY_STORE_NAMESPACE_SECRET", "SUSY_ALLOWED_SECRETS"})
 # Variables holding URIs: their password and query values are secrets, their hosts are not.
 _URI_NAME = re.compile(r"_URI$|_URL$|_URL_", re.IGNORECASE)
 # Shorter values would mask ordinary words and numbers; a 1-3 character secret is no secret.
@@ -87,6 +91,22 @@ def echo(value: Any, *, limit: int = MAX_ECHO_CHARS) -> str:
 def one_line(text: str, *, limit: int = MAX_MESSAGE_CHARS) -> str:
     """An error message as one scrubbed line (a termination message, a condition's message)."""
     return scrub(" ".join(str(text).split()), limit=limit)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that scrubs every record's message (arguments merged in) before any handler
+    formats it: a library that logs a URI or an exception with one in it cannot leak it. On a
+    handler it sees every record that reaches the handler; on a logger, that logger's own records
+    (kopf posts its per-object WARNING records as Events from the logger "kopf.objects")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage(), limit=MAX_LOG_CHARS)
+        record.args = ()
+        return True
+
+
+# A log line (a traceback is printed whole, scrubbed, by the command line).
+MAX_LOG_CHARS = 16 << 10
 
 
 def _secret_values() -> list[str]:

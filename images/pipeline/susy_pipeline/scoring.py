@@ -52,6 +52,7 @@ from .evaluation import (ENSEMBLE, ENSEMBLE_METHODS, HISTOGRAM_BINS, MAX_MODELS,
 from .schema import DEFAULT_CHUNK_ROWS, N_FEATURES
 from .streams import ReadAhead
 from .errors import BadInput
+from .redaction import echo
 from .heartbeat import Heartbeat, heartbeat_seconds as default_heartbeat_seconds, shard_source
 from .progress import Progress
 
@@ -247,7 +248,7 @@ def peak_rss_bytes() -> int:
 def _references(model_ref: str | Sequence[str], ensemble: str | None) -> list[str]:
     refs = [model_ref] if isinstance(model_ref, str) else [str(r) for r in model_ref]
     if not refs or any(not r for r in refs):
-        raise BadInput("--model is required (a model id, an ISO-8601 timestamp or latest:RUN)")
+        raise BadInput("--model is required (a model id, an ISO-8601 timestamp, latest:RUN or alias:NAME)")
     if len(refs) > MAX_MODELS:
         raise BadInput(f"--model is given {len(refs)} times; one evaluation scores at most {MAX_MODELS} models")
     twice = sorted({r for r in refs if refs.count(r) > 1})
@@ -256,7 +257,7 @@ def _references(model_ref: str | Sequence[str], ensemble: str | None) -> list[st
     if ENSEMBLE in refs:
         raise BadInput(f"--model {ENSEMBLE}: that name is the ensemble's")
     if ensemble is not None and ensemble not in ENSEMBLE_METHODS:
-        raise BadInput(f"--ensemble {ensemble!r}: known: {', '.join(ENSEMBLE_METHODS)}")
+        raise BadInput(f"--ensemble {echo(ensemble)}: known: {', '.join(ENSEMBLE_METHODS)}")
     if ensemble is not None and len(refs) < 2:
         raise BadInput("--ensemble needs at least two --model")
     return refs

@@ -24,7 +24,7 @@ from .. import options
 from ..evaluation import aggregate_stored, printable
 from ..report_files import write_report
 from ..schema import DEFAULT_DATABASE
-from ..store import open_store
+from ..store import DEFAULT_NAMESPACE, open_store
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,14 +38,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     return aggregate(evaluation=args.evaluation, shard_count=args.shard_count, report=args.report,
-                     store_uri=args.store, database=args.database)
+                     store_uri=args.store, database=args.database,
+                     namespace=args.namespace)
 
 
 def aggregate(*, evaluation: str, shard_count: int | None = None, report: str | None = None,
-              store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict[str, Any]:
+              store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+              namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
     """The exact totals of `evaluation` from its stored shard results (with `report`: also its
     JSON and PNG report in that directory)."""
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         result = aggregate_stored(store, evaluation, shard_count)
     out = printable(result)
     if report:

@@ -28,7 +28,7 @@ from ..heartbeat import HEARTBEAT_ENV, HEARTBEAT_SECONDS
 from ..schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE
 from ..scoring import SCORING_THREADS, evaluate_shard
 from ..shards import STRIPE_ROWS
-from ..store import open_store
+from ..store import DEFAULT_NAMESPACE, open_store
 
 # The command's own text, then how a shard is read and scored (the engine's, in scoring.py).
 DESCRIPTION = __doc__ + "\n" + scoring.__doc__.split("\n", 2)[2]
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate", help="score one shard of a test set with a stored model; upsert the shard result",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None,
-                   help="model id, ISO timestamp (newest at or before) or latest:RUN; give it up to "
+                   help="model id, ISO timestamp (newest at or before), latest:RUN or alias:NAME; give it up to "
                         f"{MAX_MODELS} times to score several models in one pass (env SUSY_MODEL, "
                         "space-separated)")
     p.add_argument("--ensemble", choices=ENSEMBLE_METHODS, default=options.env("SUSY_ENSEMBLE") or None,
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shard_index=args.shard_index, shard_count=args.shard_count, skip=args.skip, limit=args.limit,
         chunk_rows=args.chunk_rows, stripe_rows=args.stripe_rows, model_threads=args.model_threads,
         scoring_threads=args.scoring_threads, progress_seconds=args.progress_seconds,
-        heartbeat_seconds=args.heartbeat_seconds, store_uri=args.store, database=args.database)
+        heartbeat_seconds=args.heartbeat_seconds, store_uri=args.store, database=args.database,
+        namespace=args.namespace)
 
 
 def evaluate(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_index: int,
@@ -104,9 +105,10 @@ def evaluate(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluatio
              chunk_rows: int = DEFAULT_CHUNK_ROWS, stripe_rows: int = STRIPE_ROWS,
              model_threads: int | None = None, scoring_threads: int = SCORING_THREADS,
              progress_seconds: float = 10.0, heartbeat_seconds: float | None = None,
-             store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict[str, Any]:
+             store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+             namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
     """Score one shard (`scoring.evaluate_shard`), upsert its result; return it without histograms."""
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         result = evaluate_shard(
             store, model_ref=model_ref, ensemble=ensemble, inputs=inputs, evaluation=evaluation,
             shard_index=shard_index, shard_count=shard_count, skip=skip, limit=limit, chunk_rows=chunk_rows,

@@ -27,7 +27,7 @@ from ..progress import Progress
 from ..redaction import display_uri
 from ..shards import Piece, planned_rows
 from ..schema import DEFAULT_DATABASE, DEFAULT_TOPIC
-from ..store import open_store, utc_now
+from ..store import DEFAULT_NAMESPACE, open_store, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,14 @@ def run(args: argparse.Namespace) -> dict:
                    max_message_bytes=args.max_message_bytes,
                    bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
                    store_uri=args.store, database=args.database,
-                   rate=args.rate, loop=args.loop)
+                   namespace=args.namespace, rate=args.rate, loop=args.loop)
 
 
 def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
             limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
             max_message_bytes: int = kafka_io.DEFAULT_MAX_MESSAGE_BYTES,
-            store_uri: str | None = None, database: str = DEFAULT_DATABASE, rate: float | None = None,
-            loop: bool = False) -> dict:
+            store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+            namespace: str = DEFAULT_NAMESPACE, rate: float | None = None, loop: bool = False) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`.
     With `rate`, at that many rows per second (`loop`: again and again until SIGTERM)."""
     if rate is not None and rate <= 0:
@@ -86,7 +86,8 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
     log.info("producing %s rows %d..%s to topic %s at %s%s", display_uri(data, path=True), skip,
              "end" if limit is None else skip + limit - 1, topic, bootstrap,
              f", {rate:g} rows/s" + (", looping" if loop else "") if rate else "")
-    with open_store(store_uri, database) as store, _stopped_by_signals() as stop:  # store: fail early if down
+    # The store first: fail early if it is down.
+    with open_store(store_uri, database, namespace=namespace) as store, _stopped_by_signals() as stop:
         def read():
             return iter_batches(data, skip=skip, limit=limit, keep_text=True)
 

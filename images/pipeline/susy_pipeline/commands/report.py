@@ -18,7 +18,7 @@ from .. import options
 from ..evaluation import aggregate_stored
 from ..report_files import write_report
 from ..schema import DEFAULT_DATABASE
-from ..store import open_store
+from ..store import DEFAULT_NAMESPACE, open_store
 
 DEFAULT_OUT = os.path.join(".susy", "reports")
 
@@ -34,11 +34,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     return report(evaluation=args.evaluation, shard_count=args.shard_count, out=args.out,
-                  store_uri=args.store, database=args.database)
+                  store_uri=args.store, database=args.database,
+                  namespace=args.namespace)
 
 
 def report(*, evaluation: str, shard_count: int | None = None, out: str = DEFAULT_OUT,
-           store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict[str, Any]:
+           store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+           namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
     """Aggregate the stored shard results of `evaluation` and write its report into `out`."""
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         return write_report(aggregate_stored(store, evaluation, shard_count), out)

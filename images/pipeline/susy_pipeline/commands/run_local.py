@@ -32,7 +32,7 @@ from ..broker import TFIO_SETTINGS, embedded_broker
 from ..errors import EXIT_BAD_INPUT, BadInput
 from ..model import model_from_bytes
 from ..schema import DEFAULT_CHUNK_ROWS, DEFAULT_DATABASE, DEFAULT_TOPIC, SAMPLE_TRAIN_ROWS
-from ..store import open_store
+from ..store import DEFAULT_NAMESPACE, open_store
 from .aggregate import aggregate
 from .produce import produce
 from .scale import scale
@@ -81,17 +81,19 @@ def kafka(bootstrap: str | None) -> Iterator[str]:
 def run(args: argparse.Namespace) -> dict:
     return run_local(data=args.data, train_rows=args.train_rows, shards=args.shards, reader=args.reader,
                      recipe=args.recipe, rows_per_message=args.rows_per_message, workdir=args.workdir,
-                     bootstrap=args.bootstrap, topic=args.topic, store_uri=args.store, database=args.database)
+                     bootstrap=args.bootstrap, topic=args.topic, store_uri=args.store, database=args.database,
+                     namespace=args.namespace)
 
 
 def run_local(*, data: str = DEFAULT_DATA, train_rows: int = SAMPLE_TRAIN_ROWS, shards: int = 2,
               reader: str = "kafka-python", recipe: str = "tuned", rows_per_message: int = 1,
               workdir: str = DEFAULT_WORKDIR, bootstrap: str | None = None, topic: str = DEFAULT_TOPIC,
-              store_uri: str | None = None, database: str = DEFAULT_DATABASE) -> dict:
+              store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+              namespace: str = DEFAULT_NAMESPACE) -> dict:
     """The module's steps 1-6, each stage called as its command's function; the table on stderr."""
     os.makedirs(workdir, exist_ok=True)
     run_name = "local-" + time.strftime("%Y%m%d-%H%M%S")
-    store = dict(store_uri=store_uri, database=database)
+    store = dict(store_uri=store_uri, database=database, namespace=namespace)
     timings: list[tuple[str, int, float]] = []
 
     # The test rows as one file per shard (whole files are the evaluator's fastest split).
@@ -122,7 +124,7 @@ def run_local(*, data: str = DEFAULT_DATA, train_rows: int = SAMPLE_TRAIN_ROWS, 
     model_id = trained["model_id"]
 
     t = time.perf_counter()
-    with open_store(store_uri, database) as st:
+    with open_store(store_uri, database, namespace=namespace) as st:
         meta, blob = st.load_model(model_id)
     model_from_bytes(blob)  # fails here, not in N shards, if the stored bytes are bad
     timings.append(("load model", 1, time.perf_counter() - t))
@@ -155,7 +157,8 @@ def print_table(timings, result, model_id: str, trained: dict) -> None:
 
 
 def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evaluation: str, shard_count: int,
-                 store_uri: str | None = None, database: str = DEFAULT_DATABASE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+                 namespace: str = DEFAULT_NAMESPACE, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  extra_args: Sequence[str] = (), cpus: Sequence[int] | None = None,
                  timeout_s: float | None = None, ensemble: str | None = None) -> list[dict[str, Any]]:
     """Run all N shards as parallel processes on this machine (what `run-local` does).
@@ -178,7 +181,7 @@ def run_parallel(*, model_ref: str | Sequence[str], inputs: Sequence[str], evalu
         cmd = [sys.executable, "-m", "susy_pipeline", "evaluate", *model_args,
                "--data", *inputs, "--evaluation", evaluation, "--shard-index", str(i),
                "--shard-count", str(shard_count), "--chunk-rows", str(chunk_rows),
-               "--database", database, *extra_args]
+               "--database", database, "--namespace", namespace, *extra_args]
         if cpus:
             cmd = ["taskset", "-c", str(cpus[i % len(cpus)]), *cmd]
         err = tempfile.TemporaryFile()

@@ -8,8 +8,8 @@ api.version.request=false and broker.version.fallback=0.9.0. Recipes: `tuned` (d
 standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
 
-Continual learning: `--warm-start REF` (a model id, an ISO-8601 timestamp or
-latest:RUN) continues a stored model, its weights and standardization, on this
+Continual learning: `--warm-start REF` (a model id, an ISO-8601 timestamp,
+latest:RUN or alias:NAME) continues a stored model, its weights and standardization, on this
 run's rows. The parent's recorded settings are the defaults; an option that
 would change its network (--hidden, --dropout, a --recipe of another shape) is
 refused. The new model's record names the parent (`parent_model_id`);
@@ -39,7 +39,7 @@ from ..model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
 from ..errors import BadInput
 from ..heartbeat import TRAINER_SOURCE, Heartbeat
 from ..schema import DEFAULT_DATABASE
-from ..store import open_store
+from ..store import DEFAULT_NAMESPACE, open_store
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "--warm-start the parent's; a TrainingRun defaults to seed, one pass over "
                         "the topic as the seed's job did)")
     p.add_argument("--warm-start", metavar="REF", default=options.env("SUSY_WARM_START"),
-                   help="continue training this stored model (id, ISO-8601 timestamp or latest:RUN) "
+                   help="continue training this stored model (id, ISO-8601 timestamp, latest:RUN or alias:NAME) "
                         "on this run's rows: its weights and standardization, its settings as the "
                         "defaults (env SUSY_WARM_START)")
     p.add_argument("--offsets", type=_offsets, default=options.env("SUSY_OFFSETS"), metavar="SPEC",
@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> dict:
                  learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
                  patience=args.patience, validation_every=args.validation_every, monitor=args.monitor,
                  seed=args.seed, model_threads=args.model_threads, read_timeout=args.read_timeout,
-                 librdkafka=librdkafka, store_uri=args.store, database=args.database)
+                 librdkafka=librdkafka, store_uri=args.store, database=args.database,
+                 namespace=args.namespace)
 
 
 def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | None = None,
@@ -126,7 +127,7 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
           validation_every: int | None = None, monitor: str | None = None, seed: int | None = None,
           model_threads: int | None = None, read_timeout: float = 120.0, librdkafka: Sequence[str] = (),
           store_uri: str | None = None, database: str = DEFAULT_DATABASE,
-          offsets: OffsetRequest | None = None) -> dict:
+          namespace: str = DEFAULT_NAMESPACE, offsets: OffsetRequest | None = None) -> dict:
     """Train on the offsets `produce` recorded for `run_name` (or on `offsets`), save the model;
     return its record.
 
@@ -144,7 +145,7 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
     overrides = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                      dropout=dropout, hidden=hidden, patience=patience,
                      validation_every=validation_every, monitor=monitor, seed=seed)
-    with open_store(store_uri, database) as store:
+    with open_store(store_uri, database, namespace=namespace) as store:
         parent_meta = parent = None
         if warm_start:
             # Refused before Kafka is read: an unknown parent or a contradicting option is exit 2.
