@@ -18,26 +18,7 @@ from susy_pipeline import cli
 from susy_pipeline.errors import BadInput
 from susy_pipeline.store import EmbeddedStore, ModelNotFound, MongoStore, open_store
 
-from support.mongo import mongomock_client
-
-
-@pytest.fixture(params=["embedded", "mongo"])
-def stores(request, tmp_path):
-    """open(namespace) -> a store on one shared back end."""
-    opened = []
-    if request.param == "embedded":
-        def open_(namespace):
-            opened.append(open_store(f"sqlite:///{tmp_path}/store.sqlite3", namespace=namespace))
-            return opened[-1]
-    else:
-        client = mongomock_client()
-
-        def open_(namespace):
-            opened.append(MongoStore(client=client, database="bigdata", namespace=namespace))
-            return opened[-1]
-    yield open_
-    for s in opened:
-        s.close()
+from support.mongo import mongomock_client, run_processes, stores  # noqa: F401 (a fixture)
 
 
 def test_a_reference_in_namespace_b_never_resolves_to_a_model_of_namespace_a(stores):
@@ -151,15 +132,9 @@ def _assert_old_records_are_local(local, other) -> None:
 def test_an_embedded_store_from_before_namespaces_is_adopted_into_local_once_by_racing_processes(tmp_path):
     path = str(tmp_path / "old.sqlite3")
     _write_a_store_from_before_namespaces(path)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    openers = [ctx.Process(target=_open_and_list, args=(path, queue)) for _ in range(4)]
-    for p in openers:
-        p.start()
-    for p in openers:
-        p.join(60)
-    assert [p.exitcode for p in openers] == [0] * 4
-    assert [queue.get(timeout=5) for _ in openers] == [[OLD_MODEL]] * 4
+    queue = multiprocessing.get_context("spawn").Queue()
+    assert run_processes(_open_and_list, [(path, queue)] * 4) == [0] * 4
+    assert [queue.get(timeout=5) for _ in range(4)] == [[OLD_MODEL]] * 4
     keys = sorted(k for k, in sqlite3.connect(path).execute("SELECT id FROM documents"))
     assert keys == sorted([OLD_MODEL, "local/old-run", "local/old-eval/0", f"local/old-eval/{OLD_MODEL}"])
     with EmbeddedStore(path) as local, EmbeddedStore(path, namespace="team-a") as other:

@@ -115,7 +115,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     """Retry model resolution while Pending; then follow the evaluator Job (steps.EVALUATION_STEP)
     into status.shards, and on completion aggregate the shard results from the store into
     accuracy, auc, logLoss, rows, confusion and shardResults."""
-    from susy_pipeline.evaluation import IncompleteEvaluation, aggregate
+    from susy_pipeline.evaluation import IncompleteEvaluation, aggregate_stored
 
     generation = meta.get("generation")
     evaluation = status.get("evaluation")
@@ -131,7 +131,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         body, step, job_name,
         lambda: builders.evaluator_job(runs.owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
-        output_present=lambda: len(runs.model_store(namespace).shard_results(evaluation)) >= parsed.shards,
+        output_present=lambda: runs.model_store(namespace).count_shard_results(evaluation) >= parsed.shards,
         scheduling=parsed.scheduling)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
@@ -142,9 +142,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                                    lambda beats: progress_lib.evaluation_progress(beats, parsed.shards))
         return
     now = st.now_rfc3339()
-    results = runs.model_store(namespace).shard_results(evaluation)
     try:
-        aggregated = aggregate(results, parsed.shards)
+        # One shard result at a time, only the fields it needs: 1000 shards of 8 models stay
+        # within the operator's memory limit (issue 22; docs/evaluation.md has the measurement).
+        aggregated = aggregate_stored(runs.model_store(namespace), evaluation, parsed.shards)
     except IncompleteEvaluation as error:
         runs.fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
                   condition=crd.EVALUATED,
@@ -166,11 +167,11 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         "completionTime": now,
         "observedGeneration": generation,
         **metrics,
-        "shardResults": st.shard_summaries(results),
+        "shardResults": st.shard_summaries(aggregated["shards"]),
         # The aggregate's rows exactly, whatever the last heartbeats said.
-        "progress": {**progress_lib.final_evaluation_progress(
+        "progress": progress_lib.without_none({**progress_lib.final_evaluation_progress(
             progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
-            metrics["rows"]), "stalled": []},
+            metrics["rows"]), "stalled": []}),
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,
              f"{metrics['rows']} rows in {parsed.shards} shards, accuracy {metrics['accuracy']}"),
@@ -178,7 +179,8 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
-    metrics_lib.ROWS_SCORED.inc(metrics["rows"])
+    if metrics_lib.first_time(uid, "succeeded"):
+        metrics_lib.ROWS_SCORED.inc(metrics["rows"])
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED,
                message=f"Phase {crd.SUCCEEDED}: accuracy {metrics['accuracy']}, AUC {metrics['auc']}, "
                        f"{metrics['rows']} rows")

@@ -14,6 +14,7 @@ API calls made here (charts/susy-operator's Role must grant them; tests/test_ope
   get          secrets, persistentvolumeclaims (metadata only: the allow label a run's Secret or claim needs)
   patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
   create, get, list, delete  susy.dev/trainingruns, evaluationruns (a ContinualTraining's children)
+  patch        susy.dev/continualtrainings/status (a generation recorded before its children exist)
 kopf watches (list, watch) the custom resources and the operator's own Jobs and pods.
 and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
   list, patch  susy.dev/trainingruns, susy.dev/evaluationruns
@@ -250,6 +251,15 @@ def _applied(call: Callable[[], Any], *, tolerated: tuple[int, ...]) -> bool:
             return False
         raise
     return True
+
+
+def patch_continual_training_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch a ContinualTraining's status now, not when its handler returns: the generation
+    it starts is recorded before its first child exists (continual_training.py)."""
+    api = CustomObjectsApi(_api())
+    api.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, namespace, crd.CONTINUAL_PLURAL, name,
+                                              {"status": status}, _content_type="application/merge-patch+json",
+                                              _preload_content=False)
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:

@@ -349,7 +349,8 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
             message = st.failed_job_message(message, st.pods_failed(_job_pods(job or {})))
         fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
               condition=step.condition)
-        metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
+        if metrics.first_time(uid, f"failed:{step.component}"):
+            metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
         return False, summary, job
     current = st.get_condition(status, step.condition) or {}
     if decision.action == steps.WAIT and not decision.not_starting and job is not None and current.get("reason") in (
@@ -370,7 +371,7 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
         hold_phase(body, status, patch, held, step, now=now, generation=generation)
     if decision.action == steps.DONE:
         seconds = metrics.job_seconds(job)
-        if seconds is not None:
+        if seconds is not None and metrics.first_time(uid, f"done:{step.component}"):
             metrics.STEP_DURATION.labels(step=metrics.step_of(step.component)).observe(seconds)
     return decision.action == steps.DONE, summary, job
 
@@ -493,17 +494,20 @@ def follow_heartbeats(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Pa
     stalled = progress_lib.stalled_sources(beats, datetime.datetime.now(datetime.timezone.utc),
                                            CONFIG.heartbeat_stale_seconds)
     pods = _job_pods(job) if stalled and job is not None else []
+    last_beat = {b.get("source"): b.get("updated_at") for b in beats}
     names = []
     for source, age in stalled:
         pod = _running_pod(pods, source)
         if pod is None:
             continue  # its pod ended (the Job's state says how) or has not been seen yet
         names.append(source)
-        if source not in (previous.get("stalled") or []):
+        # One silence (the same last beat) warns once, even if two handlers see it before either's patch.
+        silence = f"stalled:{source}:{last_beat.get(source)}"
+        if source not in (previous.get("stalled") or []) and metrics.first_time(body["metadata"]["uid"], silence):
             metrics.HEARTBEATS_MISSED.labels(source=source.partition("-")[0]).inc()
             kopf.event(body, type="Warning", reason=crd.EVENT_HEARTBEAT_STOPPED,
                        message=f"{progress_lib.describe_source(source)} has sent no heartbeat for {age:.0f} s "
                                f"while its pod {pod} is running: stuck, or starved of CPU?")
-    progress["stalled"] = names
+    progress = progress_lib.without_none({**progress, "stalled": names})
     if progress != previous:
         patch.status["progress"] = progress

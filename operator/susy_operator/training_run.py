@@ -228,5 +228,6 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
-    metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
+    if metrics.first_time(uid, "succeeded"):
+        metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")
