@@ -599,6 +599,21 @@ def test_platform_kraft_switch(helm: str) -> None:
     assert "KAFKA_ZOOKEEPER_CONNECT" not in env
 
 
+def test_platform_takes_kafka_4_in_kraft_mode_and_refuses_it_in_zookeeper_mode(helm: str) -> None:
+    objs = render(helm, PLATFORM, PLATFORM / "ci" / "kraft-kafka4-values.yaml")
+    sts, kafka = _kafka(objs)
+    assert kafka["image"] == "apache/kafka:4.1.0" and sts["metadata"]["annotations"][KAFKA_MODE_ANNOTATION] == "kraft"
+    assert not any("zookeeper" in o["metadata"]["name"] for o in objs)
+    for tag in ("4.1.0", "5.0.0"):
+        proc = subprocess.run([helm, "template", "x", str(PLATFORM), "--set", f"kafka.image.tag={tag}"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert (f'kafka.image.tag "{tag}" is Kafka {tag[0]}, which has no ZooKeeper mode (removed in Kafka 4.0): '
+                f'with kafka.mode "zookeeper" use a 3.9.x image, or set kafka.mode "kraft"') in proc.stderr
+    # 3.9 in ZooKeeper mode (the default) and a tag that names no version are not refused.
+    assert _kafka(render(helm, PLATFORM, None, "kafka.image.tag=latest"))[1]["image"] == "apache/kafka:latest"
+
+
 def test_platform_invalid_mode_fails(helm: str) -> None:
     proc = subprocess.run([helm, "template", "x", str(PLATFORM), "--set", "kafka.mode=kraft4"],
                           capture_output=True, text=True, timeout=60)

@@ -132,6 +132,9 @@ def test_schema_defaults_match_the_operator() -> None:
     assert er["shards"]["default"] == spec_lib.DEFAULT_SHARDS
     assert er["shards"]["maximum"] == spec_lib.MAX_SHARDS
     assert er["chunkRows"]["default"] == spec_lib.DEFAULT_CHUNK_ROWS
+    assert er["precision"]["default"] == spec_lib.DEFAULT_PRECISION
+    assert er["precision"]["enum"] == list(spec_lib.PRECISIONS)
+    assert er["allowBf16"]["default"] is False
     assert er["backoffLimitPerIndex"]["default"] == spec_lib.DEFAULT_BACKOFF_LIMIT_PER_INDEX
     assert er["dataset"]["properties"]["uris"]["maxItems"] == spec_lib.MAX_URIS
     assert er["dataset"]["properties"]["skip"]["default"] == spec_lib.DEFAULT_SKIP

@@ -68,6 +68,20 @@ def test_productions_shard_results_and_claims_of_the_same_names_stay_apart(store
     assert b.model_claims(a_model) == []
 
 
+def test_views_of_one_connection_see_their_own_namespace_and_prepare_the_collections_once(monkeypatch):
+    """The operator keeps one connection and takes a view per custom resource's namespace."""
+    base = MongoStore(client=mongomock_client())
+    prepared = []
+    monkeypatch.setattr(MongoStore, "_prepare_collections", lambda self: prepared.append(self.namespace))
+    a, b = base.in_namespace("team-a"), base.in_namespace("team-b")
+    model = a.save_model({"run": "r"}, b"a")
+    assert [m["model_id"] for m in a.list_models()] == [model] and b.list_models() == []
+    assert base.in_namespace("team-a").resolve_model(model)["namespace"] == "team-a"
+    assert prepared == ["team-a"] and base.namespace == "local"
+    with pytest.raises(BadInput):
+        base.in_namespace("Team A")
+
+
 def test_a_namespace_must_be_a_kubernetes_namespace_name(tmp_path):
     for bad in ("", "Team-A", "a/b", "-a", "a" * 64, "a_b"):
         with pytest.raises(BadInput, match="expected a Kubernetes namespace name"):

@@ -297,6 +297,9 @@ def evaluation_metrics(aggregated: Mapping[str, Any]) -> dict[str, Any]:
         "logLoss": aggregated["log_loss"],
         "rows": aggregated["rows"],
         "confusion": {k: int(confusion[k]) for k in ("tn", "fp", "fn", "tp")},
+        # What every shard computed in (aggregate refuses a mix); results from before precisions
+        # were recorded are fp32.
+        "precision": aggregated.get("precision") or "fp32",
     }
 
 

@@ -323,7 +323,7 @@ _SAME_ACROSS_SHARDS = ("evaluation", "shard_count", "model_id", "plan_id")
 
 # What `aggregate` reads of a shard result; the store returns only these (`aggregate_stored`).
 RESULT_FIELDS = ("evaluation", "shard_index", "shard_count", "model_id", "model_ref", "plan_id", "ensemble",
-                 "models", "rows", "correct", "confusion", "log_loss_units", "histogram", "seconds",
+                 "models", "rows", "correct", "confusion", "log_loss_units", "histogram", "seconds", "precision",
                  "rows_per_second", "peak_rss_bytes", "remote_bytes_read", "inputs")
 
 
@@ -342,6 +342,7 @@ class _Merge:
         self.values: dict[str, dict[str, list[int]]] = {key: {} for key in _SAME_ACROSS_SHARDS}
         self.shard_counts: set[Any] = set()
         self.signatures: dict[str, list[int]] = {}
+        self.precisions: dict[str, list[int]] = {}
         self.summaries: list[dict[str, Any]] = []
         self.lowest: Mapping[str, Any] | None = None  # the lowest index's model names and options
         self.total: ShardTally | None = None
@@ -359,6 +360,8 @@ class _Merge:
         self.shard_counts.add(r.get("shard_count"))
         signature = repr(_model_signature(r))
         self.signatures.setdefault(signature, []).append(index)
+        # A result from before precisions were recorded was computed in fp32.
+        self.precisions.setdefault(str(r.get("precision") or "fp32"), []).append(index)
         self.summaries.append(_shard_summary(r))
         entries = model_entries(r)
         if self.lowest is None or index < self.lowest["shard_index"]:
@@ -416,6 +419,11 @@ class _Merge:
         if missing or duplicated or unexpected or inconsistent:
             raise IncompleteEvaluation(evaluation, shard_count, missing=missing, duplicated=duplicated,
                                        unexpected=unexpected, inconsistent=inconsistent)
+        if len(self.precisions) > 1:
+            detail = "; ".join(f"{p} in shard(s) {_ranges(ix)}" for p, ix in sorted(self.precisions.items()))
+            raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+                f"shards were scored in different precisions ({detail}): their tallies do not add up; "
+                f"score every shard in one precision (evaluate --precision fp32 or bf16)"])
         if len(self.signatures) > 1:
             detail = "; ".join(f"{v} in shard(s) {_ranges(ix)}" for v, ix in sorted(self.signatures.items()))
             raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
@@ -433,6 +441,7 @@ class _Merge:
             "evaluation": evaluation,
             "model_id": lowest["model_id"],
             "shard_count": shard_count,
+            "precision": next(iter(self.precisions)),
             **total.metrics(),
             "threshold": THRESHOLD,
             "histogram_bins": total.bins,

@@ -821,7 +821,10 @@ class MongoStore(Store):
         self._files = db.get_collection(f"{MODELS_COLLECTION}.files", write_concern=majority)
         self._chunks = db.get_collection(f"{MODELS_COLLECTION}.chunks", write_concern=majority)
         self._gridfs = None
-        self._indexed = False
+        # Shared by every in_namespace view of this connection (a dict, which copy.copy shares):
+        # the indexes and the adoption of old records run once per connection, not once per view
+        # (the operator makes a view per call).
+        self._prepared = {"done": False}
 
     @property
     def _bucket(self):
@@ -835,9 +838,9 @@ class MongoStore(Store):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self.attempts + 1):
             try:
-                if not self._indexed:
+                if not self._prepared["done"]:
                     self._prepare_collections()
-                    self._indexed = True
+                    self._prepared["done"] = True
                 return fn()
             except self._errors as err:
                 if attempt == self.attempts:
