@@ -384,7 +384,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
     observed = f"reconcile/metadata.annotations.{crd.ANNOTATION_OBSERVED}"
     assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
-                     for handler_id in ("reclaim", "reconcile", observed, "count_run")},
+                     for handler_id in ("reclaim", "reconcile", observed, "count_run", "reconcile/spec.suspend",
+                                        "expire")},
                    ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL),
                    ("reclaim", crd.CONTINUAL_PLURAL), ("reconcile_continual", crd.CONTINUAL_PLURAL)}
 
