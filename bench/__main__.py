@@ -1,8 +1,8 @@
 """`python -m bench` (`make bench`): the benchmarks, one after the other.
 
   python -m bench [NAME ...]     run the named ones (default: all), in this order:
-                                 pipeline, evaluate, models, object_storage, operator, heartbeats,
-                                 continual
+                                 pipeline, kafka, evaluate, precision, models, object_storage,
+                                 operator, heartbeats, continual
   python -m bench --help         this text; each script has its own --help
                                  (python bench/bench_NAME.py --help)
 
@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NAMES = ("pipeline", "evaluate", "models", "object_storage", "operator", "heartbeats", "continual")
+NAMES = ("pipeline", "kafka", "evaluate", "precision", "models", "object_storage", "operator", "heartbeats",
+         "continual")
 
 
 def main(argv: list[str]) -> int:

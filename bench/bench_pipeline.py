@@ -45,7 +45,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "images", "pipeline"))
 
-from common import cpu_model, process_cpu_seconds  # noqa: E402
+from common import cpu_model, print_table, process_cpu_seconds  # noqa: E402
 from susy_pipeline.broker import TFIO_SETTINGS  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -282,15 +282,9 @@ def main() -> None:
 
     print(f"\nProducer and trainer, {rows:,} rows, median of {args.repeats} ({os.cpu_count()} cores, "
           f"{cpu_model()})\n")
-    print("| what | seed | here | speed-up | target |")
-    print("|---|---|---|---|---|")
-    for row in table:
-        print("| " + " | ".join(row) + " |")
+    print_table(("what", "seed", "here", "speed-up", "target"), table)
     print("\nEach stage against its limit, measured in the same run (ratio = limit time / stage time)\n")
-    print("| stage vs limit | stage | limit | ratio | target |")
-    print("|---|---|---|---|---|")
-    for row in limits:
-        print("| " + " | ".join(row) + " |")
+    print_table(("stage vs limit", "stage", "limit", "ratio", "target"), limits)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ def cpu_model() -> str:
         return "unknown"
 
 
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A markdown table on stdout: what every benchmark prints."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 def store_env(store_uri: str) -> dict[str, str]:
     """This process's environment with the store URI as MONGODB_URI: a child process gets it there,
     never on its command line, which every user of the machine can read (ps, /proc/PID/cmdline)."""

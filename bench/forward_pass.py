@@ -1,6 +1,6 @@
 """The evaluator's limit: the forward pass alone over the same chunks, the data already in memory.
 
-    MONGODB_URI=URI python bench/forward_pass.py --model REF --chunk-rows N --data FILES...
+    MONGODB_URI=URI python bench/forward_pass.py --model REF --chunk-rows N --data FILES... [--precision bf16]
 
 A fresh process, set up as one evaluator shard is (the same thread settings, scorer, chunking,
 tally and scoring threads), that first reads every chunk of the data into memory, then times only
@@ -33,9 +33,11 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--chunk-rows", type=int, required=True)
     p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="what the model computes in, as `evaluate --precision` makes it (default %(default)s)")
     args = p.parse_args()
 
-    from susy_pipeline import scoring, shards
+    from susy_pipeline import precision, scoring, shards
     from susy_pipeline.cpus import configure_threads
     from susy_pipeline.evaluation import HISTOGRAM_BINS
     from susy_pipeline.model import model_from_bytes
@@ -45,7 +47,7 @@ def main() -> None:
     configure_threads(scoring.default_model_threads(paths))
     with open_store(args.store) as store:
         _, blob = store.load_model(args.model)
-    score = scoring.make_scorer(model_from_bytes(blob), args.chunk_rows)
+    score = scoring.make_scorer(precision.with_precision(model_from_bytes(blob), args.precision), args.chunk_rows)
     cpu, wall = process_cpu_seconds(), time.perf_counter()
     chunks = list(scoring.iter_chunks(shards.plan_shard(paths, 0, 1), args.chunk_rows))
     read_cpu, read_wall = process_cpu_seconds() - cpu, time.perf_counter() - wall

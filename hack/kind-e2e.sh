@@ -48,7 +48,7 @@ DATASET=${DATASET:-manifests/examples/pvc/dataset.yaml}
 DATASET_JOB=${DATASET_JOB:-susy-data-scale}
 PVC_EVALUATION_RUN=${PVC_EVALUATION_RUN:-hack/e2e/evaluationrun-pvc.yaml}
 TIMEOUT=${TIMEOUT:-45m}                        # per custom resource
-EXPECT_READER=${EXPECT_READER:-tfio}           # the reader the trainer Job must use
+EXPECT_READER=${EXPECT_READER:-confluent}      # the reader the trainer Job must use (the default)
 
 command -v "$HELM" >/dev/null 2>&1 || HELM=helm
 command -v "$KUBECTL" >/dev/null 2>&1 || KUBECTL=kubectl
@@ -209,7 +209,7 @@ run() {
   local tr
   tr=$(K -n "$NAMESPACE" get -f "$TRAINING_RUN" -o jsonpath='{.metadata.name}')
   wait_phase "$TRAINING_RUN" || { diagnose; exit 1; }
-  # The point of this run: training went through the reader we expect (tfio by default).
+  # The point of this run: training went through the reader we expect (confluent by default).
   local trainer
   trainer=$(K -n "$NAMESPACE" get jobs -l "susy.dev/trainingrun=$tr,app.kubernetes.io/component=trainer" \
               -o jsonpath='{.items[0].spec.template.spec.containers[0].command} {.items[0].spec.template.spec.containers[0].args} {.items[0].spec.template.spec.containers[0].env}')

@@ -68,7 +68,8 @@ EXPECTED_RULES = [
     ([GROUP], ["trainingruns", "evaluationruns"], ["create", "get", "list", "delete"]),
     ([GROUP], ["trainingruns/status", "evaluationruns/status", "continualtrainings/status"], ["patch"]),
     ([GROUP], ["trainingruns/finalizers", "evaluationruns/finalizers", "continualtrainings/finalizers"], ["update"]),
-    (["batch"], ["jobs"], ["create", "get", "list", "watch"]),
+    (["batch"], ["jobs"], ["create", "get", "list", "watch", "patch"]),
+    (["kueue.x-k8s.io"], ["workloads"], ["list", "patch"]),
     ([""], ["pods"], ["list", "watch"]),
     ([""], ["secrets", "persistentvolumeclaims"], ["get"]),
     ([""], ["events"], ["create"]),
@@ -598,6 +599,21 @@ def test_platform_kraft_switch(helm: str) -> None:
     assert "KAFKA_ZOOKEEPER_CONNECT" not in env
 
 
+def test_platform_takes_kafka_4_in_kraft_mode_and_refuses_it_in_zookeeper_mode(helm: str) -> None:
+    objs = render(helm, PLATFORM, PLATFORM / "ci" / "kraft-kafka4-values.yaml")
+    sts, kafka = _kafka(objs)
+    assert kafka["image"] == "apache/kafka:4.1.0" and sts["metadata"]["annotations"][KAFKA_MODE_ANNOTATION] == "kraft"
+    assert not any("zookeeper" in o["metadata"]["name"] for o in objs)
+    for tag in ("4.1.0", "5.0.0"):
+        proc = subprocess.run([helm, "template", "x", str(PLATFORM), "--set", f"kafka.image.tag={tag}"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert (f'kafka.image.tag "{tag}" is Kafka {tag[0]}, which has no ZooKeeper mode (removed in Kafka 4.0): '
+                f'with kafka.mode "zookeeper" use a 3.9.x image, or set kafka.mode "kraft"') in proc.stderr
+    # 3.9 in ZooKeeper mode (the default) and a tag that names no version are not refused.
+    assert _kafka(render(helm, PLATFORM, None, "kafka.image.tag=latest"))[1]["image"] == "apache/kafka:latest"
+
+
 def test_platform_invalid_mode_fails(helm: str) -> None:
     proc = subprocess.run([helm, "template", "x", str(PLATFORM), "--set", "kafka.mode=kraft4"],
                           capture_output=True, text=True, timeout=60)
@@ -686,6 +702,8 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
     """(group, resource, verb) of every kubernetes-client call in operator/susy_operator/*.py."""
     calls: set[tuple[str, str, str]] = set()
     for path in sorted(OPERATOR_SRC.glob("*.py")):
+        if path.name == "kubectl_plugin.py":
+            continue  # `kubectl susy` runs as its user, with the user's kubeconfig and RBAC
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
@@ -693,6 +711,8 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
             method = node.func.attr
             if method in CLIENT_CALLS:
                 calls.add(CLIENT_CALLS[method])
+            elif method in CUSTOM_OBJECT_CALLS and any(getattr(a, "id", "") == "KUEUE_GROUP" for a in node.args):
+                calls.add(("kueue.x-k8s.io", "workloads", CUSTOM_OBJECT_CALLS[method]))  # k8s.py: Kueue's Workloads
             elif method in CUSTOM_OBJECT_CALLS:
                 verb = CUSTOM_OBJECT_CALLS[method]
                 plurals = {p for a in node.args
@@ -757,6 +777,21 @@ def test_operator_role_matches_the_crds() -> None:
             if version.get("served"):
                 assert "status" in version.get("subresources", {}), \
                     f"{crd['metadata']['name']} {version['name']}: the Role patches /status"
+
+
+def test_the_run_ttl_default_is_off_and_reaches_the_operator_when_set(helm: str) -> None:
+    from susy_operator import config
+
+    def operator_env(*sets: str) -> dict[str, str]:
+        (dep,) = by_kind(render(helm, OPERATOR, None, *sets), "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+    assert config.load(operator_env()).run_ttl_seconds_after_finished is None
+    assert config.load(operator_env("runTtlSecondsAfterFinished=604800")).run_ttl_seconds_after_finished == 604800
+    refused = subprocess.run([helm, "template", "x", str(OPERATOR), "--set", "runTtlSecondsAfterFinished=1h"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "runTtlSecondsAfterFinished: 1h is not a whole number" in refused.stderr
 
 
 def test_operator_deployment(helm: str) -> None:

@@ -353,6 +353,31 @@ def test_broker_down_then_back_producer_retried_trainer_reads_recorded_offsets(d
     assert model["rows"] == rows  # the trainer checks it too: StreamMismatch otherwise
 
 
+def test_training_with_the_confluent_reader_in_containers(docker_cluster: DockerCluster) -> None:
+    """A TrainingRun that names no reader trains through the operator's default, `confluent`
+    (confluent-kafka in the pipeline image, librdkafka 2.16), against tansu with default settings
+    (no SUSY_LIBRDKAFKA): the producer (confluent-kafka too) records the offsets, the trainer reads
+    exactly those, and the model records the reader."""
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if not dc.operator.running():
+        dc.operator.start().wait_healthy(dc.liveness_port)
+    rows = 4000
+    cluster.create(training_run(
+        "tr-confluent", dataset={"uri": IMAGE_SAMPLE, "skip": 1000, "limit": rows},
+        kafka={"topic": f"confluent-{dc.run_id}", "partitions": 3}, model={"recipe": "seed"}, epochs=1))
+    tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr-confluent", {crd.SUCCEEDED, crd.FAILED}, 300)
+    assert tr["status"]["phase"] == crd.SUCCEEDED, (tr["status"], dc.failed_logs())
+    trainer = next(r for r in dc.runner.runs if r.job == "tr-confluent-trainer")
+    assert "--reader" in trainer.command and trainer.command[trainer.command.index("--reader") + 1] == "confluent"
+    st = tr["status"]
+    assert st["rowsProduced"] == rows
+    assert sum(o["end"] - o["start"] for o in st["kafka"]["offsets"]) == rows  # one row per message
+    model = dc.store().resolve_model(st["modelId"])
+    assert model["reader"] == "confluent" and model["rows"] == rows
+    assert {int(p): r for p, r in model["lineage"]["partitions"].items()} == {
+        o["partition"]: [o["start"], o["end"]] for o in st["kafka"]["offsets"]}
+
+
 def test_a_pvc_backed_evaluation_reads_through_the_mounted_claim(docker_cluster: DockerCluster) -> None:
     """A PersistentVolumeClaim in an EvaluationRun: the shards' containers mount it (read-only, as the
     operator forces for shards) and score the files on it; the same rows from the image give the

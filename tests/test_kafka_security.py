@@ -2,8 +2,8 @@
 
 TLS: Debian's stunnel terminates TLS in front of a tansu broker (tansu 0.6.0's own TLS listener
 did not serve TLS here), tansu advertising the stunnel port, with a CA and a server certificate
-made in the test (the openssl command line). The producer, the topic admin and both readers
-connect through it with KAFKA_SECURITY_PROTOCOL=SSL and the test CA; a CA that does not match
+made in the test (the openssl command line). Both producer clients, the topic admin and the three
+readers connect through it with KAFKA_SECURITY_PROTOCOL=SSL and the test CA; a CA that does not match
 ends the command at once with exit 2 naming the broker and the cause.
 
 SASL: tansu 0.6.0 with `--authentication` is a real SCRAM server (rsasl, built with SCRAM and
@@ -121,18 +121,21 @@ def sasl_broker(certificates: dict[str, Path]) -> Iterator[dict[str, str]]:
         yield {"plain": plain, "tls": tls, "ca": str(certificates["ca"])}
 
 
-def test_producer_and_both_readers_over_tls(tls_broker: dict[str, str]) -> None:
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)
+def test_both_producers_and_the_three_readers_over_tls(tls_broker: dict[str, str], client: str) -> None:
     security = KafkaSecurity.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CA_FILE": tls_broker["ca"]})
-    topic = f"tls-{time.monotonic_ns()}"
-    production = kafka_io.produce(iter_batches(str(SAMPLE), limit=ROWS, keep_text=True),
+    topic = f"tls-{client}-{time.monotonic_ns()}"
+    production = kafka_io.produce(iter_batches(str(SAMPLE), limit=ROWS, keep_text=True), client=client,
                                   bootstrap=tls_broker["bootstrap"], topic=topic, partitions=2, security=security)
     assert production.rows == ROWS
     ranges = {int(p): tuple(r) for p, r in production.to_record()["partitions"].items()}
     expected = sorted(line.decode() for line in _sample_values(ROWS))
-    by_python = [v for _, values in kafka_io.kafka_python_batches(tls_broker["bootstrap"], topic, ranges,
-                                                                    security=security) for v in values]
-    assert sorted(v.decode() if isinstance(v, bytes) else v for v in by_python) == expected
+    for reader in ("kafka-python", "confluent"):
+        values = [v for _, batch in kafka_io.READERS[reader](tls_broker["bootstrap"], topic, ranges, security=security)
+                  for v in batch]
+        assert sorted(v.decode() for v in values) == expected, reader
     assert sorted(_tfio_values(tls_broker, topic, ranges)) == expected
+
 
 def test_the_broker_check_runs_once_per_bootstrap_and_settings(tls_broker: dict[str, str], monkeypatch) -> None:
     """A trainer opens its reader again every epoch; the TLS handshake (and SASL login) before the
@@ -271,7 +274,7 @@ def _sasl(protocol: str, mechanism: str, ca: str | None = None) -> dict[str, str
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
 @pytest.mark.parametrize("over", ["plain", "tls"])
 def test_a_refused_login_is_exit_2_at_once_naming_the_broker_and_the_cause(sasl_broker, mechanism, over) -> None:
-    """The topic admin (the producer's first client) and both readers check the login first."""
+    """The topic admin, both producer clients and the readers check the login first."""
     protocol = "SASL_SSL" if over == "tls" else "SASL_PLAINTEXT"
     security = KafkaSecurity.from_env(_sasl(protocol, mechanism, sasl_broker["ca"] if over == "tls" else None))
     bootstrap = sasl_broker[over]
@@ -280,8 +283,11 @@ def test_a_refused_login_is_exit_2_at_once_naming_the_broker_and_the_cause(sasl_
     started = time.monotonic()
     with pytest.raises(BadInput, match=expected):
         kafka_io.ensure_topic(bootstrap, "never", 1, security=security)
-    with pytest.raises(BadInput, match=expected):
-        next(kafka_io.kafka_python_batches(bootstrap, "never", {0: (0, 1)}, security=security))
+    for reader in ("kafka-python", "confluent"):
+        with pytest.raises(BadInput, match=expected):
+            next(kafka_io.READERS[reader](bootstrap, "never", {0: (0, 1)}, security=security))
+    with pytest.raises(BadInput, match=expected):  # the confluent producer, made before the topic admin
+        kafka_io.produce(iter([]), bootstrap=bootstrap, topic="never", client="confluent", security=security)
     assert time.monotonic() - started < 5, "at once, not after the clients' retries"
 
 
@@ -329,9 +335,12 @@ def test_produce_and_train_commands_end_with_exit_2_and_never_print_the_password
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command's own default applies
     commands = {
         "produce": ["produce", "--data", str(SAMPLE), "--limit", "10", "--topic", "never"],
+        "produce kafka-python": ["produce", "--client", "kafka-python", "--data", str(SAMPLE), "--limit", "10",
+                                 "--topic", "never"],
         "train tfio": ["train", "--reader", "tfio", "--librdkafka", "api.version.request=false",
                        "--librdkafka", "broker.version.fallback=0.9.0"],
         "train kafka-python": ["train", "--reader", "kafka-python"],
+        "train confluent": ["train", "--reader", "confluent"],
     }
     for what, args in commands.items():
         out = subprocess.run([sys.executable, "-m", "susy_pipeline", *args, "--bootstrap", sasl_broker["tls"],

@@ -17,9 +17,9 @@ from conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("reader", ["kafka-python", "tfio"])
+@pytest.mark.parametrize("reader", ["confluent", "kafka-python", "tfio"])
 def test_run_local_produces_trains_evaluates_and_reports(tmp_path, reader):
-    """Both readers on the embedded broker, with nothing in the environment: the tfio reader gets the
+    """Every reader on the embedded broker, with nothing in the environment: the tfio reader gets the
     librdkafka settings tansu needs (broker.TFIO_SETTINGS) from run-local itself."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("KAFKA_BOOTSTRAP", "MONGODB_URI", "SUSY_READER", "SUSY_LIBRDKAFKA")}

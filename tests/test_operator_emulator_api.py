@@ -197,7 +197,7 @@ def test_custom_resources_are_defaulted_and_pruned(api: Cluster) -> None:
     assert spec["kafka"] == {"partitions": 3}  # `default: {}`, then its own defaults (no topic: the run's own)
     # model: `default: {}` with no recipe default: a warm start takes its parent's recipe, else the operator
     # applies seed (spec.py), so the schema must not fill one in.
-    assert spec["model"] == {} and spec["reader"] == "tfio"
+    assert spec["model"] == {} and spec["reader"] == "confluent"
     assert spec["runPolicy"] == {"backoffLimit": 2, "activeDeadlineSeconds": 21600, "ttlSecondsAfterFinished": 86400}
     assert "status" not in created  # the status subresource: creation drops it
     assert api.get("trainingruns", "ns", "t") == created
@@ -214,7 +214,7 @@ def test_invalid_custom_resources_are_refused_with_the_field_named(api: Cluster)
          "message": "Invalid value: 0: spec.epochs in body should be greater than or equal to 1"}]}
     status = refusal(lambda: api.request("POST", TRS, tr(reader="librdkafka", epochs="ten")))
     assert [c["field"] for c in status["details"]["causes"]] == ["spec.epochs", "spec.reader"]
-    assert 'spec.reader: Unsupported value: "librdkafka": supported values: "tfio", "kafka-python"' in status["message"]
+    assert 'spec.reader: Unsupported value: "librdkafka": supported values: "confluent", "tfio", "kafka-python"' in status["message"]
     assert status["message"].startswith('TrainingRun.susy.dev "t" is invalid: [')
     # CEL rules: the name rule at the root, a cross-field rule, a list rule.
     status = refusal(lambda: api.request("POST", TRS, tr("9lives")))

@@ -240,22 +240,33 @@ def test_progress_in_status_and_prometheus_counters_match_what_happened(cluster:
 
 
 def test_a_hung_shard_raises_a_warning_event_naming_it_and_the_run_still_finishes(
-        cluster: Cluster, operator, store_uri: str, scaled_csv) -> None:
+        cluster: Cluster, operator, store_uri: str, tmp_path) -> None:
     from support.models import small_model_in_store
+    from susy_pipeline.commands.scale import scale
 
-    model_id, _ = small_model_in_store(store_uri, "observe-hang")
+    # 480,000 rows: shard 1 (three 65,536-row stripes) scores for a second or more.
+    scaled_csv = scale(str(SAMPLE), str(tmp_path / "big"), times=48, files=1, formats=["csv.gz"])["files"]["csv.gz"]
+
+    model_id, _ = small_model_in_store(store_uri, "observe-hang", namespace=NAMESPACE)
     runner = cluster.start_runner()
     operator(SUSY_HEARTBEAT_SECONDS=BEAT_SECONDS, SUSY_HEARTBEAT_STALE_SECONDS=STALE_SECONDS)
     cluster.create(evaluation_run("er-hang", {"id": model_id}, dataset={"uris": scaled_csv}, shards=2,
                                   parallelism=2, chunkRows=1024))
 
-    def shard_one_scoring():
-        status = (cluster.get("evaluationruns", NAMESPACE, "er-hang") or {}).get("status") or {}
-        shards = {s["index"]: s for s in (status.get("progress") or {}).get("shards") or []}
-        pod = next((r for r in runner.runs if r.job == "er-hang-eval" and r.index == 1 and r.pid), None)
-        return pod if pod and shards.get(1, {}).get("rowsScored", 0) > 0 else None
+    store = store_lib.open_store(store_uri, namespace=NAMESPACE)
 
-    pod = cluster.wait_for(shard_one_scoring, 120, "shard 1 to report progress")
+    def shard_one_scoring():
+        """Shard 1's process once its heartbeat says it has started and is early in its rows (read
+        from the store every 20 ms, not through status: a fast shard could finish in between)."""
+        pod = next((r for r in runner.runs if r.job == "er-hang-eval" and r.index == 1 and r.pid), None)
+        status = (cluster.get("evaluationruns", NAMESPACE, "er-hang") or {}).get("status") or {}
+        if pod is None or not status.get("evaluation"):
+            return None
+        beat = next((b for b in store.heartbeats(status["evaluation"]) if b["source"] == "shard-1"), None)
+        early = beat is not None and not beat["finished"] and beat["rows_done"] < 0.6 * beat["rows_planned"]
+        return pod if early else None
+
+    pod = cluster.wait_for(shard_one_scoring, 120, "shard 1 to start scoring", interval=0.02)
     os.kill(pod.pid, signal.SIGSTOP)
     try:
         def warned():
@@ -271,11 +282,11 @@ def test_a_hung_shard_raises_a_warning_event_naming_it_and_the_run_still_finishe
         os.kill(pod.pid, signal.SIGCONT)
     er = cluster.wait_phase("evaluationruns", NAMESPACE, "er-hang", {crd.SUCCEEDED, crd.FAILED}, 180)
     assert er["status"]["phase"] == crd.SUCCEEDED, er["status"]
-    assert er["status"]["progress"]["stalled"] == [] and er["status"]["progress"]["rowsScored"] == 160_000
+    assert er["status"]["progress"]["stalled"] == [] and er["status"]["progress"]["rowsScored"] == 480_000
     # One Event for the one stall, in order with the run's others (`kubectl describe` lists them so).
     reasons = [e["reason"] for e in cluster.events(NAMESPACE, "er-hang")]
     assert reasons.count(crd.EVENT_HEARTBEAT_STOPPED) == 1
     assert reasons.index(crd.EVENT_STARTED) < reasons.index(crd.EVENT_HEARTBEAT_STOPPED) < reasons.index(
         crd.EVENT_SUCCEEDED)
-    with store_lib.open_store(store_uri) as store:
-        assert len(store.heartbeats(er["status"]["evaluation"])) == 2  # one document per shard
+    assert len(store.heartbeats(er["status"]["evaluation"])) == 2  # one document per shard
+    store.close()

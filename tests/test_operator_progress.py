@@ -98,3 +98,19 @@ def test_labels_are_bounded_no_run_names():
         metrics.step_of("my-run-producer")
     assert metrics.job_seconds({"status": {"startTime": "2026-12-05T08:00:00Z",
                                            "completionTime": "2026-12-05T08:01:30Z"}}) == 90.0
+
+
+def test_a_run_event_counts_once_however_many_handlers_see_it():
+    """The timer and a wake-up can both see a step fail before either's patch lands: one count."""
+    assert metrics.first_time("uid-b", "failed:producer") is True
+    assert metrics.first_time("uid-b", "failed:producer") is False
+    assert metrics.first_time("uid-b", "failed:trainer") is True and metrics.first_time("uid-c", "failed:producer")
+
+
+def test_progress_for_a_merge_patch_has_no_none_fields():
+    """None deletes a field in a merge patch: such a progress would differ from the status it was
+    written to at every poll, and be patched again and again."""
+    p = progress.without_none(progress.evaluation_progress([], shard_count=2))
+    assert "etaSeconds" not in p and p["display"] == "0%"
+    beat = {"kind": "trainer", "epoch": 0, "epochs": 4, "loss": None, "val_auc": None, "updated_at": at(1)}
+    assert set(progress.without_none(progress.training_progress([beat]))) == {"epoch", "epochs", "display", "updatedAt"}

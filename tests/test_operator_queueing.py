@@ -220,3 +220,163 @@ def test_a_training_run_named_by_an_unfinished_run_is_kept() -> None:
     ]
     assert steps.runs_naming("t", runs) == ["EvaluationRun/e1", "EvaluationRun/e2", "TrainingRun/t2"]
     assert steps.runs_naming("v", runs) == []
+
+
+# --- against the API emulator: the operator, the Job runner (the Job controller) and the test as Kueue ------
+
+import asyncio  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from support import fakes  # noqa: E402
+from support.fixtures import (NAMESPACE, cluster, condition, evaluation_run, operator, store_uri,  # noqa: E402,F401
+                              training_run)
+from support.harness import Cluster  # noqa: E402
+
+
+def admit(cluster: Cluster, job_name: str) -> None:
+    """What Kueue does when a Workload is admitted: the Job un-suspended (kueue
+    pkg/controller/jobs/job/job_controller.go, RunWithPodSetsInfo)."""
+    cluster.patch("jobs", NAMESPACE, job_name, {"spec": {"suspend": False}})
+
+
+def reasons(cluster: Cluster, name: str) -> list[str]:
+    return [e["reason"] for e in sorted(cluster.events(NAMESPACE, name), key=lambda e: e["metadata"]["name"])]
+
+
+def wait_phase(cluster: Cluster, name: str, phase: str, timeout: float = 20) -> dict[str, Any]:
+    return cluster.wait_phase("trainingruns", NAMESPACE, name, {phase}, timeout)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_queued_run_waits_past_the_pod_start_grace_and_runs_once_admitted(cluster: Cluster, operator) -> None:
+    runner = cluster.start_runner(executor=fakes.executor)
+    operator(SUSY_POD_START_GRACE_SECONDS="1")
+    cluster.create(training_run("tr", queueName="team-a", workloadPriorityClassName="low"))
+    job = cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-producer"), 20, "the producer Job")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][crd.LABEL_KUEUE_QUEUE] == "team-a"
+    assert job["metadata"]["labels"][crd.LABEL_KUEUE_PRIORITY] == "low"
+    run = wait_phase(cluster, "tr", crd.QUEUED)
+    assert run["status"]["stepPhase"] == crd.PRODUCING
+    assert condition(run, crd.QUEUED_CONDITION)["message"].startswith(crd.QUEUED_MESSAGE)
+    time.sleep(4)  # four times the grace period, the operator looking every 0.25 s
+    run = cluster.get("trainingruns", NAMESPACE, "tr")
+    assert run["status"]["phase"] == crd.QUEUED, run["status"]
+    assert not runner.runs, "a suspended Job starts no pod"
+
+    admit(cluster, "tr-producer")
+    trainer = cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-trainer"), 20, "the trainer Job")
+    assert trainer["spec"]["suspend"] is True and trainer["metadata"]["labels"][crd.LABEL_KUEUE_QUEUE] == "team-a"
+    run = cluster.wait_for(lambda: (lambda r: r if r["status"].get("stepPhase") == crd.TRAINING else None)(
+        cluster.get("trainingruns", NAMESPACE, "tr")), 20, "the trainer queued")
+    assert run["status"]["phase"] == crd.QUEUED and run["status"]["rowsProduced"] == 2000
+    admit(cluster, "tr-trainer")
+    run = wait_phase(cluster, "tr", crd.SUCCEEDED)
+    admitted = condition(run, crd.QUEUED_CONDITION)
+    assert (admitted["status"], admitted["reason"]) == ("False", crd.REASON_ADMITTED)
+    assert "stepPhase" not in run["status"] and "message" not in run["status"]
+    cluster.wait_for(lambda: reasons(cluster, "tr").count(crd.EVENT_ADMITTED) == 2, 10,
+                     f"two Admitted Events (so far: {reasons(cluster, 'tr')})")
+    assert reasons(cluster, "tr").count(crd.EVENT_QUEUED) == 2
+    assert cluster.job_creations() == {(NAMESPACE, "tr-producer"): 1, (NAMESPACE, "tr-trainer"): 1}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_suspend_mid_run_then_resume_without_a_duplicate_job(cluster: Cluster, operator) -> None:
+    attempts: list[int] = []
+
+    async def producer_slow_the_first_time(job: dict[str, Any], index: int, env: dict[str, str]) -> int:
+        if job["metadata"]["name"].endswith("-producer") and not attempts:
+            attempts.append(1)
+            await asyncio.sleep(600)  # the pod removed by the suspension cancels this
+        return await fakes.executor(job, index, env)
+
+    runner = cluster.start_runner(executor=producer_slow_the_first_time)
+    operator(SUSY_POD_START_GRACE_SECONDS="1")
+    cluster.create(training_run("tr"))
+    cluster.wait_for(lambda: runner.tasks, 20, "the producer pod to start")
+    cluster.patch("trainingruns", NAMESPACE, "tr", {"spec": {"suspend": True}})
+    run = wait_phase(cluster, "tr", crd.SUSPENDED)
+    assert run["status"]["stepPhase"] == crd.PRODUCING and st.is_true(run["status"], crd.SUSPENDED_CONDITION)
+    job = cluster.wait_for(lambda: (lambda j: j if st.job_suspended(j) and not j["status"].get("active") else None)(
+        cluster.get("jobs", NAMESPACE, "tr-producer")), 10, "the Job suspended, its pod gone")
+    assert job["status"]["failed"] == 0  # a pod removed by the suspension is no failure
+    cluster.wait_for(lambda: not cluster.list("pods", NAMESPACE), 10, "the pod deleted")
+    time.sleep(2)  # twice the grace period: a suspended run does not fail
+    assert cluster.get("trainingruns", NAMESPACE, "tr")["status"]["phase"] == crd.SUSPENDED
+
+    cluster.patch("trainingruns", NAMESPACE, "tr", {"spec": {"suspend": None}})
+    run = wait_phase(cluster, "tr", crd.SUCCEEDED)
+    resumed = condition(run, crd.SUSPENDED_CONDITION)
+    assert (resumed["status"], resumed["reason"]) == ("False", crd.REASON_RESUMED)
+    assert cluster.job_creations() == {(NAMESPACE, "tr-producer"): 1, (NAMESPACE, "tr-trainer"): 1}
+    assert [r.job for r in runner.runs] == ["tr-producer", "tr-producer", "tr-trainer"]
+    assert {crd.EVENT_SUSPENDED, crd.EVENT_RESUMED} <= set(reasons(cluster, "tr"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_queued_run_suspended_sets_its_kueue_workload_inactive_and_back(cluster: Cluster, operator) -> None:
+    """With a queue, Kueue owns the Job's spec.suspend (it would start an admitted Job the operator
+    suspended): the operator holds the run through the Workload's spec.active instead."""
+    cluster.start_runner(executor=fakes.executor)
+    operator()
+    cluster.create(training_run("tr", queueName="team-a"))
+    job = cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-producer"), 20, "the producer Job")
+    cluster.create({"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",  # as Kueue makes it
+                    "metadata": {"name": "job-tr-producer-1a2b3", "namespace": NAMESPACE,
+                                 "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]}},
+                    "spec": {"queueName": "team-a", "active": True}})
+    wait_phase(cluster, "tr", crd.QUEUED)
+    cluster.patch("trainingruns", NAMESPACE, "tr", {"spec": {"suspend": True}})
+    wait_phase(cluster, "tr", crd.SUSPENDED)
+    cluster.wait_for(lambda: cluster.get("workloads", NAMESPACE, "job-tr-producer-1a2b3")["spec"]["active"] is False,
+                     10, "the Workload inactive")
+    assert cluster.get("jobs", NAMESPACE, "tr-producer")["spec"]["suspend"] is True  # untouched: Kueue's
+    cluster.patch("trainingruns", NAMESPACE, "tr", {"spec": {"suspend": False}})
+    cluster.wait_for(lambda: cluster.get("workloads", NAMESPACE, "job-tr-producer-1a2b3")["spec"]["active"] is True,
+                     10, "the Workload active again")
+    wait_phase(cluster, "tr", crd.QUEUED)
+    admit(cluster, "tr-producer")
+    cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-trainer"), 20, "the trainer Job")
+    assert cluster.job_creations()[(NAMESPACE, "tr-producer")] == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_the_ttl_deletes_a_finished_run_and_its_model_stays_loadable(cluster: Cluster, operator, store_uri: str) -> None:
+    from susy_pipeline.model import ModelConfig, build_model, model_from_bytes, model_to_bytes
+    from susy_pipeline.store import open_store
+
+    real_model = model_to_bytes(build_model(ModelConfig(hidden=(4,), normalize=False)))
+
+    async def saves_a_real_model(job: dict[str, Any], index: int, env: dict[str, str]) -> int:
+        if job["metadata"]["name"].endswith("-trainer"):
+            with open_store(env["MONGODB_URI"], env["SUSY_DATABASE"], namespace=env["SUSY_NAMESPACE"]) as store:
+                command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+                store.save_model({"run": command[command.index("--run-name") + 1]}, real_model)
+            return 0
+        return await fakes.executor(job, index, env)
+
+    cluster.start_runner(executor=saves_a_real_model)
+    operator(SUSY_MISSING_RUN_GRACE_SECONDS="600")
+    cluster.create(training_run("tr", ttlSecondsAfterFinished=1))
+    cluster.create(training_run("kept"))  # no TTL, and the operator's default is off
+    # A run that names `tr` and has not finished (held here by spec.suspend) keeps it past its TTL.
+    cluster.create(evaluation_run("er", {"trainingRun": "tr"}, suspend=True))
+    done = wait_phase(cluster, "tr", crd.SUCCEEDED)
+    model_id = done["status"]["modelId"]
+    wait_phase(cluster, "kept", crd.SUCCEEDED)
+    cluster.wait_phase("evaluationruns", NAMESPACE, "er", {crd.SUSPENDED}, 20)
+    time.sleep(3)
+    assert cluster.get("trainingruns", NAMESPACE, "tr") is not None, "kept while EvaluationRun er names it"
+    cluster.delete("evaluationruns", NAMESPACE, "er")
+    cluster.wait_for(lambda: cluster.get("trainingruns", NAMESPACE, "tr") is None, 20, "the TTL deletion")
+    cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "tr-trainer") is None, 10, "its Jobs gone with it")
+    assert cluster.get("trainingruns", NAMESPACE, "kept") is not None
+    with open_store(store_uri, "bigdata", namespace=NAMESPACE) as store:
+        _, data = store.load_model(model_id)
+    assert model_from_bytes(data).count_params() == build_model(ModelConfig(hidden=(4,), normalize=False)).count_params()

@@ -42,6 +42,12 @@ EXPECTED_CALLS = {
     # pod_changed); k8s.list_job_pods: why a pod failed or cannot start.
     ("list", "batch", "jobs"), ("watch", "batch", "jobs"),
     ("list", "", "pods"), ("watch", "", "pods"),
+    # k8s.set_job_suspend: a run without a queue suspended or resumed (spec.suspend).
+    ("patch", "batch", "jobs"),
+    # k8s.set_kueue_workloads_active: a queued run suspended or resumed.
+    ("list", "kueue.x-k8s.io", "workloads"), ("patch", "kueue.x-k8s.io", "workloads"),
+    # k8s.delete_custom_object: a finished run past its TTL (spec.ttlSecondsAfterFinished).
+    ("delete", crd.GROUP, crd.TRAINING_PLURAL), ("delete", crd.GROUP, crd.EVALUATION_PLURAL),
     # k8s.read_labels: whether the Secret and the claim a run names are open to runs (tenancy.py).
     ("get", "", "secrets"), ("get", "", "persistentvolumeclaims"),
     # kopf serves the ContinualTraining; continual_training.py creates, reads and (beyond its
@@ -119,10 +125,30 @@ def recorded_calls(cluster: Cluster, operator, kafka_broker: str) -> set[tuple[s
     # that rule reaches the operator all the same: the failure path, a Warning Event, no Job.
     cluster.call(cluster.emulator.put, "trainingruns", bad)
     cluster.create(training_run("crash", runPolicy={"backoffLimit": 0}))  # a failed Job: its pods are read
+    # Finished runs past their TTL: deleted by the operator (the TrainingRun once its EvaluationRun ended).
+    cluster.create(training_run("gone", ttlSecondsAfterFinished=0))
+    cluster.create(evaluation_run("gone-er", {"trainingRun": "gone"}, ttlSecondsAfterFinished=0))
+    # Suspended and resumed without a queue: the operator patches the Job.
+    cluster.create(training_run("held", suspend=True))
+    cluster.wait_phase("trainingruns", NAMESPACE, "held", {crd.SUSPENDED}, 30)
+    cluster.patch("trainingruns", NAMESPACE, "held", {"spec": {"suspend": False}})
+    # Suspended with a queue: the operator sets the Kueue Workload (made here, as Kueue would) inactive.
+    cluster.create(training_run("queued", queueName="team-a"))
+    job = cluster.wait_for(lambda: cluster.get("jobs", NAMESPACE, "queued-producer"), 30, "the queued Job")
+    cluster.create({"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
+                    "metadata": {"name": "job-queued-producer", "namespace": NAMESPACE,
+                                 "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]}},
+                    "spec": {"queueName": "team-a", "active": True}})
+    cluster.wait_phase("trainingruns", NAMESPACE, "queued", {crd.QUEUED}, 30)
+    cluster.patch("trainingruns", NAMESPACE, "queued", {"spec": {"suspend": True}})
     for plural, name in (("trainingruns", "tr"), ("evaluationruns", "er"), ("trainingruns", "bad"),
-                         ("trainingruns", "crash")):
+                         ("trainingruns", "crash"), ("trainingruns", "held")):
         cluster.wait_phase(plural, NAMESPACE, name, {crd.SUCCEEDED, crd.FAILED}, 30)
     cluster.wait_for(lambda: cluster.events(NAMESPACE, "er"), 10, "Events")
+    cluster.wait_for(lambda: cluster.get("workloads", NAMESPACE, "job-queued-producer")["spec"]["active"] is False,
+                     30, "the Workload inactive")
+    for plural, name in (("trainingruns", "gone"), ("evaluationruns", "gone-er")):
+        cluster.wait_for(lambda: cluster.get(plural, NAMESPACE, name) is None, 30, f"{name} deleted after its TTL")
     return cluster.call(lambda: operator_calls(cluster.emulator.calls))
 
 

@@ -73,14 +73,21 @@ def test_kopf_adds_its_finalizer_only_for_the_timers_and_their_filter_drops_rele
     ours = [h for h in [*registry._spawning.get_all_handlers(), *registry._changing.get_all_handlers()]
             if h.fn.__module__ == handlers.__name__]
     requiring = {h.id for h in ours if h.requires_finalizer}
-    assert requiring == {"reconcile", "reconcile_continual"}
+    assert requiring == {"reconcile", "reconcile_continual", "expire"}  # running runs; a finished one's TTL
     assert {h.selector.any_name for h in ours if h.requires_finalizer} == {crd.TRAINING_PLURAL,
                                                                           crd.EVALUATION_PLURAL, crd.CONTINUAL_PLURAL}
+    # (status, spec) for which each timer runs, and so kopf holds its finalizer. A ContinualTraining
+    # has no phase while it follows its stream: followed until released.
+    cases = {"reconcile": ({"phase": crd.TRAINING}, {}), "reconcile_continual": ({"phase": crd.TRAINING}, {}),
+             "expire": ({"phase": crd.SUCCEEDED}, {"ttlSecondsAfterFinished": 60})}
     for handler in ours:
         if handler.requires_finalizer:
-            # A ContinualTraining has no phase while it follows its stream: followed until released.
-            assert handler.when(status={"phase": crd.TRAINING}, annotations={})
-            assert not handler.when(status={"phase": crd.TRAINING}, annotations={finalizers.RELEASED_ANNOTATION: "T"})
+            status, spec = cases[str(handler.id)]
+            assert handler.when(status=status, spec=spec, annotations={})
+            assert not handler.when(status=status, spec=spec, annotations={finalizers.RELEASED_ANNOTATION: "T"})
+    expiring = next(h for h in ours if str(h.id) == "expire")
+    assert not expiring.when(status={"phase": crd.SUCCEEDED}, spec={}, annotations={}), "no TTL: no finalizer"
+    assert not expiring.when(status={"phase": crd.TRAINING}, spec={"ttlSecondsAfterFinished": 0}, annotations={})
 
 
 # --- the chart ---------------------------------------------------------------------------------------

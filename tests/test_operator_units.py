@@ -125,7 +125,7 @@ def test_producer_command() -> None:
 
 def test_trainer_command_passes_only_what_the_spec_sets() -> None:
     plain = container(ALL_JOBS["trainer"]())["command"]
-    assert plain == ["python", "-m", "susy_pipeline", "train", "--run-name", RUN, "--reader", "tfio",
+    assert plain == ["python", "-m", "susy_pipeline", "train", "--run-name", RUN, "--reader", "confluent",
                      "--recipe", "seed"]
     full = container(builders.trainer_job(OWNER_TR, training_spec(
         model={"recipe": "tuned", "hidden": [64, 32], "learningRate": 0.01, "dropout": 0.25},
@@ -154,6 +154,27 @@ def test_evaluator_is_one_indexed_job() -> None:
 def test_evaluator_stripe_rows_only_when_set() -> None:
     job = builders.evaluator_job(OWNER_ER, evaluation_spec(stripeRows=4096), "e", "ab" * 16, CONFIG)
     assert container(job)["command"][-2:] == ["--stripe-rows", "4096"]
+
+
+def test_evaluator_precision_reaches_the_job_env_and_user_env_cannot_change_it() -> None:
+    default = env_of(builders.evaluator_job(OWNER_ER, evaluation_spec(), "e", "ab" * 16, CONFIG))
+    assert (default["SUSY_PRECISION"]["value"], default["SUSY_ALLOW_BF16"]["value"]) == ("auto", "false")
+    opted = builders.evaluator_job(OWNER_ER, evaluation_spec(
+        precision="auto", allowBf16=True, env=[{"name": "SUSY_PRECISION", "value": "fp32"}]), "e", "ab" * 16, CONFIG)
+    names = [e["name"] for e in container(opted)["env"]]
+    assert names.count("SUSY_PRECISION") == 1
+    assert (env_of(opted)["SUSY_PRECISION"]["value"], env_of(opted)["SUSY_ALLOW_BF16"]["value"]) == ("auto", "true")
+    bf16 = evaluation_spec(precision="bf16")
+    assert (bf16.precision, bf16.allow_bf16) == ("bf16", False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("precision", "fp16", "spec.precision"),
+    ("allowBf16", "yes", "spec.allowBf16 must be true or false, got 'yes'"),
+])
+def test_evaluation_precision_fields_are_checked(field, value, message) -> None:
+    with pytest.raises(spec_lib.SpecError, match=re.escape(message)):
+        evaluation_spec(**{field: value})
 
 
 def test_evaluator_parallelism_defaults_to_the_shard_count() -> None:
@@ -259,7 +280,7 @@ def test_training_defaults() -> None:
     assert spec.dataset == spec_lib.Dataset(uri="x", skip=0, limit=spec_lib.DEFAULT_LIMIT)
     assert spec.kafka == spec_lib.Kafka(topic=None, partitions=3)  # the run's own topic (builders.topic)
     assert spec.model == spec_lib.ModelParams(recipe="seed")
-    assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "tfio")
+    assert (spec.epochs, spec.batch_size, spec.reader) == (None, None, "confluent")
     assert spec.run_policy == spec_lib.RunPolicy()
 
 
@@ -363,7 +384,8 @@ def test_handler_ids_stay_those_kopf_stored_progress_under() -> None:
     observed = f"reconcile/metadata.annotations.{crd.ANNOTATION_OBSERVED}"
     assert ids == {("configure", None), ("config", None), ("job_changed", "jobs"), ("pod_changed", "pods"),
                    *{(handler_id, plural) for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL)
-                     for handler_id in ("reclaim", "reconcile", observed, "count_run")},
+                     for handler_id in ("reclaim", "reconcile", observed, "count_run", "reconcile/spec.suspend",
+                                        "expire")},
                    ("start_training", crd.TRAINING_PLURAL), ("start_evaluation", crd.EVALUATION_PLURAL),
                    ("reclaim", crd.CONTINUAL_PLURAL), ("reconcile_continual", crd.CONTINUAL_PLURAL)}
 

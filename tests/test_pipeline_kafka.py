@@ -1,13 +1,16 @@
-"""Producer and both readers against a real Kafka-protocol broker (tansu on loopback).
+"""Both producer clients and the three readers against a real Kafka-protocol broker (tansu on loopback).
 
 Topics seeded here (one per test, so tests do not see each other's rows):
-- `wire-<n>`: the first 500 sample rows, `n` rows per message, 3 partitions.
+- `wire-<client>-<n>`: the first 500 sample rows, `n` rows per message, 3 partitions.
+- `readers`: the first 3000 rows, 7 per message, 3 partitions; `recorded`: the whole sample through
+  the `produce` command, one row per message, 3 partitions.
 Readers are compared after sorting, as tensorflow-io's own Kafka tests do,
 because rows from different partitions interleave in no fixed order.
 """
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +30,9 @@ def sample_rows(sample, n):
         return [next(f).rstrip("\n") for _ in range(n)]
 
 
-def produce(broker, sample, topic, rows, per_message, partitions=3):
+def produce(broker, sample, topic, rows, per_message, partitions=3, client="confluent"):
     return kafka_io.produce(iter_batches(sample, limit=rows, keep_text=True), bootstrap=broker, topic=topic,
-                            partitions=partitions, rows_per_message=per_message)
+                            partitions=partitions, rows_per_message=per_message, client=client)
 
 
 def decoded(batches):
@@ -46,10 +49,11 @@ def decoded(batches):
     return rows[np.lexsort(rows.T[::-1])]
 
 
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)
 @pytest.mark.parametrize("per_message", [1, 50])
-def test_producer_writes_the_seed_wire_format_and_records_exact_offsets(kafka_broker, sample, per_message):
-    topic = f"wire-{per_message}"
-    production = produce(kafka_broker, sample, topic, 500, per_message)
+def test_producer_writes_the_seed_wire_format_and_records_exact_offsets(kafka_broker, sample, per_message, client):
+    topic = f"wire-{client}-{per_message}"
+    production = produce(kafka_broker, sample, topic, 500, per_message, client=client)
     messages = -(-500 // per_message)
     assert production.rows == 500 and production.messages == messages
     assert sorted(production.partitions) == [0, 1, 2]
@@ -79,30 +83,64 @@ np.save(sys.argv[4], decoded(kafka_io.tfio_batches(sys.argv[1], sys.argv[2], ran
 """
 
 
-def test_both_readers_yield_the_same_rows_through_one_decode_step(kafka_broker, sample, tmp_path):
-    production = produce(kafka_broker, sample, "readers", 3000, 7)
-    via_kafka_python = decoded(kafka_io.kafka_python_batches(kafka_broker, "readers", production.partitions))
-    # tensorflow-io in its own process: librdkafka's threads crash the interpreter at exit
-    # once the broker fixture has gone, which would take pytest's summary with them.
-    out = tmp_path / "tfio.npy"
-    partitions = repr(production.to_record()["partitions"])
-    done = subprocess.run([sys.executable, "-c", TFIO_READ, kafka_broker, "readers", partitions, str(out)],
+def tfio_decoded(kafka_broker, topic, partitions, folder):
+    """tensorflow-io in its own process: librdkafka's threads crash the interpreter at exit
+    once the broker fixture has gone, which would take pytest's summary with them."""
+    out = folder / f"tfio-{topic}.npy"
+    done = subprocess.run([sys.executable, "-c", TFIO_READ, kafka_broker, topic, repr(partitions), str(out)],
                           cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    via_tfio = np.load(out)
+    return np.load(out)
+
+
+def from_file(sample, rows):
     labels, features = (np.concatenate(a) for a in zip(*((b.labels, b.features)
-                                                         for b in iter_batches(sample, limit=3000))))
-    from_file = np.hstack([labels[:, None], features])
-    from_file = from_file[np.lexsort(from_file.T[::-1])]
-    np.testing.assert_array_equal(via_kafka_python, from_file)
-    np.testing.assert_array_equal(via_tfio, from_file)
+                                                         for b in iter_batches(sample, limit=rows))))
+    table = np.hstack([labels[:, None], features])
+    return table[np.lexsort(table.T[::-1])]
 
 
-def test_reading_past_what_was_written_times_out_instead_of_hanging(kafka_broker, sample):
-    production = produce(kafka_broker, sample, "short", 100, 1, partitions=1)
+def test_the_three_readers_yield_the_same_rows_through_one_decode_step(kafka_broker, sample, tmp_path):
+    production = produce(kafka_broker, sample, "readers", 3000, 7)
+    via_kafka_python = decoded(kafka_io.kafka_python_batches(kafka_broker, "readers", production.partitions))
+    via_confluent = decoded(kafka_io.confluent_batches(kafka_broker, "readers", production.partitions))
+    via_tfio = tfio_decoded(kafka_broker, "readers", production.to_record()["partitions"], tmp_path)
+    expected = from_file(sample, 3000)
+    np.testing.assert_array_equal(via_kafka_python, expected)
+    np.testing.assert_array_equal(via_confluent, expected)
+    np.testing.assert_array_equal(via_tfio, expected)
+
+
+def test_the_offsets_a_run_records_are_read_back_exactly_by_all_three_readers(kafka_broker, sample, store_path,
+                                                                               tmp_path):
+    """What a TrainingRun's producer Job records (the `produce` command, its store record) and what its
+    trainer reads with each reader: the same messages, each exactly once, nothing past the range
+    even when the topic holds more (a second production appended after it)."""
+    from susy_pipeline.commands.produce import produce as produce_command
+    from susy_pipeline.store import open_store
+
+    produce_command(data=str(sample), bootstrap=kafka_broker, run_name="recorded", topic="recorded",
+                    partitions=3, store_uri=store_path)
+    produce(kafka_broker, sample, "recorded", 100, 1)  # later rows of another run, same topic
+    with open_store(store_path) as store:
+        record = store.get_production("recorded")
+    ranges = kafka_io.Production.ranges(record)
+    assert sum(end - start for start, end in ranges.values()) == record["messages"] == record["rows"]
+    expected = from_file(sample, None)
+    assert len(expected) == record["rows"]
+    for reader in ("kafka-python", "confluent"):
+        batches = list(kafka_io.READERS[reader](kafka_broker, "recorded", ranges))
+        assert sum(len(keys) for keys, _ in batches) == record["messages"], reader
+        np.testing.assert_array_equal(decoded(batches), expected, err_msg=reader)
+    np.testing.assert_array_equal(tfio_decoded(kafka_broker, "recorded", record["partitions"], tmp_path), expected)
+
+
+@pytest.mark.parametrize("reader", ["kafka-python", "confluent"])
+def test_reading_past_what_was_written_times_out_instead_of_hanging(kafka_broker, sample, reader):
+    production = produce(kafka_broker, sample, f"short-{reader}", 100, 1, partitions=1)
     start, end = production.partitions[0]
     with pytest.raises(kafka_io.KafkaReadTimeout, match="no messages .* for 3 s"):
-        list(kafka_io.kafka_python_batches(kafka_broker, "short", {0: (start, end + 50)}, timeout_s=3))
+        list(kafka_io.READERS[reader](kafka_broker, f"short-{reader}", {0: (start, end + 50)}, timeout_s=3))
 
 
 def _train(store_path, kafka_broker, topic, *extra):
@@ -148,7 +186,12 @@ def test_unreachable_broker_is_a_clear_error():
         kafka_io.ensure_topic("127.0.0.1:1", "t", 1, timeout_s=2)
 
 
-def test_a_broker_lost_mid_stream_fails_the_producer_naming_it(sample):
+LOST_BROKER_TIMEOUTS = {"kafka-python": {"request_timeout_ms": 2000, "delivery_timeout_ms": 4000},
+                        "confluent": {"request.timeout.ms": 2000, "message.timeout.ms": 4000}}
+
+
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)
+def test_a_broker_lost_mid_stream_fails_the_producer_naming_it(sample, client):
     """Sends that fail after the producer has started (the broker gone between two read batches)
     end the producer with KafkaUnavailable (exit 3, retried by the Job), not a partial success."""
     import time
@@ -168,19 +211,33 @@ def test_a_broker_lost_mid_stream_fails_the_producer_naming_it(sample):
         started = time.monotonic()
         with pytest.raises(kafka_io.KafkaUnavailable, match=rf"producing to lost at {broker} failed"):
             kafka_io.produce(batches_then_broker_gone(), bootstrap=broker, topic="lost", partitions=1,
-                             rows_per_message=100, producer_options={"request_timeout_ms": 2000,
-                                                                     "delivery_timeout_ms": 4000})
+                             rows_per_message=100, client=client, producer_options=LOST_BROKER_TIMEOUTS[client])
         assert time.monotonic() - started < 30
 
 
-def test_settings_the_client_refuses_are_bad_input_not_an_unreachable_broker(kafka_broker, sample):
-    """kafka-python refuses retries=0 beside the idempotent producer: exit 2 with its reason, not
-    'no Kafka broker answers' (exit 3, which a Job would retry in vain)."""
+@pytest.mark.parametrize("client, options, reason", [
+    ("kafka-python", {"retries": 0}, "incompatible with user-provided retries=0"),
+    ("confluent", {"acks": "1"}, "`acks` must be set to `all` when `enable.idempotence` is true"),
+    ("confluent", {"no.such.setting": "1"}, "No such configuration property"),
+])
+def test_settings_the_client_refuses_are_bad_input_not_an_unreachable_broker(kafka_broker, sample, client,
+                                                                              options, reason):
+    """Each client refuses a setting that cannot work beside the idempotent producer: exit 2 with its
+    reason, not 'no Kafka broker answers' (exit 3, which a Job would retry in vain)."""
     from susy_pipeline.errors import BadInput
 
-    with pytest.raises(BadInput, match="Kafka client settings refused: .*incompatible with user-provided retries=0"):
+    with pytest.raises(BadInput, match="Kafka client settings refused: .*" + re.escape(reason)):
         kafka_io.produce(iter_batches(sample, limit=10, keep_text=True), bootstrap=kafka_broker, topic="refused",
-                         producer_options={"retries": 0})
+                         client=client, producer_options=options)
+
+
+def test_the_confluent_reader_refuses_settings_librdkafka_refuses(kafka_broker):
+    from susy_pipeline.errors import BadInput
+
+    with pytest.raises(BadInput, match="Kafka client settings refused: .*No such configuration property"):
+        next(kafka_io.confluent_batches(kafka_broker, "any", {0: (0, 1)}, configuration=["no.such.setting=1"]))
+    with pytest.raises(BadInput, match="librdkafka setting 'fetch.wait.max.ms': expected KEY=VALUE"):
+        next(kafka_io.confluent_batches(kafka_broker, "any", {0: (0, 1)}, configuration=["fetch.wait.max.ms"]))
 
 
 def test_rows_per_message_is_cut_so_every_message_fits_the_byte_limit(kafka_broker, sample):
@@ -214,19 +271,24 @@ def test_message_bounds_split_only_what_does_not_fit():
         kafka_io.message_bounds(np.array([10, 10, 100]), 1, 200, first_row=10)
 
 
-def test_a_message_refused_as_too_large_is_bad_input_naming_the_limit(kafka_broker, sample):
+@pytest.mark.parametrize("client, options, cause", [
+    ("kafka-python", {"max_request_size": 64 << 10}, "MessageSizeTooLargeError"),
+    ("confluent", {"message.max.bytes": 64 << 10}, "MSG_SIZE_TOO_LARGE"),
+])
+def test_a_message_refused_as_too_large_is_bad_input_naming_the_limit(kafka_broker, sample, client, options, cause):
     """A broker's MessageSizeTooLarge (MESSAGE_TOO_LARGE, what Kafka answers for a record batch over
     message.max.bytes) was reported as an unreachable broker, exit 3, and retried in vain. tansu
-    enforces no limit, so the refusal here is kafka-python's own: its max_request_size, which it
-    enforces in send() with the same MessageSizeTooLargeError, set under what the producer was told
-    the limit is (as a broker whose message.max.bytes is lower than --max-message-bytes would)."""
+    enforces no limit, so the refusal here is the client's own, set under what the producer was told
+    the limit is (as a broker whose message.max.bytes is lower than --max-message-bytes would):
+    kafka-python's max_request_size, which it enforces in send() with the same
+    MessageSizeTooLargeError, and librdkafka's message.max.bytes (MSG_SIZE_TOO_LARGE, the broker's code)."""
     from susy_pipeline.errors import EXIT_BAD_INPUT, BadInput, exit_code
 
     with pytest.raises(BadInput) as caught:
         kafka_io.produce(iter_batches(sample, limit=2000, keep_text=True), bootstrap=kafka_broker,
-                         topic="too-large", rows_per_message=1000, max_message_bytes=1 << 20,
-                         producer_options={"max_request_size": 64 << 10})
+                         topic=f"too-large-{client}", rows_per_message=1000, max_message_bytes=1 << 20,
+                         client=client, producer_options=options)
     message = str(caught.value)
     assert exit_code(caught.value) == EXIT_BAD_INPUT
-    assert "refused as too large (MessageSizeTooLargeError)" in message
+    assert f"refused as too large ({cause})" in message
     assert "at most 1,048,576 bytes (--max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES)" in message

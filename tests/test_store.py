@@ -1,7 +1,6 @@
 """The model store: both back ends behind one interface, refs, concurrency, a store that is down."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
@@ -10,7 +9,7 @@ import pytest
 
 from susy_pipeline.store import (CHUNK_BYTES, EmbeddedStore, ModelBytesDamaged, ModelInUse, ModelNotFound,
                                  ModelRef, MongoStore, StoreUnavailable, open_store)
-from support.mongo import MONGODB_DOCUMENT_CAP, mongomock_client
+from support.mongo import MONGODB_DOCUMENT_CAP, mongomock_client, run_processes
 
 
 @pytest.fixture(params=["embedded", "mongo"])
@@ -190,13 +189,7 @@ def _write_many(path: str, worker: int) -> None:
 def test_embedded_store_is_safe_for_many_processes_at_once(tmp_path):
     """montydb lost a table creation in this situation; SQLite WAL must not."""
     path = str(tmp_path / "fresh" / "store.sqlite3")  # not created yet: all 8 race to create it
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_write_many, args=(path, w)) for w in range(8)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    assert [w.exitcode for w in workers] == [0] * 8
+    assert run_processes(_write_many, [(path, w) for w in range(8)]) == [0] * 8
     store = EmbeddedStore(path)
     assert len(store.shard_results("concurrent")) == 160
     assert len(store.list_models()) == 8

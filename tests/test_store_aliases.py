@@ -16,24 +16,7 @@ from susy_pipeline.errors import BadInput
 from susy_pipeline.store import (AliasConflict, EmbeddedStore, ModelInUse, ModelNotFound, ModelRef,
                                  MongoStore, open_store)
 
-from support.mongo import mongomock_client
-
-
-@pytest.fixture(params=["embedded", "mongo"])
-def stores(request, tmp_path):
-    """open(namespace) -> a store on one shared back end."""
-    client = mongomock_client()
-    opened = []
-
-    def open_(namespace="local"):
-        if request.param == "embedded":
-            opened.append(open_store(f"sqlite:///{tmp_path}/store.sqlite3", namespace=namespace))
-        else:
-            opened.append(MongoStore(client=client, database="bigdata", namespace=namespace))
-        return opened[-1]
-    yield open_
-    for s in opened:
-        s.close()
+from support.mongo import mongomock_client, run_processes, stores  # noqa: F401 (a fixture)
 
 
 def test_an_alias_is_set_moved_and_resolved_everywhere_a_reference_is(stores):
@@ -151,13 +134,9 @@ def test_of_processes_racing_a_compare_and_set_on_the_embedded_store_exactly_one
         store.set_alias("champion", champion, set_by="setup")
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(len(challengers)), ctx.Queue()
-    writers = [ctx.Process(target=_race, args=(path, champion, c, barrier, results)) for c in challengers]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join(60)
-    assert [w.exitcode for w in writers] == [0] * len(writers)
-    outcomes = [results.get(timeout=5) for _ in writers]
+    exits = run_processes(_race, [(path, champion, c, barrier, results) for c in challengers])
+    assert exits == [0] * len(challengers)
+    outcomes = [results.get(timeout=5) for _ in challengers]
     winners = [model_id for outcome, model_id in outcomes if outcome == "won"]
     assert len(winners) == 1, outcomes
     with EmbeddedStore(path) as store:

@@ -18,26 +18,7 @@ from susy_pipeline import cli
 from susy_pipeline.errors import BadInput
 from susy_pipeline.store import EmbeddedStore, ModelNotFound, MongoStore, open_store
 
-from support.mongo import mongomock_client
-
-
-@pytest.fixture(params=["embedded", "mongo"])
-def stores(request, tmp_path):
-    """open(namespace) -> a store on one shared back end."""
-    opened = []
-    if request.param == "embedded":
-        def open_(namespace):
-            opened.append(open_store(f"sqlite:///{tmp_path}/store.sqlite3", namespace=namespace))
-            return opened[-1]
-    else:
-        client = mongomock_client()
-
-        def open_(namespace):
-            opened.append(MongoStore(client=client, database="bigdata", namespace=namespace))
-            return opened[-1]
-    yield open_
-    for s in opened:
-        s.close()
+from support.mongo import mongomock_client, run_processes, stores  # noqa: F401 (a fixture)
 
 
 def test_a_reference_in_namespace_b_never_resolves_to_a_model_of_namespace_a(stores):
@@ -85,6 +66,20 @@ def test_productions_shard_results_and_claims_of_the_same_names_stay_apart(store
     assert a.release_evaluation("ev") == [a_model]
     assert [c["evaluation"] for c in b.model_claims(b_model)] == ["ev"]
     assert b.model_claims(a_model) == []
+
+
+def test_views_of_one_connection_see_their_own_namespace_and_prepare_the_collections_once(monkeypatch):
+    """The operator keeps one connection and takes a view per custom resource's namespace."""
+    base = MongoStore(client=mongomock_client())
+    prepared = []
+    monkeypatch.setattr(MongoStore, "_prepare_collections", lambda self: prepared.append(self.namespace))
+    a, b = base.in_namespace("team-a"), base.in_namespace("team-b")
+    model = a.save_model({"run": "r"}, b"a")
+    assert [m["model_id"] for m in a.list_models()] == [model] and b.list_models() == []
+    assert base.in_namespace("team-a").resolve_model(model)["namespace"] == "team-a"
+    assert prepared == ["team-a"] and base.namespace == "local"
+    with pytest.raises(BadInput):
+        base.in_namespace("Team A")
 
 
 def test_a_namespace_must_be_a_kubernetes_namespace_name(tmp_path):
@@ -151,15 +146,9 @@ def _assert_old_records_are_local(local, other) -> None:
 def test_an_embedded_store_from_before_namespaces_is_adopted_into_local_once_by_racing_processes(tmp_path):
     path = str(tmp_path / "old.sqlite3")
     _write_a_store_from_before_namespaces(path)
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    openers = [ctx.Process(target=_open_and_list, args=(path, queue)) for _ in range(4)]
-    for p in openers:
-        p.start()
-    for p in openers:
-        p.join(60)
-    assert [p.exitcode for p in openers] == [0] * 4
-    assert [queue.get(timeout=5) for _ in openers] == [[OLD_MODEL]] * 4
+    queue = multiprocessing.get_context("spawn").Queue()
+    assert run_processes(_open_and_list, [(path, queue)] * 4) == [0] * 4
+    assert [queue.get(timeout=5) for _ in range(4)] == [[OLD_MODEL]] * 4
     keys = sorted(k for k, in sqlite3.connect(path).execute("SELECT id FROM documents"))
     assert keys == sorted([OLD_MODEL, "local/old-run", "local/old-eval/0", f"local/old-eval/{OLD_MODEL}"])
     with EmbeddedStore(path) as local, EmbeddedStore(path, namespace="team-a") as other:

@@ -363,6 +363,13 @@ def trainer_job(owner: Owner, spec: TrainingRunSpec, run_name: str, config: JobC
                 secret_name=spec.dataset.secret_name, scheduling=spec.scheduling)
 
 
+def precision_env(spec: EvaluationRunSpec) -> list[dict[str, Any]]:
+    """spec.precision and spec.allowBf16 as the evaluator's SUSY_PRECISION and SUSY_ALLOW_BF16 (set
+    by the operator, so a user env entry of the same name does not override them)."""
+    return [{"name": crd.ENV_PRECISION, "value": spec.precision},
+            {"name": crd.ENV_ALLOW_BF16, "value": "true" if spec.allow_bf16 else "false"}]
+
+
 def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_id: str | Sequence[str],
                   config: JobConfig) -> dict[str, Any]:
     """One Indexed Job: pod i scores shard i (JOB_COMPLETION_INDEX) and upserts its result.
@@ -392,6 +399,7 @@ def evaluator_job(owner: Owner, spec: EvaluationRunSpec, evaluation: str, model_
     policy = dataclasses.replace(spec.run_policy,
                                  backoff_limit=spec.shards * (spec.backoff_limit_per_index + 1))
     return _job(owner=owner, component=crd.EVALUATOR, config=config, image=spec.image, command=command,
-                env=merge_env(pipeline_env(config, owner.namespace, data_secret_name=spec.secret_name), spec.env),
+                env=merge_env(pipeline_env(config, owner.namespace, data_secret_name=spec.secret_name)
+                              + precision_env(spec), spec.env),
                 resources=spec.resources, policy=policy, job_spec=job_spec, volumes=spec.volumes,
                 read_only_volumes=True, secret_name=spec.secret_name, scheduling=spec.scheduling)

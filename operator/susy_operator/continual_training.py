@@ -186,6 +186,11 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         if step.get("champion") is not None:
             step["champion"] = {**step["champion"], "metric": parsed.metric}
         finished |= decision.action in (continual.PROMOTE, continual.REJECT, continual.FAIL_GENERATION)
+        if decision.action == continual.START:
+            # Written ahead: an operator killed after creating the generation's TrainingRun but
+            # before this handler's patch would find no generation in status, and its child
+            # orphaned. Recorded first, a restart finds the generation and creates (or finds) it.
+            k8s.patch_continual_training_status(namespace, name, step)
         changes.update(step)
         state = continual.merged(state, step)
         if decision.action == continual.WAIT:

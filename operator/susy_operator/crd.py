@@ -178,6 +178,9 @@ ENV_JOB_INDEX: Final = "JOB_COMPLETION_INDEX"
 # The name of the dataset's credentials Secret (spec.dataset.secretName), so the pipeline's
 # errors name the Secret to fix (susy_pipeline/files.py SECRET_ENV).
 ENV_DATA_SECRET: Final = "SUSY_DATA_SECRET"
+# The evaluator's precision (evaluate --precision, --allow-bf16), from spec.precision and spec.allowBf16.
+ENV_PRECISION: Final = "SUSY_PRECISION"
+ENV_ALLOW_BF16: Final = "SUSY_ALLOW_BF16"
 # The pipeline pods' heartbeat interval (susy_pipeline/heartbeat.py), when the operator sets one.
 ENV_HEARTBEAT_SECONDS: Final = "SUSY_HEARTBEAT_SECONDS"
 # The default key of the store URI in its Secret (contracts.md §4); the chart's store.secretKey

@@ -20,8 +20,8 @@ from susy_operator import builders, crd, metrics as metrics_lib, progress as pro
 from susy_operator.runs import CONFIG
 
 
-def _parse(spec: Mapping[str, Any]) -> spec_lib.EvaluationRunSpec:
-    return spec_lib.parse_evaluation_run(spec, allowed_volume_types=CONFIG.allowed_volume_types)
+def _parse(spec: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> spec_lib.EvaluationRunSpec:
+    return spec_lib.parse_evaluation_run(spec, allowed_volume_types=CONFIG.allowed_volume_types, labels=labels)
 
 
 def _model_ids(status: Mapping[str, Any]) -> list[str]:
@@ -67,8 +67,9 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
     # shard pod has started (the shards claim it again; an upsert).
     for distinct in dict.fromkeys(ids):
         runs.model_store(namespace).claim_model(evaluation, distinct, parsed.shards)
-    job, _ = runs.ensure_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
-                                                          CONFIG.job_config), logger)
+    job = runs.ensure_step_job(body, builders.evaluator_job(runs.owner(body), parsed, evaluation, ids,
+                                                            CONFIG.job_config), parsed.scheduling, logger)
+    job_name = builders.job_name(body["metadata"]["name"], crd.EVALUATOR, parsed.shards)
     resolved = "; ".join(f"{ref.describe()} is {i}" for ref, i in zip(parsed.references, ids))
     patch.status.update({
         "phase": crd.EVALUATING,
@@ -78,15 +79,14 @@ def _start_evaluator(body: kopf.Body, parsed: spec_lib.EvaluationRunSpec, status
         "jobs": {crd.EVALUATOR: st.job_summary(job)},
         "conditions": st.with_conditions(status, [
             (crd.MODEL_RESOLVED, True, crd.REASON_MODEL_RESOLVED, resolved),
-            (crd.EVALUATED, False, crd.REASON_JOB_CREATED,
-             f"evaluator Job {job['metadata']['name']}: {parsed.shards} shards, "
-             f"parallelism {parsed.effective_parallelism}"),
+            (crd.EVALUATED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
+             f"evaluator Job {job_name}: {parsed.shards} shards, parallelism {parsed.effective_parallelism}"
+             + ("" if job else "; created when spec.suspend is cleared")),
         ], now=now, generation=generation),
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
                message=f"Phase {crd.EVALUATING}: model{'s' if len(ids) > 1 else ''} {', '.join(ids)}, "
-                       f"{parsed.shards} shards, "
-                       f"Job {job['metadata']['name']}")
+                       f"{parsed.shards} shards, Job {job_name}")
 
 
 def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
@@ -97,7 +97,8 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("evaluation") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation, enforce_tenancy=True)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation,
+                             enforce_tenancy=True)
     evaluation = spec_lib.run_name(namespace, name, uid)
     patch.status.update({
         "phase": crd.PENDING,
@@ -114,13 +115,13 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     """Retry model resolution while Pending; then follow the evaluator Job (steps.EVALUATION_STEP)
     into status.shards, and on completion aggregate the shard results from the store into
     accuracy, auc, logLoss, rows, confusion and shardResults."""
-    from susy_pipeline.evaluation import IncompleteEvaluation, aggregate
+    from susy_pipeline.evaluation import IncompleteEvaluation, aggregate_stored
 
     generation = meta.get("generation")
     evaluation = status.get("evaluation")
     if not evaluation or runs.stale(uid, status):
         return
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation)
     if status.get("phase") == crd.PENDING or not status.get("modelId"):
         _start_evaluator(body, parsed, status, evaluation, patch, logger, generation)
         return
@@ -130,7 +131,8 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         body, step, job_name,
         lambda: builders.evaluator_job(runs.owner(body), parsed, evaluation, _model_ids(status), CONFIG.job_config),
         status, patch, logger, generation,
-        output_present=lambda: len(runs.model_store(namespace).shard_results(evaluation)) >= parsed.shards)
+        output_present=lambda: runs.model_store(namespace).count_shard_results(evaluation) >= parsed.shards,
+        scheduling=parsed.scheduling)
     shards = st.shard_counts(job, parsed.shards) if job is not None else status.get("shards")
     if status.get("shards") != shards:
         patch.status["shards"] = shards
@@ -140,9 +142,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                                    lambda beats: progress_lib.evaluation_progress(beats, parsed.shards))
         return
     now = st.now_rfc3339()
-    results = runs.model_store(namespace).shard_results(evaluation)
     try:
-        aggregated = aggregate(results, parsed.shards)
+        # One shard result at a time, only the fields it needs: 1000 shards of 8 models stay
+        # within the operator's memory limit (issue 22; docs/evaluation.md has the measurement).
+        aggregated = aggregate_stored(runs.model_store(namespace), evaluation, parsed.shards)
     except IncompleteEvaluation as error:
         runs.fail(body, status, patch, reason=crd.REASON_AGGREGATION_FAILED, generation=generation,
                   condition=crd.EVALUATED,
@@ -164,11 +167,11 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         "completionTime": now,
         "observedGeneration": generation,
         **metrics,
-        "shardResults": st.shard_summaries(results),
+        "shardResults": st.shard_summaries(aggregated["shards"]),
         # The aggregate's rows exactly, whatever the last heartbeats said.
-        "progress": {**progress_lib.final_evaluation_progress(
+        "progress": progress_lib.without_none({**progress_lib.final_evaluation_progress(
             progress_lib.evaluation_progress(runs.model_store(namespace).heartbeats(evaluation), parsed.shards),
-            metrics["rows"]), "stalled": []},
+            metrics["rows"]), "stalled": []}),
         "conditions": st.with_conditions(status, [
             (crd.EVALUATED, True, crd.REASON_AGGREGATED,
              f"{metrics['rows']} rows in {parsed.shards} shards, accuracy {metrics['accuracy']}"),
@@ -176,7 +179,8 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
-    metrics_lib.ROWS_SCORED.inc(metrics["rows"])
+    if metrics_lib.first_time(uid, "succeeded"):
+        metrics_lib.ROWS_SCORED.inc(metrics["rows"])
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED,
                message=f"Phase {crd.SUCCEEDED}: accuracy {metrics['accuracy']}, AUC {metrics['auc']}, "
                        f"{metrics['rows']} rows")

@@ -10,7 +10,9 @@ Why there is a finalizer at all (kopf 1.45.2, the same in nolar/kopf's main bran
   (default "kopf.zalando.org/KopfFinalizerMarker", kopf/_cogs/configs/configuration.py) to
   metadata.finalizers; when none matches any more, it removes it ("Removing the finalizer, as
   there are no handlers requiring it"). So a CR carries it exactly while it runs (`when=` is the
-  phase), and loses it once it succeeds or fails.
+  phase), and loses it once it succeeds or fails, unless it has a TTL (spec.ttlSecondsAfterFinished
+  or the chart's runTtlSecondsAfterFinished): the `expire` timer keeps it until the operator
+  deletes the CR (`is_expiring`).
 - A CR still running when the operator goes away keeps it, and Kubernetes never deletes an object
   with finalizers: `kubectl delete` hangs, and so does deleting its namespace (kopf
   docs/troubleshooting.rst, "kubectl freezes on object deletion").
@@ -42,6 +44,14 @@ RUNNING_PHASES: Final = frozenset({crd.PENDING, crd.PRODUCING, crd.TRAINING, crd
 def is_followed(status: Mapping[str, Any], annotations: Mapping[str, str]) -> bool:
     """Whether the reconciler timers run for a CR (and so whether kopf keeps its finalizer on it)."""
     return status.get("phase") in RUNNING_PHASES and RELEASED_ANNOTATION not in annotations
+
+
+def is_expiring(status: Mapping[str, Any], annotations: Mapping[str, str], ttl_seconds: int | None) -> bool:
+    """Whether the TTL timer runs for a finished CR (spec.ttlSecondsAfterFinished, or the operator's
+    default): kopf keeps its finalizer on it meanwhile, until the operator deletes it; an
+    uninstall releases it as it releases a running one."""
+    return (ttl_seconds is not None and status.get("phase") in crd.TERMINAL_PHASES
+            and RELEASED_ANNOTATION not in annotations)
 
 
 def is_released(annotations: Mapping[str, str]) -> bool:

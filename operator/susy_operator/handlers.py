@@ -70,6 +70,10 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     # One API call (not a watch) that hangs for a minute is failed and retried, rather than holding
     # its object's handler for kopf's default of 5 minutes.
     settings.networking.request_timeout = 60
+    # A deleted CR keeps kopf's finalizer until its timers have exited; a timer busy at that moment
+    # (`expire` deletes its own CR from inside it) is checked again only after this many seconds
+    # (kopf _core/engines/daemons.py stop_daemons; the default, 60, kept a CR past its TTL a minute).
+    settings.background.cancellation_polling = 2
     # Prometheus scrapes /metrics on a port of its own (the chart's metrics.port), not kopf's
     # liveness port: a slow scrape never delays a liveness probe.
     metrics.serve(CONFIG.metrics_port)
@@ -91,6 +95,11 @@ def probe(**_: Any) -> dict[str, Any]:
 def _running(status: Mapping[str, Any], annotations: Mapping[str, str], **_: Any) -> bool:
     """The timers' filter; while it holds, kopf keeps its finalizer on the CR (finalizers.py)."""
     return finalizers.is_followed(status, annotations)
+
+
+def _expiring(spec: Mapping[str, Any], status: Mapping[str, Any], annotations: Mapping[str, str], **_: Any) -> bool:
+    """The TTL timer's filter: finished, with a TTL (finalizers.is_expiring)."""
+    return finalizers.is_expiring(status, annotations, runs.ttl_seconds(spec))
 
 
 @kopf.on.resume(*TRAINING, annotations={finalizers.RELEASED_ANNOTATION: kopf.PRESENT})
@@ -140,14 +149,24 @@ _RECONCILERS = {crd.TRAINING_KIND: training_run.reconcile, crd.EVALUATION_KIND: 
 @kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_running)
 @kopf.on.field(*TRAINING, field=OBSERVED_FIELD, when=_running)
 @kopf.on.field(*EVALUATION, field=OBSERVED_FIELD, when=_running)
+@kopf.on.field(*TRAINING, field="spec.suspend", when=_running)
+@kopf.on.field(*EVALUATION, field="spec.suspend", when=_running)
 @runs.store_errors_are_temporary
 def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
               namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-    """Triggered at once when a Job or pod event marked a run (`job_changed`, `pod_changed`), and
-    every POLL_SECONDS while it runs (the safety net for a missed event): the run's kind's
-    `training_run.reconcile` or `evaluation_run.reconcile`, one handler at a time per run."""
-    with runs.run_locks.hold(uid), metrics.RECONCILE_DURATION.labels(kind=body["kind"]).time():
-        _RECONCILERS[body["kind"]](body, spec, status, meta, name, namespace, uid, patch, logger)
+    """Triggered at once when a Job or pod event marked a run (`job_changed`, `pod_changed`) or
+    spec.suspend changed, and every POLL_SECONDS while it runs (the safety net for a missed event):
+    `runs.reconcile` with the run's kind's `training_run.reconcile` or `evaluation_run.reconcile`."""
+    runs.reconcile(_RECONCILERS[body["kind"]], body, spec, status, meta, name, namespace, uid, patch, logger)
+
+
+@kopf.timer(*TRAINING, interval=POLL_SECONDS, when=_expiring)
+@kopf.timer(*EVALUATION, interval=POLL_SECONDS, when=_expiring)
+def expire(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str, uid: str,
+           logger: kopf.Logger, **_: Any) -> None:
+    """Triggered every POLL_SECONDS for a finished run with a TTL (spec.ttlSecondsAfterFinished or
+    the operator's default): `runs.expire` deletes it once the TTL has passed. Writes no status."""
+    runs.expire(body, spec, status, name, namespace, uid, logger)
 
 
 # --- continual training ---------------------------------------------------------------------------
@@ -187,9 +206,10 @@ _OWNER_LABELS = {crd.LABEL_TRAINING_RUN: crd.TRAINING_PLURAL, crd.LABEL_EVALUATI
 @kopf.on.event("batch", "v1", "jobs", labels={crd.LABEL_MANAGED_BY: crd.MANAGED_BY})
 def job_changed(type: str, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
     """Triggered by every change of a Job the operator made: when it has finished (or was deleted),
-    marks its owner (crd.ANNOTATION_OBSERVED), whose `reconcile` then takes the next step."""
-    state = "Deleted" if type == "DELETED" else st.job_state(body)
-    if state not in ("Complete", "Failed", "Deleted"):
+    was suspended, or was resumed (by the operator, or admitted by Kueue), marks its owner
+    (crd.ANNOTATION_OBSERVED), whose `reconcile` then takes the next step or says so."""
+    state = "Deleted" if type == "DELETED" else st.job_hold_state(body)
+    if state not in ("Complete", "Failed", "Deleted", "Suspended", "Resumed"):
         return
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         plural = _OWNER_PLURALS.get(ref.get("kind"))

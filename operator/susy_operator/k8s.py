@@ -6,11 +6,15 @@ the same shapes the builders produce and the tests compare.
 
 API calls made here (charts/susy-operator's Role must grant them; tests/test_operator_rbac.py):
   create, get  batch/jobs
+  patch        batch/jobs (spec.suspend: a run suspended or resumed without a queue)
+  list, patch  kueue.x-k8s.io/workloads (spec.active: a queued run suspended or resumed)
+  list, delete susy.dev/trainingruns, evaluationruns (a finished run past its TTL; what names it)
   get          susy.dev/trainingruns
   list         pods (a Job's, by the Job controller's job-name label: why they fail or cannot start)
   get          secrets, persistentvolumeclaims (metadata only: the allow label a run's Secret or claim needs)
   patch        susy.dev/trainingruns, evaluationruns (one annotation: wake the owner of a Job or pod)
   create, get, list, delete  susy.dev/trainingruns, evaluationruns (a ContinualTraining's children)
+  patch        susy.dev/continualtrainings/status (a generation recorded before its children exist)
 kopf watches (list, watch) the custom resources and the operator's own Jobs and pods.
 and, for the uninstall hook (`python -m susy_operator release-finalizers`, same Role):
   list, patch  susy.dev/trainingruns, susy.dev/evaluationruns
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -95,6 +100,41 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+def set_job_suspend(namespace: str, name: str, suspend: bool) -> bool:
+    """Suspend (the Job controller removes its pods) or resume a Job. False when it is gone."""
+    api = BatchV1Api(_api())
+    return _applied(lambda: api.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}},
+                                                     _preload_content=False), tolerated=(404,))
+
+
+# Kueue's Workload API (kubernetes-sigs/kueue apis/kueue/v1beta1/workload_types.go, `spec.active`;
+# v1beta1 is served by every release from 0.6 to 0.19 and main, where v1beta2 is stored). Kueue
+# labels the Workload of a Job with the Job's uid (pkg/controller/constants/constants.go, JobUIDLabel).
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta1"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+def set_kueue_workloads_active(namespace: str, job_uid: str, active: bool) -> int:
+    """Set spec.active on the Kueue Workload(s) of one Job; how many there were. 0 without Kueue
+    (its API is not served: 404) or before Kueue has made the Workload."""
+    api = CustomObjectsApi(_api())
+    try:
+        listed = api.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+                                                   label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}",
+                                                   _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return 0
+        raise
+    workloads = list(_json(listed).get("items") or [])
+    for workload in workloads:
+        api.patch_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+                                           workload["metadata"]["name"], {"spec": {"active": active}},
+                                           _content_type="application/merge-patch+json", _preload_content=False)
+    return len(workloads)
+
+
 def list_job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     """The pods of a Job, by the label the Job controller puts on each (`batch.kubernetes.io/job-name`,
     set since Kubernetes 1.27: kubernetes pkg/controller/job/job_controller.go)."""
@@ -169,15 +209,15 @@ def create_custom_object_if_absent(child_plural: str, body: dict[str, Any]) -> t
     return existing, False
 
 
-def delete_custom_object(child_plural: str, namespace: str, name: str) -> None:
-    """Delete a TrainingRun or EvaluationRun (its Jobs go with it, by ownerReferences); gone is no error."""
+def delete_custom_object(child_plural: str, namespace: str, name: str, uid: str | None = None) -> bool:
+    """Delete a TrainingRun or EvaluationRun (its Jobs go with it, by ownerReferences); with `uid`,
+    only that instance (a precondition: one re-created under the same name is not touched). False
+    when it is gone (404), or with `uid` is another instance (409)."""
     api = CustomObjectsApi(_api())
-    try:
-        api.delete_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, child_plural, name,
-                                            _preload_content=False)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    options = {"propagationPolicy": "Background", **({"preconditions": {"uid": uid}} if uid else {})}
+    return _applied(lambda: api.delete_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, child_plural, name, body=options, _preload_content=False),
+        tolerated=(404, 409) if uid else (404,))
 
 
 def list_custom_objects(plural: str, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
@@ -196,15 +236,30 @@ def list_custom_objects(plural: str, namespace: str | None, label_selector: str 
 def merge_patch_custom_object(plural: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
     """Apply a JSON merge patch. False when the object changed since it was read (409) or is gone (404)."""
     api = CustomObjectsApi(_api())
+    return _applied(lambda: api.patch_namespaced_custom_object(
+        crd.GROUP, crd.VERSION, namespace, plural, name, patch, _content_type="application/merge-patch+json",
+        _preload_content=False), tolerated=(404, 409))
+
+
+def _applied(call: Callable[[], Any], *, tolerated: tuple[int, ...]) -> bool:
+    """Make one write; False when the API answers one of `tolerated` (the object is gone: 404, or
+    changed since it was read: 409), any other refusal raised."""
     try:
-        api.patch_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, plural, name, patch,
-                                           _content_type="application/merge-patch+json",
-                                           _preload_content=False)
+        call()
     except ApiException as exc:
-        if exc.status in (404, 409):
+        if exc.status in tolerated:
             return False
         raise
     return True
+
+
+def patch_continual_training_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch a ContinualTraining's status now, not when its handler returns: the generation
+    it starts is recorded before its first child exists (continual_training.py)."""
+    api = CustomObjectsApi(_api())
+    api.patch_namespaced_custom_object_status(crd.GROUP, crd.VERSION, namespace, crd.CONTINUAL_PLURAL, name,
+                                              {"status": status}, _content_type="application/merge-patch+json",
+                                              _preload_content=False)
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:

@@ -20,6 +20,7 @@ What counts what:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -38,6 +39,8 @@ DEFAULT_METRICS_PORT = 8000
 STEPS = ("producer", "trainer", "evaluator")
 SOURCES = ("shard", "trainer")
 KINDS = ("TrainingRun", "EvaluationRun", "ContinualTraining")
+GENERATION_OUTCOMES = ("succeeded", "failed")
+PROMOTION_RESULTS = ("promoted", "rejected")
 
 REGISTRY = CollectorRegistry()
 
@@ -72,6 +75,10 @@ for _step in STEPS:  # every series exists from the start, at 0, so rate() and t
     STEP_DURATION.labels(step=_step)
 for _kind in KINDS:
     RECONCILE_DURATION.labels(kind=_kind)
+for _outcome in GENERATION_OUTCOMES:
+    GENERATIONS.labels(outcome=_outcome)
+for _result in PROMOTION_RESULTS:
+    PROMOTIONS.labels(result=_result)
 for _source in SOURCES:
     HEARTBEATS_MISSED.labels(source=_source)
 
@@ -96,6 +103,24 @@ def observe_run(uid: str, kind: str, phase: str | None, deleted: bool = False) -
             RUNS.labels(*old).dec()
         if new is not None:
             RUNS.labels(*new).inc()
+
+
+# What was counted for which run: the timer and a wake-up can both see a step end before either's
+# status patch lands, and a retried handler sees it again; each (run, event) counts once. Bounded:
+# the oldest entries go first (a run long finished is not seen again).
+_COUNTED_LIMIT = 10_000
+_counted: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+
+def first_time(uid: str, event: str) -> bool:
+    """Whether `event` (e.g. `failed:producer`) of run `uid` is seen for the first time here."""
+    with _phases_lock:
+        if (uid, event) in _counted:
+            return False
+        _counted[(uid, event)] = None
+        while len(_counted) > _COUNTED_LIMIT:
+            _counted.popitem(last=False)
+        return True
 
 
 def step_of(component: str) -> str:

@@ -135,6 +135,17 @@ def describe_source(source: str) -> str:
     return f"{kind} {index}" if index else kind
 
 
+def without_none(value: Any) -> Any:
+    """`value` with every None field left out: in a merge patch None deletes the field, so a
+    progress holding one would never equal the status it was written to, and be patched again at
+    every poll."""
+    if isinstance(value, Mapping):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
+
+
 def shard_index(source: str) -> int | None:
     kind, _, index = source.partition("-")
     return int(index) if kind == "shard" and index.isdigit() else None

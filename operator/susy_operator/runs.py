@@ -76,7 +76,7 @@ def store_errors_are_temporary(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except StoreError as error:
             status, patch = kwargs.get("status") or {}, kwargs.get("patch")
-            condition = _STEP_CONDITION.get(status.get("phase"))
+            condition = _STEP_CONDITION.get(steps.step_phase(status))
             if patch is not None and condition is not None:
                 patch.status["conditions"] = st.with_condition(
                     status, condition, False, reason=crd.REASON_STORE_UNAVAILABLE, message=f"model store: {error}",
@@ -150,11 +150,29 @@ def ensure_job(body: kopf.Body, job: dict[str, Any], logger: kopf.Logger) -> tup
     return existing, created
 
 
+def ensure_step_job(body: kopf.Body, job: dict[str, Any], scheduling: spec_lib.Scheduling,
+                    logger: kopf.Logger) -> dict[str, Any] | None:
+    """`ensure_job` for the first Job of a step, unless spec.suspend holds a queued run: then None,
+    and the Job is created once spec.suspend is cleared (steps.hold)."""
+    if not steps.hold(scheduling, None, None).create:
+        return None
+    return ensure_job(body, job, logger)[0]
+
+
+def parse_with_labels(parse: Callable[..., Any], body: kopf.Body) -> Callable[[Mapping[str, Any]], Any]:
+    """`parse(spec, labels=...)` with the CR's labels (Kueue's queue-name and priority-class labels)."""
+    labels = dict((body.get("metadata") or {}).get("labels") or {})
+    return lambda spec: parse(spec, labels=labels)
+
+
 def fail(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, *, reason: str, message: str,
          generation: int | None, condition: str | None = None) -> None:
     """Phase Failed with its condition; `condition` (the step that failed) is set False with the same reason."""
     now = st.now_rfc3339()
     patch.status.update(st.failed_patch(status, reason=reason, message=message, now=now, generation=generation))
+    # The other handler of this run, holding a status read before this patch, steps aside (`stale`)
+    # instead of failing the run a second time (a second Event, the failure counted twice).
+    wrote_phase(body["metadata"]["uid"], crd.FAILED)
     if condition is not None:
         patch.status["conditions"] = st.with_condition(
             {"conditions": patch.status["conditions"]}, condition, False, reason=reason, message=message,
@@ -263,10 +281,41 @@ def _may_have_pods_not_starting(job: Mapping[str, Any] | None) -> bool:
     return int(job_status.get("active") or 0) > int(job_status.get("ready") or 0)
 
 
+# Keys of a step's summary in status.jobs that hold only for a while.
+_TRANSIENT_MARKS = ("notStarting", "suspended", "workloadDeactivated")
+
+
+def _act_on_hold(body: kopf.Body, held: steps.Hold, job: dict[str, Any] | None,
+                 recorded: Mapping[str, Any] | None, logger: kopf.Logger) -> tuple[dict[str, Any] | None, bool]:
+    """Carry out what `steps.hold` asks of the step's Job: (the Job as it is now, whether the operator
+    holds the Job's Kueue Workload inactive)."""
+    deactivated = bool((recorded or {}).get("workloadDeactivated"))
+    if job is None or held.action is None:
+        return job, deactivated
+    meta = job["metadata"]
+    if held.action in (steps.SUSPEND_JOB, steps.RESUME_JOB):
+        suspend = held.action == steps.SUSPEND_JOB
+        if k8s.set_job_suspend(meta["namespace"], meta["name"], suspend):
+            logger.info(f"{'Suspended' if suspend else 'Resumed'} Job {meta['name']}.")
+            job = {**job, "spec": {**job["spec"], "suspend": suspend}}
+        return job, deactivated
+    active = held.action == steps.ACTIVATE_WORKLOAD
+    count = k8s.set_kueue_workloads_active(meta["namespace"], meta["uid"], active)
+    if count:
+        logger.info(f"Set the Kueue Workload of Job {meta['name']} {'active' if active else 'inactive'}.")
+    elif not active:
+        logger.info(f"Job {meta['name']} has no Kueue Workload yet: setting it inactive at the next look.")
+    return job, (not active) if count else (deactivated and not active)
+
+
 def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callable[[], dict[str, Any]],
                 status: Mapping[str, Any], patch: kopf.Patch, logger: kopf.Logger, generation: int | None,
-                output_present: Callable[[], bool]) -> tuple[bool, dict[str, Any], dict[str, Any] | None]:
-    """Observe the step's Job and act on `steps.decide`: (done, its summary in status.jobs, the Job)."""
+                output_present: Callable[[], bool],
+                scheduling: spec_lib.Scheduling = spec_lib.Scheduling()) -> tuple[bool, dict[str, Any],
+                                                                                  dict[str, Any] | None]:
+    """Observe the step's Job and act on `steps.hold` (spec.suspend, Kueue: `scheduling`) and
+    `steps.decide`: (done, its summary in status.jobs, the Job). While the Job is held, phase
+    Suspended or Queued (`hold_phase`)."""
     namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
     job = k8s.read_job(namespace, job_name)
     if job is not None and not k8s.owned_by(job, uid):
@@ -274,25 +323,34 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
                                   "waiting for its garbage collection", delay=5)
     recorded = (status.get("jobs") or {}).get(step.component)
     now = st.now_rfc3339()
+    held = steps.hold(scheduling, job, recorded)
+    job, deactivated = _act_on_hold(body, held, job, recorded, logger)
     not_starting = st.pods_not_starting(_job_pods(job)) if _may_have_pods_not_starting(job) else []
     decision = steps.decide(step, job, recorded, output_present=output_present, not_starting=not_starting,
                             now=now, grace_seconds=CONFIG.pod_start_grace_seconds)
+    if decision.action == steps.CREATE and not held.create:
+        hold_phase(body, status, patch, held, step, now=now, generation=generation)
+        return False, dict(recorded or {"state": "Missing"}), None
     if decision.action == steps.CREATE:
         job, _ = ensure_job(body, build(), logger)
+        held = steps.hold(scheduling, job, recorded)  # a queued Job is created suspended
     summary = st.job_summary(job) if job is not None else {**(recorded or {}), "state": "Complete"}
+    if deactivated:
+        summary["workloadDeactivated"] = True
     if decision.not_starting:
         summary["notStarting"] = dict(decision.not_starting)
     if recorded != summary:
+        # A merge patch keeps what it does not name: a mark that no longer holds is removed (None).
+        summary.update({key: None for key in _TRANSIENT_MARKS if (recorded or {}).get(key) and key not in summary})
         patch.status["jobs"] = {step.component: summary}
-        if recorded and recorded.get("notStarting") and not decision.not_starting:
-            patch.status["jobs"] = {step.component: {**summary, "notStarting": None}}
     if decision.action == steps.FAIL:
         message = decision.message
         if st.job_state(job) == "Failed":  # the Job says only that it failed; its pods say why
             message = st.failed_job_message(message, st.pods_failed(_job_pods(job or {})))
         fail(body, status, patch, reason=decision.reason, message=message, generation=generation,
               condition=step.condition)
-        metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
+        if metrics.first_time(uid, f"failed:{step.component}"):
+            metrics.JOBS_FAILED.labels(step=metrics.step_of(step.component)).inc()
         return False, summary, job
     current = st.get_condition(status, step.condition) or {}
     if decision.action == steps.WAIT and not decision.not_starting and job is not None and current.get("reason") in (
@@ -309,11 +367,102 @@ def follow_step(body: kopf.Body, step: steps.Step, job_name: str, build: Callabl
         patch.status["conditions"] = st.with_condition(
             status, step.condition, False, reason=crd.REASON_POD_NOT_STARTING, message=decision.message,
             now=now, generation=generation)
+    if decision.action == steps.WAIT:
+        hold_phase(body, status, patch, held, step, now=now, generation=generation)
     if decision.action == steps.DONE:
         seconds = metrics.job_seconds(job)
-        if seconds is not None:
+        if seconds is not None and metrics.first_time(uid, f"done:{step.component}"):
             metrics.STEP_DURATION.labels(step=metrics.step_of(step.component)).observe(seconds)
     return decision.action == steps.DONE, summary, job
+
+
+def reconcile(reconciler: Callable[..., None], body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
+              meta: kopf.Meta, name: str, namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """One look at a running run: its kind's `reconciler`, one handler at a time per run, then
+    `settle_hold` (the Suspended and Queued conditions of a run that is no longer held)."""
+    with run_locks.hold(uid), metrics.RECONCILE_DURATION.labels(kind=body["kind"]).time():
+        if stale(uid, status):
+            return  # the other handler's patch is not applied yet
+        reconciler(body, spec, status, meta, name, namespace, uid, patch, logger)
+        settle_hold(body, status, patch, meta.get("generation"))
+
+
+# --- held runs: spec.suspend and Kueue ---------------------------------------------------------------
+
+def _post(body: kopf.Body, events: list[tuple[str, str]]) -> None:
+    for reason, message in events:
+        kopf.event(body, type="Normal", reason=reason, message=message)
+
+
+def hold_phase(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, held: steps.Hold, step: steps.Step,
+               *, now: str, generation: int | None) -> None:
+    """Phase Suspended or Queued while `held` says so, the step's own phase once it no longer
+    does (status.held_patch; its conditions turn False in `settle_hold`)."""
+    if held.phase is not None:
+        changes, events = st.held_patch(status, held.phase, step.phase, held.message, now=now, generation=generation)
+        patch.status.update(changes)
+        _post(body, events)
+    elif status.get("phase") in crd.HELD_PHASES:
+        patch.status["phase"] = step.phase
+    if patch.status.get("phase") not in (None, status.get("phase")):
+        wrote_phase(body["metadata"]["uid"], patch.status["phase"])
+
+
+def settle_hold(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> None:
+    """After a reconcile: a run that is no longer held (phase not Suspended or Queued, whatever the
+    reconciler wrote: the next step, Succeeded, Failed) has its Suspended and Queued conditions
+    turned False, stepPhase removed, and the Resumed or Admitted Event posted. A step may well have
+    been admitted and finished between two looks; the conditions are computed on what the
+    reconciler's own patch already holds."""
+    written = patch.status
+    phase = written.get("phase", status.get("phase"))
+    if phase in crd.HELD_PHASES:
+        return
+    current = {"phase": phase, "stepPhase": status.get("stepPhase"),
+               "message": written.get("message", status.get("message")),
+               "conditions": written.get("conditions", status.get("conditions"))}
+    changes, events = st.held_patch(current, None, phase, "", now=st.now_rfc3339(), generation=generation)
+    changes.pop("phase", None)
+    patch.status.update(changes)
+    _post(body, events)
+
+
+# --- finished runs cleaned up (spec.ttlSecondsAfterFinished) -----------------------------------------
+
+_PLURALS = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL}
+
+
+def ttl_seconds(spec: Mapping[str, Any]) -> int | None:
+    """The run's spec.ttlSecondsAfterFinished, else the operator's default (None: kept forever). Read
+    from the spec as it is: a run that failed for an invalid spec is cleaned up all the same."""
+    value = spec.get("ttlSecondsAfterFinished")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return CONFIG.run_ttl_seconds_after_finished
+
+
+def expire(body: kopf.Body, spec: Mapping[str, Any], status: Mapping[str, Any], name: str, namespace: str,
+           uid: str, logger: kopf.Logger) -> None:
+    """Delete a finished run once its TTL has passed; its Jobs go with it (ownerReferences), its
+    models, evaluations and aliases stay in the store (nothing here touches the store). A TrainingRun
+    that an unfinished run still names by `trainingRun` (its model is resolved through this
+    TrainingRun's status) is kept until that run finishes."""
+    ttl = ttl_seconds(spec)
+    left = steps.ttl_seconds_left(status, ttl, st.now_rfc3339())
+    if left is None or left > 0:
+        return
+    if body["kind"] == crd.TRAINING_KIND:
+        listed = [{**run, "kind": kind} for kind, plural in _PLURALS.items()
+                  for run in k8s.list_custom_objects(plural, namespace)]
+        naming = steps.runs_naming(name, listed)
+        if naming:
+            logger.info(f"Past its TTL ({ttl} s), kept while {', '.join(naming)} name(s) it.")
+            return
+    kopf.event(body, type="Normal", reason=crd.EVENT_EXPIRED,
+               message=f"Deleting this {body['kind']} {ttl} s after it finished (ttlSecondsAfterFinished); "
+                       "its models and results stay in the store")
+    if k8s.delete_custom_object(_PLURALS[body["kind"]], namespace, name, uid):
+        logger.info(f"Deleted {ttl} s after it finished.")
 
 
 # --- heartbeats: live progress and stalled pods ------------------------------------------------------
@@ -345,17 +494,20 @@ def follow_heartbeats(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Pa
     stalled = progress_lib.stalled_sources(beats, datetime.datetime.now(datetime.timezone.utc),
                                            CONFIG.heartbeat_stale_seconds)
     pods = _job_pods(job) if stalled and job is not None else []
+    last_beat = {b.get("source"): b.get("updated_at") for b in beats}
     names = []
     for source, age in stalled:
         pod = _running_pod(pods, source)
         if pod is None:
             continue  # its pod ended (the Job's state says how) or has not been seen yet
         names.append(source)
-        if source not in (previous.get("stalled") or []):
+        # One silence (the same last beat) warns once, even if two handlers see it before either's patch.
+        silence = f"stalled:{source}:{last_beat.get(source)}"
+        if source not in (previous.get("stalled") or []) and metrics.first_time(body["metadata"]["uid"], silence):
             metrics.HEARTBEATS_MISSED.labels(source=source.partition("-")[0]).inc()
             kopf.event(body, type="Warning", reason=crd.EVENT_HEARTBEAT_STOPPED,
                        message=f"{progress_lib.describe_source(source)} has sent no heartbeat for {age:.0f} s "
                                f"while its pod {pod} is running: stuck, or starved of CPU?")
-    progress["stalled"] = names
+    progress = progress_lib.without_none({**progress, "stalled": names})
     if progress != previous:
         patch.status["progress"] = progress

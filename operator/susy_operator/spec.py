@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 # Shared with the pipeline: pure constants, no TensorFlow or Kafka behind them.
+from susy_pipeline.precision import EVALUATION_PRECISIONS
 from susy_pipeline.redaction import echo
 from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, TOPIC_PATTERN
 
-READERS: Final = ("tfio", "kafka-python")
+READERS: Final = ("confluent", "tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
 # As the store's ALIAS_PATTERN (susy_pipeline/store.py) and the CRDs' alias fields.
@@ -35,7 +36,10 @@ DEFAULT_SKIP: Final = 0
 DEFAULT_LIMIT: Final = 10000
 DEFAULT_PARTITIONS: Final = 3  # what the platform chart creates trainData with (kafka.topics)
 DEFAULT_RECIPE: Final = "seed"
-DEFAULT_READER: Final = "tfio"
+# confluent (librdkafka 2.16): it reads every Kafka the platform chart runs, Kafka 4 (KRaft) included,
+# with default settings, and is the fastest reader (bench/README.md); tfio's librdkafka 1.5.0 stops at
+# Kafka 3.9 (docs/deploy.md, "Kafka versions and the trainer's readers").
+DEFAULT_READER: Final = "confluent"
 DEFAULT_SHARDS: Final = 1
 DEFAULT_BACKOFF_LIMIT: Final = 2
 DEFAULT_BACKOFF_LIMIT_PER_INDEX: Final = 1
@@ -49,6 +53,9 @@ MAX_HIDDEN_LAYERS: Final = 8
 MAX_VOLUMES: Final = 16
 MAX_MODELS: Final = 8  # spec.models; the evaluator's own limit (susy_pipeline.evaluation.MAX_MODELS)
 ENSEMBLES: Final = ("mean",)
+PRECISIONS: Final = EVALUATION_PRECISIONS  # spec.precision: the evaluator's --precision
+# auto, without spec.allowBf16, computes in fp32: the tallies stay what they were.
+DEFAULT_PRECISION: Final = "auto"
 
 # Volume sources a CR may name (Kubernetes pod-spec shape). A PersistentVolumeClaim is always
 # allowed; the others reach into the node (hostPath) or into cluster configuration (configMap),
@@ -225,6 +232,8 @@ class EvaluationRunSpec:
     # spec.models (1 to 8) when given; empty with spec.model. `references` is either, as a list.
     models: tuple[ModelReference, ...] = ()
     ensemble: str | None = None
+    precision: str = DEFAULT_PRECISION
+    allow_bf16: bool = False
     scheduling: Scheduling = Scheduling()
 
     @property
@@ -644,6 +653,8 @@ def parse_evaluation_run(spec: Mapping[str, Any], *,
         parallelism=parallelism,
         chunk_rows=r.integer(spec, "spec", "chunkRows", DEFAULT_CHUNK_ROWS, minimum=1, maximum=10_000_000)
         or DEFAULT_CHUNK_ROWS,
+        precision=r.string(spec, "spec", "precision", DEFAULT_PRECISION, choices=PRECISIONS) or DEFAULT_PRECISION,
+        allow_bf16=r.boolean(spec, "spec", "allowBf16"),
         stripe_rows=r.integer(spec, "spec", "stripeRows", None, minimum=1, maximum=10_000_000),
         backoff_limit_per_index=r.integer(spec, "spec", "backoffLimitPerIndex", DEFAULT_BACKOFF_LIMIT_PER_INDEX,
                                           minimum=0, maximum=10) or 0,

@@ -117,6 +117,21 @@ def job_suspended(job: Mapping[str, Any] | None) -> bool:
     return bool(job and ((job.get("spec") or {}).get("suspend") is True) and job_state(job) == "Running")
 
 
+def job_hold_state(job: Mapping[str, Any]) -> str:
+    """job_state, told apart further for a Job that has not finished: `Suspended`, or `Resumed`
+    from its un-suspension until its first pod is active. The Job controller sets the condition
+    Suspended False (JobResumed) when spec.suspend is cleared (kubernetes
+    pkg/controller/job/job_controller.go); a Job that was never suspended stays `Running`."""
+    state = job_state(job)
+    if state != "Running":
+        return state
+    if job_suspended(job):
+        return "Suspended"
+    resumed = any(c.get("type") == "Suspended" and c.get("status") == "False"
+                  for c in (job.get("status") or {}).get("conditions") or [])
+    return "Resumed" if resumed and not int((job.get("status") or {}).get("active") or 0) else "Running"
+
+
 def job_failure_message(job: Mapping[str, Any]) -> tuple[str, str]:
     """(reason, message) of a failed Job, as the Job controller wrote them."""
     condition = job_condition(job, "Failed") or {}
@@ -282,6 +297,9 @@ def evaluation_metrics(aggregated: Mapping[str, Any]) -> dict[str, Any]:
         "logLoss": aggregated["log_loss"],
         "rows": aggregated["rows"],
         "confusion": {k: int(confusion[k]) for k in ("tn", "fp", "fn", "tp")},
+        # What every shard computed in (aggregate refuses a mix); results from before precisions
+        # were recorded are fp32.
+        "precision": aggregated.get("precision") or "fp32",
     }
 
 
@@ -368,8 +386,10 @@ def held_patch(status: Mapping[str, Any], held_phase: str | None, step_phase: st
         patch["stepPhase"] = None
     if held_phase is not None and status.get("message") != message:
         patch["message"] = message
-    if held_phase is None and status.get("message") and (was_suspended or was_queued):
-        patch["message"] = None
+    held_messages = {c.get("message") for c in conditions(status) if c.get("status") == "True"
+                     and c.get("type") in (crd.SUSPENDED_CONDITION, crd.QUEUED_CONDITION)}
+    if held_phase is None and status.get("message") and status.get("message") in held_messages:
+        patch["message"] = None  # the hold's own message; a failure's stays
     conditions_now = with_conditions(status, updates, now=now, generation=generation)
     if conditions_now != conditions(status):
         patch["conditions"] = conditions_now

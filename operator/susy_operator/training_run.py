@@ -19,8 +19,8 @@ from susy_operator import builders, crd, k8s, metrics, progress as progress_lib,
 from susy_operator.runs import CONFIG
 
 
-def _parse(spec: Mapping[str, Any]) -> spec_lib.TrainingRunSpec:
-    return spec_lib.parse_training_run(spec, allowed_volume_types=CONFIG.allowed_volume_types)
+def _parse(spec: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> spec_lib.TrainingRunSpec:
+    return spec_lib.parse_training_run(spec, allowed_volume_types=CONFIG.allowed_volume_types, labels=labels)
 
 
 def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
@@ -31,7 +31,8 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
     if status.get("runName") or status.get("phase") in crd.TERMINAL_PHASES:
         return  # already started: `reconcile` follows it from here
     generation = meta.get("generation")
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation, enforce_tenancy=True)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation,
+                             enforce_tenancy=True)
     parent: list[tuple[str, bool, str, str]] = []
     if parsed.model.warm_start is not None:
         parent_id = _resolve_parent(body, parsed, status, patch, generation)
@@ -44,19 +45,24 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         _wait_for_topic(body, status, patch, generation)
     run = spec_lib.run_name(namespace, name, uid)
     first = steps.training_steps(parsed.source is not None)[0]
+    job_name = builders.job_name(name, first.component)
+    to_create = "created" if steps.hold(parsed.scheduling, None, None).create else \
+        "to be created when spec.suspend is cleared"
     if first.component == crd.TRAINER:
-        job, _ = runs.ensure_job(body, builders.trainer_job(runs.owner(body), parsed, run, CONFIG.job_config,
-                                                            patch.status.get("parentModelId")), logger)
+        job = runs.ensure_step_job(body, builders.trainer_job(runs.owner(body), parsed, run, CONFIG.job_config,
+                                                              patch.status.get("parentModelId")),
+                                   parsed.scheduling, logger)
         assert parsed.source is not None
-        waiting = [(crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {job['metadata']['name']} created "
-                                                                f"for {parsed.source.offsets_text}")]
+        waiting = [(crd.TRAINED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
+                    f"trainer Job {job_name} {to_create} for {parsed.source.offsets_text}")]
         offsets = [{"partition": p, **({"start": s} if s is not None else {}), "end": e}
                    for p, s, e in parsed.source.ranges]
         extra = {"kafka": {"topic": parsed.source.topic, "offsets": offsets}}
     else:
-        job, _ = runs.ensure_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
-                                 logger)
-        waiting = [(crd.PRODUCED, False, crd.REASON_JOB_CREATED, f"producer Job {job['metadata']['name']} created"),
+        job = runs.ensure_step_job(body, builders.producer_job(runs.owner(body), parsed, run, CONFIG.job_config),
+                                   parsed.scheduling, logger)
+        waiting = [(crd.PRODUCED, False, crd.REASON_JOB_CREATED if job else crd.REASON_SUSPENDED,
+                    f"producer Job {job_name} {to_create}"),
                    (crd.TRAINED, False, crd.REASON_WAITING, "waiting for the producer")]
         extra = {}
     now = st.now_rfc3339()
@@ -73,7 +79,7 @@ def start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta
         ], now=now, generation=generation),
     })
     kopf.event(body, type="Normal", reason=crd.EVENT_STARTED,
-               message=f"Phase {first.phase}: run {run}, {first.component} Job {job['metadata']['name']}")
+               message=f"Phase {first.phase}: run {run}, {first.component} Job {job_name}")
 
 
 def _wait_for_topic(body: kopf.Body, status: Mapping[str, Any], patch: kopf.Patch, generation: int | None) -> None:
@@ -154,17 +160,18 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     status.jobs, rowsProduced and kafka (offsets) after producing, modelId at the end."""
     generation = meta.get("generation")
     run = status.get("runName")
-    step = steps.training_step(status.get("phase"))
+    step = steps.training_step(steps.step_phase(status))
     if not run or step is None or runs.stale(uid, status):
         return
-    parsed = runs.parse_spec(_parse, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(_parse, body), body, spec, status, patch, generation)
     owner = runs.owner(body)
     build = builders.producer_job if step.component == crd.PRODUCER else builders.trainer_job
     parent_id = () if step.component == crd.PRODUCER else (status.get("parentModelId"),)
     done, summary, job = runs.follow_step(body, step, builders.job_name(name, step.component),
                                           lambda: build(owner, parsed, run, CONFIG.job_config, *parent_id), status,
                                           patch, logger,
-                                          generation, output_present=lambda: _training_output(step, run, namespace))
+                                          generation, output_present=lambda: _training_output(step, run, namespace),
+                                          scheduling=parsed.scheduling)
     if step.component == crd.TRAINER and patch.status.get("phase") != crd.FAILED:
         # Epoch k of N from the trainer's heartbeat (written per epoch), on this poll.
         runs.follow_heartbeats(body, status, patch, run, None if done else job, progress_lib.training_progress)
@@ -180,8 +187,10 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                       condition=step.condition,
                       message=f"producer Job {job_name} succeeded but the store has no production record for run {run}")
             return
-        trainer, _ = runs.ensure_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config,
-                                                                status.get("parentModelId")), logger)
+        trainer = runs.ensure_step_job(body, builders.trainer_job(owner, parsed, run, CONFIG.job_config,
+                                                                  status.get("parentModelId")),
+                                       parsed.scheduling, logger)
+        trainer_name = builders.job_name(name, crd.TRAINER)
         rows = int(production.get("rows") or 0)
         offsets = st.kafka_offsets(production)
         patch.status.update({
@@ -191,13 +200,14 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
             "jobs": {crd.PRODUCER: summary, crd.TRAINER: st.job_summary(trainer)},
             "conditions": st.with_conditions(status, [
                 (crd.PRODUCED, True, crd.REASON_JOB_SUCCEEDED, f"{rows} rows in topic {builders.topic(owner, parsed)}"),
-                (crd.TRAINED, False, crd.REASON_JOB_CREATED, f"trainer Job {trainer['metadata']['name']} created"),
+                (crd.TRAINED, False, crd.REASON_JOB_CREATED if trainer else crd.REASON_SUSPENDED,
+                 f"trainer Job {trainer_name} "
+                 f"{'created' if trainer else 'to be created when spec.suspend is cleared'}"),
             ], now=now, generation=generation),
         })
         runs.wrote_phase(uid, crd.TRAINING)
         kopf.event(body, type="Normal", reason=crd.EVENT_STEP_SUCCEEDED,
-                   message=f"Phase {crd.TRAINING}: producer wrote {rows} rows; trainer Job "
-                           f"{trainer['metadata']['name']}")
+                   message=f"Phase {crd.TRAINING}: producer wrote {rows} rows; trainer Job {trainer_name}")
         return
 
     models = store.list_models(run=run)
@@ -218,5 +228,6 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
         ], now=now, generation=generation),
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
-    metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
+    if metrics.first_time(uid, "succeeded"):
+        metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")

@@ -32,6 +32,11 @@ gaps (found by running the operator against it), each fixed here:
   validation is not emulated;
 - PUT replaces a custom resource (resourceVersion required, as for CRDs); PUT of built-in kinds
   and deletecollection answer 405 (unsupported here, and the operator must not need them);
+- pod logs (`pods/NAME/log`, `follow=true` streamed until the pod has ended), read from
+  `log_source` (the Job runner's log files), and RBAC refusals for chosen users: a bearer token in
+  `denied` maps to the (verb, group, resource) it may not call, answered 403 Forbidden with the
+  API server's message (kubernetes staging/src/k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/
+  errors.go, forbiddenMessage);
 - kmock keeps every request and re-scans the list on each request (a GET went from 3 ms to 190 ms
   after 4,000 requests): we keep the last `history_limit` and record what tests need in `calls`.
 
@@ -46,7 +51,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -75,6 +80,10 @@ class SusyEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.calls: list[Call] = []
         self._changed: asyncio.Condition | None = None
+        # (namespace, pod) -> the pod's log so far, or None when it has none (yet).
+        self.log_source: Callable[[str, str], str | None] = lambda namespace, pod: None
+        # bearer token -> (user name, the (verb, group, resource) it may not call).
+        self.denied: dict[str, tuple[str, set[tuple[str, str, str]]]] = {}
         self.store = ApiStore((*CORE_KINDS, *self.kinds),
                               clock=lambda: asyncio.get_running_loop().time(), on_change=self._wake_watches)
         for kind in self.store.kind_by_key.values():
@@ -160,6 +169,14 @@ class SusyEmulator(kmock.KubernetesEmulator):
         kind = self.store.kind_by_key.get((res.group, res.version, res.plural))
         raw = request._raw_request
         resource = f"{res.plural}/{request.subresource}" if request.subresource else res.plural
+        forbidden = self._forbidden(request, resource)
+        if forbidden is not None:
+            verb, error = forbidden
+            self._record(verb, res.group or "", resource, request.namespace, request.name, 403, raw)
+            return self._refusal(error)
+        if kind is not None and kind.plural == "pods" and request.subresource == "log":
+            self._record("get", "", resource, request.namespace, request.name, 200, raw)
+            return await self._log(request)
         if kind is not None and request.action == enums.action.WATCH:
             self._record("watch", kind.group, resource, request.namespace, request.name, 200, raw)
             return await self._watch(kind, request)
@@ -167,6 +184,52 @@ class SusyEmulator(kmock.KubernetesEmulator):
         self._record(verb, kind.group if kind else res.group or "", resource, request.namespace, request.name,
                      code, raw)
         return aiohttp.web.json_response(body, status=code)
+
+    def _forbidden(self, request: rendering.Request, resource: str) -> tuple[str, ApiError] | None:
+        """(verb, the 403) when the request's user may not make it (`denied`), else None."""
+        token = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if token not in self.denied:
+            return None
+        user, rules = self.denied[token]
+        res = request.resource
+        assert res is not None
+        verb = "watch" if request.action == enums.action.WATCH else {
+            enums.action.LIST: "list", enums.action.FETCH: "get", enums.action.CREATE: "create",
+            enums.action.UPDATE: "patch", enums.action.DELETE: "delete"}.get(request.action, "get")
+        if (verb, res.group or "", resource) not in rules:
+            return None
+        plural, _, sub = resource.partition("/")
+        what = f'{plural} "{request.name}"' if request.name else plural
+        where = f' in the namespace "{request.namespace}"' if request.namespace else " at the cluster scope"
+        message = (f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
+                   f'in API group "{res.group or ""}"{where}')
+        return verb, ApiError(403, "Forbidden", message, {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": "Forbidden", "details": {"name": request.name, "group": res.group or "", "kind": plural},
+            "code": 403})
+
+    async def _log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """A pod's log as text; with follow=true, streamed until the pod has ended."""
+        namespace, name = request.namespace or "", request.name or ""
+        if self.store.get_object("pods", namespace, name) is None:
+            return self._refusal(ApiError(404, "NotFound", f'pods "{name}" not found'))
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request._raw_request)
+        sent = 0
+        while True:
+            text = self.log_source(namespace, name) or ""
+            if len(text) > sent:
+                await response.write(text[sent:].encode())
+                sent = len(text)
+            pod = self.store.get_object("pods", namespace, name)
+            ended = pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            if request.params.get("follow") != "true" or ended:
+                if ended and len(self.log_source(namespace, name) or "") > sent:
+                    continue  # the last lines written as the pod ended
+                break
+            await asyncio.sleep(0.1)
+        await response.write_eof()
+        return response
 
     def _dispatch(self, kind: Kind | None, resource: str, request: rendering.Request
                   ) -> tuple[str, int, dict[str, Any]]:

@@ -35,6 +35,9 @@ SAMPLE = REPO / "data" / "susy-sample.csv.gz"
 
 # Served as their CRDs describe them: schema, defaults, pruning and CEL rules (support/crdschema.py).
 SUSY_KINDS = tuple(Kind.from_crd(doc) for doc in load_crds())
+# Kueue's Workload (kubernetes-sigs/kueue apis/kueue/v1beta1), without its schema: the tests act as
+# Kueue, creating the Workload of a queued Job and reading the spec.active the operator sets.
+KUEUE_WORKLOAD = Kind("kueue.x-k8s.io", "v1beta1", "workloads", "Workload", status_subresource=True)
 PLURAL_PATHS = {
     crd.TRAINING_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
     crd.EVALUATION_PLURAL: f"/apis/{crd.GROUP}/{crd.VERSION}",
@@ -43,6 +46,8 @@ PLURAL_PATHS = {
     "secrets": "/api/v1",
     "persistentvolumeclaims": "/api/v1",
     "events": "/api/v1",
+    "pods": "/api/v1",
+    "workloads": f"/apis/{KUEUE_WORKLOAD.group}/{KUEUE_WORKLOAD.version}",
 }
 
 
@@ -64,7 +69,7 @@ class Cluster:
         self.thread.start()
 
         async def enter() -> None:
-            self.emulator = SusyEmulator(kinds=SUSY_KINDS)
+            self.emulator = SusyEmulator(kinds=(*SUSY_KINDS, KUEUE_WORKLOAD))
             await self.emulator.__aenter__()
             self._server = kmock.Server(self.emulator)
             await self._server.__aenter__()
@@ -75,6 +80,8 @@ class Cluster:
 
     def start_runner(self, **kwargs: Any) -> JobRunner:
         self.runner = JobRunner(self.url, self.workdir / "pods", cwd=str(REPO), **kwargs)
+        assert self.emulator is not None
+        self.emulator.log_source = self.runner.pod_log
         self._runner_task = asyncio.run_coroutine_threadsafe(self.runner.run(), self.loop)
         return self.runner
 
@@ -113,9 +120,14 @@ class Cluster:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         plural = {crd.TRAINING_KIND: crd.TRAINING_PLURAL, crd.EVALUATION_KIND: crd.EVALUATION_PLURAL,
                   crd.CONTINUAL_KIND: crd.CONTINUAL_PLURAL, "Secret": "secrets",
-                  "PersistentVolumeClaim": "persistentvolumeclaims", "Job": "jobs"}[obj["kind"]]
+                  "PersistentVolumeClaim": "persistentvolumeclaims", "Job": "jobs", "Workload": "workloads"}[obj["kind"]]
         ns = obj["metadata"].get("namespace", "default")
         return self.request("POST", f"{PLURAL_PATHS[plural]}/namespaces/{ns}/{plural}", obj)
+
+    def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> Any:
+        """`kubectl patch --type merge`."""
+        return self.request("PATCH", f"{PLURAL_PATHS[plural]}/namespaces/{namespace}/{plural}/{name}", body,
+                            "application/merge-patch+json")
 
     def delete(self, plural: str, namespace: str, name: str, policy: str | None = None) -> Any:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy} if policy else None

@@ -23,10 +23,18 @@ Honoured: completions, parallelism, completionMode Indexed, backoffLimit, backof
 podFailurePolicy rules on exit codes (FailJob, FailIndex, Ignore, Count), activeDeadlineSeconds
 (pods killed, DeadlineExceeded), the exponential back-off before a retry (`retry_delay_seconds`,
 10 s on a cluster; 0 by default here), ttlSecondsAfterFinished (the Job is deleted that long after
-it finished). Not: suspend, pod-level activeDeadlineSeconds.
+it finished), and spec.suspend as the Job controller does it (kubernetes
+pkg/controller/job/job_controller.go, KEP-2232 "suspend"): a Job created suspended starts no pod and
+has a Suspended condition (reason JobSuspended); suspending a running one deletes its active pods
+(not counted as failures) and keeps what succeeded; clearing suspend sets the condition False
+(JobResumed), a new startTime, and runs what is left. A test that un-suspends a queued Job acts as
+Kueue. Not: pod-level activeDeadlineSeconds.
 
 `executor` replaces running the command (the load test writes shard results without starting
-TensorFlow); `fail_first` makes the first attempt of chosen (job-name, index) pods exit 1.
+TensorFlow); it may append the pod's log lines to the file env["SUSY_TEST_POD_LOG"] names, and a
+pod it declines (it returns None) runs its command as a process after all. `fail_first` makes the
+first attempt of chosen (job-name, index) pods exit 1. `pod_log` serves each pod's log to the
+emulator (`kubectl logs`).
 A deleted Job's pods are killed.
 """
 from __future__ import annotations
@@ -48,7 +56,7 @@ import aiohttp
 from support.pods import ContainerRuntime, PodOutcome, PodStartError, termination_message
 
 USER_AGENT = "susy-test-jobrunner/1.0"
-Executor = Callable[[dict[str, Any], int, dict[str, str]], Awaitable[int]]
+Executor = Callable[[dict[str, Any], int, dict[str, str]], Awaitable[int | None]]
 
 
 def _now() -> str:
@@ -155,6 +163,11 @@ class JobRunner:
         self.seen: set[str] = set()  # Job uids already taken
         self.ready: dict[tuple[str, str], int] = {}  # (namespace, Job) -> pods running (ready: no probes)
         self.finish_times: dict[tuple[str, str], float] = {}  # (namespace, Job) -> loop time of its end
+        # Job uid -> what its pods achieved so far, kept across a suspension: succeeded, failed,
+        # completed and failed indexes.
+        self.progress: dict[str, dict[str, Any]] = {}
+        self.suspended: set[str] = set()  # Job uids whose Suspended condition is True
+        self.suspending: dict[str, asyncio.Task[None]] = {}  # Job uid -> its suspension, until resumed
         self.session: aiohttp.ClientSession | None = None
 
     # --- watching -------------------------------------------------------------------------------
@@ -199,10 +212,42 @@ class JobRunner:
             return
         conditions = {c["type"] for c in (job.get("status") or {}).get("conditions") or []
                       if c.get("status") == "True"}
-        if meta["uid"] in self.seen or conditions & {"Complete", "Failed"}:
+        if conditions & {"Complete", "Failed"}:
             return
-        self.seen.add(meta["uid"])
-        self.tasks[key] = asyncio.get_running_loop().create_task(self._run_job(job))
+        loop = asyncio.get_running_loop()
+        uid = meta["uid"]
+        if job["spec"].get("suspend") is True:
+            if uid not in self.suspended:
+                self.suspended.add(uid)
+                task = self.tasks.pop(key, None) if uid in self.seen else None
+                self.seen.discard(uid)
+                self.suspending[uid] = loop.create_task(self._suspend(job, task))
+            return
+        if uid in self.seen:
+            return
+        self.seen.add(uid)
+        resumed = uid in self.suspended
+        self.suspended.discard(uid)
+        self.tasks[key] = loop.create_task(self._run_job(job, resumed=resumed))
+
+    async def _suspend(self, job: dict[str, Any], task: asyncio.Task[None] | None) -> None:
+        """The Job controller on spec.suspend: active pods deleted, condition Suspended True."""
+        meta = job["metadata"]
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for run in self.runs:
+                if run.job == meta["name"] and run.namespace == meta["namespace"] and run.exit_code is None:
+                    assert self.session is not None
+                    async with self.session.delete(
+                            f"{self.url}/api/v1/namespaces/{meta['namespace']}/pods/{run.pod}") as resp:
+                        await resp.read()
+        progress = self.progress.get(meta["uid"]) or {}
+        await self._patch_status(job, {
+            "active": 0, "ready": 0, "startTime": None,
+            "succeeded": progress.get("succeeded", 0), "failed": progress.get("failed", 0),
+            "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended",
+                            "message": "Job suspended", "lastTransitionTime": _now()}]})
 
     # --- one Job --------------------------------------------------------------------------------
 
@@ -214,7 +259,7 @@ class JobRunner:
                                       headers={"Content-Type": "application/merge-patch+json"}) as resp:
             await resp.read()
 
-    async def _run_job(self, job: dict[str, Any]) -> None:
+    async def _run_job(self, job: dict[str, Any], resumed: bool = False) -> None:
         spec = job["spec"]
         indexed = spec.get("completionMode") == "Indexed"
         completions = int(spec.get("completions") or 1)
@@ -222,10 +267,12 @@ class JobRunner:
         per_index = spec.get("backoffLimitPerIndex")
         backoff_limit = int(spec.get("backoffLimit", 6))
         rules = (spec.get("podFailurePolicy") or {}).get("rules") or []
-        state = {"active": 0, "succeeded": 0, "failed": 0, "startTime": _now()}
+        progress = self.progress.setdefault(job["metadata"]["uid"], {
+            "succeeded": 0, "failed": 0, "completed": set(), "failed_indexes": set()})
+        state = {"active": 0, "succeeded": progress["succeeded"], "failed": progress["failed"], "startTime": _now()}
         key = (job["metadata"]["namespace"], job["metadata"]["name"])
-        completed: set[int] = set()
-        failed_indexes: set[int] = set()
+        completed: set[int] = progress["completed"]
+        failed_indexes: set[int] = progress["failed_indexes"]
         job_failure: dict[str, str] = {}
         lock = asyncio.Lock()
         semaphore = asyncio.Semaphore(parallelism)
@@ -269,6 +316,7 @@ class JobRunner:
                             completed.add(index)
                         elif action != "Ignore":
                             state["failed"] += 1
+                        progress["succeeded"], progress["failed"] = state["succeeded"], state["failed"]
                         await publish()
                 if action == "Succeeded":
                     return
@@ -292,9 +340,18 @@ class JobRunner:
                 else:  # Ignore: retry without counting
                     attempt += 1
 
-        await publish()
+        if resumed:
+            suspension = self.suspending.pop(job["metadata"]["uid"], None)
+            if suspension is not None:  # its pods gone and its status written before this run starts
+                await suspension
+            state.update(succeeded=progress["succeeded"], failed=progress["failed"])
+            await self._patch_status(job, {**current(), "conditions": [
+                {"type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed",
+                 "lastTransitionTime": _now()}]})
+        else:
+            await publish()
         deadline = spec.get("activeDeadlineSeconds")
-        indexes = asyncio.gather(*(run_index(i) for i in range(completions)))
+        indexes = asyncio.gather(*(run_index(i) for i in range(completions) if i not in completed))
         # A deleted Job cancels this task and so the gather: mark its outcome read, not "never retrieved".
         indexes.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
@@ -303,6 +360,8 @@ class JobRunner:
             # The Job controller kills the Job's pods and fails it (reason DeadlineExceeded).
             job_failure.update(reason="DeadlineExceeded", message="Job was active longer than specified deadline")
         now = _now()
+        resumed_condition = [{"type": "Suspended", "status": "False", "reason": "JobResumed",
+                              "message": "Job resumed", "lastTransitionTime": now}] if resumed else []
         self.finish_times[(job["metadata"]["namespace"], job["metadata"]["name"])] = asyncio.get_running_loop().time()
         if failed_indexes and not job_failure:
             job_failure = {"reason": "FailedIndexes", "message": "Job has failed indexes"}
@@ -311,14 +370,15 @@ class JobRunner:
                 {"type": "FailureTarget", "status": "True", **job_failure, "lastTransitionTime": now},
                 {"type": "Failed", "status": "True", **job_failure, "lastTransitionTime": now},
             ]
-            await self._patch_status(job, {**current(), "active": 0, "conditions": conditions})
+            await self._patch_status(job, {**current(), "active": 0, "conditions": conditions + resumed_condition})
         else:
             conditions = [
                 {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
                  "lastTransitionTime": now},
                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now},
             ]
-            await self._patch_status(job, {**current(), "active": 0, "completionTime": now, "conditions": conditions})
+            await self._patch_status(job, {**current(), "active": 0, "completionTime": now,
+                                           "conditions": conditions + resumed_condition})
         ttl = spec.get("ttlSecondsAfterFinished")
         if ttl is not None:  # the TTL-after-finished controller: the Job (and its pods) go
             await asyncio.sleep(float(ttl))
@@ -430,12 +490,22 @@ class JobRunner:
         finally:
             self.ready[key] -= 1
 
+    def pod_log(self, namespace: str, pod: str) -> str | None:
+        """What pod `pod` has written so far (None: no such pod ran here, or it wrote nothing)."""
+        for run in self.runs:
+            if run.pod == pod and run.namespace == namespace and run.log and Path(run.log).is_file():
+                return Path(run.log).read_text(errors="replace")
+        return None
+
     async def _run_ready_pod(self, job: dict[str, Any], run: PodRun, index: int | None) -> PodOutcome:
         meta = job["metadata"]
-        if self.executor is not None:
-            return PodOutcome(await self.executor(job, index if index is not None else 0, run.env), "Completed")
         log = self.workdir / f"{run.pod}.{meta['namespace']}.log"
         run.log = str(log)
+        if self.executor is not None:
+            code = await self.executor(job, index if index is not None else 0,
+                                       {**run.env, "SUSY_TEST_POD_LOG": str(log)})
+            if code is not None:
+                return PodOutcome(code, "Completed" if code == 0 else "Error")
         if self.runtime is not None:
             return await self.runtime.run(run.pod, job["spec"]["template"]["spec"], run.env, log,
                                           labels={"susy.test/job": meta["name"],

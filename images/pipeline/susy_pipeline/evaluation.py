@@ -321,90 +321,158 @@ def roc_from_histograms(positive: Sequence[int], negative: Sequence[int]) -> tup
 _SAME_ACROSS_SHARDS = ("evaluation", "shard_count", "model_id", "plan_id")
 
 
-def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = None) -> dict[str, Any]:
-    """The evaluation result from the results of all its shards, exactly.
+# What `aggregate` reads of a shard result; the store returns only these (`aggregate_stored`).
+RESULT_FIELDS = ("evaluation", "shard_index", "shard_count", "model_id", "model_ref", "plan_id", "ensemble",
+                 "models", "rows", "correct", "confusion", "log_loss_units", "histogram", "seconds", "precision",
+                 "rows_per_second", "peak_rss_bytes", "remote_bytes_read", "inputs")
 
+
+class _Merge:
+    """`aggregate`'s running state: the tallies merged so far and a few numbers per shard, never
+    a shard result. 1000 shards of 8 models and their ensemble are about 2.4 GiB decoded whole
+    (issue 22), against the operator's 512Mi; merged one at a time they need one result's room.
+
+    Problems are recorded as they are met and raised at the end in the order a whole-list check
+    reports them: missing, duplicated or inconsistent shards first, then models that differ,
+    then a result whose counts cannot be merged."""
+
+    def __init__(self) -> None:
+        self.evaluation: str | None = None          # as the first result seen names it
+        self.indexes: Counter[int] = Counter()
+        self.values: dict[str, dict[str, list[int]]] = {key: {} for key in _SAME_ACROSS_SHARDS}
+        self.shard_counts: set[Any] = set()
+        self.signatures: dict[str, list[int]] = {}
+        self.precisions: dict[str, list[int]] = {}
+        self.summaries: list[dict[str, Any]] = []
+        self.lowest: Mapping[str, Any] | None = None  # the lowest index's model names and options
+        self.total: ShardTally | None = None
+        self.models: list[ShardTally] = []
+        self.signature: str | None = None
+        self.broken: Exception | None = None
+
+    def add(self, r: Mapping[str, Any]) -> None:
+        index = int(r["shard_index"])
+        if self.evaluation is None and not self.indexes:
+            self.evaluation = r.get("evaluation")
+        self.indexes[index] += 1
+        for key in _SAME_ACROSS_SHARDS:
+            self.values[key].setdefault(str(r.get(key)), []).append(index)
+        self.shard_counts.add(r.get("shard_count"))
+        signature = repr(_model_signature(r))
+        self.signatures.setdefault(signature, []).append(index)
+        # A result from before precisions were recorded was computed in fp32.
+        self.precisions.setdefault(str(r.get("precision") or "fp32"), []).append(index)
+        self.summaries.append(_shard_summary(r))
+        entries = model_entries(r)
+        if self.lowest is None or index < self.lowest["shard_index"]:
+            self.lowest = {"shard_index": index, "model_id": r.get("model_id"), "ensemble": r.get("ensemble"),
+                           "entries": [{k: e.get(k) for k in ("name", "model_ref", "model_id", "ensemble", "members")}
+                                       for e in entries]}
+        if self.broken is not None:
+            return
+        try:
+            tally = ShardTally.from_result(r)
+        except BadInput as err:  # counts that do not add up: as the whole-list check raised it
+            self.broken = err
+            return
+        if self.total is None:
+            self.total, self.signature = tally, signature
+            self.models = [ShardTally(bins=int(e["histogram"]["bins"])) for e in entries]
+        else:
+            try:
+                self.total.merge(tally)
+            except ValueError as err:
+                self.broken = IncompleteEvaluation(self.evaluation, None, inconsistent=[f"shard {index}: {err}"])
+                return
+        if signature != self.signature:
+            return  # other models than the first result's: refused at the end, nothing to merge into
+        for total, entry in zip(self.models, entries):
+            try:
+                total.merge(ShardTally.from_result({**entry, "shard_index": index}))
+            except ValueError as err:
+                self.broken = IncompleteEvaluation(self.evaluation, None, inconsistent=[
+                    f"shard {index}, model {entry.get('name')}: {err}"])
+                return
+
+    def result(self, shard_count: int | None) -> dict[str, Any]:
+        evaluation = self.evaluation
+        if shard_count is None:
+            counts = self.shard_counts
+            if len(counts) != 1 or None in counts:
+                raise IncompleteEvaluation(evaluation, None, inconsistent=[
+                    "no shard results" if not self.indexes
+                    else f"shards disagree on the shard count: {sorted(map(str, counts))}"])
+            shard_count = int(next(iter(counts)))
+        if shard_count < 1:
+            raise BadInput(f"shard_count must be >= 1, got {shard_count}")
+        seen = self.indexes
+        missing = [i for i in range(shard_count) if i not in seen]
+        duplicated = [i for i, n in seen.items() if n > 1 and 0 <= i < shard_count]
+        unexpected = [i for i in seen if not 0 <= i < shard_count]
+        inconsistent = []
+        for key in _SAME_ACROSS_SHARDS:
+            by_value = self.values[key]
+            if len(set(by_value) | ({str(shard_count)} if key == "shard_count" else set())) > 1:
+                detail = "; ".join(f"{v!s} in shard(s) {_ranges(ix)}" for v, ix in sorted(by_value.items()))
+                inconsistent.append(f"shards disagree on {key}: {detail}"
+                                    + (f" (expected {shard_count})" if key == "shard_count" else ""))
+        if missing or duplicated or unexpected or inconsistent:
+            raise IncompleteEvaluation(evaluation, shard_count, missing=missing, duplicated=duplicated,
+                                       unexpected=unexpected, inconsistent=inconsistent)
+        if len(self.precisions) > 1:
+            detail = "; ".join(f"{p} in shard(s) {_ranges(ix)}" for p, ix in sorted(self.precisions.items()))
+            raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+                f"shards were scored in different precisions ({detail}): their tallies do not add up; "
+                f"score every shard in one precision (evaluate --precision fp32 or bf16)"])
+        if len(self.signatures) > 1:
+            detail = "; ".join(f"{v} in shard(s) {_ranges(ix)}" for v, ix in sorted(self.signatures.items()))
+            raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
+                f"shards disagree on the models scored: {detail}"])
+        if isinstance(self.broken, IncompleteEvaluation):
+            raise IncompleteEvaluation(evaluation, shard_count, inconsistent=self.broken.inconsistent)
+        if self.broken is not None:
+            raise self.broken
+        total, lowest = self.total, self.lowest
+        assert total is not None and lowest is not None
+        models = [_merged_entry(head, tally) for head, tally in zip(lowest["entries"], self.models)]
+        summaries = sorted(self.summaries, key=lambda s: s["shard_index"])
+        wall = max((float(s["seconds"] or 0.0) for s in summaries), default=0.0)
+        return {
+            "evaluation": evaluation,
+            "model_id": lowest["model_id"],
+            "shard_count": shard_count,
+            "precision": next(iter(self.precisions)),
+            **total.metrics(),
+            "threshold": THRESHOLD,
+            "histogram_bins": total.bins,
+            # Shards run in parallel: the slowest one bounds the evaluation.
+            "slowest_shard_seconds": wall,
+            "rows_per_second": total.rows / wall if wall > 0 else None,
+            "shards": summaries,
+            # Every model in the order given, the ensemble last (one entry for a one-model evaluation).
+            "models": models,
+            "ensemble": lowest["ensemble"],
+            "best": best_model(models),
+            # The merged histograms (for ROC curves); `printable` leaves them out.
+            "histogram": {"bins": total.bins, "positive": total.positive.tolist(),
+                          "negative": total.negative.tolist()},
+        }
+
+
+def aggregate(results: Iterable[Mapping[str, Any]], shard_count: int | None = None) -> dict[str, Any]:
+    """The evaluation result from the results of all its shards, exactly, in any order.
+
+    Reads `results` once, one at a time (a store's `iter_shard_results` holds one page of them):
+    memory holds the merged tallies and a summary line per shard, not the results.
     Refuses (raises `IncompleteEvaluation`) when a shard index in
     0..shard_count-1 is missing or appears twice, when an index is out of
     range, or when the shards disagree on evaluation, model, data plan or
     shard count. `shard_count` defaults to the one the shards recorded.
     """
-    results = list(results)
-    evaluation = results[0].get("evaluation") if results else None
-    if shard_count is None:
-        counts = {r.get("shard_count") for r in results}
-        if len(counts) != 1 or None in counts:
-            raise IncompleteEvaluation(evaluation, None, inconsistent=[
-                "no shard results" if not results else f"shards disagree on the shard count: {sorted(map(str, counts))}"])
-        shard_count = int(counts.pop())
-    if shard_count < 1:
-        raise BadInput(f"shard_count must be >= 1, got {shard_count}")
-
-    seen = Counter(int(r["shard_index"]) for r in results)
-    missing = [i for i in range(shard_count) if i not in seen]
-    duplicated = [i for i, n in seen.items() if n > 1 and 0 <= i < shard_count]
-    unexpected = [i for i in seen if not 0 <= i < shard_count]
-    inconsistent = []
-    for key in _SAME_ACROSS_SHARDS:
-        values = {str(r.get(key)) for r in results}
-        if key == "shard_count":
-            values |= {str(shard_count)}
-        if len(values) > 1:
-            by_value: dict[str, list[int]] = {}
-            for r in results:
-                by_value.setdefault(str(r.get(key)), []).append(int(r["shard_index"]))
-            detail = "; ".join(f"{v!s} in shard(s) {_ranges(ix)}" for v, ix in sorted(by_value.items()))
-            inconsistent.append(f"shards disagree on {key}: {detail}"
-                                + (f" (expected {shard_count})" if key == "shard_count" else ""))
-    if missing or duplicated or unexpected or inconsistent:
-        raise IncompleteEvaluation(evaluation, shard_count, missing=missing, duplicated=duplicated,
-                                   unexpected=unexpected, inconsistent=inconsistent)
-
-    signatures: dict[str, list[int]] = {}
+    merge = _Merge()
     for r in results:
-        signatures.setdefault(repr(_model_signature(r)), []).append(int(r["shard_index"]))
-    if len(signatures) > 1:
-        detail = "; ".join(f"{v} in shard(s) {_ranges(ix)}" for v, ix in sorted(signatures.items()))
-        raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
-            f"shards disagree on the models scored: {detail}"])
-
-    ordered = sorted(results, key=lambda r: int(r["shard_index"]))
-    total: ShardTally | None = None
-    for r in ordered:
-        tally = ShardTally.from_result(r)
-        if total is None:
-            total = tally
-        else:
-            try:
-                total.merge(tally)
-            except ValueError as err:
-                raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
-                    f"shard {r['shard_index']}: {err}"]) from None
-    assert total is not None
-    models = [_merged_entry(evaluation, shard_count, [(r, model_entries(r)[j]) for r in ordered])
-              for j in range(len(model_entries(ordered[0])))]
-    seconds = [float(r.get("seconds") or 0.0) for r in ordered]
-    wall = max(seconds) if seconds else 0.0
-    out: dict[str, Any] = {
-        "evaluation": evaluation,
-        "model_id": ordered[0].get("model_id"),
-        "shard_count": shard_count,
-        **total.metrics(),
-        "threshold": THRESHOLD,
-        "histogram_bins": total.bins,
-        # Shards run in parallel: the slowest one bounds the evaluation.
-        "slowest_shard_seconds": wall,
-        "rows_per_second": total.rows / wall if wall > 0 else None,
-        "shards": [_shard_summary(r) for r in ordered],
-        # Every model in the order given, the ensemble last (one entry for a one-model evaluation).
-        "models": models,
-        "ensemble": ordered[0].get("ensemble"),
-        "best": best_model(models),
-        # The merged histograms (for ROC curves); `printable` leaves them out.
-        "histogram": {"bins": total.bins, "positive": total.positive.tolist(),
-                      "negative": total.negative.tolist()},
-    }
-    return out
+        merge.add(r)
+    return merge.result(shard_count)
 
 
 def model_entries(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -421,20 +489,12 @@ def _model_signature(result: Mapping[str, Any]) -> list[tuple[Any, Any]]:
     return [(e.get("name"), e.get("model_id")) for e in model_entries(result)]
 
 
-def _merged_entry(evaluation: str | None, shard_count: int,
-                  parts: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:
-    total = ShardTally(bins=int(parts[0][1]["histogram"]["bins"]))
-    for result, entry in parts:
-        try:
-            total.merge(ShardTally.from_result({**entry, "shard_index": result.get("shard_index")}))
-        except ValueError as err:
-            raise IncompleteEvaluation(evaluation, shard_count, inconsistent=[
-                f"shard {result.get('shard_index')}, model {entry.get('name')}: {err}"]) from None
-    first = parts[0][1]
-    out: dict[str, Any] = {"name": first.get("name"), "model_ref": first.get("model_ref"),
-                           "model_id": first.get("model_id")}
-    if first.get("members") is not None:
-        out.update(ensemble=first.get("ensemble"), members=list(first["members"]))
+def _merged_entry(head: Mapping[str, Any], total: ShardTally) -> dict[str, Any]:
+    """One model's (or the ensemble's) aggregate: its names from the lowest shard, its totals."""
+    out: dict[str, Any] = {"name": head.get("name"), "model_ref": head.get("model_ref"),
+                           "model_id": head.get("model_id")}
+    if head.get("members") is not None:
+        out.update(ensemble=head.get("ensemble"), members=list(head["members"]))
     out.update(total.metrics())
     out["histogram"] = {"bins": total.bins, "positive": total.positive.tolist(),
                         "negative": total.negative.tolist()}
@@ -475,5 +535,6 @@ def _shard_summary(r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def aggregate_stored(store, evaluation: str, shard_count: int | None) -> dict[str, Any]:
-    """`aggregate` over the shard results `store` holds for `evaluation` (raises if any is missing)."""
-    return aggregate(store.shard_results(evaluation), shard_count)
+    """`aggregate` over the shard results `store` holds for `evaluation` (raises if any is missing),
+    read one at a time with only the fields it needs."""
+    return aggregate(store.iter_shard_results(evaluation, RESULT_FIELDS), shard_count)

@@ -1,18 +1,20 @@
-"""Kafka at the edges: the producer client and the two readers.
+"""Kafka at the edges: the producer (two clients) and the three readers.
 
-Both readers yield the same thing, raw message batches `(keys, values)` as
-numpy arrays of bytes, and `training.py` turns either into the same `tf.data`
-pipeline with one decode step:
+`produce` sends through confluent-kafka (librdkafka 2.x, the default) or kafka-python. The
+readers yield the same thing, raw message batches `(keys, values)` as numpy arrays of bytes,
+and `training.py` turns any of them into the same `tf.data` pipeline with one decode step:
 
-- `tfio_batches` (production): tensorflow-io's `KafkaIODataset`, one per
+- `confluent_batches` (the default): confluent-kafka's consumer, partitions assigned at the
+  recorded offsets, `consume` in batches; librdkafka 2.16 negotiates every protocol version, so
+  it reads Kafka 0.8 to 4.x and tansu with default settings.
+- `tfio_batches`: tensorflow-io's `KafkaIODataset`, one per
   partition, read between the exact offsets the producer recorded. tfio 0.37.1
   bundles librdkafka 1.5.0; when a read goes wrong it hangs instead of
   raising, so every read runs in a worker thread (`streams.ReadAhead`) and the
   consumer side gives up after `timeout_s` without progress (`KafkaReadTimeout`).
-- `kafka_python_batches`: kafka-python with manual partition assignment, for
-  brokers that librdkafka 1.5.0 cannot talk to: Kafka 4 (which dropped the
-  Fetch and ListOffsets versions 1.5.0 falls back to, KIP-896), and tansu
-  without the two test-only settings below. Apache Kafka 2.x-3.9, in
+- `kafka_python_batches`: kafka-python with manual partition assignment, pure
+  Python. librdkafka 1.5.0 (tfio) cannot talk to Kafka 4 (KIP-896, docs/deploy.md)
+  nor to tansu without the two test-only settings below; Apache Kafka 2.x-3.9, in
   ZooKeeper and KRaft mode, works with the tfio reader as it is.
 """
 from __future__ import annotations
@@ -190,109 +192,278 @@ def message_bounds(row_bytes: np.ndarray, rows_per_message: int, max_message_byt
     return np.array(bounds)
 
 
+PRODUCER_CLIENTS = ("confluent", "kafka-python")
+
+
 def produce(batches: Iterable[Batch], *, bootstrap: str, topic: str, partitions: int = 1,
             rows_per_message: int = 1, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-            progress_every_s: float = 2.0, producer_options: Mapping[str, Any] | None = None,
-            security: KafkaSecurity | None = None, progress: Progress | None = None) -> Production:
+            progress_every_s: float = 2.0, client: str = "confluent",
+            producer_options: Mapping[str, Any] | None = None, security: KafkaSecurity | None = None,
+            progress: Progress | None = None) -> Production:
     """Stream rows into `topic` and return exactly what was written.
 
-    `progress` (default: rows of unknown total) hears of every batch sent: a bar on a terminal, a
-    log line every `progress_every_s` elsewhere.
+    `client` sends through confluent-kafka (librdkafka 2.x, the default) or kafka-python;
+    `producer_options` are that client's own settings (librdkafka's `message.timeout.ms`,
+    kafka-python's `delivery_timeout_ms`) over ours. `progress` (default: rows of unknown total)
+    hears of every batch sent: a bar on a terminal, a log line every `progress_every_s` elsewhere.
     """
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
-
     if rows_per_message < 1:
         raise ValueError("rows_per_message must be >= 1")
     if max_message_bytes <= RECORD_OVERHEAD_BYTES:
         raise BadInput(f"--max-message-bytes must be over {RECORD_OVERHEAD_BYTES}, got {max_message_bytes}")
+    if client not in PRODUCER_CLIENTS:
+        raise BadInput(f"producer client {client!r}: expected one of {', '.join(PRODUCER_CLIENTS)}")
     started = time.perf_counter()
     # Reading and parsing the file (pyarrow, GIL released) starts now, beside the
     # broker round trips below, and then overlaps the sends.
     messages = ReadAhead(message_batches(batches, rows_per_message, max_message_bytes), depth=READ_AHEAD_BATCHES,
                           name="produce-read")
-    options = dict(acks="all", enable_idempotence=True, linger_ms=20,
-                   batch_size=min(PRODUCER_BATCH_BYTES, max_message_bytes),
-                   max_request_size=max(16 << 20, max_message_bytes), retries=5, client_id="susy-producer")
     security = security or KafkaSecurity.from_env()
-    options.update(security.kafka_python())
-    options.update(producer_options or {})
+    sender = None
     try:
+        check_broker(bootstrap, security)  # TLS and SASL refusals: exit 2 before any client starts
+        if client == "confluent":
+            # Made before the topic: librdkafka's idempotent producer asks for its producer id on
+            # a 500 ms timer (seen here in its debug log: "Starting PID FSM timer"), which then
+            # runs beside the topic admin and the file read.
+            sender = _ConfluentSender(bootstrap, topic, security, max_message_bytes, producer_options or {})
+        # The topic admin stays kafka-python's (one call, simpler than librdkafka's futures): it
+        # also turns a broker that does not answer into exit 3 before any message is sent.
         partitions = ensure_topic(bootstrap, topic, partitions, security=security)
-        producer = _connect(bootstrap, lambda: KafkaProducer(bootstrap_servers=bootstrap, **options))
+        if sender is None:
+            sender = _KafkaPythonSender(bootstrap, topic, security, max_message_bytes, producer_options or {})
+        sender.partitions = partitions
     except BaseException:
         messages.close()  # stop the reader thread
+        if sender is not None:
+            sender.close()
         raise
 
     result = Production(topic=topic, rows_per_message=rows_per_message)
-    # The first and the last message sent to each partition: within a partition the broker assigns
-    # offsets in send order (idempotent producer), so those two give its range. Every other
-    # message is only checked for failure, from `pending`, in order, once done: no callback per
-    # message (at one row per message, callbacks cost about a tenth of the producer's time).
-    first: dict[int, Any] = {}
-    last: dict[int, Any] = {}
-    pending: collections.deque = collections.deque()  # bounded by the client's buffer_memory
-    failures: list[BaseException] = []
-
-    def check_done(wait: bool = False) -> None:
-        while pending and (wait or pending[0].is_done):
-            future = pending.popleft()
-            if wait:
-                future.get(timeout=30)  # done after flush(); raises its failure (or a timeout)
-            elif future.exception is not None:
-                failures.append(future.exception)
-
     progress = progress or Progress(f"produce {topic}", log_every_s=progress_every_s, logger=log)
-    n_messages = 0
     try:
         for keys, values, rows in messages:  # the next batches parse meanwhile
-            for key, value in zip(keys, values):
-                # Round-robin by message, not by key: keying by label would put
-                # all signal rows in one partition and all background in another.
-                partition = n_messages % partitions
-                future = producer.send(topic, key=key, value=value, partition=partition)
-                if n_messages < partitions:
-                    first[partition] = future
-                last[partition] = future
-                pending.append(future)
-                n_messages += 1
+            sender.send(keys, values)
             result.rows += rows
-            check_done()
-            if failures:
+            if sender.failures:
                 break
             progress.update(result.rows)
-        producer.flush()
-        check_done(wait=True)
-    except (MessageSizeTooLargeError, RecordListTooLargeError) as err:
+        if not sender.failures:
+            result.partitions = sender.finish()  # flushes; a failure reported meanwhile is kept
+    except sender.too_large_errors as err:
         raise _too_large(topic, bootstrap, max_message_bytes, err) from err
-    except KafkaError as err:
+    except sender.client_errors as err:
         raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {err}") from err
     finally:
         progress.close()
         messages.close()
-        producer.close(timeout=10)
-    if failures:
-        if isinstance(failures[0], (MessageSizeTooLargeError, RecordListTooLargeError)):
-            raise _too_large(topic, bootstrap, max_message_bytes, failures[0])
-        raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {failures[0]!r}")
+        sender.close()
+    if sender.failures:
+        failure = sender.failures[0]
+        if sender.is_too_large(failure):
+            raise _too_large(topic, bootstrap, max_message_bytes, failure)
+        raise KafkaUnavailable(f"producing to {topic} at {bootstrap} failed: {sender.describe(failure)}")
     result.seconds = time.perf_counter() - started
-    result.messages = n_messages
-    result.partitions = {p: [first[p].value.offset, last[p].value.offset + 1] for p in sorted(first)}
+    result.messages = sender.sent
     written = sum(end - start for start, end in result.partitions.values())
-    if written != n_messages:
-        raise KafkaUnavailable(f"sent {n_messages} messages but the offsets span {written}: another "
-                               f"producer wrote to {topic} at the same time; use a topic per run")
-    log.info("produced %d rows in %d messages to %s in %.2f s (%.0f rows/s); offsets %s",
-             result.rows, n_messages, topic, result.seconds, result.rows / max(result.seconds, 1e-9),
-             result.partitions)
+    if written != sender.sent:
+        # Within a partition the idempotent producer's messages take consecutive offsets in send
+        # order, so the first and last delivered give the range: a shorter range means messages
+        # were lost, a longer one that someone else wrote in between.
+        cause = ("messages were lost" if written < sender.sent else
+                 f"another producer wrote to {topic} at the same time; use a topic per run")
+        raise KafkaUnavailable(f"sent {sender.sent} messages but the offsets span {written}: {cause}")
+    log.info("produced %d rows in %d messages to %s in %.2f s (%.0f rows/s) via %s; offsets %s",
+             result.rows, sender.sent, topic, result.seconds, result.rows / max(result.seconds, 1e-9),
+             client, result.partitions)
     return result
 
 
-def _too_large(topic: str, bootstrap: str, max_message_bytes: int, err: BaseException) -> BadInput:
-    """A message refused as too large (by the broker, or by the client's own max_request_size):
-    bad input, exit 2: the same message sent again is refused again."""
+class _KafkaPythonSender:
+    """kafka-python's producer, round-robin by message. Only the first and the last message sent
+    to each partition are kept for their offsets; every other one is only checked for failure,
+    from `pending`, in order, once done: no callback per message (at one row per message,
+    callbacks cost about a tenth of the producer's time)."""
+
+    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity, max_message_bytes: int,
+                 options: Mapping[str, Any]):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+
+        self.client_errors = (KafkaError,)
+        self.too_large_errors = (MessageSizeTooLargeError, RecordListTooLargeError)
+        settings = dict(acks="all", enable_idempotence=True, linger_ms=20,
+                        batch_size=min(PRODUCER_BATCH_BYTES, max_message_bytes),
+                        max_request_size=max(16 << 20, max_message_bytes), retries=5, client_id="susy-producer")
+        settings.update(security.kafka_python())
+        settings.update(options)
+        self.producer = _connect(bootstrap, lambda: KafkaProducer(bootstrap_servers=bootstrap, **settings))
+        self.topic, self.partitions = topic, 1  # set once the topic is known
+        self.first: dict[int, Any] = {}
+        self.last: dict[int, Any] = {}
+        self.pending: collections.deque = collections.deque()  # bounded by the client's buffer_memory
+        self.failures: list[BaseException] = []
+        self.sent = 0
+
+    def send(self, keys: list[bytes], values: list[bytes]) -> None:
+        for key, value in zip(keys, values):
+            # Round-robin by message, not by key: keying by label would put
+            # all signal rows in one partition and all background in another.
+            partition = self.sent % self.partitions
+            future = self.producer.send(self.topic, key=key, value=value, partition=partition)
+            if self.sent < self.partitions:
+                self.first[partition] = future
+            self.last[partition] = future
+            self.pending.append(future)
+            self.sent += 1
+        self._check_done()
+
+    def _check_done(self, wait: bool = False) -> None:
+        while self.pending and (wait or self.pending[0].is_done):
+            future = self.pending.popleft()
+            if wait:
+                future.get(timeout=30)  # done after flush(); raises its failure (or a timeout)
+            elif future.exception is not None:
+                self.failures.append(future.exception)
+
+    def is_too_large(self, failure: Any) -> bool:
+        return isinstance(failure, self.too_large_errors)
+
+    @staticmethod
+    def describe(failure: Any) -> str:
+        return repr(failure)
+
+    def finish(self) -> dict[int, list[int]]:
+        self.producer.flush()
+        self._check_done(wait=True)
+        return {p: [self.first[p].value.offset, self.last[p].value.offset + 1] for p in sorted(self.first)}
+
+    def close(self) -> None:
+        self.producer.close(timeout=10)
+
+
+# librdkafka's queue of messages not yet acknowledged, bounded here (not by librdkafka's own
+# limits, which are set above these) so that `produce_batch` never meets a full queue: it would
+# refuse some messages of a batch, not always the last ones, and resending those would break the
+# send order the offsets are taken from. 256 MiB holds over half a million one-row messages.
+CONFLUENT_QUEUE_BYTES = 256 << 20
+CONFLUENT_QUEUE_MESSAGES = 1_000_000
+
+
+class _ConfluentSender:
+    """confluent-kafka's producer (librdkafka 2.x), round-robin by message, one `produce_batch`
+    call per partition per batch of messages. A delivery report reaches Python only for the first
+    message sent to each partition and the last of each call (librdkafka reports in send order
+    per partition, so those give the offsets and any failure that stops a partition); a message
+    that fails alone in between shortens its partition's range, which `produce` catches by count.
+    Measured here on one-row messages: per-message `produce` calls with a Python callback each ran
+    at about a fifth of the rate of `produce_batch` without them."""
+
+    def __init__(self, bootstrap: str, topic: str, security: KafkaSecurity, max_message_bytes: int,
+                 options: Mapping[str, Any]):
+        from confluent_kafka import KafkaError, KafkaException, Producer
+
+        self.client_errors = (KafkaException,)
+        self.too_large_errors = ()  # librdkafka reports them per message, below
+        # librdkafka answers a message over its message.max.bytes with the broker's own code.
+        self._too_large_codes = (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE)
+        settings = {"bootstrap.servers": bootstrap, "client.id": "susy-producer", "enable.idempotence": True,
+                    "acks": "all", "linger.ms": 20,
+                    # librdkafka's own cap on a request and on a message: ours (the broker's
+                    # message.max.bytes), so that an over-sized message is refused here, by name.
+                    "message.max.bytes": max_message_bytes,
+                    "batch.size": min(PRODUCER_BATCH_BYTES, max_message_bytes),
+                    "queue.buffering.max.messages": 2 * CONFLUENT_QUEUE_MESSAGES,
+                    "queue.buffering.max.kbytes": 2 * CONFLUENT_QUEUE_BYTES >> 10,
+                    "logger": log,  # librdkafka's log lines through Python logging, not raw to stderr
+                    **librdkafka_settings(security.librdkafka()), **options}
+        self.producer = _confluent_client(Producer, settings)
+        self.topic, self.partitions = topic, 1  # set once the topic is known
+        self.first: dict[int, int] = {}
+        self.end: dict[int, int] = {}
+        self.failures: list[Any] = []  # confluent_kafka.KafkaError
+        self.sent = 0
+
+    def _delivered(self, err, message) -> None:
+        if err is not None:
+            self.failures.append(err)
+            return
+        partition, offset = message.partition(), message.offset()
+        self.first[partition] = min(self.first.get(partition, offset), offset)
+        self.end[partition] = max(self.end.get(partition, 0), offset + 1)
+
+    def send(self, keys: list[bytes], values: list[bytes]) -> None:
+        count = len(keys)
+        if not count:
+            return
+        average = max(1, (sum(map(len, values)) + count) // count)
+        room = min(CONFLUENT_QUEUE_MESSAGES, CONFLUENT_QUEUE_BYTES // average)
+        while len(self.producer) and len(self.producer) + count > room:
+            self.producer.poll(0.05)  # serves delivery reports while librdkafka drains its queue
+        for partition in range(self.partitions):
+            start = (partition - self.sent) % self.partitions  # this batch's first message for it
+            if start >= count:
+                continue
+            batch = [{"key": k, "value": v} for k, v in zip(keys[start::self.partitions],
+                                                           values[start::self.partitions])]
+            if self.sent + start < self.partitions:  # the partition's first message of the run
+                batch[0]["callback"] = self._delivered
+            batch[-1]["callback"] = self._delivered
+            queued = self.producer.produce_batch(self.topic, batch, partition=partition)
+            if queued != len(batch):
+                self.failures.append(next((m["_error"] for m in batch if "_error" in m), None))
+                return
+        self.sent += count
+        self.producer.poll(0)
+
+    def is_too_large(self, failure: Any) -> bool:
+        return failure is not None and failure.code() in self._too_large_codes
+
+    @staticmethod
+    def describe(failure: Any) -> str:
+        return failure.str() if failure is not None else "librdkafka did not queue every message"
+
+    def finish(self) -> dict[int, list[int]]:
+        self.producer.flush()  # waits for every delivery report (bounded by message.timeout.ms)
+        return {p: [self.first[p], self.end[p]] for p in sorted(self.first) if p in self.end}
+
+    def close(self) -> None:
+        if len(self.producer):  # given up on: drop what is queued rather than wait for it
+            self.producer.purge()
+            self.producer.flush(5)
+
+
+def librdkafka_settings(pairs: Iterable[str]) -> dict[str, str]:
+    """librdkafka `key=value` settings (the tfio reader's form) as confluent-kafka's dict."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"librdkafka setting {pair!r}: expected KEY=VALUE")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def _confluent_client(make: Callable[[dict], T], settings: dict[str, Any]) -> T:
+    """A confluent-kafka client. librdkafka checks its settings when the client is made (it
+    connects later, in its own threads): a setting it refuses is bad input (exit 2)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return make(settings)
+    except KafkaException as err:
+        raise BadInput(f"Kafka client settings refused: {err.args[0].str()}") from None
+    except ValueError as err:  # confluent-kafka's own checks (a consumer without group.id)
+        raise BadInput(f"Kafka client settings refused: {err}") from None
+
+
+def _too_large(topic: str, bootstrap: str, max_message_bytes: int, err: Any) -> BadInput:
+    """A message refused as too large (by the broker, or by the client's own limit: kafka-python's
+    max_request_size, librdkafka's message.max.bytes): bad input, exit 2: the same message sent
+    again is refused again. `err` is kafka-python's exception or librdkafka's KafkaError."""
+    cause = err.name() if callable(getattr(err, "name", None)) else type(err).__name__
     return BadInput(f"producing to {topic} at {bootstrap}: a message was refused as too large "
-                    f"({type(err).__name__}); messages here are at most {max_message_bytes:,} bytes "
+                    f"({cause}); messages here are at most {max_message_bytes:,} bytes "
                     "(--max-message-bytes, env KAFKA_MAX_MESSAGE_BYTES): set it at or under the broker's "
                     "message.max.bytes (the topic's max.message.bytes), or lower --rows-per-message")
 
@@ -341,6 +512,78 @@ def kafka_python_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[
         consumer.close()
 
 
+# Messages asked of librdkafka per `consume` call: one call returns what its fetch queue holds
+# (up to this many), so the per-call cost is paid once per thousands of one-row messages.
+CONSUME_BATCH = 10_000
+
+
+def confluent_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]], *,
+                      timeout_s: float = 60.0, read_batch: int = CONSUME_BATCH,
+                      configuration: Sequence[str] = (), security: KafkaSecurity | None = None) -> Iterator[RawBatch]:
+    """Read exactly the offset ranges with confluent-kafka (librdkafka 2.x); yield (keys, values).
+
+    The partitions are assigned at their recorded first offsets (`assign`, no group membership and
+    no offset commits: the group id only satisfies the client), and each is dropped from the
+    assignment once its recorded end offset is read; the broker's high watermark is never asked
+    (tansu's is below the messages it holds). `configuration` adds librdkafka settings (as for
+    the tfio reader); librdkafka 2.x needs none against tansu.
+    """
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    security = security or KafkaSecurity.from_env()
+    check_broker(bootstrap, security)
+    ends = {p: end for p, (start, end) in ranges.items() if end > start}
+    if not ends:
+        return
+    consumer = _confluent_client(Consumer, {
+        "bootstrap.servers": bootstrap, "client.id": "susy-trainer", "group.id": "susy-trainer",
+        "enable.auto.commit": False, "enable.auto.offset.store": False,
+        # A recorded offset the topic no longer holds (retention) is an error, not a silent jump.
+        "auto.offset.reset": "error", "logger": log,
+        **librdkafka_settings(security.librdkafka()), **librdkafka_settings(configuration)})
+    # Connection trouble that librdkafka retries by itself; the read's own timeout bounds it.
+    transient = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE)
+    try:
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in sorted(ends)])
+        deadline = time.monotonic() + timeout_s
+        left = sum(end - ranges[p][0] for p, end in ends.items())
+        while ends:
+            keys: list[bytes] = []
+            values: list[bytes] = []
+            done: list[int] = []
+            # `consume` returns once it holds num_messages or its timeout has passed: asking for no
+            # more than are left keeps the last call from waiting out the timeout.
+            for message in consumer.consume(num_messages=max(1, min(read_batch, left)), timeout=0.5):
+                err = message.error()
+                if err is not None:
+                    if err.fatal() or not (err.retriable() or err.code() in transient):
+                        raise KafkaUnavailable(f"reading {topic} at {bootstrap}: {err.str()}")
+                    log.warning("reading %s at %s: %s (retrying)", topic, bootstrap, err.str())
+                    continue
+                end = ends.get(message.partition())
+                if end is None:
+                    continue
+                offset = message.offset()
+                if offset < end:
+                    keys.append(message.key())
+                    values.append(message.value())
+                if offset >= end - 1:
+                    done.append(message.partition())
+                    del ends[message.partition()]
+            if done:
+                consumer.incremental_unassign([TopicPartition(topic, p) for p in done])
+            if keys:
+                left -= len(keys)
+                deadline = time.monotonic() + timeout_s
+                yield np.array(keys, dtype=object), np.array(values, dtype=object)
+            elif time.monotonic() > deadline:
+                raise KafkaReadTimeout(f"no messages from {topic} at {bootstrap} for {timeout_s:.0f} s; still "
+                                       f"expected: " + ", ".join(f"partition {p} offsets {ranges[p][0]}..{e}"
+                                                                 for p, e in sorted(ends.items())))
+    finally:
+        consumer.close()
+
+
 def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int]], *,
                  configuration: Sequence[str] = (), timeout_s: float = 60.0,
                  read_batch: int = 4096, security: KafkaSecurity | None = None) -> Iterator[RawBatch]:
@@ -373,10 +616,10 @@ def tfio_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[int, int
                 if read > end - start:
                     # Seen against tansu with the settings above: a read from offset 160 to 170 gave
                     # offsets 0..169 (the start is not honoured, the stop is). Never train on rows
-                    # outside the range; kafka-python seeks exactly.
+                    # outside the range; confluent-kafka and kafka-python seek exactly.
                     raise BadInput(f"tensorflow-io read more than the {end - start} messages of {topic} "
                                    f"partition {partition} offsets {start}..{end - 1}: this broker does "
-                                   "not honour its start offset; use --reader kafka-python")
+                                   "not honour its start offset; use --reader confluent or kafka-python")
                 yield keys.astype(object), values.astype(object)
 
     what = f"tensorflow-io read of {topic} {dict(ranges)} at {bootstrap}"
@@ -391,4 +634,5 @@ def _describe(todo) -> str:
 READERS: dict[str, Callable[..., Iterator[RawBatch]]] = {
     "tfio": tfio_batches,
     "kafka-python": kafka_python_batches,
+    "confluent": confluent_batches,
 }

@@ -1,7 +1,8 @@
 """How every Kafka client of the pipeline connects: TLS, SASL, or neither. One configuration, read
 once from the environment (a Kubernetes Job takes it from a Secret through `envFrom`; never from
-the CR's spec), translated for kafka-python (the producer, the topic admin, the kafka-python
-reader) and for librdkafka (the tensorflow-io reader).
+the CR's spec), translated for kafka-python (its producer, the topic admin, the kafka-python
+reader) and for librdkafka (confluent-kafka's producer and the confluent reader, librdkafka 2.16;
+the tensorflow-io reader, librdkafka 1.5.0).
 
 | variable | meaning | kafka-python | librdkafka |
 |---|---|---|---|
@@ -12,7 +13,8 @@ reader) and for librdkafka (the tensorflow-io reader).
 | KAFKA_SSL_CERT_FILE, KAFKA_SSL_KEY_FILE | a client certificate and key (mutual TLS) | ssl_certfile, ssl_keyfile | ssl.certificate.location, ssl.key.location |
 
 The librdkafka inside tensorflow-io 0.37.1 (1.5.0) was built with ssl, sasl_plain, sasl_scram and
-sasl_oauthbearer (its `builtin.features`), so both readers take the same settings. A setting that
+sasl_oauthbearer (its `builtin.features`), as is the librdkafka 2.16.0 in confluent-kafka's wheel, so
+every client takes the same settings. A setting that
 cannot work (a SASL mechanism without credentials, a file that does not exist, an unknown
 protocol) is BadInput (exit 2) naming the variable. The password is kept out of every repr, log
 line and result (`describe`).

@@ -46,6 +46,7 @@ import numpy as np
 
 from . import data, files
 from .cpus import all_but_one, available_cpus, configure_threads
+from . import precision as precision_lib
 from . import shards as shards_lib
 from .evaluation import (ENSEMBLE, ENSEMBLE_METHODS, HISTOGRAM_BINS, MAX_MODELS, RESULT_VERSION,
                          ModelTallies, ShardTally)
@@ -283,7 +284,9 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
                    scoring_threads: int = SCORING_THREADS, progress_seconds: float = 10.0,
                    bins: int = HISTOGRAM_BINS, model=None, model_record: dict | None = None,
                    models: Sequence[tuple[Any, dict]] | None = None, ensemble: str | None = None,
-                   warmup_calls: int = WARMUP_CALLS, heartbeat_seconds: float | None = None) -> dict[str, Any]:
+                   warmup_calls: int = WARMUP_CALLS, heartbeat_seconds: float | None = None,
+                   precision: str = "auto", allow_bf16: bool = False,
+                   cpu_flags: frozenset[str] | None = None) -> dict[str, Any]:
     """Score one shard with every model `model_ref` names, upsert its result into `store`, and
     return the result.
 
@@ -292,6 +295,11 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
     planned, rows/s) goes to the store every `heartbeat_seconds` (default SUSY_HEARTBEAT_SECONDS
     or 5 s; 0: none), and progress to stderr (`progress.Progress`). Raises `data.DataError` on bad input (file and
     line) and `ModelNotFound` naming an unknown reference, before anything is stored.
+
+    `precision` (auto, fp32, bf16) with the run's `allow_bf16` opt-in and the CPU's flags
+    (`cpu_flags`, default /proc/cpuinfo's) decide the precision every model computes in
+    (precision.decide); the result records it, and `aggregate` refuses to merge shards of
+    different precisions.
     """
     from .store import utc_now
 
@@ -317,6 +325,9 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
              len(pieces))
 
     refs = _references(model_ref, ensemble)
+    decision = precision_lib.decide(precision, allow_bf16=allow_bf16,
+                                    flags=precision_lib.cpu_flags() if cpu_flags is None else cpu_flags)
+    log.info("%s: computing in %s (%s)", name, decision.precision, decision.reason)
     model_threads = model_threads or default_model_threads(paths)
     configure_threads(model_threads)
     if models is None and model is not None:
@@ -340,6 +351,8 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
         ids = [str((record or {}).get("model_id") or ref) for ref, (_, record) in zip(refs, models)]
         distinct = list(dict.fromkeys(ids))
         loaded = {i: m for i, m in zip(ids, models)}
+    loaded = {key: (precision_lib.with_precision(keras_model, decision.precision), record)
+              for key, (keras_model, record) in loaded.items()}
     column = {model_id: k for k, model_id in enumerate(distinct)}
 
     def stored_id(key: str) -> str | None:
@@ -413,6 +426,11 @@ def evaluate_shard(store, *, model_ref: str | Sequence[str], inputs: Sequence[st
         "model_id": stored_id(ids[0]),
         "model_ref": refs[0],
         "plan_id": plan_id,
+        # What every model computed in, what was asked, and why (precision.decide): shards of
+        # different precisions do not add up (evaluation.aggregate refuses them).
+        "precision": decision.precision,
+        "precision_requested": decision.requested,
+        "precision_reason": decision.reason,
         "inputs": [piece.describe() for piece in pieces],
         "skip": skip,
         "limit": limit,

@@ -58,7 +58,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .schema import DEFAULT_DATABASE, MODELS_COLLECTION
 from .errors import BadInput, Unavailable
@@ -76,6 +76,9 @@ ALIAS_PATTERN = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 EVALUATIONS_COLLECTION = "Evaluations"
 # What a running shard or trainer last reported (one document per source, overwritten): see put_heartbeat.
 HEARTBEATS_COLLECTION = "Heartbeats"
+# Shard results read per store call by iter_shard_results: one result of 8 models and their
+# ensemble is about 2.4 MiB decoded, so a page holds about 20 MiB however many shards there are.
+SHARD_RESULTS_PAGE = 8
 # GridFS's default chunk size (255 KiB): below 256 KiB, so a chunk with its document fits in
 # one 256 KiB power-of-two allocation in MongoDB's storage.
 CHUNK_BYTES = 255 * 1024
@@ -263,7 +266,7 @@ class Store:
         `missing` (shard indexes without a result for this model) and `finished`."""
         evaluations = []
         for claim in self.model_claims(model_id):
-            done = {r["shard_index"] for r in self.shard_results(claim["evaluation"])
+            done = {r["shard_index"] for r in self.iter_shard_results(claim["evaluation"], ("model_id", "models"))
                     if _names_model(r, model_id)}
             missing = [i for i in range(int(claim["shard_count"])) if i not in done]
             evaluations.append({**claim, "shards_done": len(done), "missing": missing,
@@ -379,8 +382,27 @@ class Store:
         raise NotImplementedError
 
     def shard_results(self, evaluation: str) -> list[dict[str, Any]]:
-        """Every stored shard result of an evaluation, by shard index."""
+        """Every stored shard result of an evaluation, by shard index, all in memory (for a few;
+        `iter_shard_results` for many)."""
+        return sorted(self.iter_shard_results(evaluation), key=lambda r: r["shard_index"])
+
+    def iter_shard_results(self, evaluation: str,
+                           fields: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every stored shard result of an evaluation, one at a time, in the back end's order:
+        read SHARD_RESULTS_PAGE per call (each with the store's bounded retries), so memory holds
+        one page whatever the shard count. With `fields`, only those top-level fields (and
+        `shard_index`)."""
         raise NotImplementedError
+
+    def count_shard_results(self, evaluation: str) -> int:
+        """How many shard results an evaluation has stored (reads none of them)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _fields(doc: dict[str, Any], fields: Sequence[str] | None) -> dict[str, Any]:
+        if fields is None:
+            return doc
+        return {k: doc[k] for k in ("shard_index", *fields) if k in doc}
 
     def put_heartbeat(self, run: str, source: str, beat: dict[str, Any]) -> None:
         """Overwrite the one heartbeat document of `source` (`shard-3`, `trainer`) in `run`.
@@ -657,9 +679,29 @@ class EmbeddedStore(Store):
         self._upsert(SHARD_RESULTS_COLLECTION, self._key(evaluation, int(shard_index)), evaluation,
                      utc_now(), body)
 
-    def shard_results(self, evaluation):
-        rows = self._select(SHARD_RESULTS_COLLECTION, "run = ?", (evaluation,), order="id")
-        return sorted((body for body, _ in rows), key=lambda r: r["shard_index"])
+    def iter_shard_results(self, evaluation, fields=None):
+        collection, after = self._collection(SHARD_RESULTS_COLLECTION), ""
+        while True:
+            # A page per statement, each under the lock: other threads' statements run between
+            # pages, and no read snapshot stays open while the caller works.
+            with self._lock:
+                page = self._db.execute(
+                    "SELECT id, body FROM documents WHERE collection = ? AND namespace = ? AND run = ? "
+                    "AND id > ? ORDER BY id LIMIT ?",
+                    (collection, self.namespace, evaluation, after, SHARD_RESULTS_PAGE)).fetchall()
+            if not page:
+                return
+            after = page[-1][0]
+            while page:
+                _, body = page.pop(0)  # the page's text goes as its results are decoded
+                yield self._fields({**json.loads(body), "namespace": self.namespace}, fields)
+
+    def count_shard_results(self, evaluation):
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT count(*) FROM documents WHERE collection = ? AND namespace = ? AND run = ?",
+                (self._collection(SHARD_RESULTS_COLLECTION), self.namespace, evaluation)).fetchone()
+        return int(count)
 
     def put_heartbeat(self, run, source, beat):
         body = {**beat, "run": run, "source": source, "updated_at": utc_now()}
@@ -779,7 +821,10 @@ class MongoStore(Store):
         self._files = db.get_collection(f"{MODELS_COLLECTION}.files", write_concern=majority)
         self._chunks = db.get_collection(f"{MODELS_COLLECTION}.chunks", write_concern=majority)
         self._gridfs = None
-        self._indexed = False
+        # Shared by every in_namespace view of this connection (a dict, which copy.copy shares):
+        # the indexes and the adoption of old records run once per connection, not once per view
+        # (the operator makes a view per call).
+        self._prepared = {"done": False}
 
     @property
     def _bucket(self):
@@ -793,9 +838,9 @@ class MongoStore(Store):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self.attempts + 1):
             try:
-                if not self._indexed:
+                if not self._prepared["done"]:
                     self._prepare_collections()
-                    self._indexed = True
+                    self._prepared["done"] = True
                 return fn()
             except self._errors as err:
                 if attempt == self.attempts:
@@ -934,10 +979,26 @@ class MongoStore(Store):
         self._call("recording a shard result", lambda: self._shards.replace_one(
             {"_id": key}, doc, upsert=True))
 
-    def shard_results(self, evaluation):
-        docs = self._call("reading shard results", lambda: list(
-            self._shards.find(self._scoped({"evaluation": evaluation})).sort([("shard_index", 1)])))
-        return [self._strip(d) for d in docs]
+    def iter_shard_results(self, evaluation, fields=None):
+        projection = None if fields is None else {k: True for k in ("shard_index", *fields)}
+        last = None
+        while True:
+            # Pages by shard index (keyset), each a retried call: a failover half way resumes
+            # after the last shard read, not from the start.
+            query = self._scoped({"evaluation": evaluation})
+            if last is not None:
+                query["shard_index"] = {"$gt": last}
+            page = self._call("reading shard results", lambda: list(
+                self._shards.find(query, projection).sort([("shard_index", 1)]).limit(SHARD_RESULTS_PAGE)))
+            if not page:
+                return
+            last = page[-1]["shard_index"]
+            while page:
+                yield self._fields(self._strip(page.pop(0)), fields)
+
+    def count_shard_results(self, evaluation):
+        return int(self._call("counting shard results", lambda: self._shards.count_documents(
+            self._scoped({"evaluation": evaluation}))))
 
     def put_heartbeat(self, run, source, beat):
         doc = self._scoped({**beat, "run": run, "source": source, "updated_at": utc_now()})
@@ -1010,7 +1071,11 @@ class MongoStore(Store):
             try:
                 return self._aliases.find_one_and_update(query, update, upsert=expected_model_id is None,
                                                          return_document=ReturnDocument.BEFORE)
-            except DuplicateKeyError:  # another first set inserted it meanwhile: now it exists
+            except DuplicateKeyError:
+                # Two first sets at once: the unique index lets one insert, the other fails and is
+                # retried as an update, as MongoDB's manual says of upserts (mongodb/docs
+                # source/includes/extracts-parameter-upsert.yaml, "uniquely indexed"; servers since
+                # 4.4 retry it themselves when the key equals the filter, SERVER-47212).
                 return self._aliases.find_one_and_update(query, update, return_document=ReturnDocument.BEFORE)
 
         before = self._call("moving an alias", move)

@@ -9,6 +9,9 @@ A live stream (a stand-in for a detector): `--rate ROWS_PER_SECOND` sends at tha
 steady rate, `--loop` reads the file again from --skip when it ends, for ever.
 SIGTERM (or SIGINT) stops it cleanly: what was sent is flushed and its offsets
 recorded under --run-name, as for a bounded run, and the command exits 0.
+Clients: `confluent` (default: confluent-kafka 2.16, librdkafka 2.16; Apache Kafka 0.8 to 4.x
+through ApiVersions negotiation) or `kafka-python` (kafka-python 3.0). Both send idempotently with
+acks=all, take the same KAFKA_* security settings and record the same offsets per partition.
 """
 from __future__ import annotations
 
@@ -47,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-message", type=options.positive,
                    default=int(options.env("SUSY_ROWS_PER_MESSAGE", 1)),
                    help="rows per Kafka message (env SUSY_ROWS_PER_MESSAGE; default: %(default)s, the seed's format)")
+    p.add_argument("--client", choices=kafka_io.PRODUCER_CLIENTS,
+                   default=options.env("SUSY_PRODUCER_CLIENT", "confluent"),
+                   help="Kafka client that sends: confluent (librdkafka 2.x, the fast one) or kafka-python "
+                        "(env SUSY_PRODUCER_CLIENT; default: %(default)s)")
     p.add_argument("--max-message-bytes", type=options.positive,
                    default=int(options.env("KAFKA_MAX_MESSAGE_BYTES", kafka_io.DEFAULT_MAX_MESSAGE_BYTES)),
                    help="largest Kafka message (record batch) sent: a message holds fewer than "
@@ -66,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> dict:
     return produce(data=args.data, skip=args.skip, limit=None if args.limit is None else int(args.limit),
                    partitions=args.partitions, rows_per_message=args.rows_per_message,
-                   max_message_bytes=args.max_message_bytes,
+                   max_message_bytes=args.max_message_bytes, client=args.client,
                    bootstrap=args.bootstrap, topic=args.topic, run_name=args.run_name,
                    store_uri=args.store, database=args.database,
                    namespace=args.namespace, rate=args.rate, loop=args.loop)
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TOPIC, skip: int = 0,
             limit: int | None = None, partitions: int = 1, rows_per_message: int = 1,
-            max_message_bytes: int = kafka_io.DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: int = kafka_io.DEFAULT_MAX_MESSAGE_BYTES, client: str = "confluent",
             store_uri: str | None = None, database: str = DEFAULT_DATABASE,
             namespace: str = DEFAULT_NAMESPACE, rate: float | None = None, loop: bool = False) -> dict:
     """Send rows `skip`.. (at most `limit`) of `data` to `topic`; record the offsets under `run_name`.
@@ -98,8 +105,8 @@ def produce(*, data: str, bootstrap: str, run_name: str, topic: str = DEFAULT_TO
         progress = Progress(f"produce {topic}", planned, estimated=estimated, log_every_s=2.0, logger=log)
         production = kafka_io.produce(batches, bootstrap=bootstrap, topic=topic, partitions=partitions,
                                       rows_per_message=rows_per_message, max_message_bytes=max_message_bytes,
-                                      progress=progress)
-        record = {**production.to_record(), "source": {"data": data, "skip": skip, "limit": limit},
+                                      client=client, progress=progress)
+        record = {**production.to_record(), "client": client, "source": {"data": data, "skip": skip, "limit": limit},
                   "created_at": utc_now()}
         if rate is not None:
             record["source"].update(rate=rate, loop=loop, stopped_by_signal=stop.is_set())

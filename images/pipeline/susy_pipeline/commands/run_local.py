@@ -52,8 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-rows", type=options.positive, default=SAMPLE_TRAIN_ROWS,
                    help="rows 0..N-1 train, the rest are the test set (default: %(default)s)")
     p.add_argument("--shards", type=options.positive, default=2, help="evaluator shards (default: %(default)s)")
-    p.add_argument("--reader", default=options.env("SUSY_READER", "kafka-python"),
-                   choices=["kafka-python", "tfio"],
+    p.add_argument("--reader", default=options.env("SUSY_READER", "confluent"),
+                   choices=["confluent", "kafka-python", "tfio"],
                    help="trainer's Kafka reader (env SUSY_READER; default: %(default)s; tfio gets the librdkafka "
                         "settings the embedded broker needs by itself, and with --bootstrap needs a broker its "
                         "bundled librdkafka 1.5.0 can talk to, see README)")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_local(*, data: str = DEFAULT_DATA, train_rows: int = SAMPLE_TRAIN_ROWS, shards: int = 2,
-              reader: str = "kafka-python", recipe: str = "tuned", rows_per_message: int = 1,
+              reader: str = "confluent", recipe: str = "tuned", rows_per_message: int = 1,
               workdir: str = DEFAULT_WORKDIR, bootstrap: str | None = None, topic: str = DEFAULT_TOPIC,
               store_uri: str | None = None, database: str = DEFAULT_DATABASE,
               namespace: str = DEFAULT_NAMESPACE) -> dict:

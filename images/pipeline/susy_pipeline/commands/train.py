@@ -1,12 +1,27 @@
 """`train`: consume exactly what `produce` recorded for a run, train, save the model.
 
-Readers: `tfio` (tensorflow-io 0.37.1, the production path; its bundled
-librdkafka 1.5.0 reads Apache Kafka 2.x to 3.9, ZooKeeper or KRaft mode, with
-default settings, but not Kafka 4) or `kafka-python` (kafka-python 3.0:
-Kafka 0.8 to 4.3). Only tansu, the test broker, needs the tfio settings
-api.version.request=false and broker.version.fallback=0.9.0. Recipes: `tuned` (default:
+Readers (--reader), each reading exactly the offsets `produce` recorded:
+- `confluent` (default): confluent-kafka 2.16.1, librdkafka 2.16.0. Apache Kafka 0.8 to 4.x,
+  Kafka 4 (KRaft) included: it asks the broker's ApiVersions and uses the newest version both
+  support (librdkafka src/rdkafka_broker.c, rd_kafka_broker_ApiVersion_supported; Fetch up to
+  v16, src/rdkafka_fetcher.c), so KIP-896's removals in Kafka 4.0 (Fetch v0-v3, ListOffsets v0,
+  Produce v0-v2, ...; apache/kafka clients/src/main/resources/common/message/*Request.json)
+  never reach it. The fastest, and the default here and in the operator (a TrainingRun's
+  spec.reader) because it reads every Kafka the platform chart runs, Kafka 4 included.
+- `tfio`: tensorflow-io 0.37.1, the seed's TensorFlow-native path; its bundled librdkafka 1.5.0
+  reads Apache Kafka 2.x to 3.9 (ZooKeeper or KRaft mode) with default settings, not Kafka 4:
+  its feature table (v1.5.0 src/rdkafka_feature.c) ties SASL and the group consumer to
+  SaslHandshake v0 and JoinGroup/FindCoordinator v0, which 4.0 removed.
+  Only tansu, the test broker, needs the tfio settings api.version.request=false and
+  broker.version.fallback=0.9.0 (--librdkafka).
+- `kafka-python`: kafka-python 3.0, pure Python: Kafka 0.8 to 4.3.
+Recipes: `tuned` (default:
 standardization, dropout 0.5, early stopping on every 5th row) or `seed`
 (the original: 1 epoch, batch 32, no standardization).
+
+`--precision mixed_bf16` trains in bfloat16 (Keras mixed precision) and records the held-out
+rows' AUC in bf16 and, for the same weights, in fp32 (`holdout_auc`, `holdout_auc_fp32`); every
+model records `precision` and `holdout_auc`.
 
 Continual learning: `--warm-start REF` (a model id, an ISO-8601 timestamp,
 latest:RUN or alias:NAME) continues a stored model, its weights and standardization, on this
@@ -36,6 +51,7 @@ from ..kafka_offsets import OffsetRequest, check_ranges, log_offsets, parse_offs
 from ..kafka_security import KafkaSecurity
 from ..continual import warm_start_config
 from ..model import RECIPES, model_from_bytes, model_to_bytes, with_overrides
+from ..precision import TRAINING_PRECISIONS
 from ..errors import BadInput
 from ..heartbeat import TRAINER_SOURCE, Heartbeat
 from ..schema import DEFAULT_DATABASE
@@ -65,9 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train from Kafka, save the model to the store", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_run_name(p)
-    p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "tfio"),
-                   help="Kafka reader: tfio for Kafka 2.x-3.9, kafka-python for 0.8-4.3 "
-                        "(env SUSY_READER; default: %(default)s)")
+    p.add_argument("--reader", choices=sorted(READERS), default=options.env("SUSY_READER", "confluent"),
+                   help="Kafka reader: confluent (librdkafka 2.16) for Kafka 0.8-4.x, tfio (librdkafka 1.5.0) "
+                        "for Kafka 2.x-3.9, kafka-python for 0.8-4.3 (env SUSY_READER; default: %(default)s)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=options.env("SUSY_RECIPE"),
                    help="training recipe (env SUSY_RECIPE; default: tuned, the better model, or with "
                         "--warm-start the parent's; a TrainingRun defaults to seed, one pass over "
@@ -94,6 +110,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--monitor", choices=["val_loss", "val_auc"],
                    help="what early stopping watches (default: the recipe's)")
     p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
+    p.add_argument("--precision", choices=TRAINING_PRECISIONS, default=options.env("SUSY_TRAIN_PRECISION", "fp32"),
+                   help="fp32, or mixed_bf16: Keras's mixed_bfloat16 policy (float32 weights, the hidden "
+                        "layers' products in bfloat16, fast where the CPU has AMX or AVX512-BF16); the "
+                        "model record then holds the held-out AUC computed in bf16 and in fp32 "
+                        "(env SUSY_TRAIN_PRECISION; default: %(default)s)")
     p.add_argument("--model-threads", type=options.positive,
                    default=options.env("SUSY_MODEL_THREADS"),
                    help="TensorFlow intra-op threads for the training step (env SUSY_MODEL_THREADS; "
@@ -102,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-timeout", type=float, default=float(options.env("SUSY_READ_TIMEOUT", 120)),
                    help="seconds without Kafka progress before giving up (env SUSY_READ_TIMEOUT; default: %(default)s)")
     p.add_argument("--librdkafka", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra librdkafka setting for the tfio reader (repeatable; env "
+                   help="extra librdkafka setting for the tfio and confluent readers (repeatable; env "
                         "SUSY_LIBRDKAFKA, comma-separated)")
     options.add_kafka(p)
     options.add_store(p)
@@ -116,23 +137,23 @@ def run(args: argparse.Namespace) -> dict:
                  learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
                  patience=args.patience, validation_every=args.validation_every, monitor=args.monitor,
                  seed=args.seed, model_threads=args.model_threads, read_timeout=args.read_timeout,
-                 librdkafka=librdkafka, store_uri=args.store, database=args.database,
+                 librdkafka=librdkafka, precision=args.precision, store_uri=args.store, database=args.database,
                  namespace=args.namespace)
 
 
-def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | None = None,
+def train(*, run_name: str, bootstrap: str, reader: str = "confluent", recipe: str | None = None,
           warm_start: str | None = None, epochs: int | None = None, batch_size: int | None = None,
           learning_rate: float | None = None, dropout: float | None = None,
           hidden: tuple[int, ...] | None = None, patience: int | None = None,
           validation_every: int | None = None, monitor: str | None = None, seed: int | None = None,
           model_threads: int | None = None, read_timeout: float = 120.0, librdkafka: Sequence[str] = (),
-          store_uri: str | None = None, database: str = DEFAULT_DATABASE,
+          precision: str = "fp32", store_uri: str | None = None, database: str = DEFAULT_DATABASE,
           namespace: str = DEFAULT_NAMESPACE, offsets: OffsetRequest | None = None) -> dict:
     """Train on the offsets `produce` recorded for `run_name` (or on `offsets`), save the model;
     return its record.
 
     A hyper-parameter left None is the recipe's (or, with `warm_start`, the parent's);
-    `librdkafka` adds settings for the tfio reader.
+    `librdkafka` adds settings for the librdkafka readers (tfio, confluent).
     """
     from ..training import train as train_model, use_training_threads  # TensorFlow loads only here
 
@@ -171,7 +192,7 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
             source_facts = production.get("source")
         read = READERS[reader]
         extra = {}
-        if reader == "tfio":
+        if reader in ("tfio", "confluent"):
             extra["configuration"] = list(librdkafka)
         log.info("training run %s from %s %s via %s, recipe %s", run_name, topic,
                  ranges, reader, recipe)
@@ -182,7 +203,7 @@ def train(*, run_name: str, bootstrap: str, reader: str = "tfio", recipe: str | 
 
         heartbeat = Heartbeat(store, run_name, TRAINER_SOURCE, dict, every_s=0)  # written per epoch
         model, facts = train_model(source, config, expected_rows=expected_rows, parent=parent,
-                                   report=heartbeat.write)
+                                   report=heartbeat.write, precision=precision)
         record = {
             "run": run_name,
             "recipe": recipe,
