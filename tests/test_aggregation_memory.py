@@ -6,7 +6,8 @@ whole list at once.
 The synthetic results are what the evaluator stand-in of support/fakes.py writes: the evaluator's
 own tallies of pseudo-scores (10 histograms of 16,384 bins per result, as a real 8-model result
 has), written with `put_shard_result`. The aggregation runs in a fresh subprocess, which reports
-its peak resident set (getrusage ru_maxrss, KiB on Linux).
+its peak resident set (VmHWM of /proc/self/status: getrusage's ru_maxrss is carried across exec
+on Linux, so a child of a pytest process that loaded TensorFlow reported the parent's 665 MiB).
 """
 from __future__ import annotations
 
@@ -50,18 +51,22 @@ def _write_results(store, name: str, shards: int) -> None:
 
 # Run in a fresh interpreter: its peak RSS is the aggregation's (and the imports').
 _AGGREGATE = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from susy_pipeline import evaluation
     from susy_pipeline.store import open_store
 
+    def peak_rss_bytes():
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
     uri, name, shards, whole, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "whole", sys.argv[5]
     with open_store(uri) as store:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before = peak_rss_bytes()
         if whole:  # every result decoded at once, as the operator did before
             result = evaluation.aggregate(store.shard_results(name), shards)
         else:
             result = evaluation.aggregate_stored(store, name, shards)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     with open(out, "w") as f:
         json.dump(result, f, sort_keys=True)
     print(json.dumps({"peak_rss_bytes": peak, "before_bytes": before}))
