@@ -124,6 +124,11 @@ def test_schema_defaults_match_the_operator() -> None:
     assert tr["model"]["properties"]["recipe"]["enum"] == list(spec_lib.RECIPES)
     assert tr["reader"]["default"] == spec_lib.DEFAULT_READER
     assert tr["reader"]["enum"] == list(spec_lib.READERS)
+    ct = openapi_schema(crd.CONTINUAL_KIND)["properties"]["spec"]["properties"]
+    assert ct["reader"]["enum"] == list(spec_lib.READERS) and ct["reader"]["default"] == spec_lib.DEFAULT_READER
+    assert ct["historyLimit"]["default"] == spec_lib.DEFAULT_HISTORY_LIMIT
+    assert ct["kafka"]["properties"]["rowsPerMessage"]["default"] == spec_lib.DEFAULT_ROWS_PER_MESSAGE
+    assert ct["evaluation"]["properties"]["metric"]["enum"] == list(spec_lib.CONTINUAL_METRICS)
     assert tr["runPolicy"]["properties"]["backoffLimit"]["default"] == spec_lib.DEFAULT_BACKOFF_LIMIT
     for schema in (tr, er):
         policy = schema["runPolicy"]["properties"]

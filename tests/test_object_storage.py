@@ -170,6 +170,24 @@ def test_a_remote_row_group_over_the_prefetch_bound_is_streamed_with_the_same_ro
                           np.concatenate([b.features for b in expected]))
 
 
+def test_a_shards_progress_estimate_fetches_one_head_that_its_reader_does_not_fetch_again(world, s3_env):
+    """Planning a shard's rows for progress samples the head of one CSV of each format, not of
+    every file, and the reader streaming that file takes the head from memory: with the plan, the
+    shard fetches each byte of the file once."""
+    from susy_pipeline import shards
+
+    uris = files.resolve([f"s3://{BUCKET}/files/*.csv"])
+    assert len(uris) == 3
+    before = files.remote_read_totals()
+    rows, exact = shards.planned_shard_rows(shards.plan_shard(uris, 0, 1))
+    planned = files.remote_read_totals()
+    assert planned["bytes"] - before["bytes"] == shards.ESTIMATE_SAMPLE_BYTES
+    assert not exact and abs(rows - 30_000) / 30_000 < 0.02, rows
+    assert sum(len(b) for b in data.iter_batches(uris[0])) == 10_000
+    streamed = files.remote_read_totals()
+    assert streamed["bytes"] - before["bytes"] == files.size(uris[0])
+
+
 def test_globs_list_sorted_and_each_object_once(world, s3_env):
     listed = files.resolve([f"s3://{BUCKET}/files/*.parquet",
                             f"s3://{BUCKET}/files/susy-test-x3-00001-of-00003.parquet"])

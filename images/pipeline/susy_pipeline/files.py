@@ -38,7 +38,9 @@ an endpoint that does not answer after bounded retries `StorageUnavailable`
 
 Remote reads go through a counting reader: `remote_read_totals()` is the bytes
 and read calls this process fetched from object storage (each call one ranged
-GET), so a shard can report what it read.
+GET), so a shard can report what it read. `read_head` keeps the first bytes of a remote object
+it fetched until a reader of that object reads through them: a head sampled to plan (progress
+estimates) is not fetched a second time when the object is streamed.
 """
 from __future__ import annotations
 
@@ -282,6 +284,26 @@ def remote_read_totals() -> dict[str, int]:
         return dict(_totals)
 
 
+# Heads of remote objects fetched by `read_head`, by URI, until a reader has read through one.
+_heads: dict[str, bytes] = {}
+
+
+def read_head(path: str, n: int) -> bytes:
+    """The first `n` bytes of a file. A remote object's are kept for the next reader of it, which
+    reads them from memory (then they are dropped): sampling a file's head before streaming the
+    file fetches those bytes once, as `remote_read_totals` shows."""
+    with _totals_lock:
+        kept = _heads.get(path)
+    if kept is not None and len(kept) >= n:
+        return kept[:n]
+    with open_random(path) as f:
+        head = f.read(n)
+    if is_remote(path):
+        with _totals_lock:
+            _heads[path] = head
+    return head
+
+
 class _CountingReader(io.RawIOBase):
     """A remote file as a Python binary stream that counts what it fetches.
 
@@ -320,7 +342,9 @@ class _CountingReader(io.RawIOBase):
         want = min(len(buffer), self._size - self._pos)
         if want <= 0:
             return 0
-        data = self._from_prefetch(self._pos, want)
+        data = self._from_head(self._pos, want)
+        if data is None:
+            data = self._from_prefetch(self._pos, want)
         if data is None:
             data = self._read_at(self._pos, want)
         n = len(data)
@@ -337,6 +361,16 @@ class _CountingReader(io.RawIOBase):
             _totals["bytes"] += len(data)
             _totals["reads"] += 1
         return data
+
+    def _from_head(self, pos: int, length: int):
+        """The bytes of a head `read_head` kept (up to its end, a short read), or None."""
+        with _totals_lock:
+            head = _heads.get(self.uri)
+            if head is None or pos >= len(head):
+                return None
+            if pos + length >= len(head):
+                del _heads[self.uri]  # read through: each kept byte is used once
+        return memoryview(head)[pos:pos + length]
 
     def prefetch(self, start: int, stop: int) -> None:
         """Fetch bytes `start..stop-1` in the background; a read inside them is served from memory.

@@ -149,8 +149,8 @@ def rows_per_byte(path: str) -> tuple[float, bool]:
     import zlib
 
     size = files.size(path)
-    with files.open_random(path) as f:
-        sample = f.read(ESTIMATE_SAMPLE_BYTES)
+    # A remote head is kept for the reader that streams the file next: fetched once, not twice.
+    sample = files.read_head(path, ESTIMATE_SAMPLE_BYTES)
     if not sample:
         return 0.0, True
     if data.file_format(path) == "csv.gz":
@@ -171,9 +171,13 @@ def _stripe_rows_in(piece: Piece, end: int) -> int:
     return rows
 
 
-def planned_rows(piece: Piece) -> tuple[int, bool]:
+def planned_rows(piece: Piece, samples: dict[str, tuple[str, float, bool]] | None = None) -> tuple[int, bool]:
     """(rows the piece will yield, exact): exact from a Parquet footer or a counted row range, an
-    estimate from bytes for CSV and CSV.gz (`rows_per_byte`). For progress and ETAs."""
+    estimate from bytes for CSV and CSV.gz (`rows_per_byte`). For progress and ETAs.
+
+    `samples` (format -> (path sampled, rows per byte, exact)) shares one sample per format among
+    a shard's pieces: a shard of many files waits for one read and keeps one head, not one each.
+    """
     if piece.format == "parquet":
         sizes = _parquet_row_groups(piece.path)
         groups = range(piece.start, piece.stop) if piece.kind == ROW_GROUPS else range(len(sizes))
@@ -184,7 +188,13 @@ def planned_rows(piece: Piece) -> tuple[int, bool]:
         return piece.end_row - piece.first_row, True
     if piece.end_row is not None and piece.kind == ROW_STRIPES:
         return _stripe_rows_in(piece, piece.end_row), True
-    per_byte, exact = rows_per_byte(piece.path)
+    if samples is None:
+        per_byte, exact = rows_per_byte(piece.path)
+    else:
+        if piece.format not in samples:
+            samples[piece.format] = (piece.path, *rows_per_byte(piece.path))
+        sampled, per_byte, exact = samples[piece.format]
+        exact = exact and sampled == piece.path
     if piece.kind == BYTE_RANGE:
         return round((piece.stop - piece.start) * per_byte), False
     file_rows = round(files.size(piece.path) * per_byte)
@@ -195,7 +205,8 @@ def planned_rows(piece: Piece) -> tuple[int, bool]:
 
 def planned_shard_rows(pieces: Sequence[Piece]) -> tuple[int, bool]:
     """(rows a shard's pieces will yield, exact): the sum of `planned_rows`."""
-    counted = [planned_rows(p) for p in pieces]
+    samples: dict[str, tuple[str, float, bool]] = {}
+    counted = [planned_rows(p, samples) for p in pieces]
     return sum(n for n, _ in counted), all(exact for _, exact in counted)
 
 
