@@ -380,3 +380,25 @@ def test_the_ttl_deletes_a_finished_run_and_its_model_stays_loadable(cluster: Cl
     with open_store(store_uri, "bigdata", namespace=NAMESPACE) as store:
         _, data = store.load_model(model_id)
     assert model_from_bytes(data).count_params() == build_model(ModelConfig(hidden=(4,), normalize=False)).count_params()
+
+
+def test_a_continual_trainings_generations_wait_in_its_queue_with_its_priorities() -> None:
+    """A ContinualTraining's queueName and priorities (or Kueue's labels on it) reach every
+    generation's TrainingRun and EvaluationRun, whose Jobs then wait in that queue; its suspend
+    stays its own (no new generation), not the children's."""
+    from susy_operator import continual
+
+    ct = {"kafka": {"topic": "live"}, "trigger": {"everyRows": 500}, "alias": "live", "suspend": True,
+          "evaluation": {"dataset": {"uris": ["/opt/susy/data/susy-sample.csv.gz"]}},
+          "queueName": "team-a", "priorityClassName": "batch"}
+    parsed = spec_lib.parse_continual_training(ct, labels={crd.LABEL_KUEUE_PRIORITY: "low"})
+    children = [continual.training_run_child("ct", "ns", parsed, 1, {0: (0, 500)}, None),
+                continual.evaluation_run_child("ct", "ns", parsed, 1, "a" * 32, "b" * 32)]
+    for child in children:
+        assert (child["spec"]["queueName"], child["spec"]["priorityClassName"],
+                child["spec"]["workloadPriorityClassName"]) == ("team-a", "batch", "low")
+        assert "suspend" not in child["spec"] and "ttlSecondsAfterFinished" not in child["spec"]
+        parse = spec_lib.parse_training_run if child["kind"] == crd.TRAINING_KIND else spec_lib.parse_evaluation_run
+        assert parse(child["spec"]).scheduling.queued
+    plain = spec_lib.parse_continual_training({k: v for k, v in ct.items() if k not in ("queueName", "priorityClassName")})
+    assert "queueName" not in continual.training_run_child("ct", "ns", plain, 1, {0: (0, 500)}, None)["spec"]

@@ -347,9 +347,15 @@ def child_labels(name: str, generation: int) -> dict[str, str]:
 
 def _child(kind: str, child_name: str, name: str, namespace: str, generation: int, spec: Any,
            body_spec: dict[str, Any]) -> dict[str, Any]:
-    """A child resource: its fixed name, the generation's labels, and the resource's env."""
+    """A child resource: its fixed name, the generation's labels, and the resource's env, queue and
+    priorities (a generation waits in the resource's Kueue queue as any run does)."""
     if spec.env:
         body_spec["env"] = [{"name": k, "value": v} for k, v in spec.env]
+    for key, value in (("queueName", spec.scheduling.queue_name),
+                       ("priorityClassName", spec.scheduling.priority_class_name),
+                       ("workloadPriorityClassName", spec.scheduling.workload_priority_class_name)):
+        if value is not None:
+            body_spec[key] = value
     return {"apiVersion": crd.API_VERSION, "kind": kind,
             "metadata": {"name": child_name, "namespace": namespace, "labels": child_labels(name, generation)},
             "spec": body_spec}

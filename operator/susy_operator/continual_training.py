@@ -159,7 +159,8 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     lastDecision, consumed, triggerFrom, rowsConsumed, history, nextTrigger and the conditions
     Progressing and DataLost. An invalid spec ends in Failed (InvalidSpec) naming the field."""
     generation = meta.get("generation")
-    parsed = runs.parse_spec(spec_lib.parse_continual_training, body, spec, status, patch, generation)
+    parsed = runs.parse_spec(runs.parse_with_labels(spec_lib.parse_continual_training, body), body, spec, status,
+                             patch, generation)
     trigger = continual.Trigger(every_rows=parsed.every_rows, every_seconds=parsed.every_seconds,
                                 rows_per_message=parsed.rows_per_message)
     state = dict(status)

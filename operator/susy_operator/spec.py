@@ -709,10 +709,15 @@ class ContinualTrainingSpec:
     history_limit: int = DEFAULT_HISTORY_LIMIT
     suspend: bool = False
     env: tuple[tuple[str, str], ...] = ()
+    # queueName, priorityClassName and workloadPriorityClassName, passed to every generation's
+    # TrainingRun and EvaluationRun (its own suspend and ttl are not: they are this resource's).
+    scheduling: Scheduling = Scheduling()
 
 
-def parse_continual_training(spec: Mapping[str, Any]) -> ContinualTrainingSpec:
-    """Validate a ContinualTraining spec; raise SpecError naming every problem."""
+def parse_continual_training(spec: Mapping[str, Any], *,
+                             labels: Mapping[str, str] | None = None) -> ContinualTrainingSpec:
+    """Validate a ContinualTraining spec; raise SpecError naming every problem (`labels`: as for
+    parse_training_run)."""
     r = _Reader("spec")
     kafka = r.section(spec, "kafka", required=True)
     trigger = r.section(spec, "trigger", required=True)
@@ -761,6 +766,8 @@ def parse_continual_training(spec: Mapping[str, Any]) -> ContinualTrainingSpec:
         or DEFAULT_HISTORY_LIMIT,
         suspend=r.boolean(spec, "spec", "suspend"),
         env=r.env(spec),
+        scheduling=dataclasses.replace(r.scheduling(spec, labels or {}), suspend=False,
+                                       ttl_seconds_after_finished=None),
     )
     r.done()
     return parsed
