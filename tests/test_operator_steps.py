@@ -122,8 +122,11 @@ def test_status_helpers_hold_the_store_contract() -> None:
         {"partition": 0, "start": 0, "end": 4}, {"partition": 1, "start": 5, "end": 9}]
     aggregated = {"accuracy": 0.5, "auc": 0.6, "log_loss": 0.7, "rows": 4,
                   "confusion": {"tn": 1, "fp": 1, "fn": 1, "tp": 1}}
+    # A result from before precisions were recorded was computed in fp32 (issue 24).
     assert st.evaluation_metrics(aggregated) == {"accuracy": 0.5, "auc": 0.6, "logLoss": 0.7, "rows": 4,
-                                                 "confusion": {"tn": 1, "fp": 1, "fn": 1, "tp": 1}}
+                                                 "confusion": {"tn": 1, "fp": 1, "fn": 1, "tp": 1},
+                                                 "precision": "fp32"}
+    assert st.evaluation_metrics({**aggregated, "precision": "bf16"})["precision"] == "bf16"
     with pytest.raises(KeyError):  # the store writes auc and log_loss; other spellings are a bug
         st.evaluation_metrics({**{k: v for k, v in aggregated.items() if k != "auc"}, "roc_auc": 0.6})
     summaries = st.shard_summaries([{"shard_index": 1, "rows": 4, "correct": 3, "seconds": 1, "rows_per_second": 4},
