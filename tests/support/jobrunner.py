@@ -406,6 +406,10 @@ class JobRunner:
             # The pod's HOME=/tmp is shared between tests here: give each pod its own.
             env["HOME"] = str(self.workdir / "home")
             env["MPLCONFIGDIR"] = str(self.workdir / "home" / "matplotlib")
+            # In the image `python` on PATH is the pipeline's Python; here it is this venv's, also
+            # for a command that a shell resolves (`sh -c "python -m ..."`), not only command[0].
+            bin_dir = str(Path(self.python).parent)
+            env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH") or os.defpath])
         return env
 
     def _pod_object(self, job: dict[str, Any], name: str, index: int | None) -> dict[str, Any]:
