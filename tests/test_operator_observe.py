@@ -67,12 +67,18 @@ def kubectl_get_row(obj: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+ROWS_SCALED = 640_000
+
+
 @pytest.fixture
 def scaled_csv(tmp_path) -> list[str]:
-    """The sample's 10,000 test rows x16 as one CSV.gz (160,000 rows): a few seconds per shard."""
+    """The sample's 10,000 test rows x64 as one CSV.gz (640,000 rows): on a quiet machine a shard
+    streams its half in a second or more, several of the operator's 0.25 s polls (x16 finished
+    between two polls there)."""
     from susy_pipeline.commands.scale import scale
 
-    return scale(str(SAMPLE), str(tmp_path / "scaled"), times=16, files=1, formats=["csv.gz"])["files"]["csv.gz"]
+    return scale(str(SAMPLE), str(tmp_path / "scaled"), times=ROWS_SCALED // 10_000, files=1,
+                 formats=["csv.gz"])["files"]["csv.gz"]
 
 
 class Prometheus:
@@ -157,16 +163,21 @@ def test_progress_in_status_and_prometheus_counters_match_what_happened(cluster:
         logs = {run.log: open(run.log).read()[-2000:] for run in runner.runs if run.log and run.exit_code}
         assert tr["status"]["phase"] == crd.SUCCEEDED, (tr["status"], logs)
         epochs = [s["progress"]["epoch"] for s in statuses if s.get("progress")]
-        assert sorted(set(epochs)) == [0, 1, 2, 3, 4] or sorted(set(epochs)) == [1, 2, 3, 4], epochs
         assert epochs == sorted(epochs), "epochs only go up"
         final = tr["status"]["progress"]
         assert final["display"] == "4/4" and final["loss"] > 0 and 0.5 < final["valAuc"] <= 1
         assert final["rowsPerSecond"] > 0 and final["stalled"] == []
-        running_tr = next(s for s in statuses if s.get("progress", {}).get("epoch") == 2)
-        assert kubectl_get_row({"kind": "TrainingRun", "status": running_tr})["Epoch"] == "2/4"
+        # Each epoch is in status, also one shorter than a poll (on a loaded CI machine the poll
+        # saw 0, 2, 3, 4): the trainer's heartbeat carries its finished epochs.
+        assert [h["epoch"] for h in final["history"]] == [1, 2, 3, 4], final["history"]
+        assert final["history"][-1]["loss"] == final["loss"] and final["history"][-1]["valAuc"] == final["valAuc"]
+        running_tr = next(s for s in statuses if 0 < s.get("progress", {}).get("epoch", 0) < 4)
+        live_epoch = running_tr["progress"]["epoch"]
+        assert kubectl_get_row({"kind": "TrainingRun", "status": running_tr})["Epoch"] == f"{live_epoch}/4"
+        assert [h["epoch"] for h in running_tr["progress"]["history"]] == list(range(1, live_epoch + 1))
         model_id = tr["status"]["modelId"]
 
-        # --- an EvaluationRun over 160,000 rows in 2 shards: rising progress, then the aggregate --
+        # --- an EvaluationRun over 640,000 rows in 2 shards: rising progress, then the aggregate --
         cluster.create(evaluation_run("er", {"id": model_id}, dataset={"uris": scaled_csv}, shards=2,
                                       parallelism=2, chunkRows=2048))
         statuses = sample_while(cluster, "evaluationruns", "er", {crd.SUCCEEDED, crd.FAILED}, 300)
@@ -177,16 +188,16 @@ def test_progress_in_status_and_prometheus_counters_match_what_happened(cluster:
         scored = [p["rowsScored"] for p in live]
         assert len(set(scored)) >= 3, f"several heartbeats seen while it ran: {scored}"
         assert scored == sorted(scored), "rows scored only go up"
-        assert any(0 < rows < 160_000 for rows in scored), scored
-        mid = next(p for p in live if 0 < p["rowsScored"] < 160_000)
+        assert any(0 < rows < ROWS_SCALED for rows in scored), scored
+        mid = next(p for p in live if 0 < p["rowsScored"] < ROWS_SCALED)
         # Planned from the CSV.gz's bytes: its first MiB's rows per compressed byte. This file repeats
         # the same 10,000 rows, which gzip compresses better past the first MiB, so the estimate runs
         # high here (on the real sample it is within 0.1%: tests/test_progress.py).
-        assert mid["rowsPlannedEstimated"] is True and abs(mid["rowsPlanned"] - 160_000) < 40_000
+        assert mid["rowsPlannedEstimated"] is True and abs(mid["rowsPlanned"] - ROWS_SCALED) < ROWS_SCALED // 4
         assert mid["rowsPerSecond"] > 0 and mid["etaSeconds"] is not None and mid["display"].endswith("%")
         assert int(mid["display"][:-1]) < 100
         es = er["status"]
-        assert es["rows"] == 160_000
+        assert es["rows"] == ROWS_SCALED
         assert (es["progress"]["rowsScored"], es["progress"]["rowsPlanned"], es["progress"]["display"]) == (
             es["rows"], es["rows"], "100%")
         assert [s["rowsScored"] for s in es["progress"]["shards"]] == [r["rows"] for r in es["shardResults"]]
@@ -216,7 +227,7 @@ def test_progress_in_status_and_prometheus_counters_match_what_happened(cluster:
             'susy_operator_jobs_created_total{step="evaluator"}': 1,
             'susy_operator_jobs_failed_total{step="producer"}': 1,  # tr-bad's missing file
             "susy_operator_rows_trained_total": 8000,
-            "susy_operator_rows_scored_total": 160_000,
+            "susy_operator_rows_scored_total": ROWS_SCALED,
             'susy_operator_runs{kind="TrainingRun",phase="Succeeded"}': 1,
             'susy_operator_runs{kind="TrainingRun",phase="Failed"}': 1,
             'susy_operator_runs{kind="EvaluationRun",phase="Succeeded"}': 1,

@@ -62,6 +62,11 @@ def test_training_progress_epoch_k_of_n_loss_and_validation_auc():
             "val_auc": 0.861, "rows_per_second": 52_000.0, "epoch_seconds": 1.7, "updated_at": at(2)}
     p = progress.training_progress([beat])
     assert (p["display"], p["loss"], p["valAuc"], p["rowsPerSecond"]) == ("3/10", 0.45, 0.861, 52_000.0)
+    assert p["history"] is None  # a heartbeat from before epoch histories
+    history = [{"epoch": e, "loss": 0.4, "val_auc": auc, "rows_per_second": 50_000.0}
+               for e, auc in ((1, 0.81), (2, 0.82), (3, 0.83))]
+    p = progress.training_progress([{**beat, "history": history}])
+    assert [(h["epoch"], h["valAuc"]) for h in p["history"]] == [(1, 0.81), (2, 0.82), (3, 0.83)]
 
 
 def test_stalled_sources_are_the_unfinished_silent_ones_with_the_trainer_allowed_its_epochs():

@@ -109,6 +109,9 @@ def training_progress(beats: Sequence[Mapping[str, Any]]) -> dict[str, Any] | No
         "epochSeconds": beat.get("epoch_seconds"),
         "display": f"{epoch}/{epochs}",
         "updatedAt": beat.get("updated_at"),
+        # Every finished epoch (the trainer keeps its last 50), also those shorter than a poll.
+        "history": [{"epoch": h.get("epoch"), "loss": h.get("loss"), "valAuc": h.get("val_auc"),
+                     "rowsPerSecond": h.get("rows_per_second")} for h in beat.get("history") or []] or None,
     }
 
 

@@ -199,6 +199,9 @@ class CountingSource:
 
 
 EpochReport = Callable[[dict[str, Any]], None]
+# The trainer's heartbeat carries its last epochs too, so that an epoch shorter than the
+# operator's poll still reaches status (the heartbeat is one document, overwritten per epoch).
+EPOCH_HISTORY = 50
 
 
 def epoch_facts(epoch: int, epochs: int, seconds: float, train_rows: int, logs: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +229,7 @@ class _EpochProgress(keras.callbacks.Callback):
         self.report = report
         self.started = 0.0
         self.seconds: list[float] = []
+        self.history: list[dict[str, Any]] = []
         self.bar: Progress | None = None
         if bars_wanted():
             self.on_train_batch_end = self._batch_end  # type: ignore[method-assign]
@@ -253,7 +257,9 @@ class _EpochProgress(keras.callbacks.Callback):
         log.info("epoch %d/%d: %.2f s, %.0f rows/s, %s", epoch + 1, self.epochs, seconds,
                  self.train_rows / max(seconds, 1e-9), metrics)
         if self.report is not None:
-            self.report(epoch_facts(epoch + 1, self.epochs, seconds, self.train_rows, logs or {}))
+            facts = epoch_facts(epoch + 1, self.epochs, seconds, self.train_rows, logs or {})
+            self.history = [*self.history, {k: facts[k] for k in ("epoch", "loss", "val_auc", "rows_per_second")}]
+            self.report({**facts, "history": self.history[-EPOCH_HISTORY:]})
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
