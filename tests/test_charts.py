@@ -1102,3 +1102,25 @@ def test_operator_tenancy_values_reach_the_operators_settings(helm: str) -> None
     default = config.load(operator_env())
     assert default.tenancy.allowed_images == () and default.tenancy.default_image == "susy-pipeline:0.1.0"
     assert default.job_config.store_secret == "susy-platform-mongodb" and not default.watch_all_namespaces
+
+
+def test_the_tfio_readers_librdkafka_settings_are_the_platforms_and_reach_every_job(helm: str) -> None:
+    """kafka.tfioLibrdkafka (for tansu's fallback settings, or a cluster's librdkafka 1.5.0 quirks)
+    reaches every Job as SUSY_TFIO_LIBRDKAFKA through the operator's settings; a CR cannot set it
+    (SUSY_* is reserved: librdkafka's plugin.library.paths loads code)."""
+    from susy_operator import builders, config, tenancy
+
+    (dep,) = by_kind(render(helm, OPERATOR, None, r"kafka.tfioLibrdkafka=api.version.request=false\,a=b"),
+                     "Deployment")
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    jobs = config.load(env).job_config
+    job_env = {e["name"]: e.get("value") for e in builders.pipeline_env(jobs, "team-a")}
+    assert job_env["SUSY_TFIO_LIBRDKAFKA"] == "api.version.request=false,a=b"
+    (default,) = by_kind(render(helm, OPERATOR, None), "Deployment")
+    default_env = {e["name"]: e.get("value") for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "SUSY_TFIO_LIBRDKAFKA" not in default_env
+    assert "SUSY_TFIO_LIBRDKAFKA" not in {e["name"] for e in builders.pipeline_env(config.load(default_env).job_config,
+                                                                                     "team-a")}
+    refused = tenancy.env_problems("spec", [("SUSY_TFIO_LIBRDKAFKA", "plugin.library.paths=/tmp/x.so")],
+                                   config.load(env).tenancy)
+    assert refused and "spec.env" in refused[0]

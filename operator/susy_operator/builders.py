@@ -70,6 +70,10 @@ class JobConfig:
     # namespace_database: the database of each namespace's records, "{namespace}" replaced by the
     # run's namespace (e.g. "susy-{namespace}"); None: `database` for every namespace.
     namespace_database: str | None = None
+    # tfio_librdkafka: settings for the tfio reader's librdkafka 1.5.0 ("key=value,..."), the
+    # platform's to set (SUSY_TFIO_LIBRDKAFKA on the operator, the chart's kafka.tfioLibrdkafka),
+    # never a CR's: spec.env reserves SUSY_*, since librdkafka's plugin.library.paths loads code.
+    tfio_librdkafka: str = ""
 
     def database_for(self, namespace: str) -> str:
         """The database of a namespace's records. MongoDB refuses names of 64 bytes or more: a
@@ -224,6 +228,8 @@ def pipeline_env(config: JobConfig, namespace: str, run_name: str | None = None,
         env.append({"name": crd.ENV_RUN_NAME, "value": run_name})
     if config.heartbeat_seconds is not None:
         env.append({"name": crd.ENV_HEARTBEAT_SECONDS, "value": f"{config.heartbeat_seconds:g}"})
+    if config.tfio_librdkafka:
+        env.append({"name": crd.ENV_TFIO_LIBRDKAFKA, "value": config.tfio_librdkafka})
     env += data_secret(data_secret_name)[1]
     return env
 

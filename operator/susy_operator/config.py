@@ -94,6 +94,9 @@ class OperatorConfig:
     # heartbeat_seconds: the heartbeat interval given to evaluator pods (SUSY_HEARTBEAT_SECONDS in
     # their env); None leaves the pipeline's default (5 s).
     heartbeat_seconds: float | None = None
+    # tfio_librdkafka: librdkafka settings ("key=value,...") every Job gets as SUSY_TFIO_LIBRDKAFKA,
+    # which the tfio reader alone applies (SUSY_TFIO_LIBRDKAFKA; the chart's kafka.tfioLibrdkafka).
+    tfio_librdkafka: str = ""
 
     @property
     def job_config(self) -> JobConfig:
@@ -104,7 +107,8 @@ class OperatorConfig:
                          database=self.database, namespace_database=self.namespace_database,
                          image_pull_policy=self.image_pull_policy, service_account=self.job_service_account,
                          kafka_secret=self.kafka_secret, store_ca_secret=self.store_ca_secret,
-                         store_ca_key=self.store_ca_key, heartbeat_seconds=self.heartbeat_seconds)
+                         store_ca_key=self.store_ca_key, heartbeat_seconds=self.heartbeat_seconds,
+                         tfio_librdkafka=self.tfio_librdkafka)
 
     @property
     def tenancy(self) -> tenancy.Policy:
@@ -148,6 +152,7 @@ def load(environ: Mapping[str, str] | None = None) -> OperatorConfig:
         metrics_port=int(env.get("SUSY_METRICS_PORT", "8000")),
         heartbeat_stale_seconds=float(env.get("SUSY_HEARTBEAT_STALE_SECONDS", "60")),
         heartbeat_seconds=float(env["SUSY_HEARTBEAT_SECONDS"]) if env.get("SUSY_HEARTBEAT_SECONDS") else None,
+        tfio_librdkafka=env.get(crd.ENV_TFIO_LIBRDKAFKA, ""),
     )
 
 

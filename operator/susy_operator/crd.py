@@ -183,6 +183,8 @@ ENV_PRECISION: Final = "SUSY_PRECISION"
 ENV_ALLOW_BF16: Final = "SUSY_ALLOW_BF16"
 # The pipeline pods' heartbeat interval (susy_pipeline/heartbeat.py), when the operator sets one.
 ENV_HEARTBEAT_SECONDS: Final = "SUSY_HEARTBEAT_SECONDS"
+# librdkafka settings for the tfio reader alone, the platform's (the chart's kafka.tfioLibrdkafka).
+ENV_TFIO_LIBRDKAFKA: Final = "SUSY_TFIO_LIBRDKAFKA"
 # The default key of the store URI in its Secret (contracts.md §4); the chart's store.secretKey
 # replaces it for the operator and every Job (SUSY_STORE_URI_KEY).
 STORE_SECRET_KEY: Final = "uri"

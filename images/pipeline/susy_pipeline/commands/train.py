@@ -132,6 +132,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     librdkafka = [s for s in options.env("SUSY_LIBRDKAFKA", "").split(",") if s] + args.librdkafka
+    if args.reader == "tfio":
+        # The platform's settings for librdkafka 1.5.0 alone (the operator's SUSY_TFIO_LIBRDKAFKA,
+        # the chart's kafka.tfioLibrdkafka): the confluent reader's librdkafka 2.x needs none.
+        librdkafka = [s for s in options.env("SUSY_TFIO_LIBRDKAFKA", "").split(",") if s] + librdkafka
     return train(run_name=args.run_name, offsets=args.offsets, bootstrap=args.bootstrap, reader=args.reader, recipe=args.recipe,
                  warm_start=args.warm_start, epochs=args.epochs, batch_size=args.batch_size,
                  learning_rate=args.learning_rate, dropout=args.dropout, hidden=args.hidden,
