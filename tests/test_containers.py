@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from conftest import TFIO_TANSU_SETTINGS
-from susy_operator import crd
+from susy_operator import crd, tenancy
 from susy_pipeline import evaluation as evaluation_lib, store as store_lib
 from support.fixtures import NAMESPACE, SECRET, condition, evaluation_run, training_run
 from support.harness import REPO, Cluster
@@ -393,6 +393,11 @@ def test_a_pvc_backed_evaluation_reads_through_the_mounted_claim(docker_cluster:
     shutil.copy(REPO / "data" / "susy-sample.csv.gz", claim / "susy" / "part-0.csv.gz")
     claim.chmod(0o755)
     dc.runtime.claims["susy-data"] = claim
+    # The namespace's owner opens the claim to runs (tenancy.py: an unlabelled claim is refused).
+    cluster.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "susy-data", "namespace": NAMESPACE,
+                                 "labels": {tenancy.LABEL_ALLOW_RUNS: "true"}},
+                    "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}})
     held_out = {"skip": 10979}
     _evaluation(dc, "er-pvc", dataset={"uris": ["/data/susy/*.csv.gz"], **held_out},
                 volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "susy-data"}}],
@@ -420,7 +425,7 @@ def test_one_continual_generation_in_containers(docker_cluster: DockerCluster) -
     topic = f"docker-ct-{dc.run_id}"
     produced = _run_pipeline(dc, "produce", "--data", IMAGE_SAMPLE, "--limit", "3000", "--rows-per-message", "10",
                              "--partitions", "2", "--topic", topic, "--bootstrap", dc.kafka, "--run-name",
-                             "someone-elses-stream", "--store", dc.store_uri)
+                             "someone-elses-stream", "--store", dc.store_uri, "--namespace", NAMESPACE)
     assert produced.returncode == 0, produced.stderr[-3000:]
     cluster.create({"apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND,
                     "metadata": {"name": "ct", "namespace": NAMESPACE},
@@ -432,7 +437,11 @@ def test_one_continual_generation_in_containers(docker_cluster: DockerCluster) -
     def first_decision() -> dict[str, Any] | None:
         status = (cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, "ct") or {}).get("status") or {}
         return status if (status.get("lastDecision") or {}).get("generation") == 1 else None
-    status = cluster.wait_for(first_decision, 400, "the first generation")
+    try:
+        status = cluster.wait_for(first_decision, 400, "the first generation")
+    except AssertionError as err:  # what the operator said is the first thing to read
+        raise AssertionError(f"{err}\n{cluster.get(crd.CONTINUAL_PLURAL, NAMESPACE, 'ct')}\n"
+                             f"operator log:\n{dc.operator.log()[-4000:]}\n{dc.failed_logs()}") from None
     assert status["lastDecision"]["decision"] == crd.PROMOTED, (status, dc.failed_logs())
     tr = cluster.get(crd.TRAINING_PLURAL, NAMESPACE, "ct-g1-train")
     assert tr["status"]["phase"] == crd.SUCCEEDED and tr["status"]["modelId"] == status["champion"]["modelId"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 import pytest
@@ -427,6 +428,27 @@ def test_the_operator_imports_neither_tensorflow_nor_kafka() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin", "SUSY_POLL_SECONDS": "5"})
     assert out.stdout.strip() == "[]"
+
+
+def test_a_continual_trainings_offsets_are_read_without_the_pipelines_libraries(kafka_broker) -> None:
+    """The operator image has kafka-python but not pyarrow, numpy's readers or TensorFlow: reading a
+    topic's offsets (what a ContinualTraining's reconcile does) works with those imports refused
+    (a container run found log_offsets importing pyarrow through kafka_io)."""
+    import subprocess
+    import sys
+
+    from susy_pipeline.kafka_io import ensure_topic
+
+    ensure_topic(kafka_broker, "operator-offsets", 2)
+    blocked = ('pyarrow', 'tensorflow', 'tensorflow_io', 'pandas', 'confluent_kafka')
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+            "import susy_operator.continual_training as ct; from susy_pipeline.kafka_offsets import log_offsets; "
+            f"print(sorted(log_offsets({kafka_broker!r}, 'operator-offsets').items()))")
+    # The checkout's packages, as pytest imports them (a venv shared by worktrees points elsewhere).
+    env = {"PATH": "/usr/bin:/bin", "SUSY_POLL_SECONDS": "5", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[(0, (0, 0)), (1, (0, 0))]"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])

@@ -33,7 +33,7 @@ from .data import Batch
 from .errors import BadInput
 from .progress import Progress
 from .streams import ReadAhead
-from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging
+from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, check_tfio_logging, connect_kafka_python
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,6 @@ RECORD_OVERHEAD_BYTES = 128
 READ_AHEAD_BATCHES = 8
 
 
-def _connect(bootstrap: str, make: Callable[[], T]) -> T:
-    """A kafka-python client (its constructor connects to the bootstrap brokers). Settings the
-    client refuses are bad input (exit 2: retrying cannot fix them), not an unreachable broker."""
-    from kafka.errors import KafkaConfigurationError, KafkaError
-
-    try:
-        return make()
-    except KafkaConfigurationError as err:
-        raise BadInput(f"Kafka client settings refused: {err}") from None
-    except KafkaError as err:
-        raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
-
-
 def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 30,
                  security: KafkaSecurity | None = None) -> int:
     """Create the topic if absent; return its partition count."""
@@ -121,7 +108,7 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_s: floa
 
     security = security or KafkaSecurity.from_env()
     check_broker(bootstrap, security)
-    admin = _connect(bootstrap, lambda: KafkaAdminClient(
+    admin = connect_kafka_python(bootstrap, lambda: KafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
         bootstrap_timeout_ms=int(timeout_s * 1000), client_id="susy-producer-admin", **security.kafka_python()))
     try:
@@ -297,7 +284,7 @@ class _KafkaPythonSender:
                         max_request_size=max(16 << 20, max_message_bytes), retries=5, client_id="susy-producer")
         settings.update(security.kafka_python())
         settings.update(options)
-        self.producer = _connect(bootstrap, lambda: KafkaProducer(bootstrap_servers=bootstrap, **settings))
+        self.producer = connect_kafka_python(bootstrap, lambda: KafkaProducer(bootstrap_servers=bootstrap, **settings))
         self.topic, self.partitions = topic, 1  # set once the topic is known
         self.first: dict[int, Any] = {}
         self.last: dict[int, Any] = {}
@@ -478,7 +465,7 @@ def kafka_python_batches(bootstrap: str, topic: str, ranges: Mapping[int, tuple[
 
     security = security or KafkaSecurity.from_env()
     check_broker(bootstrap, security)
-    consumer = _connect(bootstrap, lambda: KafkaConsumer(
+    consumer = connect_kafka_python(bootstrap, lambda: KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, client_id="susy-trainer",
         fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, **security.kafka_python()))
     try:

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from .errors import BadInput
 from .redaction import echo
-from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker
+from .kafka_security import KafkaSecurity, KafkaUnavailable, check_broker, connect_kafka_python
 
 Ranges = dict[int, tuple[int, int]]
 
@@ -128,11 +128,9 @@ def log_offsets(bootstrap: str, topic: str, *, security: KafkaSecurity | None = 
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
-    from .kafka_io import _connect
-
     security = security or KafkaSecurity.from_env()
     check_broker(bootstrap, security)
-    consumer = _connect(bootstrap, lambda: KafkaConsumer(
+    consumer = connect_kafka_python(bootstrap, lambda: KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id="susy-offsets",
         request_timeout_ms=int(timeout_s * 1000) + 5000, **security.kafka_python()))
     try:

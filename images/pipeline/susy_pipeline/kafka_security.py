@@ -24,10 +24,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from .errors import BadInput, Unavailable
 from .redaction import echo
+
+T = TypeVar("T")
+
 
 class KafkaUnavailable(Unavailable, RuntimeError):
     """The broker could not be reached or refused the work (exit 3); kafka_io raises it too."""
@@ -112,6 +115,22 @@ class KafkaSecurity:
         """What may be logged or stored (lineage): everything but the password."""
         return {"protocol": self.protocol, "mechanism": self.mechanism, "username": self.username,
                 "ca_file": self.ca_file, "client_certificate": bool(self.cert_file)}
+
+
+def connect_kafka_python(bootstrap: str, make: Callable[[], T]) -> T:
+    """A kafka-python client (its constructor connects to the bootstrap brokers). Settings the
+    client refuses are bad input (exit 2: retrying cannot fix them), not an unreachable broker.
+
+    Here, not in kafka_io, because the operator calls it (kafka_offsets.log_offsets) and its image
+    has neither pyarrow nor numpy's readers: this module imports only the standard library."""
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    try:
+        return make()
+    except KafkaConfigurationError as err:
+        raise BadInput(f"Kafka client settings refused: {err}") from None
+    except KafkaError as err:
+        raise KafkaUnavailable(f"no Kafka broker answers at {bootstrap}") from err
 
 
 def check_tfio_logging(security: KafkaSecurity, env: Mapping[str, str] | None = None) -> None:
