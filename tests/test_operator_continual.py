@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -22,6 +23,7 @@ from susy_pipeline import store as store_lib
 from susy_pipeline.kafka_offsets import log_offsets
 from support.fixtures import NAMESPACE, cluster, operator, store_uri, write_messages  # noqa: F401
 from support.harness import REPO, SAMPLE, Cluster
+from support.operator_container import free_port
 
 pytestmark = [pytest.mark.integration]
 
@@ -179,7 +181,8 @@ def test_an_alias_moved_by_someone_else_is_not_overwritten(cluster: Cluster, ope
     from support import fakes
 
     cluster.start_runner(executor=fakes.executor)
-    operator(SUSY_KAFKA_BOOTSTRAP=kafka_broker, SUSY_POLL_SECONDS="0.5")
+    metrics_port = free_port()
+    operator(SUSY_KAFKA_BOOTSTRAP=kafka_broker, SUSY_POLL_SECONDS="0.5", SUSY_METRICS_PORT=str(metrics_port))
     topic = f"ct-moved-{time.time_ns()}"
     write_messages(kafka_broker, topic, 5)
     cluster.create(continual_training(kafka={"topic": topic}, trigger={"everyRows": 5}))
@@ -197,6 +200,29 @@ def test_an_alias_moved_by_someone_else_is_not_overwritten(cluster: Cluster, ope
     assert store.get_alias("ct-e2e")["model_id"] == chosen
     assert status(cluster)["champion"]["modelId"] == chosen
     assert crd.EVENT_GENERATION_FAILED in {e["reason"] for e in cluster.events(NAMESPACE, NAME)}
+    # The operator's metrics: generation 1 succeeded and was promoted (the first); generation 2
+    # failed (AliasMoved), and a challenger not promoted over a person's choice is no rejection.
+    assert scrape(metrics_port, "susy_operator_generations_total", "susy_operator_promotions_total") == {
+        'susy_operator_generations_total{outcome="succeeded"}': 1.0,
+        'susy_operator_generations_total{outcome="failed"}': 1.0,
+        'susy_operator_promotions_total{result="promoted"}': 1.0,
+        'susy_operator_promotions_total{result="rejected"}': 0.0}
+
+
+def scrape(port: int, *names: str) -> dict[str, float]:
+    """The operator's /metrics samples of these names, in the exposition format Prometheus reads."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
 
 
 @pytest.mark.timeout(240)

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from susy_operator import continual, crd, k8s, runs, spec as spec_lib, status as st
+from susy_operator import continual, crd, k8s, metrics, runs, spec as spec_lib, status as st
 from susy_operator.runs import CONFIG
 
 # A START is followed at once by CREATE_TRAINING, a finished training by CREATE_EVALUATION: a few
@@ -119,6 +119,20 @@ def _act(body: kopf.Body, parsed: spec_lib.ContinualTrainingSpec, status: Mappin
     return decision
 
 
+def _count(uid: str, decision: continual.Decision) -> None:
+    """A finished generation in the operator's metrics: `generations{outcome}` and, for a model
+    that was scored against the champion (or is the first), `promotions{result}`. Once per
+    generation: a handler retried after its status patch failed decides the same generation again."""
+    outcome = {continual.PROMOTE: ("succeeded", "promoted"), continual.REJECT: ("succeeded", "rejected"),
+               continual.FAIL_GENERATION: ("failed", None)}.get(decision.action)
+    if outcome is None or not metrics.first_time(uid, f"generation:{decision.generation}"):
+        return
+    generation, promotion = outcome
+    metrics.GENERATIONS.labels(outcome=generation).inc()
+    if promotion is not None:
+        metrics.PROMOTIONS.labels(result=promotion).inc()
+
+
 def _conditions(status: Mapping[str, Any], decision: continual.Decision, now: str,
                 generation: int | None) -> list[dict[str, Any]]:
     in_flight = bool(status.get("current"))
@@ -180,6 +194,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
             kopf.event(body, type="Warning", reason=crd.EVENT_OFFSETS_LOST, message="; ".join(decision.lost))
             changes["lostOffsets"] = list(decision.lost)
         decision = _act(body, parsed, state, decision, name, namespace, logger)
+        _count(meta.get("uid", name), decision)
         step = continual.transition(state, decision, name=name, now=now, rows_per_message=parsed.rows_per_message,
                                     history_limit=parsed.history_limit)
         if decision.reason == crd.REASON_ALIAS_MOVED and decision.champion:
