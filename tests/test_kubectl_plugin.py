@@ -148,10 +148,35 @@ def test_installing_the_package_puts_a_working_kubectl_susy_on_path(cluster: Clu
     assert plugin is not None
     cluster.call(cluster.emulator.put, "trainingruns", {**training_run("tr"), "status": {
         "phase": crd.SUCCEEDED, "modelId": "ab" * 16, "rowsProduced": 2000}})
+    cluster.call(cluster.emulator.put, crd.CONTINUAL_PLURAL, {
+        "apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND, "metadata": {"name": "live", "namespace": NAMESPACE},
+        "spec": {}, "status": {"generation": 2, "champion": {"modelId": "cd" * 16}}})
     result = subprocess.run([plugin, "--kubeconfig", kubeconfig(cluster, tmp_path), "get"], capture_output=True,
                             text=True, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(installed)}, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[1].split()[:5] == ["TrainingRun", "tr", "Succeeded", "ab" * 16, "rows=2000"]
+    assert [line.split()[:5] for line in result.stdout.splitlines()[1:]] == [
+        ["ContinualTraining", "live", "-", "cd" * 16, "generation=2"],
+        ["TrainingRun", "tr", "Succeeded", "ab" * 16, "rows=2000"]]
+
+
+def test_get_shows_a_continual_trainings_champion_generation_and_last_decision() -> None:
+    import datetime
+
+    now = datetime.datetime(2026, 12, 6, 12, tzinfo=datetime.timezone.utc)
+    runs = [
+        {"kind": crd.CONTINUAL_KIND, "metadata": {"name": "live", "creationTimestamp": "2026-12-06T10:00:00Z"},
+         "status": {"generation": 3,
+                    "champion": {"modelId": "cd" * 16, "value": 0.87654, "metric": "auc"},
+                    "lastDecision": {"generation": 3, "decision": crd.REJECTED}}},
+        {"kind": crd.CONTINUAL_KIND, "metadata": {"name": "new", "creationTimestamp": "2026-12-06T11:59:30Z"}},
+        {"kind": crd.TRAINING_KIND, "metadata": {"name": "kafka", "creationTimestamp": "2026-12-06T11:00:00Z"},
+         "status": {"phase": crd.SUCCEEDED, "modelId": "ef" * 16, "rowsTrained": 4000}},
+    ]
+    lines = kubectl_plugin.runs_table(runs, now, all_namespaces=False).splitlines()
+    assert [line.split() for line in lines[1:]] == [
+        ["ContinualTraining", "live", "-", "cd" * 16, "generation=3", "auc=0.8765", f"last={crd.REJECTED}", "2h"],
+        ["ContinualTraining", "new", "-", "-", "-", "30s"],
+        ["TrainingRun", "kafka", crd.SUCCEEDED, "ef" * 16, "rows=4000", "1h"]]
 
 
 def test_models_job_takes_only_the_store_settings_of_the_operators_job() -> None:

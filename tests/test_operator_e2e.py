@@ -51,7 +51,7 @@ def test_training_and_sharded_evaluation_end_to_end(cluster: Cluster, operator, 
     logs = {run.log: open(run.log).read()[-2000:] for run in runner.runs if run.log and run.exit_code}
     assert tr["status"]["phase"] == crd.SUCCEEDED, (tr["status"], logs)
     st = tr["status"]
-    assert st["rowsProduced"] == TRAIN_ROWS
+    assert st["rowsProduced"] == st["rowsTrained"] == TRAIN_ROWS
     assert sum(o["end"] - o["start"] for o in st["kafka"]["offsets"]) == TRAIN_ROWS  # one row per message
     store = store_lib.open_store(store_uri, namespace=NAMESPACE)
     model = store.resolve_model(st["modelId"])

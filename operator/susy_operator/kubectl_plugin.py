@@ -1,6 +1,7 @@
 """`kubectl susy`: what a data scientist asks of the runs in a namespace, without label selectors.
 
-  kubectl susy get [-A]                 the TrainingRuns and EvaluationRuns: phase, model, metrics, age
+  kubectl susy get [-A]                 the TrainingRuns, EvaluationRuns and ContinualTrainings:
+                                        phase, model (a champion), metrics, age
   kubectl susy logs RUN [-f]            the run's pods' logs: the producer, then the trainer, then
                                         every shard, each line prefixed with its step (and shard)
   kubectl susy leaderboard EVALRUN      an EvaluationRun's models ranked by AUC
@@ -49,6 +50,8 @@ MODELS_COMMAND = ["sh", "-c", "python -m susy_pipeline models list && python -m 
 STORE_ENV = frozenset({crd.ENV_STORE_URI, crd.ENV_DATABASE, "SUSY_NAMESPACE", "HOME", "MPLCONFIGDIR",
                        "PYTHONUNBUFFERED"})
 MODELS_TIMEOUT_SECONDS = 180
+_KIND_NAMES = {crd.TRAINING_PLURAL: crd.TRAINING_KIND, crd.EVALUATION_PLURAL: crd.EVALUATION_KIND,
+               crd.CONTINUAL_PLURAL: crd.CONTINUAL_KIND}
 
 
 class Unreadable(Exception):
@@ -70,11 +73,20 @@ def _number(value: Any, digits: int = 4) -> str:
 
 
 def run_metrics(run: Mapping[str, Any]) -> str:
-    """What `get` shows of a run's results: rows for a TrainingRun, the scores for an EvaluationRun."""
+    """What `get` shows of a run's results: rows for a TrainingRun, the scores for an EvaluationRun,
+    the generation, the champion's score and the last decision for a ContinualTraining."""
     status = run.get("status") or {}
-    if run.get("kind") == crd.TRAINING_KIND:
-        parts = [f"rows={status['rowsProduced']}"] if status.get("rowsProduced") is not None else []
+    if run.get("kind") == crd.CONTINUAL_KIND:
+        champion = status.get("champion") or {}
+        parts = [f"generation={status['generation']}"] if status.get("generation") is not None else []
+        if champion.get("value") is not None:
+            parts.append(f"{champion.get('metric') or 'metric'}={_number(champion['value'])}")
+        if (status.get("lastDecision") or {}).get("decision"):
+            parts.append(f"last={status['lastDecision']['decision']}")
         return " ".join(parts) or "-"
+    if run.get("kind") == crd.TRAINING_KIND:
+        rows = status.get("rowsTrained", status.get("rowsProduced"))
+        return "-" if rows is None else f"rows={rows}"
     parts = [f"{label}={_number(status.get(key))}" for key, label in
              (("accuracy", "accuracy"), ("auc", "auc"), ("logLoss", "logloss")) if status.get(key) is not None]
     shards = status.get("shards") or {}
@@ -85,6 +97,8 @@ def run_metrics(run: Mapping[str, Any]) -> str:
 
 def run_model(run: Mapping[str, Any]) -> str:
     status = run.get("status") or {}
+    if run.get("kind") == crd.CONTINUAL_KIND:
+        return (status.get("champion") or {}).get("modelId") or "-"
     models = status.get("models") or []
     if len(models) > 1:
         return f"{len(models)} models (best {(status.get('best') or {}).get('reference', '-')})"
@@ -202,7 +216,7 @@ class Cluster:
         return json.loads(response.data)
 
     def list_runs(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        kind = crd.TRAINING_KIND if plural == crd.TRAINING_PLURAL else crd.EVALUATION_KIND
+        kind = _KIND_NAMES[plural]
 
         def fetch() -> Any:
             if namespace is None:
@@ -215,7 +229,7 @@ class Cluster:
     def get_run(self, plural: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
-        kind = crd.TRAINING_KIND if plural == crd.TRAINING_PLURAL else crd.EVALUATION_KIND
+        kind = _KIND_NAMES[plural]
         try:
             response = self.call("get", f"{plural}.{crd.GROUP}", self.namespace, lambda: self.custom.
                                  get_namespaced_custom_object(crd.GROUP, crd.VERSION, self.namespace, plural,
@@ -258,7 +272,7 @@ def cmd_get(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextIO
     namespace = None if args.all_namespaces else cluster.namespace
     runs: list[dict[str, Any]] = []
     code = EXIT_OK
-    for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL):
+    for plural in (crd.TRAINING_PLURAL, crd.EVALUATION_PLURAL, crd.CONTINUAL_PLURAL):
         try:
             runs += cluster.list_runs(plural, namespace)
         except Unreadable as problem:
@@ -267,7 +281,7 @@ def cmd_get(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextIO
     if runs:
         print(runs_table(runs, datetime.datetime.now(datetime.timezone.utc), args.all_namespaces), file=out)
     elif code == EXIT_OK:
-        print(f"No TrainingRuns or EvaluationRuns in {'any namespace' if namespace is None else 'namespace ' + namespace}.",
+        print(f"No TrainingRuns, EvaluationRuns or ContinualTrainings in {'any namespace' if namespace is None else 'namespace ' + namespace}.",
               file=err)
     return code
 
@@ -288,9 +302,6 @@ def find_run(cluster: Cluster, name: str, kinds: Sequence[str]) -> dict[str, Any
         return found[0]
     raise Unreadable("; ".join(refusals) or f"no {' or '.join(_KIND_NAMES[p] for p in kinds)} named {name} "
                                             f"in namespace {cluster.namespace}")
-
-
-_KIND_NAMES = {crd.TRAINING_PLURAL: crd.TRAINING_KIND, crd.EVALUATION_PLURAL: crd.EVALUATION_KIND}
 
 
 def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

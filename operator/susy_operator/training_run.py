@@ -157,7 +157,7 @@ def _training_output(step: steps.Step, run: str, namespace: str) -> bool:
 def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, name: str,
               namespace: str, uid: str, patch: kopf.Patch, logger: kopf.Logger) -> None:
     """Follow the current step's Job (steps.TRAINING_STEPS); on success start the next step. Writes
-    status.jobs, rowsProduced and kafka (offsets) after producing, modelId at the end."""
+    status.jobs, rowsProduced and kafka (offsets) after producing; modelId and rowsTrained at the end."""
     generation = meta.get("generation")
     run = status.get("runName")
     step = steps.training_step(steps.step_phase(status))
@@ -217,9 +217,12 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
                   message=f"trainer Job {job_name} succeeded but the store has no model for run {run}")
         return
     model_id = str(models[0]["model_id"])  # newest first
+    # The model's own count: a spec.source.kafka run has no production record to count before.
+    rows_trained = models[0].get("rows")
     patch.status.update({
         "phase": crd.SUCCEEDED,
         "modelId": model_id,
+        **({"rowsTrained": int(rows_trained)} if rows_trained is not None else {}),
         "completionTime": now,
         "observedGeneration": generation,
         "conditions": st.with_conditions(status, [
@@ -229,5 +232,5 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.
     })
     runs.wrote_phase(uid, crd.SUCCEEDED)
     if metrics.first_time(uid, "succeeded"):
-        metrics.ROWS_TRAINED.inc(int(status.get("rowsProduced") or 0))
+        metrics.ROWS_TRAINED.inc(int(rows_trained or status.get("rowsProduced") or 0))
     kopf.event(body, type="Normal", reason=crd.EVENT_SUCCEEDED, message=f"Phase {crd.SUCCEEDED}: model {model_id}")
