@@ -77,6 +77,10 @@ def main() -> None:
     if args.quick:
         args.rows, args.repeats = 9_000, 1
     logging.basicConfig(level=logging.WARNING)
+    # kafka-python 3's event loop warns of every task that held it over 100 ms: the kafka-python
+    # reader and producer share the interpreter with the bench's own work, so each run printed
+    # dozens of these between the tables, saying nothing about the figures.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
     from susy_pipeline import kafka_io
     from susy_pipeline.broker import embedded_broker
