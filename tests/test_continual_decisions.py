@@ -39,22 +39,24 @@ class Loop:
         if decision.action == ct.CREATE_EVALUATION:
             self.evaluation = {"status": {"phase": crd.EVALUATING}}
         self.status = ct.merged(self.status, ct.transition(self.status, decision, name="ct", now=at(now),
-                                                         rows_per_message=1, history_limit=self.history_limit))
+                                                         rows_per_message=self.trigger.rows_per_message,
+                                                         history_limit=self.history_limit))
         return decision
 
-    def train_done(self, model_id, phase=crd.SUCCEEDED):
-        self.training = {"status": {"phase": phase, "modelId": model_id, "message": "trainer exit 2"}}
+    def train_done(self, model_id, phase=crd.SUCCEEDED, rows_trained=None):
+        self.training = {"status": {"phase": phase, "modelId": model_id, "message": "trainer exit 2",
+                                    **({"rowsTrained": rows_trained} if rows_trained is not None else {})}}
 
     def eval_done(self, scores: dict, phase=crd.SUCCEEDED):
         board = [{"modelId": m, "auc": v, "accuracy": v, "logLoss": 1 - v} for m, v in scores.items()]
         self.evaluation = {"status": {"phase": phase, "leaderboard": board, "message": "shard 0 failed"}}
 
-    def generation(self, held, model_id, scores=None, now=0.0):
+    def generation(self, held, model_id, scores=None, now=0.0, rows_trained=None):
         """Start, train and (unless the first) evaluate one generation; return the final decision."""
         assert self.step(held, now).action == ct.START
         assert self.step(held, now).action == ct.CREATE_TRAINING
         assert self.step(held, now).action == ct.WAIT
-        self.train_done(model_id)
+        self.train_done(model_id, rows_trained=rows_trained)
         if scores is None:
             return self.step(held, now)
         assert self.step(held, now).action == ct.CREATE_EVALUATION
@@ -82,6 +84,23 @@ def test_generations_are_contiguous_never_overlap_and_skip_nothing():
     assert loop.status["rowsConsumed"] == 550
     assert loop.status["lastDecision"]["decision"] == crd.REJECTED
     assert loop.status["lastDecision"]["challenger"] == {"modelId": "m3", "value": 0.81}
+
+
+def test_rows_consumed_are_the_rows_each_model_was_trained_on_where_its_trainingrun_says():
+    """offsets x rowsPerMessage bounds the rows (a message may hold fewer); the child's
+    status.rowsTrained, from the model's record, is exact and wins; a failed generation adds none."""
+    loop = Loop(trigger=ct.Trigger(every_rows=100, rows_per_message=10))
+    loop.generation({0: (0, 12)}, "m1", rows_trained=117)
+    assert loop.status["rowsConsumed"] == 117 and loop.status["history"][-1]["rows"] == 117
+    loop.generation({0: (0, 25)}, "m2", {"m1": 0.80, "m2": 0.70}, rows_trained=128)  # rejected: still consumed
+    assert loop.status["rowsConsumed"] == 245 and loop.status["history"][-1]["rows"] == 128
+    loop.generation({0: (0, 40)}, "m3", {"m1": 0.80, "m3": 0.90})  # a child without rowsTrained: the bound
+    assert loop.status["rowsConsumed"] == 245 + 15 * 10 and loop.status["history"][-1]["rows"] == 150
+    assert loop.step({0: (0, 55)}).action == ct.START
+    loop.step({0: (0, 55)})
+    loop.train_done(None, phase=crd.FAILED, rows_trained=999)
+    assert loop.step({0: (0, 55)}).action == ct.FAIL_GENERATION
+    assert loop.status["rowsConsumed"] == 395 and "rows" not in loop.status["history"][-1]
 
 
 def test_one_generation_at_a_time_whatever_arrives():

@@ -74,6 +74,7 @@ class Decision:
     lost: tuple[str, ...] = ()               # offsets that can never be read, named
     challenger: Mapping[str, Any] | None = None   # PROMOTE/REJECT: {modelId, value}
     champion: Mapping[str, Any] | None = None
+    rows: int | None = None                  # PROMOTE/REJECT: the rows the challenger was trained on
 
 
 def offsets_map(entries: Sequence[Mapping[str, Any]] | None) -> dict[int, int]:
@@ -179,8 +180,13 @@ def _in_flight(current: Mapping[str, Any], champion_id: str | None, metric: str,
     if tr_phase != crd.SUCCEEDED or not challenger_id:
         return Decision(WAIT, generation=generation, reason=crd.REASON_TRAINING,
                         message=f"generation {generation}: TrainingRun {tr_name} is {tr_phase or 'starting'}")
+    # Exact, from the model's record (TrainingRun status.rowsTrained): a message may hold fewer
+    # than rowsPerMessage rows (a batch's last, a paced piece's last), so offsets x rowsPerMessage
+    # only bounds it. Absent (an older operator's child), the bound stands in.
+    rows = (training.get("status") or {}).get("rowsTrained")
+    rows = int(rows) if rows is not None else None
     if champion_id is None:
-        return Decision(PROMOTE, generation=generation, reason=crd.REASON_FIRST_GENERATION,
+        return Decision(PROMOTE, generation=generation, reason=crd.REASON_FIRST_GENERATION, rows=rows,
                         challenger={"modelId": challenger_id, "value": None},
                         message=f"generation {generation} is the first: its model {challenger_id} becomes champion")
     ev_name = current.get("evaluationRun") or ""
@@ -198,7 +204,7 @@ def _in_flight(current: Mapping[str, Any], champion_id: str | None, metric: str,
                         message=f"generation {generation}: EvaluationRun {ev_name} is "
                                 f"{ev_status.get('phase') or 'starting'}")
     verdict = judge(metric, margin, champion_id, str(challenger_id), ev_status.get("leaderboard") or [])
-    return dataclasses.replace(verdict, generation=generation)
+    return dataclasses.replace(verdict, generation=generation, rows=rows if verdict.action != FAIL_GENERATION else None)
 
 
 def decide(*, status: Mapping[str, Any], trigger: Trigger, metric: str, margin: float, suspended: bool,
@@ -315,9 +321,12 @@ def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now:
         last["challenger"] = dict(decision.challenger)
     if decision.champion:
         last["champion"] = dict(decision.champion)
+    rows = None if decision.action == FAIL_GENERATION else \
+        decision.rows if decision.rows is not None else rows_in(ranges, rows_per_message)
     entry = {**last, "offsets": ranges_list(ranges), "startedAt": current.get("startedAt"),
              "trainingRun": current.get("trainingRun"),
-             "evaluationRun": current.get("evaluationRun") if decision.champion else None}
+             "evaluationRun": current.get("evaluationRun") if decision.champion else None,
+             **({"rows": rows} if rows is not None else {})}
     patch: dict[str, Any] = {
         "current": None,
         "lastDecision": last,
@@ -328,7 +337,7 @@ def transition(status: Mapping[str, Any], decision: Decision, *, name: str, now:
         return patch  # consumed stays: the next generation reads these offsets again, and more
     patch["consumed"] = offsets_list({**offsets_map(status.get("consumed")),
                                       **{p: e for p, (_, e) in ranges.items()}})
-    patch["rowsConsumed"] = int(status.get("rowsConsumed") or 0) + rows_in(ranges, rows_per_message)
+    patch["rowsConsumed"] = int(status.get("rowsConsumed") or 0) + (rows or 0)
     if decision.action == PROMOTE:
         assert decision.challenger is not None
         patch["champion"] = {"modelId": decision.challenger["modelId"], "value": decision.challenger.get("value"),
