@@ -316,6 +316,33 @@ def test_a_pod_cannot_write_outside_tmp(docker_cluster: DockerCluster) -> None:
     assert "tmp writable" in log and "Read-only file system" in log, log
 
 
+def test_a_failed_steps_cause_reaches_the_run_through_its_termination_message(docker_cluster: DockerCluster) -> None:
+    """A TrainingRun whose dataset.skip is past the end of the file, as a new user might write it:
+    the producer container (read-only root filesystem, an unprivileged user) writes its one-line
+    error to /dev/termination-log, and the operator puts it in the Message column, the Failed
+    condition and the Warning Event: the file's line, not the log's tail (FallbackToLogsOnError
+    would give that only with the file empty)."""
+    dc, cluster = docker_cluster, docker_cluster.cluster
+    if not dc.operator.running():
+        dc.operator.start().wait_healthy(dc.liveness_port)
+    cluster.create(training_run("tr-past-end", dataset={"uri": IMAGE_SAMPLE, "skip": 30_000, "limit": 100},
+                                kafka={"topic": f"past-end-{dc.run_id}", "partitions": 1}))
+    tr = cluster.wait_phase("trainingruns", NAMESPACE, "tr-past-end", {crd.SUCCEEDED, crd.FAILED}, 120)
+    assert tr["status"]["phase"] == crd.FAILED, tr["status"]
+    cause = f"{IMAGE_SAMPLE}: no data rows after skipping 30000"
+    (pod,) = [p for p in cluster.list("pods", NAMESPACE) if p["metadata"]["name"].startswith("tr-past-end-producer-")]
+    (state,) = [c["state"]["terminated"] for c in pod["status"]["containerStatuses"]]
+    # The file's one line: the log says it as "error: ..." among other lines, which the
+    # fallback to the log's tail would have given instead.
+    assert state["exitCode"] == 2 and state["message"].startswith(cause) and "\n" not in state["message"], state
+    log = Path(next(r.log for r in dc.runner.runs if r.job == "tr-past-end-producer")).read_text()
+    assert "error: " + cause in log
+    assert f"Error (exit code 2): {cause}" in tr["status"]["message"], tr["status"]["message"]
+    assert cause in condition(tr, crd.FAILED_CONDITION)["message"]
+    assert any(cause in e["message"] for e in cluster.events(NAMESPACE, "tr-past-end") if e.get("type") == "Warning")
+    assert not [r for r in dc.runner.runs if r.job == "tr-past-end-trainer"], "no trainer after a failed producer"
+
+
 def _spec_for_probe():
     from susy_operator.spec import parse_training_run
     return parse_training_run({"dataset": {"uri": IMAGE_SAMPLE, "limit": 10}})
@@ -373,7 +400,7 @@ def test_training_with_the_confluent_reader_in_containers(docker_cluster: Docker
     trainer = next(r for r in dc.runner.runs if r.job == "tr-confluent-trainer")
     assert "--reader" in trainer.command and trainer.command[trainer.command.index("--reader") + 1] == "confluent"
     st = tr["status"]
-    assert st["rowsProduced"] == rows
+    assert st["rowsProduced"] == st["rowsTrained"] == rows
     assert sum(o["end"] - o["start"] for o in st["kafka"]["offsets"]) == rows  # one row per message
     model = dc.store().resolve_model(st["modelId"])
     assert model["reader"] == "confluent" and model["rows"] == rows

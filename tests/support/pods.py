@@ -16,6 +16,8 @@ use, done by a Docker engine (host networking only: no traffic leaves loopback):
 | emptyDir medium Memory                          | --tmpfs                                      |
 | persistentVolumeClaim                           | the host folder the runner maps the claim to |
 | resources.limits cpu / memory                   | --cpus / --memory (= --memory-swap: no swap) |
+| terminationMessagePath (default                 | an empty 0666 host file bind-mounted there,  |
+| /dev/termination-log) and its policy            | read after exit as the kubelet reads it      |
 
 The container's exit code, and Docker's OOMKilled flag (exit 137 with reason OOMKilled, as the
 kubelet reports it), come back as a `PodOutcome`. Requests, probes, node selection and image
@@ -238,9 +240,18 @@ class ContainerRuntime:
         image_user = await asyncio.to_thread(self._image_user, image)
         dirs = volume_dirs(pod_spec, self.workdir / "volumes" / pod_name, self.claims)
         name = self.container_name(pod_name)
+        # As the kubelet does (kuberuntime_container.go, makeMounts: a file of the pod's own folder
+        # on the node, bind-mounted at terminationMessagePath, writable by any container user), so
+        # a read-only root filesystem still takes the message; read after the container exits.
+        container = pod_spec["containers"][0]
+        message_file = self.workdir / "termination" / pod_name
+        message_file.parent.mkdir(parents=True, exist_ok=True)
+        message_file.write_bytes(b"")
+        message_file.chmod(0o666)
+        message_path = container.get("terminationMessagePath") or "/dev/termination-log"
         args = docker_run_args(name=name, pod_spec=pod_spec, env=env, volume_dirs=dirs, image_user=image_user,
                                labels={LABEL: self.run_id, "susy.test/pod": pod_name, **dict(labels)},
-                               extra_mounts=self.extra_mounts)
+                               extra_mounts=[*self.extra_mounts, (str(message_file), message_path)])
         await self._docker("rm", "--force", name, check=False)
         try:
             await self._docker(*args)
@@ -259,10 +270,8 @@ class ContainerRuntime:
         await self._docker("rm", "--force", name, check=False)
         if state == "true":
             return PodOutcome(exit_code, "OOMKilled", f"container exceeded its memory limit (exit {exit_code})")
-        # The file the container wrote at its terminationMessagePath stays inside it (a tmpfs /dev):
-        # only the kubelet's fallback to the log's tail is emulated here.
         return PodOutcome(exit_code, "Completed" if exit_code == 0 else "Error",
-                          termination_message(pod_spec["containers"][0], None, log, exit_code))
+                          termination_message(container, message_file, log, exit_code))
 
     def remove_all(self) -> None:
         """Remove every container this runtime started (teardown)."""
