@@ -16,7 +16,9 @@ interleaved so that a slow minute hits both sides of a ratio:
 2. consuming the `--rows` one-row messages with the confluent reader against the kafka-python
    reader (target >= 5x);
 3. consume + one traced epoch (the seed's architecture, batch 1024) with the confluent reader
-   against the same epoch from the same raw batches in memory (target >= 0.9).
+   against the same epoch from the same raw batches in memory (target >= 0.9), with the best
+   ratio these cores allow (producer_ceiling's bound: the in-memory epoch's work and one read of
+   the topic, from the CPU seconds of this process and the broker during each).
 
 Run it on a quiet machine; `--quick` (9,000 rows, one repeat) only checks that the script works.
 """
@@ -86,9 +88,10 @@ def main() -> None:
     from susy_pipeline.broker import embedded_broker
     from susy_pipeline.data import iter_batches
     from susy_pipeline.model import SEED_RECIPE, with_overrides
-    from susy_pipeline.training import train, use_training_threads
+    from susy_pipeline.training import freeze_heap, train, use_training_threads
 
     use_training_threads()
+    freeze_heap()  # as the trainer does: TensorFlow's objects out of the reads' collections
     rows, repeats = args.rows, args.repeats
     out: list[tuple[str, str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, embedded_broker() as bootstrap:
@@ -155,15 +158,27 @@ def main() -> None:
             return kafka_io.confluent_batches(bootstrap, production.topic, production.partitions)
 
         cached = list(source())
-        epochs, memory = [], []
+        epochs, memory, epoch_ceilings = [], [], []
         for _ in range(repeats):  # interleaved; epoch 2 is the traced one
             epochs.append(train(source, config, expected_rows=rows)[1]["epoch_seconds"])
-            memory.append(train(lambda: iter(cached), config, expected_rows=rows)[1]["epoch_seconds"])
+            # CPU at each epoch's end (this process and the broker): epoch 2's own CPU in memory.
+            marks: list[float] = []
+            memory.append(train(lambda: iter(cached), config, expected_rows=rows,
+                                report=lambda facts: marks.append(cpu_seconds(bootstrap)))[1]["epoch_seconds"])
+            cpu = cpu_seconds(bootstrap)
+            started = time.perf_counter()
+            for _ in source():  # one read of the topic, as each epoch makes
+                pass
+            read_s, read_cpu = time.perf_counter() - started, cpu_seconds(bootstrap) - cpu
+            epoch_ceilings.append(producer_ceiling(memory[-1][1], marks[-1] - marks[-2], read_s, read_cpu))
         epoch_ratio = statistics.median(m[1] / e[1] for e, m in zip(epochs, memory))
+        epoch_best = statistics.median(epoch_ceilings)
         out.append(("consume + 1 traced epoch, batch 1024, confluent reader vs the same epoch from in-memory batches",
                     f"{statistics.median(e[1] for e in epochs):.2f} s", f"{statistics.median(m[1] for m in memory):.2f} s",
-                    f"{epoch_ratio:.2f}", f">= {TARGET_EPOCH_VS_MEMORY} "
-                    f"{'ok' if epoch_ratio >= TARGET_EPOCH_VS_MEMORY else 'MISSED'}"))
+                    f"{epoch_ratio:.2f} (ceiling on {CORES} cores: {epoch_best:.2f}, so {epoch_ratio / epoch_best:.0%} "
+                    f"of it)", f">= {TARGET_EPOCH_VS_MEMORY} "
+                    f"{'ok' if epoch_ratio >= TARGET_EPOCH_VS_MEMORY else 'MISSED'}"
+                    f"{', above the ceiling here' if TARGET_EPOCH_VS_MEMORY > epoch_best else ''}"))
 
     print(f"\nKafka clients, {rows:,} rows, 1 row per message, {args.partitions} partitions, median of {repeats} "
           f"({CORES} cores, {cpu_model()})\n")
