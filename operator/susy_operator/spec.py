@@ -23,7 +23,7 @@ from susy_pipeline.schema import DEFAULT_CHUNK_ROWS, TOPIC_PATTERN
 READERS: Final = ("confluent", "tfio", "kafka-python")
 RECIPES: Final = ("seed", "tuned")
 MODEL_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
-# As the store's ALIAS_PATTERN (susy_pipeline/store.py) and the CRDs' alias fields.
+# As the store's ALIAS_PATTERN (susy_pipeline/store/base.py) and the CRDs' alias fields.
 ALIAS_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 K8S_NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
