@@ -150,10 +150,16 @@ def test_installing_the_package_puts_a_working_kubectl_susy_on_path(cluster: Clu
         "phase": crd.SUCCEEDED, "modelId": "ab" * 16, "rowsProduced": 2000}})
     cluster.call(cluster.emulator.put, crd.CONTINUAL_PLURAL, {
         "apiVersion": crd.API_VERSION, "kind": crd.CONTINUAL_KIND, "metadata": {"name": "live", "namespace": NAMESPACE},
-        "spec": {}, "status": {"generation": 2, "champion": {"modelId": "cd" * 16}}})
+        "spec": {}, "status": {"generation": 2, "champion": {"modelId": "cd" * 16},
+                               "current": {"generation": 2, "trainingRun": "live-g2-train",
+                                           "evaluationRun": "live-g2-eval"}}})
     result = subprocess.run([plugin, "--kubeconfig", kubeconfig(cluster, tmp_path), "get"], capture_output=True,
                             text=True, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(installed)}, timeout=60)
     assert result.returncode == 0, result.stderr
+    code, _, err = susy(kubeconfig(cluster, tmp_path), "logs", "live")  # a ContinualTraining: which runs to ask for
+    assert code == kubectl_plugin.EXIT_INCOMPLETE
+    assert err.strip().endswith("live is a ContinualTraining; generation 2's runs: kubectl susy logs live-g2-train, "
+                                "kubectl susy logs live-g2-eval"), err
     assert [line.split()[:5] for line in result.stdout.splitlines()[1:]] == [
         ["ContinualTraining", "live", "-", "cd" * 16, "generation=2"],
         ["TrainingRun", "tr", "Succeeded", "ab" * 16, "rows=2000"]]

@@ -301,7 +301,26 @@ def find_run(cluster: Cluster, name: str, kinds: Sequence[str]) -> dict[str, Any
     if found:
         return found[0]
     raise Unreadable("; ".join(refusals) or f"no {' or '.join(_KIND_NAMES[p] for p in kinds)} named {name} "
-                                            f"in namespace {cluster.namespace}")
+                                            f"in namespace {cluster.namespace}{_continual_hint(cluster, name)}")
+
+
+def _continual_hint(cluster: Cluster, name: str) -> str:
+    """Where `name` is a ContinualTraining, which of its runs to ask for instead (its pods are
+    its generations' TrainingRuns' and EvaluationRuns'); nothing where it is not, or unreadable."""
+    try:
+        continual = cluster.get_run(crd.CONTINUAL_PLURAL, name)
+    except Unreadable:
+        return ""
+    if continual is None:
+        return ""
+    status = continual.get("status") or {}
+    # The generation in flight, else the newest finished one (its children may have expired).
+    latest = status.get("current") or (status.get("history") or [{}])[-1]
+    if not latest.get("generation"):
+        return f": {name} is a ContinualTraining that has not started a generation yet"
+    runs = [r for r in (latest.get("trainingRun"), latest.get("evaluationRun")) if r]
+    return (f": {name} is a ContinualTraining; generation {latest['generation']}'s runs: "
+            + ", ".join(f"kubectl susy logs {r}" for r in runs))
 
 
 def cmd_logs(cluster: Cluster, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
