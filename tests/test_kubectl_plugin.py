@@ -4,11 +4,13 @@ order, every line prefixed; an EvaluationRun's leaderboard; the store's models t
 runs the real `susy-pipeline models list`; and a user whose RBAC lacks pods/log told so."""
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,60 @@ def test_get_logs_leaderboard_and_models(finished_runs: Cluster, tmp_path: Path,
     assert row.split()[0] == model_id and row.split()[2] == tr["status"]["runName"] and row.split()[-1] == "champion"
     assert not [j for j in cluster.list("jobs", NAMESPACE) if j["metadata"]["name"].startswith("susy-models-")], \
         "the models Job is deleted once read"
+
+
+class TimedLines(io.TextIOBase):
+    """An output that records when each line was written (print writes a line's text, then "\n")."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *done, self._pending = self._pending.split("\n")
+        self.lines.extend((time.monotonic(), line) for line in done)
+        return len(text)
+
+
+WRITTEN: dict[str, float] = {}  # a slow pod's line -> when it was written (CLOCK_MONOTONIC)
+
+
+async def slow_executor(job: dict[str, Any], index: int, env: dict[str, str]) -> int | None:
+    """fakes.executor, each pod writing a line, then another two seconds later."""
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    for line, pause in ((f"{command[3]} started", 2.0), (f"{command[3]} done", 0.0)):
+        with open(env["SUSY_TEST_POD_LOG"], "a") as log:
+            log.write(line + "\n")
+        WRITTEN[line] = time.monotonic()
+        await asyncio.sleep(pause)
+    return await fakes.executor(job, index, env)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_logs_follow_streams_a_running_runs_lines_as_its_pods_write_them(cluster: Cluster, operator,
+                                                                          tmp_path: Path) -> None:
+    """`logs -f` started before any pod runs: each line arrives while its pod still runs (the
+    first about two seconds before the second), the producer's before the trainer's, and the
+    command returns once the run has ended."""
+    cluster.start_runner(executor=slow_executor)
+    operator()
+    cluster.create(training_run("tr-live"))
+    out, err = TimedLines(), io.StringIO()
+    code = kubectl_plugin.main(["--kubeconfig", kubeconfig(cluster, tmp_path), "logs", "tr-live", "-f"],
+                               out=out, err=err)
+    returned = time.monotonic()
+    assert code == kubectl_plugin.EXIT_OK, err.getvalue()
+    assert [line for _, line in out.lines] == ["[producer] produce started", "[producer] produce done",
+                                               "[trainer] train started", "[trainer] train done"]
+    # Each pod's first line reached the terminal before the pod had written its second (two
+    # seconds later): followed while it ran, not read once it had ended.
+    arrived = {line.split("] ", 1)[1]: t for t, line in out.lines}
+    for step in ("produce", "train"):
+        assert arrived[f"{step} started"] < WRITTEN[f"{step} done"] <= arrived[f"{step} done"], (arrived, WRITTEN)
+    assert cluster.get("trainingruns", NAMESPACE, "tr-live")["status"]["phase"] == crd.SUCCEEDED
+    assert returned >= max(arrived.values())
 
 
 @pytest.mark.integration
