@@ -53,7 +53,9 @@ def freeze_heap() -> None:
     messages (a Python object each, from confluent-kafka or kafka-python) set one off in most
     epochs: the input pipeline stopped for a third of a 0.5 s epoch (bench/bench_kafka.py). The
     garbage there is first collected, so none is kept; reference counting still frees what is
-    frozen when its last reference goes. Called as training starts; again is harmless.
+    frozen when its last reference goes, but a reference cycle among frozen objects that becomes
+    garbage later stays: nothing in a trainer process (one `train`), a little in a process that
+    trains many times (tests, `run-local` is one). Called as training starts; again is harmless.
     """
     gc.collect()
     gc.freeze()
