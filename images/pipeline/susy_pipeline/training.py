@@ -55,7 +55,7 @@ def freeze_heap() -> None:
     garbage there is first collected, so none is kept; reference counting still frees what is
     frozen when its last reference goes, but a reference cycle among frozen objects that becomes
     garbage later stays: nothing in a trainer process (one `train`), a little in a process that
-    trains many times (tests, `run-local` is one). Called as training starts; again is harmless.
+    trains many times (the tests, the benchmarks). Called as training starts; again is harmless.
     """
     gc.collect()
     gc.freeze()
