@@ -51,7 +51,7 @@ def freeze_heap() -> None:
 
     With them in, one full collection took about 0.2 s on 2 cores, and a read of 90,000 one-row
     messages (a Python object each, from confluent-kafka or kafka-python) set one off in most
-    epochs: the input pipeline stopped for a third of a 0.5 s epoch (bench/bench_kafka.py). The
+    epochs: the input pipeline stopped for 0.2 s of a 0.5 s epoch (bench/bench_kafka.py). The
     garbage there is first collected, so none is kept; reference counting still frees what is
     frozen when its last reference goes, but a reference cycle among frozen objects that becomes
     garbage later stays: nothing in a trainer process (one `train`), a little in a process that
