@@ -29,7 +29,7 @@ test: venv tools ## Run the whole test suite (unit, broker, TensorFlow, operator
 docker-e2e: venv tools ## The container tests alone: the operator and every pod as Docker containers.
 	hack/with-docker.sh $(PY) -m pytest -m docker tests/test_containers.py
 
-test-fast: venv ## The tests not marked integration or slow (about 2 minutes).
+test-fast: venv ## The tests not marked integration or slow (about 3 minutes on 2 cores).
 	$(PY) -m pytest -m "not integration and not slow"
 
 bench: venv ## Benchmarks against the seed report's figures (not tests).
