@@ -75,6 +75,7 @@ class Decision:
     challenger: Mapping[str, Any] | None = None   # PROMOTE/REJECT: {modelId, value}
     champion: Mapping[str, Any] | None = None
     rows: int | None = None                  # PROMOTE/REJECT: the rows the challenger was trained on
+                                             # (FAIL_GENERATION: not consumed, not counted)
 
 
 def offsets_map(entries: Sequence[Mapping[str, Any]] | None) -> dict[int, int]:
@@ -204,7 +205,7 @@ def _in_flight(current: Mapping[str, Any], champion_id: str | None, metric: str,
                         message=f"generation {generation}: EvaluationRun {ev_name} is "
                                 f"{ev_status.get('phase') or 'starting'}")
     verdict = judge(metric, margin, champion_id, str(challenger_id), ev_status.get("leaderboard") or [])
-    return dataclasses.replace(verdict, generation=generation, rows=rows if verdict.action != FAIL_GENERATION else None)
+    return dataclasses.replace(verdict, generation=generation, rows=rows)
 
 
 def decide(*, status: Mapping[str, Any], trigger: Trigger, metric: str, margin: float, suspended: bool,

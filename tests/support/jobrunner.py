@@ -505,20 +505,20 @@ class JobRunner:
         meta = job["metadata"]
         log = self.workdir / f"{run.pod}.{meta['namespace']}.log"
         run.log = str(log)
+        # The container's terminationMessagePath, as a file of its own for this pod: a container
+        # gets it mounted there; a local process writes it where SUSY_TERMINATION_LOG names it.
+        message_file = self.workdir / f"{run.pod}.{meta['namespace']}.termination-log"
+        message_file.unlink(missing_ok=True)
         if self.executor is not None:
             code = await self.executor(job, index if index is not None else 0,
                                        {**run.env, "SUSY_TEST_POD_LOG": str(log)})
             if code is not None:
                 return PodOutcome(code, "Completed" if code == 0 else "Error")
         if self.runtime is not None:
-            return await self.runtime.run(run.pod, job["spec"]["template"]["spec"], run.env, log,
+            return await self.runtime.run(run.pod, job["spec"]["template"]["spec"], run.env, log, message_file,
                                           labels={"susy.test/job": meta["name"],
                                                   "susy.test/index": str(index if index is not None else 0)})
         (self.workdir / "home").mkdir(exist_ok=True)
-        # The container's terminationMessagePath, as a file of its own for this pod (the pipeline
-        # writes there when SUSY_TERMINATION_LOG names it; in a pod, /dev/termination-log).
-        message_file = self.workdir / f"{run.pod}.{meta['namespace']}.termination-log"
-        message_file.unlink(missing_ok=True)
         env = {**run.env, "SUSY_TERMINATION_LOG": str(message_file)}
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(*run.command, env=env, stdout=out, stderr=out,

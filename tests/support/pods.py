@@ -234,8 +234,9 @@ class ContainerRuntime:
         return out.decode()
 
     async def run(self, pod_name: str, pod_spec: Mapping[str, Any], env: Mapping[str, str], log: Path,
-                  labels: Mapping[str, str] = ()) -> PodOutcome:
-        """Start the pod's container, wait for it, write its log; kill and remove it if cancelled."""
+                  message_file: Path, labels: Mapping[str, str] = ()) -> PodOutcome:
+        """Start the pod's container, wait for it, write its log to `log` and read its termination
+        message from `message_file`; kill and remove it if cancelled."""
         image = pod_spec["containers"][0]["image"]
         image_user = await asyncio.to_thread(self._image_user, image)
         dirs = volume_dirs(pod_spec, self.workdir / "volumes" / pod_name, self.claims)
@@ -244,8 +245,6 @@ class ContainerRuntime:
         # on the node, bind-mounted at terminationMessagePath, writable by any container user), so
         # a read-only root filesystem still takes the message; read after the container exits.
         container = pod_spec["containers"][0]
-        message_file = self.workdir / "termination" / pod_name
-        message_file.parent.mkdir(parents=True, exist_ok=True)
         message_file.write_bytes(b"")
         message_file.chmod(0o666)
         message_path = container.get("terminationMessagePath") or "/dev/termination-log"
